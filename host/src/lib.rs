@@ -1,0 +1,10 @@
+//! The llmlab host: finds and checks plugins ([`loader`]), lists their components
+//! ([`registry`]), runs Rhai experiments over them ([`script`]), interactively too ([`repl`]).
+//! `main.rs` is only the command line around these.
+
+pub mod cli;
+pub mod loader;
+pub mod panics;
+pub mod registry;
+pub mod repl;
+pub mod script;

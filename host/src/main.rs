@@ -1,0 +1,139 @@
+//! `llmlab`: the command line around the host library.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use clap::Parser;
+use llmlab::cli::{Cli, Command, Common, PluginCommand};
+use llmlab::loader;
+use llmlab::registry::Registry;
+use llmlab::script::{Overrides, Session};
+use llmlab_plugin_api::candle::{DType, Device};
+use llmlab_plugin_api::{tracing, Context};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.common.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    let dirs = loader::search_dirs(&cli.common.plugin_dirs);
+    match cli.command {
+        Some(Command::Plugin {
+            command: PluginCommand::Check { file },
+        }) => Ok(check_plugin(&file)),
+        Some(Command::Plugins) => {
+            let registry = Registry::discover(&dirs);
+            print!("{}", registry.report());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Run { script, set }) => {
+            let overrides = Overrides::parse(&set)?;
+            let mut session =
+                Session::new(Registry::discover(&dirs), context(&cli.common)?, overrides);
+            install_ctrl_c(&session, true);
+            let _ = session.run_file(&script).map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let registry = Registry::discover(&dirs);
+            let report = registry.report();
+            let mut session = Session::new(registry, context(&cli.common)?, Overrides::default());
+            install_ctrl_c(&session, false);
+            if !std::io::stdin().is_terminal() {
+                tracing::debug!("stdin is not a terminal: reading statements line by line");
+            }
+            llmlab::repl::run(&mut session, &report).map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check_plugin(file: &std::path::Path) -> ExitCode {
+    match loader::read_declaration(file) {
+        Ok(fingerprint) => println!("declaration of {}:\n{fingerprint:#?}", file.display()),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match loader::load(file) {
+        Ok(plugin) => {
+            println!(
+                "ok: plugin {} {} loads into this host",
+                plugin.name(),
+                plugin.version()
+            );
+            for registration in &plugin.registrations {
+                println!(
+                    "  {} {}",
+                    registration.factory.kind(),
+                    registration.factory.name()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn context(common: &Common) -> Result<Context, String> {
+    let device = match common.device.as_str() {
+        "cpu" => Device::Cpu,
+        other => {
+            let ordinal = other
+                .strip_prefix("cuda:")
+                .or_else(|| (other == "cuda").then_some("0"))
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| format!("--device {other}: expected cpu, cuda or cuda:N"))?;
+            Device::new_cuda(ordinal).map_err(|e| format!("--device {other}: {e}"))?
+        }
+    };
+    let dtype = DType::F32;
+    Ok(Context {
+        device,
+        dtype,
+        seed: common.seed,
+        ..Context::cpu()
+    })
+}
+
+/// First Ctrl-C cancels the running call; in `run`, a second one exits at once.
+fn install_ctrl_c(session: &Session, second_exits: bool) {
+    let cancel = session.host().context.cancel.clone();
+    static PRESSES: AtomicUsize = AtomicUsize::new(0);
+    let _ = ctrlc::set_handler(move || {
+        let presses = PRESSES.fetch_add(1, Ordering::SeqCst) + 1;
+        if second_exits && presses > 1 {
+            eprintln!("\ninterrupted twice: exiting");
+            std::process::exit(130);
+        }
+        eprintln!("\n(Ctrl-C: stopping the running call)");
+        cancel.cancel();
+    });
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,183 @@
+//! Every component the session can make, from every loaded plugin plus the host's built-ins,
+//! by name. A name registered twice is an error naming both providers; the first one stays.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use llmlab_plugin_api::component::register_crate;
+use llmlab_plugin_api::{Factory, Kind, Registrar, Registration};
+
+use crate::loader::{self, LoadError, LoadedPlugin};
+
+/// Who provided a component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provider {
+    BuiltIn,
+    Plugin {
+        name: String,
+        version: String,
+        path: PathBuf,
+    },
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Provider::BuiltIn => f.write_str("llmlab (built-in)"),
+            Provider::Plugin { name, path, .. } => write!(f, "plugin {name} ({})", path.display()),
+        }
+    }
+}
+
+pub struct Entry {
+    pub factory: &'static dyn Factory,
+    pub provider: Provider,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    entries: BTreeMap<&'static str, Entry>,
+    pub plugins: Vec<LoadedPlugin>,
+    /// Libraries refused and components rejected, with why: what `llmlab plugins` reports.
+    pub problems: Vec<String>,
+}
+
+struct Built(Vec<&'static Registration>);
+
+impl Registrar for Built {
+    fn register(&mut self, registration: &'static Registration) {
+        self.0.push(registration);
+    }
+}
+
+impl Registry {
+    /// The host's built-in components only.
+    pub fn with_builtins() -> Registry {
+        let mut registry = Registry::default();
+        let mut built = Built(Vec::new());
+        register_crate(env!("CARGO_CRATE_NAME"), &mut built);
+        for registration in built.0 {
+            registry.add(registration.factory, Provider::BuiltIn);
+        }
+        registry
+    }
+
+    /// Built-ins plus every plugin found in `dirs`.
+    pub fn discover(dirs: &[PathBuf]) -> Registry {
+        let mut registry = Registry::with_builtins();
+        let scan = loader::scan(dirs);
+        for refusal in scan.refused {
+            registry.problems.push(refusal.to_string());
+        }
+        for plugin in scan.loaded {
+            registry.add_plugin(plugin);
+        }
+        registry
+    }
+
+    /// Loads one more plugin library (`load_plugin("path.so")` in scripts).
+    pub fn load_plugin(&mut self, path: &std::path::Path) -> Result<Vec<String>, LoadError> {
+        let plugin = loader::load(path)?;
+        let names = plugin
+            .registrations
+            .iter()
+            .map(|r| r.factory.name().to_string())
+            .collect();
+        self.add_plugin(plugin);
+        Ok(names)
+    }
+
+    fn add_plugin(&mut self, plugin: LoadedPlugin) {
+        let provider = Provider::Plugin {
+            name: plugin.name().to_string(),
+            version: plugin.version().to_string(),
+            path: plugin.path.clone(),
+        };
+        for registration in &plugin.registrations {
+            self.add(registration.factory, provider.clone());
+        }
+        self.plugins.push(plugin);
+    }
+
+    fn add(&mut self, factory: &'static dyn Factory, provider: Provider) {
+        let name = factory.name();
+        if let Some(existing) = self.entries.get(name) {
+            self.problems.push(format!(
+                "duplicate component `{name}`: provided by {} and by {}; keeping the first",
+                existing.provider, provider
+            ));
+            return;
+        }
+        self.entries.insert(name, Entry { factory, provider });
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.entries.get(name)
+    }
+
+    /// The component `name` of `kind`, or an error listing what there is.
+    pub fn find(&self, kind: Kind, name: &str) -> Result<&Entry, String> {
+        match self.entries.get(name) {
+            Some(entry) if entry.factory.kind() == kind => Ok(entry),
+            Some(entry) => Err(format!(
+                "`{name}` is a {}, not a {kind}",
+                entry.factory.kind()
+            )),
+            None => {
+                let available = self.names(kind);
+                let available = if available.is_empty() {
+                    "none loaded (see `llmlab plugins`)".to_string()
+                } else {
+                    available.join(", ")
+                };
+                Err(format!("unknown {kind} `{name}`; available: {available}"))
+            }
+        }
+    }
+
+    pub fn names(&self, kind: Kind) -> Vec<&'static str> {
+        self.entries
+            .values()
+            .filter(|e| e.factory.kind() == kind)
+            .map(|e| e.factory.name())
+            .collect()
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    /// What `llmlab plugins` and `:plugins` print.
+    pub fn report(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let builtins: Vec<_> = self
+            .entries()
+            .filter(|e| e.provider == Provider::BuiltIn)
+            .map(|e| e.factory.name())
+            .collect();
+        if !builtins.is_empty() {
+            let _ = writeln!(out, "built-in: {}", builtins.join(", "));
+        }
+        if self.plugins.is_empty() {
+            let _ = writeln!(out, "no plugins loaded");
+        }
+        for plugin in &self.plugins {
+            let _ = writeln!(
+                out,
+                "loaded {} {} ({})",
+                plugin.name(),
+                plugin.version(),
+                plugin.path.display()
+            );
+            for registration in &plugin.registrations {
+                let f = registration.factory;
+                let _ = writeln!(out, "  {:<10} {:<12} {}", f.kind(), f.name(), f.about());
+            }
+        }
+        for problem in &self.problems {
+            let _ = writeln!(out, "refused: {problem}");
+        }
+        out
+    }
+}

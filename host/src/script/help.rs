@@ -1,0 +1,73 @@
+//! `help()` and `help("name")`: what the REPL shows about components and their config keys.
+
+use std::fmt::Write;
+
+use llmlab_plugin_api::Kind;
+
+use crate::registry::Registry;
+
+/// Text for `help()` (no name: every component by kind) or `help("name")` (one component's keys,
+/// or every component of a kind when `name` is a kind).
+pub fn help_text(registry: &Registry, name: Option<&str>) -> String {
+    let mut out = String::new();
+    match name {
+        None => {
+            out.push_str("Components (help(\"name\") for config keys):\n");
+            for kind in Kind::ALL {
+                for entry in registry.entries().filter(|e| e.factory.kind() == kind) {
+                    let _ = writeln!(
+                        out,
+                        "  {}(\"{}\")  {}  [{}]",
+                        kind.script_constructor(),
+                        entry.factory.name(),
+                        entry.factory.about(),
+                        entry.provider
+                    );
+                }
+            }
+            out.push_str(
+                "Functions: help(name), plugins(), load_plugin(path), setting(key, default), tensor(array), \
+                 zeros(shape), randn(shape, seed)\n",
+            );
+        }
+        Some(name) => {
+            if let Some(entry) = registry.get(name) {
+                let factory = entry.factory;
+                let _ = writeln!(
+                    out,
+                    "{} \"{}\": {}  [{}]",
+                    factory.kind(),
+                    name,
+                    factory.about(),
+                    entry.provider
+                );
+                let keys = factory.config_keys();
+                let width = keys.iter().map(|k| k.name.len()).max().unwrap_or(0);
+                for key in keys {
+                    let _ = writeln!(
+                        out,
+                        "  {:width$}  = {:<12}  {}",
+                        key.name,
+                        key.default.to_string(),
+                        key.doc
+                    );
+                }
+            } else if let Some(kind) = Kind::ALL
+                .into_iter()
+                .find(|k| k.script_constructor() == name || k.to_string() == name)
+            {
+                let _ = writeln!(
+                    out,
+                    "{kind} components: {}",
+                    registry.names(kind).join(", ")
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "no component or kind named `{name}`; help() lists them"
+                );
+            }
+        }
+    }
+    out
+}

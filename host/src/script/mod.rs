@@ -1,0 +1,318 @@
+//! The Rhai side of llmlab: one [`Session`] owns the engine, the scope that survives between
+//! REPL lines, and the [`Host`] state every registered function shares (registry, context,
+//! `--set` overrides).
+//!
+//! Each component kind's script surface lives in its own file; this module wires them together
+//! and owns the conversion of plugin errors and panics into script errors.
+
+mod callback;
+mod config;
+mod help;
+mod model;
+mod tensor;
+mod tokenizer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+
+use llmlab_plugin_api::{Aligner, Context, Instance, Kind, Quantizer, Trainer};
+use rhai::{Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
+
+pub use callback::ClosureReward;
+pub use config::{dynamic_to_json, json_to_dynamic, Overrides};
+pub use help::help_text;
+pub use model::ModelHandle;
+pub use tensor::TensorHandle;
+pub use tokenizer::TokenizerHandle;
+
+use crate::panics::guard;
+use crate::registry::Registry;
+
+pub type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// A script error with `message` at no particular position.
+pub fn script_error(message: impl std::fmt::Display) -> Box<EvalAltResult> {
+    EvalAltResult::ErrorRuntime(message.to_string().into(), Position::NONE).into()
+}
+
+/// Calls plugin code: its errors and panics become script errors naming `what`.
+pub fn plugin_call<T>(
+    what: &str,
+    f: impl FnOnce() -> llmlab_plugin_api::Result<T>,
+) -> ScriptResult<T> {
+    match guard(what, f) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(script_error(format!("{what}: {error}"))),
+        Err(panic) => Err(script_error(panic)),
+    }
+}
+
+/// State shared by every function registered in the engine.
+pub struct Host {
+    registry: RwLock<Registry>,
+    pub context: Context,
+    pub overrides: Overrides,
+}
+
+impl Host {
+    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Makes component `name` of `kind` from a script config map, applying `--set` overrides.
+    pub fn create(&self, kind: Kind, name: &str, config: Dynamic) -> ScriptResult<Instance> {
+        let registry = self.registry();
+        let entry = registry.find(kind, name).map_err(script_error)?;
+        let mut json = dynamic_to_json(config)?;
+        self.overrides
+            .apply(kind, name, &mut json)
+            .map_err(script_error)?;
+        plugin_call(name, || entry.factory.create(&json, &self.context))
+    }
+
+    /// Loads a saved component with the first factory of `kind` that accepts `path`.
+    pub fn load(&self, kind: Kind, path: &str) -> ScriptResult<Instance> {
+        let registry = self.registry();
+        let mut failures = Vec::new();
+        for name in registry.names(kind) {
+            let entry = registry.get(name).expect("listed names exist");
+            match plugin_call(name, || entry.factory.load(Path::new(path), &self.context)) {
+                Ok(instance) => return Ok(instance),
+                Err(error) => failures.push(error.to_string()),
+            }
+        }
+        if failures.is_empty() {
+            return Err(script_error(format!(
+                "cannot load {path}: no {kind} components are loaded"
+            )));
+        }
+        Err(script_error(format!(
+            "cannot load {kind} from {path}:\n  {}",
+            failures.join("\n  ")
+        )))
+    }
+}
+
+/// A scripting session: engine, persistent scope, shared host state.
+pub struct Session {
+    engine: Engine,
+    scope: Scope<'static>,
+    /// Every function defined so far in this session.
+    functions: AST,
+    host: Arc<Host>,
+}
+
+impl Session {
+    pub fn new(registry: Registry, context: Context, overrides: Overrides) -> Session {
+        let host = Arc::new(Host {
+            registry: RwLock::new(registry),
+            context,
+            overrides,
+        });
+        let mut engine = Engine::new();
+        engine.set_max_expr_depths(256, 256);
+        let cancel = host.context.cancel.clone();
+        // Ctrl-C also stops pure-Rhai loops, not only plugin calls.
+        engine.on_progress(move |_| cancel.is_cancelled().then(|| Dynamic::from("cancelled")));
+        register_session_functions(&mut engine, &host);
+        register_component_types(&mut engine);
+        tensor::register(&mut engine);
+        tokenizer::register(&mut engine, &host);
+        model::register(&mut engine, &host);
+        callback::register(&mut engine);
+        let mut scope = Scope::new();
+        scope.push_constant("SETTINGS", host.overrides.settings_map());
+        Session {
+            engine,
+            scope,
+            functions: AST::empty(),
+            host,
+        }
+    }
+
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Evaluates `code` in the session scope; variables persist between calls.
+    pub fn eval(&mut self, code: &str) -> ScriptResult<Dynamic> {
+        self.host.context.cancel.reset();
+        let ast = self.engine.compile_with_scope(&self.scope, code)?;
+        // Functions (and closures) defined by earlier inputs stay callable.
+        self.functions += ast;
+        let result = self
+            .engine
+            .eval_ast_with_scope::<Dynamic>(&mut self.scope, &self.functions);
+        self.functions.clear_statements();
+        match result {
+            Err(e) if matches!(*e, EvalAltResult::ErrorTerminated(..)) => {
+                Err(script_error("cancelled (Ctrl-C)"))
+            }
+            other => other,
+        }
+    }
+
+    /// Text for a REPL result: the value's own `to_string`, kept as `ans` for the next line.
+    pub fn display(&mut self, value: Dynamic) -> String {
+        self.scope.set_or_push("ans", value.clone());
+        self.engine
+            .eval_with_scope::<String>(&mut self.scope, "ans.to_string()")
+            .unwrap_or_else(|_| value.to_string())
+    }
+
+    /// Runs a script file.
+    pub fn run_file(&mut self, path: &Path) -> ScriptResult<Dynamic> {
+        let code = std::fs::read_to_string(path)
+            .map_err(|e| script_error(format!("cannot read script {}: {e}", path.display())))?;
+        self.eval(&code)
+            .map_err(|e| script_error(format!("{}: {e}", path.display())))
+    }
+
+    /// Whether `code` is an unfinished statement (the REPL keeps reading lines): the parser ran
+    /// out of input, i.e. its error sits at or past the end of the text.
+    pub fn is_incomplete(&self, code: &str) -> bool {
+        let Err(error) = self.engine.compile_with_scope(&self.scope, code) else {
+            return false;
+        };
+        let at_end = match error.position().line() {
+            None => true,
+            Some(line) => line > code.trim_end().lines().count(),
+        };
+        at_end
+            && matches!(
+                error.err_type(),
+                rhai::ParseErrorType::UnexpectedEOF
+                    | rhai::ParseErrorType::MissingToken(..)
+                    | rhai::ParseErrorType::MissingSymbol(..)
+            )
+    }
+
+    /// Names for tab completion: functions, components, and config keys.
+    pub fn completion_words(&self) -> Vec<String> {
+        let mut words: Vec<String> = self
+            .engine
+            .gen_fn_signatures(false)
+            .into_iter()
+            .filter_map(|sig| {
+                sig.split('(')
+                    .next()
+                    .map(|n| n.trim_start_matches("fn ").to_string())
+            })
+            .collect();
+        let registry = self.host.registry();
+        for entry in registry.entries() {
+            words.push(entry.factory.name().to_string());
+            words.extend(entry.factory.config_keys().into_iter().map(|k| k.name));
+        }
+        words.extend(self.scope.iter_raw().map(|(name, ..)| name.to_string()));
+        words.sort();
+        words.dedup();
+        words
+    }
+}
+
+fn register_session_functions(engine: &mut Engine, host: &Arc<Host>) {
+    for kind in Kind::ALL {
+        let h = host.clone();
+        engine.register_fn(kind.script_constructor(), move |name: &str, config: Map| {
+            h.create(kind, name, config.into()).map(instance_to_dynamic)
+        });
+        let h = host.clone();
+        engine.register_fn(kind.script_constructor(), move |name: &str| {
+            h.create(kind, name, Dynamic::UNIT).map(instance_to_dynamic)
+        });
+    }
+    let h = host.clone();
+    engine.register_fn("help", move || help_text(&h.registry(), None));
+    let h = host.clone();
+    engine.register_fn("help", move |name: &str| {
+        help_text(&h.registry(), Some(name))
+    });
+    let h = host.clone();
+    engine.register_fn("plugins", move || -> rhai::Array {
+        h.registry()
+            .plugins
+            .iter()
+            .map(|p| {
+                let mut m = Map::new();
+                m.insert("name".into(), p.name().into());
+                m.insert("version".into(), p.version().into());
+                m.insert("path".into(), p.path.display().to_string().into());
+                let components: rhai::Array = p
+                    .registrations
+                    .iter()
+                    .map(|r| Dynamic::from(r.factory.name().to_string()))
+                    .collect();
+                m.insert("components".into(), components.into());
+                m.into()
+            })
+            .collect()
+    });
+    let h = host.clone();
+    engine.register_fn(
+        "load_plugin",
+        move |path: &str| -> ScriptResult<rhai::Array> {
+            let mut registry = h.registry.write().unwrap_or_else(|p| p.into_inner());
+            let names = registry
+                .load_plugin(Path::new(path))
+                .map_err(script_error)?;
+            Ok(names.into_iter().map(Dynamic::from).collect())
+        },
+    );
+    let h = host.clone();
+    engine.register_fn("setting", move |key: &str, default: Dynamic| {
+        h.overrides.setting(key).unwrap_or(default)
+    });
+}
+
+/// Wraps a component in its script type.
+pub fn instance_to_dynamic(instance: Instance) -> Dynamic {
+    match instance {
+        Instance::Tokenizer(t) => Dynamic::from(TokenizerHandle::new(t)),
+        Instance::Model(m) => Dynamic::from(ModelHandle::new(m)),
+        Instance::Trainer(t) => Dynamic::from(TrainerHandle(Arc::new(Mutex::new(t)))),
+        Instance::Aligner(a) => Dynamic::from(AlignerHandle(Arc::new(Mutex::new(a)))),
+        Instance::Quantizer(q) => Dynamic::from(QuantizerHandle(Arc::from(q))),
+    }
+}
+
+/// Trainers, aligners and quantizers as script values; their methods live with their
+/// plugins' script surface.
+#[derive(Clone)]
+pub struct TrainerHandle(pub Arc<Mutex<Box<dyn Trainer>>>);
+#[derive(Clone)]
+pub struct AlignerHandle(pub Arc<Mutex<Box<dyn Aligner>>>);
+#[derive(Clone)]
+pub struct QuantizerHandle(pub Arc<dyn Quantizer>);
+
+fn register_component_types(engine: &mut Engine) {
+    engine.register_type_with_name::<TrainerHandle>("Trainer");
+    engine.register_type_with_name::<AlignerHandle>("Aligner");
+    engine.register_type_with_name::<QuantizerHandle>("Quantizer");
+    engine.register_fn("to_string", |t: &mut TrainerHandle| {
+        format!("trainer {}", lock(&t.0).name())
+    });
+    engine.register_fn("to_string", |a: &mut AlignerHandle| {
+        format!("aligner {}", lock(&a.0).name())
+    });
+    engine.register_fn("to_string", |q: &mut QuantizerHandle| {
+        format!("quantizer {}", q.0.name())
+    });
+    engine.register_fn("config", |t: &mut TrainerHandle| {
+        json_to_dynamic(&lock(&t.0).config())
+    });
+    engine.register_fn("config", |a: &mut AlignerHandle| {
+        json_to_dynamic(&lock(&a.0).config())
+    });
+}
+
+/// Locks a component; a panic in an earlier call (already reported) does not poison the session.
+pub fn lock<T: ?Sized>(mutex: &Mutex<Box<T>>) -> MutexGuard<'_, Box<T>> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}

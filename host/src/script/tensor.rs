@@ -1,0 +1,354 @@
+//! candle tensors as a Rhai type, so a researcher can poke at logits and weights: shape, dtype,
+//! indexing and slicing, reductions, elementwise arithmetic, `to_array`.
+
+use llmlab_plugin_api::candle::{DType, Device, Tensor};
+use rhai::{Array, Dynamic, Engine, FLOAT, INT};
+
+use super::{script_error, ScriptResult};
+
+/// A tensor value in scripts (cheap to clone: candle tensors are reference counted).
+#[derive(Clone, Debug)]
+pub struct TensorHandle(pub Tensor);
+
+fn wrap(result: llmlab_plugin_api::candle::Result<Tensor>) -> ScriptResult<TensorHandle> {
+    result.map(TensorHandle).map_err(script_error)
+}
+
+fn dim_index(t: &Tensor, dim: INT) -> ScriptResult<usize> {
+    let rank = t.rank() as INT;
+    let d = if dim < 0 { rank + dim } else { dim };
+    if d < 0 || d >= rank {
+        return Err(script_error(format!(
+            "dimension {dim} out of range for a tensor of rank {rank}"
+        )));
+    }
+    Ok(d as usize)
+}
+
+fn to_usizes(shape: &Array) -> ScriptResult<Vec<usize>> {
+    shape
+        .iter()
+        .map(|d| {
+            d.as_int()
+                .ok()
+                .filter(|v| *v >= 0)
+                .map(|v| v as usize)
+                .ok_or_else(|| script_error("shape entries must be non-negative integers"))
+        })
+        .collect()
+}
+
+/// Flattens a nested Rhai array of numbers into values and a shape.
+fn flatten(
+    value: &Dynamic,
+    depth: usize,
+    shape: &mut Vec<usize>,
+    out: &mut Vec<f32>,
+) -> ScriptResult<()> {
+    if let Some(array) = value.read_lock::<Array>() {
+        if shape.len() == depth {
+            shape.push(array.len());
+        } else if shape[depth] != array.len() {
+            return Err(script_error("tensor(): rows have different lengths"));
+        }
+        for item in array.iter() {
+            flatten(item, depth + 1, shape, out)?;
+        }
+        return Ok(());
+    }
+    if depth != shape.len() {
+        return Err(script_error(
+            "tensor(): mixed numbers and arrays at the same depth",
+        ));
+    }
+    let number = value
+        .as_float()
+        .or_else(|_| value.as_int().map(|i| i as FLOAT))
+        .map_err(|t| script_error(format!("tensor(): expected numbers, found {t}")))?;
+    out.push(number as f32);
+    Ok(())
+}
+
+fn to_array(t: &Tensor) -> ScriptResult<Dynamic> {
+    let is_int = matches!(t.dtype(), DType::U8 | DType::U32 | DType::I64);
+    let flat = t
+        .flatten_all()
+        .and_then(|f| f.to_dtype(DType::F64))
+        .and_then(|f| f.to_vec1::<f64>())
+        .map_err(script_error)?;
+    fn build(dims: &[usize], flat: &[f64], is_int: bool) -> Dynamic {
+        match dims.split_first() {
+            None => {
+                if is_int {
+                    Dynamic::from(flat[0] as INT)
+                } else {
+                    Dynamic::from(flat[0] as FLOAT)
+                }
+            }
+            Some((&n, rest)) => {
+                let stride: usize = rest.iter().product();
+                (0..n)
+                    .map(|i| build(rest, &flat[i * stride..(i + 1) * stride], is_int))
+                    .collect::<Array>()
+                    .into()
+            }
+        }
+    }
+    Ok(build(t.dims(), &flat, is_int))
+}
+
+fn scalar(t: &Tensor) -> ScriptResult<FLOAT> {
+    t.to_dtype(DType::F64)
+        .and_then(|s| s.to_scalar::<f64>())
+        .map_err(script_error)
+}
+
+fn all_reduce(
+    t: &Tensor,
+    op: fn(&Tensor) -> llmlab_plugin_api::candle::Result<Tensor>,
+) -> ScriptResult<FLOAT> {
+    let flat = t
+        .flatten_all()
+        .and_then(|f| f.to_dtype(DType::F32))
+        .map_err(script_error)?;
+    scalar(&op(&flat).map_err(script_error)?)
+}
+
+pub fn register(engine: &mut Engine) {
+    engine.register_type_with_name::<TensorHandle>("Tensor");
+    engine.register_fn("tensor", |values: Array| -> ScriptResult<TensorHandle> {
+        let (mut shape, mut out) = (Vec::new(), Vec::new());
+        flatten(&Dynamic::from(values), 0, &mut shape, &mut out)?;
+        wrap(Tensor::from_vec(out, shape, &Device::Cpu))
+    });
+    engine.register_fn("zeros", |shape: Array| {
+        wrap(Tensor::zeros(to_usizes(&shape)?, DType::F32, &Device::Cpu))
+    });
+    engine.register_fn("ones", |shape: Array| {
+        wrap(Tensor::ones(to_usizes(&shape)?, DType::F32, &Device::Cpu))
+    });
+    engine.register_fn("arange", |n: INT| {
+        wrap(Tensor::arange(0f32, n as f32, &Device::Cpu))
+    });
+    engine.register_fn(
+        "randn",
+        |shape: Array, seed: INT| -> ScriptResult<TensorHandle> {
+            let device = Device::Cpu;
+            device.set_seed(seed as u64).map_err(script_error)?;
+            wrap(Tensor::randn(0f32, 1f32, to_usizes(&shape)?, &device))
+        },
+    );
+
+    engine.register_fn("shape", |t: &mut TensorHandle| -> Array {
+        t.0.dims()
+            .iter()
+            .map(|&d| Dynamic::from(d as INT))
+            .collect()
+    });
+    engine.register_fn("rank", |t: &mut TensorHandle| t.0.rank() as INT);
+    engine.register_fn("len", |t: &mut TensorHandle| {
+        t.0.dims().first().copied().unwrap_or(0) as INT
+    });
+    engine.register_fn("numel", |t: &mut TensorHandle| t.0.elem_count() as INT);
+    engine.register_fn("dtype", |t: &mut TensorHandle| {
+        format!("{:?}", t.0.dtype()).to_lowercase()
+    });
+    engine.register_fn("to_array", |t: &mut TensorHandle| to_array(&t.0));
+    engine.register_fn("item", |t: &mut TensorHandle| -> ScriptResult<FLOAT> {
+        if t.0.elem_count() != 1 {
+            return Err(script_error(format!(
+                "item() needs a single-element tensor, this one has shape {:?}",
+                t.0.dims()
+            )));
+        }
+        scalar(
+            &t.0.flatten_all()
+                .and_then(|f| f.get(0))
+                .map_err(script_error)?,
+        )
+    });
+    engine.register_fn("to_string", |t: &mut TensorHandle| format!("{}", t.0));
+    engine.register_fn("to_debug", |t: &mut TensorHandle| {
+        format!("Tensor{:?} {:?}", t.0.dims(), t.0.dtype())
+    });
+
+    engine.register_indexer_get(
+        |t: &mut TensorHandle, i: INT| -> ScriptResult<TensorHandle> {
+            let n = t.0.dims().first().copied().unwrap_or(0) as INT;
+            let index = if i < 0 { n + i } else { i };
+            if index < 0 || index >= n {
+                return Err(script_error(format!(
+                    "index {i} out of range for dimension 0 of size {n}"
+                )));
+            }
+            wrap(t.0.get(index as usize))
+        },
+    );
+    engine.register_fn(
+        "slice",
+        |t: &mut TensorHandle, dim: INT, start: INT, len: INT| -> ScriptResult<TensorHandle> {
+            let d = dim_index(&t.0, dim)?;
+            let size = t.0.dim(d).map_err(script_error)? as INT;
+            if start < 0 || len < 0 || start + len > size {
+                return Err(script_error(format!(
+                    "slice {start}..{} out of range for dimension {d} of size {size}",
+                    start + len
+                )));
+            }
+            wrap(t.0.narrow(d, start as usize, len as usize))
+        },
+    );
+    engine.register_fn("reshape", |t: &mut TensorHandle, shape: Array| {
+        wrap(t.0.reshape(to_usizes(&shape)?))
+    });
+    engine.register_fn("transpose", |t: &mut TensorHandle, a: INT, b: INT| {
+        let (a, b) = (dim_index(&t.0, a)?, dim_index(&t.0, b)?);
+        wrap(t.0.transpose(a, b))
+    });
+    engine.register_fn("matmul", |a: &mut TensorHandle, b: TensorHandle| {
+        wrap(a.0.matmul(&b.0))
+    });
+
+    engine.register_fn("sum", |t: &mut TensorHandle| {
+        all_reduce(&t.0, |f| f.sum_all())
+    });
+    engine.register_fn("mean", |t: &mut TensorHandle| {
+        all_reduce(&t.0, |f| f.mean_all())
+    });
+    engine.register_fn("max", |t: &mut TensorHandle| all_reduce(&t.0, |f| f.max(0)));
+    engine.register_fn("min", |t: &mut TensorHandle| all_reduce(&t.0, |f| f.min(0)));
+    engine.register_fn("sum", |t: &mut TensorHandle, dim: INT| {
+        wrap(t.0.sum(dim_index(&t.0, dim)?))
+    });
+    engine.register_fn("mean", |t: &mut TensorHandle, dim: INT| {
+        wrap(t.0.mean(dim_index(&t.0, dim)?))
+    });
+    engine.register_fn("max", |t: &mut TensorHandle, dim: INT| {
+        wrap(t.0.max(dim_index(&t.0, dim)?))
+    });
+    engine.register_fn("min", |t: &mut TensorHandle, dim: INT| {
+        wrap(t.0.min(dim_index(&t.0, dim)?))
+    });
+    engine.register_fn("argmax", |t: &mut TensorHandle, dim: INT| {
+        wrap(t.0.argmax(dim_index(&t.0, dim)?))
+    });
+    engine.register_fn("argmax", |t: &mut TensorHandle| -> ScriptResult<INT> {
+        let flat = t.0.flatten_all().map_err(script_error)?;
+        Ok(scalar(&flat.argmax(0).map_err(script_error)?)? as INT)
+    });
+    engine.register_fn("softmax", |t: &mut TensorHandle, dim: INT| {
+        let d = dim_index(&t.0, dim)?;
+        let x = t.0.to_dtype(DType::F32).map_err(script_error)?;
+        wrap(
+            x.broadcast_sub(&x.max_keepdim(d).map_err(script_error)?)
+                .and_then(|z| z.exp())
+                .and_then(|e| {
+                    let total = e.sum_keepdim(d)?;
+                    e.broadcast_div(&total)
+                }),
+        )
+    });
+    engine.register_fn("exp", |t: &mut TensorHandle| wrap(t.0.exp()));
+    engine.register_fn("log", |t: &mut TensorHandle| wrap(t.0.log()));
+    engine.register_fn("abs", |t: &mut TensorHandle| wrap(t.0.abs()));
+    engine.register_fn("sqrt", |t: &mut TensorHandle| wrap(t.0.sqrt()));
+    engine.register_fn("norm", |t: &mut TensorHandle| {
+        all_reduce(&t.0, |f| f.sqr()?.sum_all()?.sqrt())
+    });
+    engine.register_fn("to_float", |t: &mut TensorHandle| {
+        wrap(t.0.to_dtype(DType::F32))
+    });
+
+    macro_rules! binary {
+        ($op:literal, $method:ident, $scalar:expr) => {
+            engine.register_fn($op, |a: TensorHandle, b: TensorHandle| {
+                wrap(a.0.$method(&b.0))
+            });
+            engine.register_fn($op, |a: TensorHandle, b: FLOAT| wrap(($scalar)(&a.0, b)));
+            engine.register_fn($op, |a: TensorHandle, b: INT| {
+                wrap(($scalar)(&a.0, b as FLOAT))
+            });
+        };
+    }
+    binary!("+", broadcast_add, |t: &Tensor, s: f64| t.affine(1.0, s));
+    binary!("-", broadcast_sub, |t: &Tensor, s: f64| t.affine(1.0, -s));
+    binary!("*", broadcast_mul, |t: &Tensor, s: f64| t.affine(s, 0.0));
+    binary!("/", broadcast_div, |t: &Tensor, s: f64| t
+        .affine(1.0 / s, 0.0));
+}
+
+#[cfg(test)]
+mod tests {
+    use rhai::Engine;
+
+    fn engine() -> Engine {
+        let mut engine = Engine::new();
+        super::register(&mut engine);
+        engine
+    }
+
+    #[test]
+    fn tensors_index_slice_and_reduce() {
+        let e = engine();
+        let r: rhai::Array = e
+            .eval("let t = tensor([[1, 2, 3], [4, 5, 6]]); t.shape()")
+            .unwrap();
+        assert_eq!(
+            r.iter().map(|d| d.as_int().unwrap()).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(
+            e.eval::<f64>("tensor([[1, 2, 3], [4, 5, 6]]).sum()")
+                .unwrap(),
+            21.0
+        );
+        assert_eq!(
+            e.eval::<f64>("tensor([[1, 2, 3], [4, 5, 6]])[1].mean()")
+                .unwrap(),
+            5.0
+        );
+        assert_eq!(
+            e.eval::<f64>("tensor([[1, 2, 3], [4, 5, 6]]).slice(1, 1, 2).max()")
+                .unwrap(),
+            6.0
+        );
+        assert_eq!(
+            e.eval::<i64>("tensor([0.1, 0.7, 0.2]).argmax()").unwrap(),
+            1
+        );
+        let s = e
+            .eval::<f64>("tensor([[1.0, 2.0], [3.0, 4.0]]).softmax(-1).sum()")
+            .unwrap();
+        assert!((s - 2.0).abs() < 1e-6);
+        assert_eq!(
+            e.eval::<f64>("((tensor([1, 2]) * 3) + tensor([1, 1])).sum()")
+                .unwrap(),
+            11.0
+        );
+    }
+
+    #[test]
+    fn bad_indices_are_script_errors() {
+        let e = engine();
+        let err = e
+            .eval::<rhai::Dynamic>("tensor([1, 2])[5]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("index 5 out of range"), "{err}");
+        let err = e
+            .eval::<rhai::Dynamic>("tensor([[1], [2, 3]])")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("different lengths"), "{err}");
+    }
+
+    #[test]
+    fn to_array_round_trips() {
+        let e = engine();
+        let r: rhai::Array = e
+            .eval("tensor([[1.5, 2.0], [3.0, 4.0]]).to_array()")
+            .unwrap();
+        let row: rhai::Array = r[1].clone().cast();
+        assert_eq!(row[0].as_float().unwrap(), 3.0);
+    }
+}

@@ -1,0 +1,60 @@
+//! The data a component reads, as traits the host's built-ins implement: raw text for tokenizer
+//! training ([`TextSource`]), token streams for language-model training ([`TokenData`]), and
+//! prompt/answer examples for SFT and alignment ([`ExampleSource`]).
+
+use crate::Result;
+
+/// Documents of text: a built-in corpus or a user's file.
+pub trait TextSource: Send + Sync {
+    /// What to call it in messages: `"stories(seed=7)"`, a file path.
+    fn name(&self) -> String;
+    /// The documents in order. Errors (bad UTF-8, I/O) name the file and offset.
+    fn documents(&self) -> Box<dyn Iterator<Item = Result<String>> + Send + '_>;
+    /// Size in bytes when known cheaply; decides whether training shows a progress bar.
+    fn approx_bytes(&self) -> Option<u64>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Split {
+    Train,
+    Val,
+}
+
+/// A tokenized corpus split into train and validation streams (memory-mapped by the host).
+pub trait TokenData: Send + Sync {
+    /// Number of tokens in `split`.
+    fn len(&self, split: Split) -> usize;
+    fn is_empty(&self, split: Split) -> bool {
+        self.len(split) == 0
+    }
+    /// Copies tokens `start .. start + out.len()` of `split` into `out`.
+    fn read(&self, split: Split, start: usize, out: &mut [u32]) -> Result<()>;
+    fn vocab_size(&self) -> usize;
+    /// For corpora with a known distribution: the best achievable loss in nats per token.
+    fn entropy_floor_nats_per_token(&self) -> Option<f64> {
+        None
+    }
+}
+
+/// A prompt with its answer, and for preference data a rejected answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub prompt: String,
+    pub answer: String,
+    pub rejected: Option<String>,
+}
+
+/// Prompt/answer examples, optionally with a checker for verifiable tasks.
+pub trait ExampleSource: Send + Sync {
+    fn name(&self) -> String;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn get(&self, index: usize) -> Example;
+    /// `Some(correct)` when the task can check answers (arithmetic, sorting).
+    fn check(&self, prompt: &str, answer: &str) -> Option<bool> {
+        let _ = (prompt, answer);
+        None
+    }
+}

@@ -1,0 +1,76 @@
+//! The [`Model`] component: a causal LM with everything training, alignment, decoding and
+//! quantization need from it.
+
+use std::any::Any;
+use std::path::Path;
+
+use candle_core::{Device, Tensor, Var};
+use serde_json::Value;
+
+use crate::{Error, GenerateOptions, Quantizer, Result};
+
+/// What a forward pass should return besides logits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardOptions {
+    /// Training mode: dropout on.
+    pub train: bool,
+    /// Also return the final hidden states (value heads, reward heads).
+    pub hidden_states: bool,
+}
+
+pub struct ForwardOutput {
+    /// `(batch, seq, vocab)`.
+    pub logits: Tensor,
+    /// Auxiliary loss to add to the LM loss (MoE load balancing); `None` for dense models.
+    pub aux_loss: Option<Tensor>,
+    /// `(batch, seq, d_model)` after the final norm, when asked for.
+    pub hidden: Option<Tensor>,
+}
+
+/// Per-layer keys and values of the tokens decoded so far. Made by the model that uses it.
+pub trait KvCache: Send {
+    /// Tokens already in the cache.
+    fn seq_len(&self) -> usize;
+    fn reset(&mut self);
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+pub trait Model: Send + Sync {
+    /// The component name (`"gpt"`).
+    fn name(&self) -> &str;
+    /// The resolved config (`config.json` when saved).
+    fn config(&self) -> Value;
+    fn vocab_size(&self) -> usize;
+    /// Longest sequence the model accepts.
+    fn ctx_len(&self) -> usize;
+    fn device(&self) -> &Device;
+
+    /// Full-sequence forward over `ids` `(batch, seq)` of u32.
+    fn forward(&self, ids: &Tensor, options: &ForwardOptions) -> Result<ForwardOutput>;
+    fn new_cache(&self, batch: usize) -> Result<Box<dyn KvCache>>;
+    /// Forward over the next `ids` `(batch, new)`, appending to `cache`; logits for the new tokens.
+    fn forward_cached(&self, ids: &Tensor, cache: &mut dyn KvCache) -> Result<ForwardOutput>;
+    /// Continues each prompt; `on_token(sequence, token)` sees tokens as they come and returns
+    /// `false` to stop that sequence. Returns the new tokens of each sequence.
+    fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        options: &GenerateOptions,
+        on_token: &mut dyn FnMut(usize, u32) -> bool,
+    ) -> Result<Vec<Vec<u32>>>;
+
+    /// Trainable parameters by name (GPT-2/HF names), sorted by name.
+    fn parameters(&self) -> Vec<(String, Var)>;
+    fn num_params(&self) -> usize {
+        self.parameters().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+    /// Writes `model.safetensors` + `config.json` into `dir`, atomically.
+    fn save(&self, dir: &Path) -> Result<()>;
+    /// An independent copy with its own weights (reference models for DPO/PPO).
+    fn frozen_copy(&self) -> Result<Box<dyn Model>>;
+    /// The same model with linear weights quantized by `quantizer`, except names matching `skip`.
+    fn quantized(&self, quantizer: &dyn Quantizer, skip: &[String]) -> Result<Box<dyn Model>> {
+        let _ = (quantizer, skip);
+        Err(Error::unsupported(self.name(), "quantization"))
+    }
+}
