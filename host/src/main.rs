@@ -15,6 +15,9 @@ use llmlab_plugin_api::{tracing, Context};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.common.verbose);
+    // Panics in plugin calls become script errors that carry the message; the location is
+    // for `-vv` (the shared runtime means this hook also covers plugin code).
+    std::panic::set_hook(Box::new(|info| tracing::debug!("panic: {info}")));
     match run(cli) {
         Ok(code) => code,
         Err(message) => {

@@ -7,6 +7,7 @@
 
 mod callback;
 mod config;
+mod data;
 mod help;
 mod model;
 mod tensor;
@@ -122,6 +123,7 @@ impl Session {
         tokenizer::register(&mut engine, &host);
         model::register(&mut engine, &host);
         callback::register(&mut engine);
+        data::register(&mut engine, &host);
         let mut scope = Scope::new();
         scope.push_constant("SETTINGS", host.overrides.settings_map());
         Session {
