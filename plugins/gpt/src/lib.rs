@@ -1,0 +1,3 @@
+//! llmlab plugin `gpt` (being written).
+
+llmlab_plugin_api::declare_plugin!("gpt");

@@ -1,0 +1,3 @@
+//! llmlab plugin `tokenizers` (being written).
+
+llmlab_plugin_api::declare_plugin!("tokenizers");
