@@ -22,7 +22,7 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{0}")]
+    #[error("{}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
     #[error("{0}")]
     Json(#[from] serde_json::Error),
@@ -66,5 +66,16 @@ impl Error {
 
     pub fn msg(message: impl Into<String>) -> Self {
         Error::Other(message.into())
+    }
+}
+
+/// A candle error's message without the backtrace candle attaches when RUST_BACKTRACE is set:
+/// the researcher needs the cause, not 30 frames of the runtime.
+pub fn candle_message(error: &candle_core::Error) -> String {
+    match error {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        candle_core::Error::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        candle_core::Error::WithPath { inner, path } => format!("{}: {}", path.display(), candle_message(inner)),
+        other => other.to_string(),
     }
 }

@@ -4,6 +4,8 @@
 use llmlab_plugin_api::candle::{DType, Device, Tensor};
 use rhai::{Array, Dynamic, Engine, FLOAT, INT};
 
+use llmlab_plugin_api::error::candle_message;
+
 use super::{script_error, ScriptResult};
 
 /// A tensor value in scripts (cheap to clone: candle tensors are reference counted).
@@ -11,7 +13,31 @@ use super::{script_error, ScriptResult};
 pub struct TensorHandle(pub Tensor);
 
 fn wrap(result: llmlab_plugin_api::candle::Result<Tensor>) -> ScriptResult<TensorHandle> {
-    result.map(TensorHandle).map_err(script_error)
+    result.map(TensorHandle).map_err(candle_error)
+}
+
+fn candle_error(error: llmlab_plugin_api::candle::Error) -> Box<rhai::EvalAltResult> {
+    script_error(candle_message(&error))
+}
+
+/// Standard normal samples from `seed` (SplitMix64 + Box-Muller): candle's CPU RNG cannot be
+/// seeded, and a script's `randn([2, 3], 7)` must give the same tensor every run.
+fn seeded_normal(count: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    let mut next_unit = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..count)
+        .map(|_| {
+            let (u1, u2) = (next_unit(), next_unit());
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        })
+        .collect()
 }
 
 fn dim_index(t: &Tensor, dim: INT) -> ScriptResult<usize> {
@@ -75,7 +101,7 @@ fn to_array(t: &Tensor) -> ScriptResult<Dynamic> {
         .flatten_all()
         .and_then(|f| f.to_dtype(DType::F64))
         .and_then(|f| f.to_vec1::<f64>())
-        .map_err(script_error)?;
+        .map_err(candle_error)?;
     fn build(dims: &[usize], flat: &[f64], is_int: bool) -> Dynamic {
         match dims.split_first() {
             None => {
@@ -100,7 +126,7 @@ fn to_array(t: &Tensor) -> ScriptResult<Dynamic> {
 fn scalar(t: &Tensor) -> ScriptResult<FLOAT> {
     t.to_dtype(DType::F64)
         .and_then(|s| s.to_scalar::<f64>())
-        .map_err(script_error)
+        .map_err(candle_error)
 }
 
 fn all_reduce(
@@ -110,8 +136,8 @@ fn all_reduce(
     let flat = t
         .flatten_all()
         .and_then(|f| f.to_dtype(DType::F32))
-        .map_err(script_error)?;
-    scalar(&op(&flat).map_err(script_error)?)
+        .map_err(candle_error)?;
+    scalar(&op(&flat).map_err(candle_error)?)
 }
 
 pub fn register(engine: &mut Engine) {
@@ -133,9 +159,9 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn(
         "randn",
         |shape: Array, seed: INT| -> ScriptResult<TensorHandle> {
-            let device = Device::Cpu;
-            device.set_seed(seed as u64).map_err(script_error)?;
-            wrap(Tensor::randn(0f32, 1f32, to_usizes(&shape)?, &device))
+            let shape = to_usizes(&shape)?;
+            let values = seeded_normal(shape.iter().product(), seed as u64);
+            wrap(Tensor::from_vec(values, shape, &Device::Cpu))
         },
     );
 
@@ -164,7 +190,7 @@ pub fn register(engine: &mut Engine) {
         scalar(
             &t.0.flatten_all()
                 .and_then(|f| f.get(0))
-                .map_err(script_error)?,
+                .map_err(candle_error)?,
         )
     });
     engine.register_fn("to_string", |t: &mut TensorHandle| format!("{}", t.0));
@@ -188,7 +214,7 @@ pub fn register(engine: &mut Engine) {
         "slice",
         |t: &mut TensorHandle, dim: INT, start: INT, len: INT| -> ScriptResult<TensorHandle> {
             let d = dim_index(&t.0, dim)?;
-            let size = t.0.dim(d).map_err(script_error)? as INT;
+            let size = t.0.dim(d).map_err(candle_error)? as INT;
             if start < 0 || len < 0 || start + len > size {
                 return Err(script_error(format!(
                     "slice {start}..{} out of range for dimension {d} of size {size}",
@@ -233,14 +259,14 @@ pub fn register(engine: &mut Engine) {
         wrap(t.0.argmax(dim_index(&t.0, dim)?))
     });
     engine.register_fn("argmax", |t: &mut TensorHandle| -> ScriptResult<INT> {
-        let flat = t.0.flatten_all().map_err(script_error)?;
-        Ok(scalar(&flat.argmax(0).map_err(script_error)?)? as INT)
+        let flat = t.0.flatten_all().map_err(candle_error)?;
+        Ok(scalar(&flat.argmax(0).map_err(candle_error)?)? as INT)
     });
     engine.register_fn("softmax", |t: &mut TensorHandle, dim: INT| {
         let d = dim_index(&t.0, dim)?;
-        let x = t.0.to_dtype(DType::F32).map_err(script_error)?;
+        let x = t.0.to_dtype(DType::F32).map_err(candle_error)?;
         wrap(
-            x.broadcast_sub(&x.max_keepdim(d).map_err(script_error)?)
+            x.broadcast_sub(&x.max_keepdim(d).map_err(candle_error)?)
                 .and_then(|z| z.exp())
                 .and_then(|e| {
                     let total = e.sum_keepdim(d)?;
@@ -340,6 +366,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("different lengths"), "{err}");
+    }
+
+    #[test]
+    fn randn_is_seeded_and_roughly_standard() {
+        let e = engine();
+        let a: f64 = e.eval("randn([1000], 3).mean()").unwrap();
+        let b: f64 = e.eval("randn([1000], 3).mean()").unwrap();
+        assert_eq!(a, b);
+        assert!(a.abs() < 0.1, "mean {a}");
+        let var: f64 = e.eval("let x = randn([4000], 5); (x * x).mean()").unwrap();
+        assert!((var - 1.0).abs() < 0.1, "variance {var}");
     }
 
     #[test]
