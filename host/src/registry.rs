@@ -172,7 +172,13 @@ impl Registry {
             );
             for registration in &plugin.registrations {
                 let f = registration.factory;
-                let _ = writeln!(out, "  {:<10} {:<12} {}", f.kind().to_string(), f.name(), f.about());
+                let _ = writeln!(
+                    out,
+                    "  {:<10} {:<12} {}",
+                    f.kind().to_string(),
+                    f.name(),
+                    f.about()
+                );
             }
         }
         for problem in &self.problems {

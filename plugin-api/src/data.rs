@@ -12,6 +12,12 @@ pub trait TextSource: Send + Sync {
     fn documents(&self) -> Box<dyn Iterator<Item = Result<String>> + Send + '_>;
     /// Size in bytes when known cheaply; decides whether training shows a progress bar.
     fn approx_bytes(&self) -> Option<u64>;
+    /// `-ln p(document)` in nats for corpora whose distribution is known (built-in generators):
+    /// token datasets made from them report the entropy floor in nats per token.
+    fn document_nats(&self, index: usize) -> Option<f64> {
+        let _ = index;
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

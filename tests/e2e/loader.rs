@@ -23,14 +23,25 @@ fn hello_plugin_loads_and_runs_from_a_script() {
     let (ok, err) = check(&plugin);
     assert!(ok, "plugin check failed: {err}");
 
-    let plugins = llmlab(&["--plugin-dir", dir.path().to_str().unwrap(), "plugins"], "");
+    let plugins = llmlab(
+        &["--plugin-dir", dir.path().to_str().unwrap(), "plugins"],
+        "",
+    );
     let listing = stdout(&plugins);
     assert!(listing.contains("loaded hello 0.1.0"), "{listing}");
     assert!(listing.contains("tokenizer  hello"), "{listing}");
 
     let script = dir.path().join("hello.rhai");
     std::fs::write(&script, r#"let t = tokenizer("hello", #{ words: ["hi", "there"] }); print(t.encode("hi you there")); print(t.decode([2, 1]));"#).unwrap();
-    let run = llmlab(&["--plugin-dir", dir.path().to_str().unwrap(), "run", script.to_str().unwrap()], "");
+    let run = llmlab(
+        &[
+            "--plugin-dir",
+            dir.path().to_str().unwrap(),
+            "run",
+            script.to_str().unwrap(),
+        ],
+        "",
+    );
     assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(stdout(&run), "[1, 0, 2]\nthere hi\n");
 }
@@ -40,13 +51,41 @@ fn refuses_each_kind_of_bad_library_with_its_own_message_before_running_it() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("constructor-ran");
     let cases = [
-        (Refusal { name: "api_major", expected: "plugin API major version mismatch" }, fingerprint_with("api", "99.0.0")),
-        (Refusal { name: "cuda_build", expected: "candle feature mismatch" }, {
-            let other = if llmlab_plugin_api::declaration::CANDLE_FEATURES == "cpu" { "cuda" } else { "cpu" };
-            fingerprint_with("candle_features", other)
-        }),
-        (Refusal { name: "old_rustc", expected: "compiler mismatch" }, fingerprint_with("rustc", "rustc 1.70.0 (90c541806 2023-05-31)")),
-        (Refusal { name: "api_source", expected: "plugin-api source mismatch" }, fingerprint_with("api_hash", "0123456789abcdef")),
+        (
+            Refusal {
+                name: "api_major",
+                expected: "plugin API major version mismatch",
+            },
+            fingerprint_with("api", "99.0.0"),
+        ),
+        (
+            Refusal {
+                name: "cuda_build",
+                expected: "candle feature mismatch",
+            },
+            {
+                let other = if llmlab_plugin_api::declaration::CANDLE_FEATURES == "cpu" {
+                    "cuda"
+                } else {
+                    "cpu"
+                };
+                fingerprint_with("candle_features", other)
+            },
+        ),
+        (
+            Refusal {
+                name: "old_rustc",
+                expected: "compiler mismatch",
+            },
+            fingerprint_with("rustc", "rustc 1.70.0 (90c541806 2023-05-31)"),
+        ),
+        (
+            Refusal {
+                name: "api_source",
+                expected: "plugin-api source mismatch",
+            },
+            fingerprint_with("api_hash", "0123456789abcdef"),
+        ),
     ];
     for (case, text) in &cases {
         let source = dir.path().join(format!("{}.rs", case.name));
@@ -54,17 +93,37 @@ fn refuses_each_kind_of_bad_library_with_its_own_message_before_running_it() {
         let library = compile_library(dir.path(), case.name, &source, false);
         let (ok, err) = check(&library);
         assert!(!ok, "{} was accepted", case.name);
-        assert!(err.contains(case.expected), "{}: expected {:?} in:\n{err}", case.name, case.expected);
-        assert!(err.contains("rebuild"), "{}: the message says how to fix it:\n{err}", case.name);
-        assert!(!marker.exists(), "{}: the refused library's constructor ran", case.name);
+        assert!(
+            err.contains(case.expected),
+            "{}: expected {:?} in:\n{err}",
+            case.name,
+            case.expected
+        );
+        assert!(
+            err.contains("rebuild"),
+            "{}: the message says how to fix it:\n{err}",
+            case.name
+        );
+        assert!(
+            !marker.exists(),
+            "{}: the refused library's constructor ran",
+            case.name
+        );
     }
     // The API mismatch names both versions.
     let (_, err) = check(&dir.path().join("libapi_major.so"));
-    assert!(err.contains("99.0.0") && err.contains(llmlab_plugin_api::declaration::API_VERSION), "{err}");
+    assert!(
+        err.contains("99.0.0") && err.contains(llmlab_plugin_api::declaration::API_VERSION),
+        "{err}"
+    );
 
     // A shared library without a declaration.
     let source = dir.path().join("plain.rs");
-    std::fs::write(&source, "#[no_mangle] pub extern \"C\" fn unrelated() -> i32 { 7 }").unwrap();
+    std::fs::write(
+        &source,
+        "#[no_mangle] pub extern \"C\" fn unrelated() -> i32 { 7 }",
+    )
+    .unwrap();
     let plain = compile_library(dir.path(), "plain", &source, false);
     let (ok, err) = check(&plain);
     assert!(!ok && err.contains("not an llmlab plugin"), "{err}");
@@ -77,11 +136,17 @@ fn refuses_each_kind_of_bad_library_with_its_own_message_before_running_it() {
     assert!(!ok && err.contains("not a shared library"), "{err}");
 
     // Scanning the directory lists every refusal and still works.
-    let listing = llmlab(&["--plugin-dir", dir.path().to_str().unwrap(), "plugins"], "");
+    let listing = llmlab(
+        &["--plugin-dir", dir.path().to_str().unwrap(), "plugins"],
+        "",
+    );
     assert!(listing.status.success());
     let out = stdout(&listing);
     assert_eq!(out.matches("refused:").count(), cases.len() + 2, "{out}");
-    assert!(!marker.exists(), "scanning ran a refused library's constructor");
+    assert!(
+        !marker.exists(),
+        "scanning ran a refused library's constructor"
+    );
 }
 
 #[test]
@@ -89,7 +154,10 @@ fn workspace_plugins_load_without_refusals() {
     let listing = llmlab(&["plugins"], "");
     let out = stdout(&listing);
     assert!(listing.status.success(), "{}", stderr(&listing));
-    assert!(!out.contains("refused"), "a plugin next to the binary was refused (stale or mismatched build?):\n{out}");
+    assert!(
+        !out.contains("refused"),
+        "a plugin next to the binary was refused (stale or mismatched build?):\n{out}"
+    );
 }
 
 #[test]
@@ -103,7 +171,10 @@ print("still here: " + t.encode("world hello"));
     let output = llmlab(&["--plugin-dir", dir.path().to_str().unwrap()], input);
     let (out, err) = (stdout(&output), stderr(&output));
     assert!(output.status.success(), "{err}");
-    assert!(err.contains("panic in hello") && err.contains("told to panic on \"boom\""), "{err}");
+    assert!(
+        err.contains("panic in hello") && err.contains("told to panic on \"boom\""),
+        "{err}"
+    );
     assert!(out.contains("still here: [2, 1]"), "{out}");
 }
 
@@ -111,7 +182,13 @@ print("still here: " + t.encode("world hello"));
 fn unknown_config_key_names_the_key_and_the_accepted_keys() {
     let dir = tempfile::tempdir().unwrap();
     build_hello_plugin(dir.path());
-    let output = llmlab(&["--plugin-dir", dir.path().to_str().unwrap()], "tokenizer(\"hello\", #{ wrods: [] })\n");
+    let output = llmlab(
+        &["--plugin-dir", dir.path().to_str().unwrap()],
+        "tokenizer(\"hello\", #{ wrods: [] })\n",
+    );
     let err = stderr(&output);
-    assert!(err.contains("unknown config key `wrods` for hello; accepted keys: words, panic_on"), "{err}");
+    assert!(
+        err.contains("unknown config key `wrods` for hello; accepted keys: words, panic_on"),
+        "{err}"
+    );
 }

@@ -10,12 +10,18 @@ use std::process::{Command, Output, Stdio};
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test-binary>
-    exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
 }
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repository").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_path_buf()
 }
 
 /// The built `llmlab` binary; the README's test command builds it before running the tests.
@@ -44,7 +50,12 @@ pub fn llmlab(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn llmlab");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().expect("llmlab runs")
 }
 
@@ -59,7 +70,12 @@ pub fn stderr(output: &Output) -> String {
 /// Compiles `source` with this toolchain's rustc into `dir/lib<name>.so`.
 /// `against_runtime` links it to the host's runtime as a real plugin (a Rust dylib);
 /// otherwise it is a self-contained cdylib (for libraries that must be refused unloaded).
-pub fn compile_library(dir: &Path, name: &str, source_file: &Path, against_runtime: bool) -> PathBuf {
+pub fn compile_library(
+    dir: &Path,
+    name: &str,
+    source_file: &Path,
+    against_runtime: bool,
+) -> PathBuf {
     let out = dir.join(format!("lib{name}.{}", std::env::consts::DLL_EXTENSION));
     let deps = target_dir().join("deps");
     let mut rustc = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()));
@@ -67,11 +83,22 @@ pub fn compile_library(dir: &Path, name: &str, source_file: &Path, against_runti
         .current_dir(repo_root())
         .env("CARGO_PKG_VERSION", "0.1.0")
         .env("CARGO_CRATE_NAME", name)
-        .args(["--edition", "2021", "--crate-name", name, "-C", "opt-level=1", "-o"])
+        .args([
+            "--edition",
+            "2021",
+            "--crate-name",
+            name,
+            "-C",
+            "opt-level=1",
+            "-o",
+        ])
         .arg(&out)
         .arg(source_file);
     if against_runtime {
-        let runtime = deps.join(format!("libllmlab_plugin_api.{}", std::env::consts::DLL_EXTENSION));
+        let runtime = deps.join(format!(
+            "libllmlab_plugin_api.{}",
+            std::env::consts::DLL_EXTENSION
+        ));
         rustc
             .args(["--crate-type", "dylib", "-C", "prefer-dynamic", "-L"])
             .arg(format!("dependency={}", deps.display()))
@@ -81,7 +108,11 @@ pub fn compile_library(dir: &Path, name: &str, source_file: &Path, against_runti
         rustc.args(["--crate-type", "cdylib"]);
     }
     let output = rustc.output().expect("rustc runs");
-    assert!(output.status.success(), "compiling {name} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "compiling {name} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     out
 }
 
@@ -117,7 +148,13 @@ static CONSTRUCTOR: extern "C" fn() = constructor;
 pub fn fingerprint_with(key: &str, value: &str) -> String {
     let mut text: String = llmlab_plugin_api::FINGERPRINT
         .lines()
-        .map(|line| if line.starts_with(&format!("{key}=")) { format!("{key}={value}\n") } else { format!("{line}\n") })
+        .map(|line| {
+            if line.starts_with(&format!("{key}=")) {
+                format!("{key}={value}\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
         .collect();
     text.push_str("plugin=fixture\nplugin_version=0.0.1\n");
     text

@@ -1,2 +1,17 @@
 //! Data the host owns and hands to plugins through the `plugin-api` data traits: text sources
 //! (user files, JSONL, built-in corpora) and memory-mapped token datasets.
+//!
+//! - [`text_file`]: a UTF-8 text or JSONL file as a `TextSource`, streamed.
+//! - [`token_dataset`]: `train.bin` / `val.bin` + `dataset.json`, memory-mapped, as `TokenData`.
+//! - [`dataset_writer`]: encoding a corpus into a token dataset, in parallel and streaming.
+
+pub mod dataset_writer;
+pub mod rng;
+pub mod stories;
+pub mod tasks;
+pub mod text_file;
+pub mod token_dataset;
+
+pub use dataset_writer::{encode_to_dataset, EncodeOptions};
+pub use text_file::{Format, TextFile};
+pub use token_dataset::{tokenizer_hash, Dtype, Header, TokenDataset};

@@ -13,7 +13,7 @@ mod model;
 mod tensor;
 mod tokenizer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use llmlab_plugin_api::{Aligner, Context, Instance, Kind, Quantizer, Trainer};
@@ -28,6 +28,7 @@ pub use tokenizer::TokenizerHandle;
 
 use crate::panics::guard;
 use crate::registry::Registry;
+use crate::runs::{default_run_name, RunDir};
 
 pub type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
 
@@ -53,9 +54,44 @@ pub struct Host {
     registry: RwLock<Registry>,
     pub context: Context,
     pub overrides: Overrides,
+    /// The script being run (`llmlab run FILE`), recorded in the run directory.
+    script: Mutex<Option<PathBuf>>,
+    /// This session's run directory, opened when something first writes to it.
+    run: Mutex<Option<Arc<RunDir>>>,
 }
 
 impl Host {
+    /// The session's run directory `runs/<name>`, opened on first use: the name is the `name`
+    /// setting (`--set name=x`) or `<script>-<timestamp>`.
+    pub fn run_dir(&self) -> llmlab_plugin_api::Result<Arc<RunDir>> {
+        let mut run = self.run.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(run) = run.as_ref() {
+            return Ok(run.clone());
+        }
+        let script = self
+            .script
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let name = match self.overrides.setting("name") {
+            Some(name) => name.to_string(),
+            None => default_run_name(script.as_deref()),
+        };
+        let root = self
+            .overrides
+            .setting("runs_dir")
+            .map_or_else(|| PathBuf::from("runs"), |d| PathBuf::from(d.to_string()));
+        let plugins: Vec<(String, String)> = self
+            .registry()
+            .plugins
+            .iter()
+            .map(|p| (p.name().to_string(), format!("{:?}", p.fingerprint)))
+            .collect();
+        let opened = Arc::new(RunDir::open(&root, &name, script.as_deref(), &plugins)?);
+        *run = Some(opened.clone());
+        Ok(opened)
+    }
+
     pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
         self.registry
             .read()
@@ -111,6 +147,8 @@ impl Session {
             registry: RwLock::new(registry),
             context,
             overrides,
+            script: Mutex::new(None),
+            run: Mutex::new(None),
         });
         let mut engine = Engine::new();
         engine.set_max_expr_depths(256, 256);
@@ -170,6 +208,7 @@ impl Session {
 
     /// Runs a script file.
     pub fn run_file(&mut self, path: &Path) -> ScriptResult<Dynamic> {
+        *self.host.script.lock().unwrap_or_else(|p| p.into_inner()) = Some(path.to_path_buf());
         let code = std::fs::read_to_string(path)
             .map_err(|e| script_error(format!("cannot read script {}: {e}", path.display())))?;
         self.eval(&code)

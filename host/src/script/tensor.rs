@@ -284,6 +284,53 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("to_float", |t: &mut TensorHandle| {
         wrap(t.0.to_dtype(DType::F32))
     });
+    engine.register_fn("norm", |t: &mut TensorHandle, dim: INT| {
+        let d = dim_index(&t.0, dim)?;
+        wrap(
+            t.0.to_dtype(DType::F32)
+                .and_then(|f| f.sqr()?.sum(d)?.sqrt()),
+        )
+    });
+    engine.register_fn("-", |t: TensorHandle| wrap(t.0.neg()));
+    engine.register_indexer_get(
+        |t: &mut TensorHandle, range: std::ops::Range<INT>| -> ScriptResult<TensorHandle> {
+            let n = t.0.dims().first().copied().unwrap_or(0) as INT;
+            let (start, end) = (range.start, range.end);
+            if start < 0 || end > n || start > end {
+                return Err(script_error(format!(
+                    "range {start}..{end} out of range for dimension 0 of size {n}"
+                )));
+            }
+            wrap(t.0.narrow(0, start as usize, (end - start) as usize))
+        },
+    );
+    // `t.topk(k)`: the k largest entries of a 1-D tensor as [index, value] pairs, largest
+    // first (for looking at next-token logits).
+    engine.register_fn(
+        "topk",
+        |t: &mut TensorHandle, k: INT| -> ScriptResult<Array> {
+            if t.0.rank() != 1 {
+                return Err(script_error(format!(
+                    "topk() needs a 1-D tensor, this one has shape {:?}; index it first",
+                    t.0.dims()
+                )));
+            }
+            let values: Vec<f64> =
+                t.0.to_dtype(DType::F64)
+                    .and_then(|f| f.to_vec1())
+                    .map_err(script_error)?;
+            let mut order: Vec<usize> = (0..values.len()).collect();
+            order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+            Ok(order
+                .into_iter()
+                .take(k.max(0) as usize)
+                .map(|i| {
+                    let pair: Array = vec![Dynamic::from(i as INT), Dynamic::from(values[i])];
+                    Dynamic::from(pair)
+                })
+                .collect())
+        },
+    );
 
     macro_rules! binary {
         ($op:literal, $method:ident, $scalar:expr) => {
@@ -301,6 +348,18 @@ pub fn register(engine: &mut Engine) {
     binary!("*", broadcast_mul, |t: &Tensor, s: f64| t.affine(s, 0.0));
     binary!("/", broadcast_div, |t: &Tensor, s: f64| t
         .affine(1.0 / s, 0.0));
+
+    // Numbers on the left: `2 * t`, `1 - t`, `1 / t`.
+    macro_rules! number_first {
+        ($op:literal, $f:expr) => {
+            engine.register_fn($op, |s: FLOAT, t: TensorHandle| wrap(($f)(s, &t.0)));
+            engine.register_fn($op, |s: INT, t: TensorHandle| wrap(($f)(s as FLOAT, &t.0)));
+        };
+    }
+    number_first!("+", |s: f64, t: &Tensor| t.affine(1.0, s));
+    number_first!("-", |s: f64, t: &Tensor| t.affine(-1.0, s));
+    number_first!("*", |s: f64, t: &Tensor| t.affine(s, 0.0));
+    number_first!("/", |s: f64, t: &Tensor| t.recip()?.affine(s, 0.0));
 }
 
 #[cfg(test)]
@@ -351,6 +410,33 @@ mod tests {
                 .unwrap(),
             11.0
         );
+    }
+
+    #[test]
+    fn numbers_on_either_side_ranges_norms_and_topk() {
+        let e = engine();
+        assert_eq!(e.eval::<f64>("(2 * tensor([1, 2])).sum()").unwrap(), 6.0);
+        assert_eq!(e.eval::<f64>("(1 - tensor([1, 2])).sum()").unwrap(), -1.0);
+        assert_eq!(e.eval::<f64>("(4.0 / tensor([1, 2])).sum()").unwrap(), 6.0);
+        assert_eq!(e.eval::<f64>("(-tensor([1, 2])).sum()").unwrap(), -3.0);
+        assert_eq!(
+            e.eval::<f64>("tensor([[1, 2], [3, 4], [5, 6]])[1..3].sum()")
+                .unwrap(),
+            18.0
+        );
+        let norms: rhai::Array = e
+            .eval("tensor([[3, 4], [6, 8]]).norm(-1).to_array()")
+            .unwrap();
+        assert_eq!(norms[1].as_float().unwrap(), 10.0);
+        let top: rhai::Array = e.eval("tensor([0.1, 0.7, 0.2]).topk(2)").unwrap();
+        let first: rhai::Array = top[0].clone().cast();
+        assert_eq!(first[0].as_int().unwrap(), 1);
+        assert_eq!(top.len(), 2);
+        let err = e
+            .eval::<rhai::Dynamic>("tensor([1, 2])[1..5]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("out of range"), "{err}");
     }
 
     #[test]

@@ -1,3 +1,79 @@
-//! llmlab plugin `gpt` (being written).
+//! llmlab plugin `gpt`: a decoder-only transformer language model in the GPT-2 / nanoGPT
+//! mould, with the modern options (RMSNorm, RoPE, SwiGLU, grouped-query attention), KV-cache
+//! generation (sampling, beam search, batches), safetensors checkpoints and Hugging Face GPT-2
+//! import. One file per concept: `config`, `params` (init and checkpoint weights), `linear`,
+//! `norm`, `rope`, `attention`, `mlp`, `block`, `model`, `cache`, `sampling`, `generate`,
+//! `beam`, `checkpoint`, `hf`.
+//!
+//! Everything on the training path is built from differentiable candle ops (DESIGN.md §7).
 
+pub mod attention;
+pub mod beam;
+pub mod block;
+pub mod cache;
+pub mod checkpoint;
+pub mod config;
+pub mod generate;
+pub mod hf;
+pub mod linear;
+pub mod mlp;
+pub mod model;
+pub mod norm;
+pub mod params;
+pub mod rng;
+pub mod rope;
+pub mod sampling;
+
+use std::path::Path;
+
+use llmlab_plugin_api::config::TypedConfig;
+use llmlab_plugin_api::prelude::*;
+
+pub use config::GptConfig;
+pub use model::Gpt;
+
+struct GptFactory;
+
+impl GptFactory {
+    /// A new model from a script config; `seed` defaults to the session's.
+    pub fn build(config: &Value, ctx: &Context) -> Result<Gpt> {
+        let mut config = GptConfig::from_json("gpt", config)?;
+        let seed = *config.seed.get_or_insert(ctx.seed);
+        Gpt::new(
+            config,
+            params::Source::Init { seed },
+            &ctx.device,
+            ctx.dtype,
+            ctx.cancel.clone(),
+        )
+    }
+}
+
+impl Factory for GptFactory {
+    fn name(&self) -> &'static str {
+        "gpt"
+    }
+    fn kind(&self) -> Kind {
+        Kind::Model
+    }
+    fn about(&self) -> &'static str {
+        "decoder-only transformer LM (GPT-2 style; rms/rope/swiglu/GQA options), KV-cache generation"
+    }
+    fn config_keys(&self) -> Vec<ConfigKey> {
+        GptConfig::keys()
+    }
+    fn create(&self, config: &Value, ctx: &Context) -> Result<Instance> {
+        Ok(Instance::Model(Box::new(GptFactory::build(config, ctx)?)))
+    }
+    fn load(&self, path: &Path, ctx: &Context) -> Result<Instance> {
+        Ok(Instance::Model(Box::new(checkpoint::load(path, ctx)?)))
+    }
+}
+
+/// A `gpt` from a JSON config, as `model("gpt", #{..})` makes it (tests, benchmarks).
+pub fn new_gpt(config: &Value, ctx: &Context) -> Result<Gpt> {
+    GptFactory::build(config, ctx)
+}
+
+llmlab_plugin_api::submit_component!(GptFactory);
 llmlab_plugin_api::declare_plugin!("gpt");

@@ -1,0 +1,260 @@
+//! `corpus("arithmetic" | "sort" | "copy" | "reverse")`: prompt/answer tasks with verifiable
+//! answers, for SFT now and for preference data and programmatic rewards later.
+//!
+//! Formats (one example per line when used as text):
+//! `12+345=` → `357`; `sort 3 1 2 =` → `1 2 3`; `copy abc =` → `abc`; `reverse abc =` → `cba`.
+
+use std::fmt;
+
+use llmlab_plugin_api::{Error, Example, ExampleSource, Result, TextSource};
+
+use super::rng::SplitMix64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskKind {
+    Arithmetic,
+    Sort,
+    Copy,
+    Reverse,
+}
+
+impl TaskKind {
+    pub const NAMES: [&'static str; 4] = ["arithmetic", "sort", "copy", "reverse"];
+
+    pub fn from_name(name: &str) -> Option<TaskKind> {
+        Some(match name {
+            "arithmetic" => TaskKind::Arithmetic,
+            "sort" => TaskKind::Sort,
+            "copy" => TaskKind::Copy,
+            "reverse" => TaskKind::Reverse,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = match self {
+            TaskKind::Arithmetic => 0,
+            TaskKind::Sort => 1,
+            TaskKind::Copy => 2,
+            TaskKind::Reverse => 3,
+        };
+        f.write_str(TaskKind::NAMES[i])
+    }
+}
+
+/// A generated task set.
+#[derive(Debug, Clone)]
+pub struct Tasks {
+    pub kind: TaskKind,
+    /// Operand size: digits of each addend; length of sequences to sort, copy or reverse.
+    pub digits: usize,
+    pub seed: u64,
+    examples: Vec<Example>,
+}
+
+const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
+
+impl Tasks {
+    pub fn generate(kind: TaskKind, n: usize, digits: usize, seed: u64) -> Result<Tasks> {
+        if n == 0 {
+            return Err(Error::Data(format!(
+                "corpus(\"{kind}\"): n must be at least 1"
+            )));
+        }
+        if digits == 0 || digits > 18 {
+            return Err(Error::Data(format!(
+                "corpus(\"{kind}\"): digits must be in 1..=18, got {digits}"
+            )));
+        }
+        let mut rng = SplitMix64::new(seed);
+        let examples = (0..n).map(|_| example(kind, digits, &mut rng)).collect();
+        Ok(Tasks {
+            kind,
+            digits,
+            seed,
+            examples,
+        })
+    }
+
+    /// The correct answer to `prompt`, or `None` when the prompt is not of this task's form.
+    pub fn solve(&self, prompt: &str) -> Option<String> {
+        solve(self.kind, prompt)
+    }
+}
+
+fn example(kind: TaskKind, digits: usize, rng: &mut SplitMix64) -> Example {
+    let prompt = match kind {
+        TaskKind::Arithmetic => {
+            let limit = 10u64.pow(digits as u32);
+            format!("{}+{}=", rng.below(limit), rng.below(limit))
+        }
+        TaskKind::Sort => {
+            let numbers: Vec<String> = (0..digits).map(|_| rng.below(10).to_string()).collect();
+            format!("sort {} =", numbers.join(" "))
+        }
+        TaskKind::Copy | TaskKind::Reverse => {
+            let word: String = (0..digits)
+                .map(|_| LETTERS[rng.below(26) as usize] as char)
+                .collect();
+            format!(
+                "{} {word} =",
+                if kind == TaskKind::Copy {
+                    "copy"
+                } else {
+                    "reverse"
+                }
+            )
+        }
+    };
+    let answer = solve(kind, &prompt).expect("generated prompts are well formed");
+    Example {
+        prompt,
+        answer,
+        rejected: None,
+    }
+}
+
+fn solve(kind: TaskKind, prompt: &str) -> Option<String> {
+    match kind {
+        TaskKind::Arithmetic => {
+            let (a, b) = prompt.strip_suffix('=')?.split_once('+')?;
+            let sum = a.trim().parse::<u64>().ok()? + b.trim().parse::<u64>().ok()?;
+            Some(sum.to_string())
+        }
+        TaskKind::Sort => {
+            let body = prompt.strip_prefix("sort ")?.strip_suffix(" =")?;
+            let mut numbers: Vec<u64> = body
+                .split(' ')
+                .map(|x| x.parse().ok())
+                .collect::<Option<_>>()?;
+            numbers.sort_unstable();
+            Some(
+                numbers
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+        }
+        TaskKind::Copy => Some(
+            prompt
+                .strip_prefix("copy ")?
+                .strip_suffix(" =")?
+                .to_string(),
+        ),
+        TaskKind::Reverse => Some(
+            prompt
+                .strip_prefix("reverse ")?
+                .strip_suffix(" =")?
+                .chars()
+                .rev()
+                .collect(),
+        ),
+    }
+}
+
+impl ExampleSource for Tasks {
+    fn name(&self) -> String {
+        format!(
+            "{}(digits={}, seed={}, n={})",
+            self.kind,
+            self.digits,
+            self.seed,
+            self.examples.len()
+        )
+    }
+    fn len(&self) -> usize {
+        self.examples.len()
+    }
+    fn get(&self, index: usize) -> Example {
+        self.examples[index % self.examples.len()].clone()
+    }
+    /// Exact match after trimming whitespace.
+    fn check(&self, prompt: &str, answer: &str) -> Option<bool> {
+        self.solve(prompt).map(|correct| correct == answer.trim())
+    }
+}
+
+/// As text (tokenizer training, pretraining): one `prompt answer` line per example; the answer
+/// follows the prompt with one space (arithmetic: none, `12+3=15`).
+impl TextSource for Tasks {
+    fn name(&self) -> String {
+        ExampleSource::name(self)
+    }
+    fn documents(&self) -> Box<dyn Iterator<Item = Result<String>> + Send + '_> {
+        Box::new(self.examples.iter().map(|e| Ok(join(&e.prompt, &e.answer))))
+    }
+    fn approx_bytes(&self) -> Option<u64> {
+        Some(
+            self.examples
+                .iter()
+                .map(|e| e.prompt.len() + e.answer.len() + 1)
+                .sum::<usize>() as u64,
+        )
+    }
+}
+
+/// The text of a prompt followed by its answer.
+pub fn join(prompt: &str, answer: &str) -> String {
+    if prompt.ends_with('=') && !prompt.ends_with(" =") {
+        format!("{prompt}{answer}")
+    } else {
+        format!("{prompt} {answer}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_checks_its_own_answers() {
+        for name in TaskKind::NAMES {
+            let tasks = Tasks::generate(TaskKind::from_name(name).unwrap(), 50, 3, 4).unwrap();
+            for i in 0..tasks.len() {
+                let e = tasks.get(i);
+                assert_eq!(
+                    tasks.check(&e.prompt, &e.answer),
+                    Some(true),
+                    "{name}: {e:?}"
+                );
+                assert_eq!(
+                    tasks.check(&e.prompt, &format!("{}x", e.answer)),
+                    Some(false)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn answers_are_right() {
+        assert_eq!(solve(TaskKind::Arithmetic, "12+345="), Some("357".into()));
+        assert_eq!(solve(TaskKind::Sort, "sort 3 1 2 ="), Some("1 2 3".into()));
+        assert_eq!(
+            solve(TaskKind::Reverse, "reverse abc ="),
+            Some("cba".into())
+        );
+        assert_eq!(solve(TaskKind::Copy, "copy abc ="), Some("abc".into()));
+        assert_eq!(solve(TaskKind::Arithmetic, "twelve"), None);
+        assert_eq!(join("1+2=", "3"), "1+2=3");
+        assert_eq!(join("copy ab =", "ab"), "copy ab = ab");
+    }
+
+    #[test]
+    fn generation_is_seeded_and_validates_sizes() {
+        let a = Tasks::generate(TaskKind::Arithmetic, 10, 2, 1).unwrap();
+        let b = Tasks::generate(TaskKind::Arithmetic, 10, 2, 1).unwrap();
+        assert_eq!(a.examples, b.examples);
+        assert!(a.examples.iter().all(|e| e.prompt.len() <= "99+99=".len()));
+        let err = Tasks::generate(TaskKind::Sort, 0, 2, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("n must be"), "{err}");
+        let err = Tasks::generate(TaskKind::Sort, 5, 0, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("digits"), "{err}");
+    }
+}

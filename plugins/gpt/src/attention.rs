@@ -1,0 +1,148 @@
+//! Causal self-attention (Vaswani et al. 2017) with grouped-query heads (Ainslie et al. 2023).
+//!
+//! One fused projection `c_attn` gives queries (`n_head` heads) and keys and values
+//! (`n_kv_head` heads each); each group of `n_head / n_kv_head` query heads shares one key/value
+//! head. Scores are `q·kᵀ / sqrt(head_dim)` plus the causal mask, softmax (composed from
+//! differentiable ops: candle's fused softmax has no backward), weighted sum of values, `c_proj`.
+
+use llmlab_plugin_api::candle::{Module, Result, Tensor, D};
+use llmlab_plugin_api::candle_nn::{ops::dropout, Linear, VarBuilder};
+
+use crate::cache::{GptCache, Positions};
+use crate::config::GptConfig;
+use crate::linear::{linear, INIT_STD};
+use crate::rope::Rope;
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    c_attn: Linear,
+    c_proj: Linear,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    dropout: f32,
+}
+
+/// Softmax over the last dimension from `max`/`exp`/`sum`, so gradients flow.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// `(b, n_kv, t, hd)` → `(b, n_kv * n_rep, t, hd)`, each kv head repeated for its query group.
+fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, n_kv, t, hd) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, n_kv, n_rep, t, hd))?
+        .reshape((b, n_kv * n_rep, t, hd))
+}
+
+impl Attention {
+    pub fn new(config: &GptConfig, vb: VarBuilder) -> Result<Attention> {
+        let (d, hd) = (config.d_model, config.head_dim());
+        let kv_dim = config.kv_heads() * hd;
+        Ok(Attention {
+            c_attn: linear(d, d + 2 * kv_dim, config.bias, INIT_STD, vb.pp("c_attn"))?,
+            c_proj: linear(
+                d,
+                d,
+                config.bias,
+                config.residual_init_std(),
+                vb.pp("c_proj"),
+            )?,
+            n_head: config.n_head,
+            n_kv_head: config.kv_heads(),
+            head_dim: hd,
+            dropout: config.dropout as f32,
+        })
+    }
+
+    /// `x` `(batch, seq, d_model)`; `mask` additive, broadcastable to `(batch, heads, seq, keys)`.
+    /// With `cache`, the new keys/values are appended to layer `layer` and attended with the old.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: Option<&Rope>,
+        positions: &Positions,
+        mask: Option<&Tensor>,
+        cache: Option<(&mut GptCache, usize)>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let (h, kv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
+        let qkv = self.c_attn.forward(x)?;
+        let heads = |start: usize, n: usize| -> Result<Tensor> {
+            qkv.narrow(D::Minus1, start, n * hd)?
+                .reshape((b, t, n, hd))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (mut q, mut k, v) = (heads(0, h)?, heads(d, kv)?, heads(d + kv * hd, kv)?);
+        if let Some(rope) = rope {
+            q = rope.apply(&q, positions)?;
+            k = rope.apply(&k, positions)?;
+        }
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, &k, &v)?,
+            None => (k, v),
+        };
+        let k = repeat_kv(k, h / kv)?;
+        let v = repeat_kv(v, h / kv)?;
+
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut att = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(mask) = mask {
+            att = att.broadcast_add(mask)?;
+        }
+        let mut att = softmax_last_dim(&att)?;
+        if train && self.dropout > 0.0 {
+            att = dropout(&att, self.dropout)?;
+        }
+        let y = att
+            .matmul(&v.contiguous()?)?
+            .transpose(1, 2)?
+            .reshape((b, t, d))?;
+        let y = self.c_proj.forward(&y)?;
+        if train && self.dropout > 0.0 {
+            dropout(&y, self.dropout)
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmlab_plugin_api::candle::Device;
+
+    #[test]
+    fn composed_softmax_matches_candle_kernel() {
+        let x = Tensor::new(
+            &[[1f32, -2., 3., 0.5], [100., 101., 99., 100.]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let ours = softmax_last_dim(&x).unwrap();
+        let fused = llmlab_plugin_api::candle_nn::ops::softmax_last_dim(&x).unwrap();
+        let diff = (ours - fused).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+    }
+
+    #[test]
+    fn repeat_kv_repeats_each_head_for_its_group() {
+        let x = Tensor::arange(0f32, 4., &Device::Cpu)
+            .unwrap()
+            .reshape((1, 2, 1, 2))
+            .unwrap();
+        let r = repeat_kv(x, 2).unwrap();
+        assert_eq!(r.dims(), &[1, 4, 1, 2]);
+        let v: Vec<f32> = r.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(v, vec![0., 1., 0., 1., 2., 3., 2., 3.]);
+    }
+}

@@ -1,0 +1,122 @@
+//! Beam search: keep the `num_beams` best partial continuations by summed log-probability; a
+//! beam that emits a stop token is finished with score `sum_logprob / length^length_penalty`
+//! (length = generated tokens, as in Hugging Face); search ends when `num_beams` beams have
+//! finished or at `max_tokens`, and the best-scoring finished beam wins.
+//!
+//! Sampling options (temperature, top-k, top-p) do not apply; the repetition penalty does, on
+//! the logits before the log-softmax, so that one beam is exactly greedy decoding.
+//! Tokens reach `on_token` once the search is over (beams change until then).
+
+use llmlab_plugin_api::candle::Tensor;
+use llmlab_plugin_api::{Error, GenerateOptions, Model, Result};
+
+use crate::model::Gpt;
+use crate::sampling::{apply_repetition_penalty, log_softmax};
+
+struct Beam {
+    tokens: Vec<u32>,
+    logprob: f64,
+}
+
+fn normalised(logprob: f64, len: usize, length_penalty: f64) -> f64 {
+    logprob / (len.max(1) as f64).powf(length_penalty)
+}
+
+/// Beam search for one prompt (`index` is its place in the batch, for `on_token`).
+pub fn beam_search(
+    model: &Gpt,
+    index: usize,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    on_token: &mut dyn FnMut(usize, u32) -> bool,
+) -> Result<Vec<u32>> {
+    let n = options.num_beams;
+    let device = model.device();
+    let mut cache = model.cache(1);
+    let ids = Tensor::new(prompt, device)?.unsqueeze(0)?;
+    let mut logits = model.last_logits(&ids, &mut cache)?;
+    let mut beams = vec![Beam {
+        tokens: Vec::new(),
+        logprob: 0.0,
+    }];
+    let mut finished: Vec<(Vec<u32>, f64)> = Vec::new();
+    for step in 0..options.max_tokens {
+        if model.cancel_flag().is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        // (score, beam, token), best first; 2n candidates leave n even if n of them stop.
+        let mut candidates: Vec<(f64, usize, u32)> = Vec::new();
+        for (b, mut row) in rows.into_iter().enumerate() {
+            let seen: Vec<u32> = prompt.iter().chain(&beams[b].tokens).copied().collect();
+            apply_repetition_penalty(&mut row, &seen, options.repetition_penalty);
+            let lp = log_softmax(&row);
+            let mut order: Vec<usize> = (0..lp.len()).collect();
+            let keep = (2 * n).min(lp.len());
+            order
+                .select_nth_unstable_by(keep - 1, |&x, &y| lp[y].total_cmp(&lp[x]).then(x.cmp(&y)));
+            candidates.extend(
+                order[..keep]
+                    .iter()
+                    .map(|&t| (beams[b].logprob + lp[t], b, t as u32)),
+            );
+        }
+        candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let mut next = Vec::with_capacity(n);
+        let mut parents = Vec::with_capacity(n);
+        for (score, b, token) in candidates {
+            if next.len() == n {
+                break;
+            }
+            if options.stop_tokens.contains(&token) {
+                let tokens = beams[b].tokens.clone();
+                let len = tokens.len();
+                finished.push((tokens, normalised(score, len, options.length_penalty)));
+                continue;
+            }
+            let mut tokens = beams[b].tokens.clone();
+            tokens.push(token);
+            next.push(Beam {
+                tokens,
+                logprob: score,
+            });
+            parents.push(b as u32);
+        }
+        if finished.len() >= n {
+            break;
+        }
+        beams = next;
+        if step + 1 == options.max_tokens {
+            break;
+        }
+        cache.select_rows(&parents)?;
+        let last: Vec<u32> = beams
+            .iter()
+            .map(|b| *b.tokens.last().unwrap_or(&0))
+            .collect();
+        let k = last.len();
+        logits = model.last_logits(&Tensor::from_vec(last, (k, 1), device)?, &mut cache)?;
+    }
+    if finished.len() < n {
+        for beam in &beams {
+            let len = beam.tokens.len();
+            finished.push((
+                beam.tokens.clone(),
+                normalised(beam.logprob, len, options.length_penalty),
+            ));
+        }
+    }
+    let best = finished
+        .into_iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(tokens, _)| tokens)
+        .unwrap_or_default();
+    let mut output = Vec::with_capacity(best.len());
+    for token in best {
+        output.push(token);
+        if !on_token(index, token) {
+            break;
+        }
+    }
+    Ok(output)
+}

@@ -1,0 +1,56 @@
+//! One transformer block, pre-norm as in GPT-2: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
+
+use llmlab_plugin_api::candle::{Result, Tensor};
+use llmlab_plugin_api::candle_nn::VarBuilder;
+
+use crate::attention::Attention;
+use crate::cache::{GptCache, Positions};
+use crate::config::GptConfig;
+use crate::mlp::Mlp;
+use crate::norm::Norm;
+use crate::rope::Rope;
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    ln_1: Norm,
+    attn: Attention,
+    ln_2: Norm,
+    mlp: Mlp,
+}
+
+impl Block {
+    pub fn new(config: &GptConfig, vb: VarBuilder) -> Result<Block> {
+        let norm = |name: &str| {
+            Norm::new(
+                config.norm,
+                config.d_model,
+                config.bias,
+                config.norm_eps,
+                vb.pp(name),
+            )
+        };
+        Ok(Block {
+            ln_1: norm("ln_1")?,
+            attn: Attention::new(config, vb.pp("attn"))?,
+            ln_2: norm("ln_2")?,
+            mlp: Mlp::new(config, vb.pp("mlp"))?,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: Option<&Rope>,
+        positions: &Positions,
+        mask: Option<&Tensor>,
+        cache: Option<(&mut GptCache, usize)>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let a = self
+            .attn
+            .forward(&self.ln_1.forward(x)?, rope, positions, mask, cache, train)?;
+        let x = (x + a)?;
+        let m = self.mlp.forward(&self.ln_2.forward(&x)?, train)?;
+        x + m
+    }
+}

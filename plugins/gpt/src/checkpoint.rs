@@ -1,0 +1,101 @@
+//! Saving and loading: a directory with `model.safetensors` (GPT-2/HF parameter names) and
+//! `config.json` (the resolved config plus `"llmlab_model": "gpt"`, the marker by which
+//! `model_load(dir)` recognises its own directories). A Hugging Face GPT-2 directory
+//! (`"model_type": "gpt2"`) loads through `hf.rs`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use llmlab_plugin_api::candle::safetensors as candle_safetensors;
+use llmlab_plugin_api::config::TypedConfig;
+use llmlab_plugin_api::files::write_atomic;
+use llmlab_plugin_api::serde_json::{self, Value};
+use llmlab_plugin_api::{Context, Error, Result};
+
+use crate::config::GptConfig;
+use crate::model::Gpt;
+use crate::params::Source;
+
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const CONFIG_FILE: &str = "config.json";
+/// The `config.json` key (and value) that marks a directory saved by this plugin.
+pub const MARKER_KEY: &str = "llmlab_model";
+pub const MARKER: &str = "gpt";
+
+pub fn save(model: &Gpt, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tensors = model
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.contiguous()?)))
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = llmlab_plugin_api::safetensors::serialize(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(metadata),
+    )
+    .map_err(|e| Error::msg(format!("{}: {e}", dir.join(WEIGHTS_FILE).display())))?;
+    write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
+    let mut config = serde_json::Map::new();
+    config.insert(MARKER_KEY.into(), Value::from(MARKER));
+    if let Value::Object(keys) = model.gpt_config().to_json() {
+        config.extend(keys);
+    }
+    let text = serde_json::to_string_pretty(&Value::Object(config))?;
+    write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
+}
+
+/// The model directory `path` names: the directory itself, or the one holding a file named.
+fn model_dir(path: &Path) -> PathBuf {
+    if path.is_file() {
+        path.parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    } else {
+        path.to_path_buf()
+    }
+}
+
+pub fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::msg(format!("{}: {e}", path.display())))
+}
+
+pub fn read_weights(
+    path: &Path,
+    ctx: &Context,
+) -> Result<HashMap<String, llmlab_plugin_api::candle::Tensor>> {
+    if !path.exists() {
+        return Err(Error::msg(format!("{}: no such file", path.display())));
+    }
+    candle_safetensors::load(path, &ctx.device)
+        .map_err(|e| Error::msg(format!("{}: {e}", path.display())))
+}
+
+/// Loads a directory saved by [`save`] or a Hugging Face GPT-2 directory.
+pub fn load(path: &Path, ctx: &Context) -> Result<Gpt> {
+    let dir = model_dir(path);
+    let config_path = dir.join(CONFIG_FILE);
+    let json = read_json(&config_path)?;
+    if json.get(MARKER_KEY).and_then(Value::as_str) == Some(MARKER) {
+        let mut keys = json.as_object().cloned().unwrap_or_default();
+        keys.remove(MARKER_KEY);
+        let config = GptConfig::from_json("gpt", &Value::Object(keys))
+            .map_err(|e| Error::msg(format!("{}: {e}", config_path.display())))?;
+        let tensors = read_weights(&dir.join(WEIGHTS_FILE), ctx)?;
+        return Gpt::new(
+            config,
+            Source::Tensors(tensors),
+            &ctx.device,
+            ctx.dtype,
+            ctx.cancel.clone(),
+        )
+        .map_err(|e| Error::msg(format!("{}: {e}", dir.display())));
+    }
+    if json.get("model_type").and_then(Value::as_str) == Some("gpt2") {
+        return crate::hf::load(&dir, &json, ctx);
+    }
+    Err(Error::msg(format!(
+        "{}: not a gpt model (config.json has neither \"{MARKER_KEY}\": \"{MARKER}\" nor \"model_type\": \"gpt2\")",
+        dir.display()
+    )))
+}

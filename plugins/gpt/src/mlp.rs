@@ -1,0 +1,48 @@
+//! The position-wise feed-forward block: GPT-2's `c_fc` → GELU → `c_proj`, or SwiGLU
+//! (Shazeer 2020): `c_proj(silu(c_gate(x)) * c_fc(x))`.
+
+use llmlab_plugin_api::candle::{Module, Result, Tensor};
+use llmlab_plugin_api::candle_nn::{ops::dropout, Linear, VarBuilder};
+
+use crate::config::{GptConfig, MlpKind};
+use crate::linear::{linear, INIT_STD};
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    c_fc: Linear,
+    /// SwiGLU's gate; `None` for GELU.
+    c_gate: Option<Linear>,
+    c_proj: Linear,
+    dropout: f32,
+}
+
+impl Mlp {
+    pub fn new(config: &GptConfig, vb: VarBuilder) -> Result<Mlp> {
+        let (d, hidden, bias) = (config.d_model, config.ffn_hidden(), config.bias);
+        let c_gate = match config.mlp {
+            MlpKind::Gelu => None,
+            MlpKind::Swiglu => Some(linear(d, hidden, bias, INIT_STD, vb.pp("c_gate"))?),
+        };
+        Ok(Mlp {
+            c_fc: linear(d, hidden, bias, INIT_STD, vb.pp("c_fc"))?,
+            c_gate,
+            c_proj: linear(hidden, d, bias, config.residual_init_std(), vb.pp("c_proj"))?,
+            dropout: config.dropout as f32,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let up = self.c_fc.forward(x)?;
+        let hidden = match &self.c_gate {
+            // candle's `gelu` is the tanh approximation: GPT-2's `gelu_new`.
+            None => up.gelu()?,
+            Some(gate) => (gate.forward(x)?.silu()? * up)?,
+        };
+        let y = self.c_proj.forward(&hidden)?;
+        if train && self.dropout > 0.0 {
+            dropout(&y, self.dropout)
+        } else {
+            Ok(y)
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The GPT: token (+ learned position) embeddings, `n_layer` blocks, a final norm and the
+//! output head, with GPT-2's parameter names so checkpoints load by name (`transformer.wte`,
+//! `transformer.h.{i}.attn.c_attn`, ..., `lm_head`).
+
+use std::path::Path;
+
+use llmlab_plugin_api::candle::{DType, Device, Module, Tensor, Var, D};
+use llmlab_plugin_api::candle_nn::{ops::dropout, Embedding, Init, Linear};
+use llmlab_plugin_api::config::TypedConfig;
+use llmlab_plugin_api::serde_json::Value;
+use llmlab_plugin_api::{
+    CancelFlag, Error, ForwardOptions, ForwardOutput, GenerateOptions, KvCache, Model, Result,
+};
+
+use crate::block::Block;
+use crate::cache::{GptCache, Positions};
+use crate::config::{GptConfig, PosKind};
+use crate::linear::INIT_STD;
+use crate::norm::Norm;
+use crate::params::{ParamStore, Source};
+use crate::rope::Rope;
+
+pub struct Gpt {
+    config: GptConfig,
+    params: Vec<(String, Var)>,
+    wte: Embedding,
+    /// Learned positions `(ctx, d_model)`; `None` with RoPE.
+    wpe: Option<Tensor>,
+    rope: Option<Rope>,
+    blocks: Vec<Block>,
+    ln_f: Norm,
+    lm_head: Linear,
+    /// `(ctx, ctx)`: 0 on and below the diagonal, -inf above.
+    causal_mask: Tensor,
+    device: Device,
+    dtype: DType,
+    cancel: CancelFlag,
+}
+
+impl Gpt {
+    /// Builds the model with parameters from `source` (new seeded weights, or a checkpoint's).
+    pub fn new(
+        config: GptConfig,
+        source: Source,
+        device: &Device,
+        dtype: DType,
+        cancel: CancelFlag,
+    ) -> Result<Gpt> {
+        config
+            .validate()
+            .map_err(|m| Error::invalid_config("gpt", m))?;
+        let store = ParamStore::new(source);
+        let vb = store.builder(dtype, device);
+        let t = vb.pp("transformer");
+        let (d, v) = (config.d_model, config.vocab_size);
+        let randn = Init::Randn {
+            mean: 0.0,
+            stdev: INIT_STD,
+        };
+        let wte_weight = t.pp("wte").get_with_hints((v, d), "weight", randn)?;
+        let wpe = match config.pos {
+            PosKind::Learned => Some(t.pp("wpe").get_with_hints(
+                (config.ctx, d),
+                "weight",
+                randn,
+            )?),
+            PosKind::Rope => None,
+        };
+        let rope = match config.pos {
+            PosKind::Rope => Some(Rope::new(
+                config.head_dim(),
+                config.ctx,
+                config.rope_theta,
+                dtype,
+                device,
+            )?),
+            PosKind::Learned => None,
+        };
+        let blocks = (0..config.n_layer)
+            .map(|i| Block::new(&config, t.pp("h").pp(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ln_f = Norm::new(config.norm, d, config.bias, config.norm_eps, t.pp("ln_f"))?;
+        let lm_head = if config.tie_embeddings {
+            Linear::new(wte_weight.clone(), None)
+        } else {
+            Linear::new(
+                vb.pp("lm_head").get_with_hints((v, d), "weight", randn)?,
+                None,
+            )
+        };
+        let params = store.vars()?;
+        let mask: Vec<f32> = (0..config.ctx)
+            .flat_map(|i| (0..config.ctx).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let causal_mask =
+            Tensor::from_vec(mask, (config.ctx, config.ctx), device)?.to_dtype(dtype)?;
+        Ok(Gpt {
+            wte: Embedding::new(wte_weight, d),
+            wpe,
+            rope,
+            blocks,
+            ln_f,
+            lm_head,
+            causal_mask,
+            device: device.clone(),
+            dtype,
+            cancel,
+            params,
+            config,
+        })
+    }
+
+    pub fn gpt_config(&self) -> &GptConfig {
+        &self.config
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn cancel_flag(&self) -> &CancelFlag {
+        &self.cancel
+    }
+
+    /// A fresh cache for `batch` rows.
+    pub fn cache(&self, batch: usize) -> GptCache {
+        GptCache::new(self.config.n_layer, batch)
+    }
+
+    /// The forward pass over `ids` `(batch, seq)`: the full sequence, or with `cache` the next
+    /// tokens after those already cached.
+    pub fn run(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut GptCache>,
+        options: &ForwardOptions,
+    ) -> Result<ForwardOutput> {
+        let (b, t) = ids.dims2()?;
+        let offset = cache.as_ref().map_or(0, |c| c.seq_len());
+        if t == 0 {
+            return Err(Error::msg("gpt: forward over an empty sequence"));
+        }
+        if offset + t > self.config.ctx {
+            return Err(Error::msg(format!(
+                "gpt: sequence of {} tokens exceeds the context length ctx = {}",
+                offset + t,
+                self.config.ctx
+            )));
+        }
+        if let Some(c) = &cache {
+            if c.batch() != b {
+                return Err(Error::msg(format!(
+                    "gpt: cache holds {} rows, ids have {b}",
+                    c.batch()
+                )));
+            }
+        }
+        let (positions, mask) = match cache.as_deref() {
+            Some(c) => (
+                c.positions(t, &self.device)?,
+                c.padding_mask(t, &self.device)?,
+            ),
+            None => (Positions::Offset(0), None),
+        };
+        let mask = match mask {
+            Some(m) => Some(m.to_dtype(self.dtype)?),
+            None if t > 1 => Some(self.causal_mask.narrow(0, offset, t)?.narrow(
+                1,
+                0,
+                offset + t,
+            )?),
+            None => None,
+        };
+
+        let mut x = self.wte.forward(ids)?;
+        if let Some(wpe) = &self.wpe {
+            let pos = match &positions {
+                Positions::Offset(o) => wpe.narrow(0, *o, t)?.unsqueeze(0)?,
+                Positions::PerRow(p) => {
+                    wpe.index_select(&p.flatten_all()?, 0)?
+                        .reshape((b, t, self.config.d_model))?
+                }
+            };
+            x = x.broadcast_add(&pos)?;
+        }
+        if options.train && self.config.dropout > 0.0 {
+            x = dropout(&x, self.config.dropout as f32)?;
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
+            x = block.forward(
+                &x,
+                self.rope.as_ref(),
+                &positions,
+                mask.as_ref(),
+                layer_cache,
+                options.train,
+            )?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        let hidden = self.ln_f.forward(&x)?;
+        let logits = self.lm_head.forward(&hidden)?;
+        Ok(ForwardOutput {
+            logits,
+            aux_loss: None,
+            hidden: options.hidden_states.then_some(hidden),
+        })
+    }
+
+    /// Logits of the last position of each row, `(batch, vocab)`.
+    pub fn last_logits(&self, ids: &Tensor, cache: &mut GptCache) -> Result<Tensor> {
+        let out = self.run(ids, Some(cache), &ForwardOptions::default())?;
+        let t = out.logits.dim(1)?;
+        Ok(out
+            .logits
+            .narrow(1, t - 1, 1)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?)
+    }
+
+    /// The parameters' current values by name (checkpoints, copies).
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+}
+
+impl Model for Gpt {
+    fn name(&self) -> &str {
+        "gpt"
+    }
+
+    fn config(&self) -> Value {
+        self.config.to_json()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn ctx_len(&self) -> usize {
+        self.config.ctx
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn forward(&self, ids: &Tensor, options: &ForwardOptions) -> Result<ForwardOutput> {
+        self.run(ids, None, options)
+    }
+
+    fn new_cache(&self, batch: usize) -> Result<Box<dyn KvCache>> {
+        Ok(Box::new(self.cache(batch)))
+    }
+
+    fn forward_cached(&self, ids: &Tensor, cache: &mut dyn KvCache) -> Result<ForwardOutput> {
+        let cache = cache
+            .as_any_mut()
+            .downcast_mut::<GptCache>()
+            .ok_or_else(|| {
+                Error::msg("gpt: forward_cached needs a cache made by this model's new_cache")
+            })?;
+        self.run(ids, Some(cache), &ForwardOptions::default())
+    }
+
+    fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        options: &GenerateOptions,
+        on_token: &mut dyn FnMut(usize, u32) -> bool,
+    ) -> Result<Vec<Vec<u32>>> {
+        crate::generate::generate(self, prompts, options, on_token)
+    }
+
+    fn parameters(&self) -> Vec<(String, Var)> {
+        self.params.clone()
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        crate::checkpoint::save(self, dir)
+    }
+
+    fn frozen_copy(&self) -> Result<Box<dyn Model>> {
+        let tensors = self
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.copy()?)))
+            .collect::<Result<_>>()?;
+        Ok(Box::new(Gpt::new(
+            self.config.clone(),
+            Source::Tensors(tensors),
+            &self.device,
+            self.dtype,
+            self.cancel.clone(),
+        )?))
+    }
+}
+
+/// Mean cross-entropy of `logits` `(batch, seq, vocab)` against `targets` `(batch, seq)`,
+/// from differentiable ops (for tests and examples; trainers bring their own loss).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (b, t, v) = logits.dims3()?;
+    let logits = logits.reshape((b * t, v))?;
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let log_probs = shifted.broadcast_sub(&lse)?;
+    let picked = log_probs.gather(&targets.reshape((b * t, 1))?, 1)?;
+    Ok(picked.mean_all()?.neg()?)
+}

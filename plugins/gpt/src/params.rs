@@ -1,0 +1,142 @@
+//! Where the weights come from and where they live: a [`ParamStore`] behind candle's
+//! `VarBuilder`, so the modules ask for `vb.pp("h.0").pp("attn")...` and get trainable `Var`s
+//! that are either freshly initialised (GPT-2 init, seeded) or taken from a checkpoint.
+//!
+//! Every parameter the model asks for is recorded by its full name; [`ParamStore::vars`]
+//! hands them over sorted by name, which is what `Model::parameters()` returns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use llmlab_plugin_api::candle::{DType, Device, Result, Shape, Tensor, Var};
+use llmlab_plugin_api::candle_nn::var_builder::SimpleBackend;
+use llmlab_plugin_api::candle_nn::{Init, VarBuilder};
+
+use crate::rng::Rng;
+
+/// The source of parameter values.
+pub enum Source {
+    /// New weights: each parameter from its own stream of `seed`, so order does not matter.
+    Init { seed: u64 },
+    /// Weights read from a checkpoint, by name; every one must be used.
+    Tensors(HashMap<String, Tensor>),
+}
+
+/// A handle on the parameters being made; clones share them (one goes into the `VarBuilder`).
+#[derive(Clone)]
+pub struct ParamStore {
+    source: Arc<Source>,
+    vars: Arc<Mutex<BTreeMap<String, Var>>>,
+}
+
+impl ParamStore {
+    pub fn new(source: Source) -> ParamStore {
+        ParamStore {
+            source: Arc::new(source),
+            vars: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    /// A `VarBuilder` that makes its parameters in this store.
+    pub fn builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
+    }
+
+    /// The parameters made so far, sorted by name. Errors if a checkpoint had tensors the model
+    /// never asked for (a config that does not match its weights).
+    pub fn vars(&self) -> Result<Vec<(String, Var)>> {
+        let vars = self.vars.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Source::Tensors(tensors) = self.source.as_ref() {
+            let mut unused: Vec<&String> =
+                tensors.keys().filter(|k| !vars.contains_key(*k)).collect();
+            if !unused.is_empty() {
+                unused.sort();
+                llmlab_plugin_api::candle::bail!(
+                    "checkpoint has tensors this config does not use: {}",
+                    unused
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        Ok(vars.into_iter().collect())
+    }
+
+    fn make(
+        &self,
+        shape: &Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Var> {
+        let tensor = match self.source.as_ref() {
+            Source::Init { seed } => {
+                let n = shape.elem_count();
+                let values: Vec<f32> = match init {
+                    Init::Const(c) => vec![c as f32; n],
+                    Init::Randn { mean, stdev } => {
+                        let mut rng = Rng::for_name(*seed, name);
+                        (0..n)
+                            .map(|_| (mean + stdev * rng.normal()) as f32)
+                            .collect()
+                    }
+                    other => llmlab_plugin_api::candle::bail!(
+                        "{name}: unsupported init {other:?} (use Const or Randn)"
+                    ),
+                };
+                Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)?
+            }
+            Source::Tensors(tensors) => {
+                let t = tensors.get(name).ok_or_else(|| {
+                    llmlab_plugin_api::candle::Error::Msg(format!(
+                        "checkpoint has no tensor `{name}` (shape {shape:?})"
+                    ))
+                })?;
+                if t.shape() != shape {
+                    llmlab_plugin_api::candle::bail!(
+                        "checkpoint tensor `{name}` has shape {:?}, the config needs {shape:?}",
+                        t.dims()
+                    );
+                }
+                t.to_device(dev)?.to_dtype(dtype)?
+            }
+        };
+        Var::from_tensor(&tensor)
+    }
+}
+
+impl SimpleBackend for ParamStore {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let mut vars = self.vars.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(var) = vars.get(name) {
+            if var.shape() != &s {
+                llmlab_plugin_api::candle::bail!(
+                    "parameter `{name}` asked for with shape {s:?} and {:?}",
+                    var.dims()
+                );
+            }
+            return Ok(var.as_tensor().clone());
+        }
+        let var = self.make(&s, name, h, dtype, dev)?;
+        let tensor = var.as_tensor().clone();
+        vars.insert(name.to_string(), var);
+        Ok(tensor)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let vars = self.vars.lock().unwrap_or_else(|p| p.into_inner());
+        match vars.get(name) {
+            Some(var) => var.as_tensor().to_device(dev)?.to_dtype(dtype),
+            None => llmlab_plugin_api::candle::bail!("no parameter `{name}`"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        let vars = self.vars.lock().unwrap_or_else(|p| p.into_inner());
+        vars.contains_key(name)
+            || matches!(self.source.as_ref(), Source::Tensors(t) if t.contains_key(name))
+    }
+}

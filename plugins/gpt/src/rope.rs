@@ -1,0 +1,110 @@
+//! Rotary position embeddings (RoFormer, Su et al. 2021), "rotate half" layout as in
+//! GPT-NeoX and Llama: the first and second half of each head are the pair rotated together.
+//!
+//! Precomputed cos/sin tables, applied with `narrow`/`cat`/`mul` so gradients flow (candle's
+//! `rotary_emb::rope*` kernels have no backward pass, DESIGN.md §7).
+
+use llmlab_plugin_api::candle::{DType, Device, Result, Tensor, D};
+
+use crate::cache::Positions;
+
+#[derive(Debug, Clone)]
+pub struct Rope {
+    /// `(ctx, head_dim / 2)`.
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    pub fn new(
+        head_dim: usize,
+        ctx: usize,
+        theta: f64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Rope> {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32)
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let t = Tensor::arange(0u32, ctx as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((ctx, 1))?;
+        let freqs = t.broadcast_mul(&inv_freq)?;
+        Ok(Rope {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+        })
+    }
+
+    /// Rotates `x` `(batch, heads, seq, head_dim)` by the angles of `positions`.
+    pub fn apply(&self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
+        let (b, _, t, hd) = x.dims4()?;
+        let half = hd / 2;
+        let (cos, sin) = match positions {
+            Positions::Offset(offset) => (
+                self.cos.narrow(0, *offset, t)?.reshape((1, 1, t, half))?,
+                self.sin.narrow(0, *offset, t)?.reshape((1, 1, t, half))?,
+            ),
+            Positions::PerRow(ids) => {
+                let flat = ids.flatten_all()?;
+                (
+                    self.cos.index_select(&flat, 0)?.reshape((b, 1, t, half))?,
+                    self.sin.index_select(&flat, 0)?.reshape((b, 1, t, half))?,
+                )
+            }
+        };
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+        let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+        Tensor::cat(&[r1, r2], D::Minus1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_candle_rope_kernel_and_keeps_norms() {
+        let dev = Device::Cpu;
+        let rope = Rope::new(8, 16, 10_000.0, DType::F32, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1f32, (2, 3, 5, 8), &dev).unwrap();
+        let ours = rope.apply(&x, &Positions::Offset(4)).unwrap();
+        let cos = rope.cos.narrow(0, 4, 5).unwrap();
+        let sin = rope.sin.narrow(0, 4, 5).unwrap();
+        let fused = llmlab_plugin_api::candle_nn::rotary_emb::rope(&x, &cos, &sin).unwrap();
+        let diff = (&ours - fused).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        // A rotation keeps each head vector's length.
+        let n0 = x
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let n1 = ours
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((n0 - n1).abs() / n0 < 1e-5);
+    }
+
+    #[test]
+    fn per_row_positions_equal_offsets() {
+        let dev = Device::Cpu;
+        let rope = Rope::new(4, 8, 10_000.0, DType::F32, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1f32, (2, 1, 3, 4), &dev).unwrap();
+        let ids = Tensor::new(&[[2u32, 3, 4], [2, 3, 4]], &dev).unwrap();
+        let a = rope.apply(&x, &Positions::PerRow(ids)).unwrap();
+        let b = rope.apply(&x, &Positions::Offset(2)).unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+}

@@ -1,0 +1,294 @@
+//! Decoding: the KV cache changes nothing but speed; greedy, sampling and beam search are
+//! deterministic and agree where they must; batches equal single prompts; limits are clear.
+
+mod common;
+
+use common::{ids, max_abs_diff, option_sets, tiny};
+use llmlab_gpt::generate::generate_uncached;
+use llmlab_gpt::sampling::log_softmax;
+use llmlab_plugin_api::candle::Tensor;
+use llmlab_plugin_api::serde_json::json;
+use llmlab_plugin_api::{ForwardOptions, GenerateOptions, Model};
+
+fn greedy(max_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens,
+        temperature: 0.0,
+        ..GenerateOptions::default()
+    }
+}
+
+fn gen(model: &dyn Model, prompts: &[Vec<u32>], options: &GenerateOptions) -> Vec<Vec<u32>> {
+    model.generate(prompts, options, &mut |_, _| true).unwrap()
+}
+
+#[test]
+fn cached_logits_equal_full_sequence_logits() {
+    let seq: [u32; 12] = [1, 7, 3, 22, 9, 41, 0, 5, 5, 17, 30, 2];
+    for extra in option_sets() {
+        let model = tiny(extra.clone());
+        let full = model
+            .forward(&ids(&[&seq]), &ForwardOptions::default())
+            .unwrap()
+            .logits;
+        let mut cache = model.new_cache(1).unwrap();
+        // A 5-token prompt, single tokens, then a chunk of 3, then single tokens.
+        let mut pieces = Vec::new();
+        for (start, len) in [(0, 5), (5, 1), (6, 1), (7, 3), (10, 1), (11, 1)] {
+            let out = model
+                .forward_cached(&ids(&[&seq[start..start + len]]), cache.as_mut())
+                .unwrap();
+            pieces.push(out.logits);
+        }
+        assert_eq!(cache.seq_len(), 12);
+        let cached = Tensor::cat(&pieces, 1).unwrap();
+        let diff = max_abs_diff(&full, &cached);
+        assert!(diff < 1e-5, "{extra}: cached logits differ by {diff}");
+    }
+}
+
+#[test]
+fn greedy_is_deterministic_and_equals_uncached_decoding() {
+    for extra in option_sets() {
+        let model = tiny(extra.clone());
+        let prompt = vec![3u32, 14, 15, 9];
+        let a = gen(&model, std::slice::from_ref(&prompt), &greedy(12));
+        let b = gen(&model, std::slice::from_ref(&prompt), &greedy(12));
+        assert_eq!(a, b, "{extra}");
+        assert_eq!(a[0].len(), 12);
+        assert_eq!(
+            a[0],
+            generate_uncached(&model, &prompt, 12).unwrap(),
+            "{extra}"
+        );
+    }
+}
+
+#[test]
+fn one_beam_equals_greedy() {
+    for extra in option_sets() {
+        let model = tiny(extra.clone());
+        let prompt = vec![8u32, 1, 2];
+        let beam = GenerateOptions {
+            num_beams: 1,
+            length_penalty: 0.7,
+            ..greedy(10)
+        };
+        // num_beams = 1 is the sampling path; force the beam code with the module directly.
+        let via_beam =
+            llmlab_gpt::beam::beam_search(&model, 0, &prompt, &beam, &mut |_, _| true).unwrap();
+        assert_eq!(
+            via_beam,
+            gen(&model, std::slice::from_ref(&prompt), &greedy(10))[0],
+            "{extra}"
+        );
+        // ... also with a stop token and a repetition penalty in play.
+        let first = gen(&model, std::slice::from_ref(&prompt), &greedy(10))[0][3];
+        let opts = GenerateOptions {
+            stop_tokens: vec![first],
+            repetition_penalty: 1.3,
+            ..greedy(10)
+        };
+        let via_beam =
+            llmlab_gpt::beam::beam_search(&model, 0, &prompt, &opts, &mut |_, _| true).unwrap();
+        assert_eq!(
+            via_beam,
+            gen(&model, std::slice::from_ref(&prompt), &opts)[0],
+            "{extra}"
+        );
+    }
+}
+
+#[test]
+fn wide_beam_finds_the_most_likely_continuation() {
+    // vocab 6, two new tokens: 16 beams keep every one of the 36 sequences' prefixes, so the
+    // search is exhaustive and must return the argmax of the summed log-probability.
+    let model = tiny(json!({ "vocab_size": 6 }));
+    let prompt = vec![1u32, 2, 3];
+    let opts = GenerateOptions {
+        num_beams: 16,
+        length_penalty: 0.0,
+        ..greedy(2)
+    };
+    let best = gen(&model, std::slice::from_ref(&prompt), &opts)[0].clone();
+    let logp = |seq: &[u32]| -> f64 {
+        let mut total = 0.0;
+        for n in 0..seq.len() {
+            let mut input = prompt.clone();
+            input.extend_from_slice(&seq[..n]);
+            let logits = model
+                .forward(&ids(&[&input]), &ForwardOptions::default())
+                .unwrap()
+                .logits;
+            let row: Vec<f32> = logits
+                .get(0)
+                .unwrap()
+                .get(input.len() - 1)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            total += log_softmax(&row)[seq[n] as usize];
+        }
+        total
+    };
+    let mut exhaustive = (vec![0, 0], f64::NEG_INFINITY);
+    for a in 0..6u32 {
+        for b in 0..6u32 {
+            let s = logp(&[a, b]);
+            if s > exhaustive.1 {
+                exhaustive = (vec![a, b], s);
+            }
+        }
+    }
+    assert_eq!(best, exhaustive.0);
+    assert!((logp(&best) - exhaustive.1).abs() < 1e-9);
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_and_seeds_differ() {
+    let model = tiny(json!({ "pos": "rope" }));
+    let opts = |seed| GenerateOptions {
+        max_tokens: 20,
+        temperature: 1.5,
+        top_k: 30,
+        top_p: 0.95,
+        seed,
+        ..GenerateOptions::default()
+    };
+    let prompt = vec![vec![5u32, 6]];
+    assert_eq!(
+        gen(&model, &prompt, &opts(1)),
+        gen(&model, &prompt, &opts(1))
+    );
+    assert_ne!(
+        gen(&model, &prompt, &opts(1)),
+        gen(&model, &prompt, &opts(2))
+    );
+    // top_k 1 is greedy at any temperature.
+    let k1 = GenerateOptions {
+        top_k: 1,
+        ..opts(9)
+    };
+    assert_eq!(gen(&model, &prompt, &k1), gen(&model, &prompt, &greedy(20)));
+}
+
+#[test]
+fn batched_prompts_of_different_lengths_equal_single_prompts() {
+    for extra in option_sets() {
+        let model = tiny(extra.clone());
+        let prompts = vec![vec![1u32, 2, 3, 4, 5, 6, 7], vec![9u32], vec![30u32, 31, 2]];
+        for options in [
+            greedy(8),
+            GenerateOptions {
+                max_tokens: 8,
+                temperature: 0.9,
+                top_p: 0.9,
+                seed: 4,
+                ..GenerateOptions::default()
+            },
+        ] {
+            let batch = gen(&model, &prompts, &options);
+            for (i, p) in prompts.iter().enumerate() {
+                assert_eq!(
+                    batch[i],
+                    gen(&model, std::slice::from_ref(p), &options)[0],
+                    "{extra} prompt {i}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn stop_tokens_and_callbacks_end_a_sequence() {
+    let model = tiny(json!({}));
+    let prompt = vec![vec![4u32, 4, 2]];
+    let free = gen(&model, &prompt, &greedy(10))[0].clone();
+    let stop = GenerateOptions {
+        stop_tokens: vec![free[3]],
+        ..greedy(10)
+    };
+    let cut = gen(&model, &prompt, &stop)[0].clone();
+    let first_stop = free.iter().position(|t| *t == free[3]).unwrap();
+    assert_eq!(
+        cut,
+        free[..first_stop].to_vec(),
+        "stop token ends it, and is not included"
+    );
+
+    let mut seen = Vec::new();
+    let out = model
+        .generate(&prompt, &greedy(10), &mut |row, token| {
+            seen.push((row, token));
+            seen.len() < 4
+        })
+        .unwrap();
+    assert_eq!(
+        out[0],
+        free[..4].to_vec(),
+        "on_token returning false stops after that token"
+    );
+    assert_eq!(
+        seen.iter().map(|(_, t)| *t).collect::<Vec<_>>(),
+        free[..4].to_vec()
+    );
+}
+
+#[test]
+fn repetition_penalty_discourages_repeats() {
+    let model = tiny(json!({ "vocab_size": 12 }));
+    let distinct = |opts: &GenerateOptions| {
+        let mut out = gen(&model, &[vec![1u32]], opts)[0].clone();
+        out.sort();
+        out.dedup();
+        out.len()
+    };
+    let plain = distinct(&greedy(11));
+    let penalised = distinct(&GenerateOptions {
+        repetition_penalty: 50.0,
+        ..greedy(11)
+    });
+    assert!(penalised > plain, "penalised {penalised} vs plain {plain}");
+}
+
+#[test]
+fn long_prompts_are_refused_or_truncated() {
+    let model = tiny(json!({}));
+    let long: Vec<u32> = (0..40).map(|i| i % 48).collect();
+    let e = model
+        .generate(std::slice::from_ref(&long), &greedy(8), &mut |_, _| true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("40 tokens") && e.contains("truncate_prompt"),
+        "{e}"
+    );
+    let opts = GenerateOptions {
+        truncate_prompt: true,
+        ..greedy(8)
+    };
+    let out = gen(&model, std::slice::from_ref(&long), &opts);
+    assert_eq!(out[0], gen(&model, &[long[16..].to_vec()], &greedy(8))[0]);
+    let e = model
+        .generate(&[vec![1]], &greedy(32), &mut |_, _| true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("max_tokens (32)") && e.contains("ctx (32)"),
+        "{e}"
+    );
+    let e = model
+        .generate(&[vec![]], &greedy(4), &mut |_, _| true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("prompt 0 is empty"), "{e}");
+    let e = model
+        .generate(&[vec![100]], &greedy(4), &mut |_, _| true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("token id 100"), "{e}");
+}

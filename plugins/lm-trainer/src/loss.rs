@@ -1,0 +1,126 @@
+//! Next-token cross-entropy from logits, composed from differentiable candle ops only
+//! (DESIGN.md §7: `softmax_last_dim` and friends have no backward):
+//!
+//! ```text
+//! nll_i = log Σ_v exp(x_iv - max_i) - (x_i,target_i - max_i)
+//! ```
+//!
+//! with the row maximum detached (it is a constant shift, so the gradient is exact). The mean
+//! runs over all positions, or over the positions a 0/1 mask keeps (SFT: answer tokens only).
+
+use llmlab_plugin_api::candle::{DType, Tensor};
+use llmlab_plugin_api::Result;
+
+/// Per-position negative log-likelihood `(batch * seq,)` of `targets` `(batch, seq)` u32 under
+/// `logits` `(batch, seq, vocab)`.
+pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (batch, seq, vocab) = logits.dims3()?;
+    let n = batch * seq;
+    let logits = logits.reshape((n, vocab))?;
+    let logits = if logits.dtype() == DType::F32 {
+        logits
+    } else {
+        logits.to_dtype(DType::F32)?
+    };
+    let targets = targets.reshape((n, 1))?;
+    let max = logits.max_keepdim(1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let log_sum_exp = shifted.exp()?.sum_keepdim(1)?.log()?;
+    let picked = shifted.gather(&targets, 1)?;
+    Ok((log_sum_exp - picked)?.reshape(n)?)
+}
+
+/// Mean cross-entropy over every position: the pretraining loss.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    Ok(token_nll(logits, targets)?.mean_all()?)
+}
+
+/// Mean cross-entropy over the positions where `mask` `(batch, seq)` is 1; `kept` is the number
+/// of such positions (known when the batch is built, so no device round trip).
+pub fn masked_cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+    kept: usize,
+) -> Result<Tensor> {
+    let nll = token_nll(logits, targets)?;
+    let mask = mask.reshape(nll.elem_count())?.to_dtype(DType::F32)?;
+    Ok((nll * mask)?
+        .sum_all()?
+        .affine(1.0 / kept.max(1) as f64, 0.0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmlab_plugin_api::candle::{Device, Var};
+
+    fn by_hand(row: &[f32], target: usize) -> f32 {
+        let lse = row.iter().map(|x| x.exp()).sum::<f32>().ln();
+        lse - row[target]
+    }
+
+    #[test]
+    fn matches_the_definition_and_is_stable_for_large_logits() {
+        let rows = [
+            [1.0f32, 2.0, 3.0],
+            [0.5, -1.0, 0.0],
+            [1000.0, 999.0, 0.0],
+            [-5.0, 0.0, 5.0],
+        ];
+        let logits = Tensor::new(&rows, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 2, 3))
+            .unwrap();
+        let targets = Tensor::new(&[[2u32, 0], [1, 1]], &Device::Cpu).unwrap();
+        let loss: f32 = cross_entropy(&logits, &targets)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let expected = (by_hand(&rows[0], 2)
+            + by_hand(&rows[1], 0)
+            + 1.0
+            + (1f32 + (-1f32).exp()).ln()
+            + by_hand(&rows[3], 1))
+            / 4.0;
+        assert!((loss - expected).abs() < 1e-5, "{loss} vs {expected}");
+    }
+
+    #[test]
+    fn mask_keeps_only_marked_positions() {
+        let rows = [[1.0f32, 2.0, 3.0], [0.5, -1.0, 0.0]];
+        let logits = Tensor::new(&rows, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 2, 3))
+            .unwrap();
+        let targets = Tensor::new(&[[2u32, 0]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[0f32, 1.0]], &Device::Cpu).unwrap();
+        let loss: f32 = masked_cross_entropy(&logits, &targets, &mask, 1)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!((loss - by_hand(&rows[1], 0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn gradient_is_softmax_minus_one_hot() {
+        let row = [0.3f32, -1.2, 2.0, 0.1];
+        let var = Var::new(&[[row]], &Device::Cpu).unwrap();
+        let targets = Tensor::new(&[[1u32]], &Device::Cpu).unwrap();
+        let loss = cross_entropy(var.as_tensor(), &targets).unwrap();
+        let grad: Vec<f32> = loss
+            .backward()
+            .unwrap()
+            .get(&var)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let z: f32 = row.iter().map(|x| x.exp()).sum();
+        for (i, g) in grad.iter().enumerate() {
+            let expected = row[i].exp() / z - if i == 1 { 1.0 } else { 0.0 };
+            assert!((g - expected).abs() < 1e-6, "{grad:?}");
+        }
+    }
+}

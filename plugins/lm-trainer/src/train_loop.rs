@@ -1,0 +1,449 @@
+//! The optimisation loop `lm` and `sft` share. A step is `grad_accum` micro-batches (forward,
+//! loss, backward, gradients summed), global-norm clipping, one AdamW update at the scheduled
+//! learning rate, then evaluation and checkpointing when due. `fit` repeats steps up to `steps`,
+//! reporting metrics and progress, polling Ctrl-C, and checkpointing at the end.
+//!
+//! What differs between the trainers, where batches come from, is an [`Objective`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use llmlab_plugin_api::candle::{Device, Tensor, Var};
+use llmlab_plugin_api::config::TypedConfig;
+use llmlab_plugin_api::serde_json::Value;
+use llmlab_plugin_api::{
+    tracing, Context, Error, ForwardOptions, Model, Result, StepMetrics, TrainData, Trainer,
+};
+
+use crate::adamw::{AdamW, AdamWSettings};
+use crate::batches::{Batch, DataCursor};
+use crate::checkpoint::{self, Manifest, ModelInfo};
+use crate::clip;
+use crate::config::TrainConfig;
+use crate::evaluate::evaluate;
+use crate::loss;
+use crate::rng::SplitMix64;
+use crate::schedule::Schedule;
+
+/// What the trainer resolved before its first step.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup {
+    pub batch_size: usize,
+    pub ctx: usize,
+    pub seed: u64,
+    pub eval_batches: usize,
+    /// Whether evaluation is on (`eval_every > 0`).
+    pub eval: bool,
+    pub model_vocab_size: usize,
+}
+
+/// Where a trainer's batches come from.
+pub trait Objective: Send {
+    /// Checks that `data` is the kind this trainer learns from and fits the setup.
+    fn prepare(&mut self, data: TrainData<'_>, setup: &Setup) -> Result<()>;
+    /// The next training micro-batch, advancing `rng` and `cursor`.
+    fn next_batch(
+        &mut self,
+        data: TrainData<'_>,
+        rng: &mut SplitMix64,
+        cursor: &mut DataCursor,
+        device: &Device,
+    ) -> Result<Batch>;
+    /// The fixed evaluation set (may be empty: no val data).
+    fn eval_batches(&mut self, data: TrainData<'_>, device: &Device) -> Result<Vec<Batch>>;
+}
+
+/// A trainer's state once it has seen its model: everything a checkpoint holds besides weights.
+struct Run {
+    schedule: Schedule,
+    optimizer: AdamW,
+    rng: SplitMix64,
+    cursor: DataCursor,
+    step: u64,
+    eval_set: Option<Vec<Batch>>,
+    last_checkpoint: Option<u64>,
+}
+
+pub struct TrainLoop<O: Objective> {
+    name: &'static str,
+    config: TrainConfig,
+    objective: O,
+    run: Option<Run>,
+}
+
+impl<O: Objective> TrainLoop<O> {
+    pub fn new(name: &'static str, config: TrainConfig, objective: O) -> Self {
+        TrainLoop {
+            name,
+            config,
+            objective,
+            run: None,
+        }
+    }
+
+    pub fn train_config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Turns the fused CPU AdamW update on or off (tests compare the two paths).
+    pub fn set_fused_adamw(&mut self, fused: bool) -> Result<()> {
+        let run = self
+            .run
+            .as_mut()
+            .ok_or_else(|| Error::msg("the trainer has not started yet"))?;
+        run.optimizer.set_fused(fused);
+        Ok(())
+    }
+
+    fn start(&mut self, model: &dyn Model, data: TrainData<'_>, ctx: &Context) -> Result<()> {
+        if self.run.is_some() {
+            return Ok(());
+        }
+        let c = &self.config;
+        let ctx_len = c.ctx.unwrap_or(model.ctx_len());
+        if ctx_len > model.ctx_len() {
+            return Err(Error::invalid_config(
+                self.name,
+                format!(
+                    "`ctx` = {ctx_len} exceeds the model's context length {}",
+                    model.ctx_len()
+                ),
+            ));
+        }
+        let setup = Setup {
+            batch_size: c.batch_size,
+            ctx: ctx_len,
+            seed: c.seed.unwrap_or(ctx.seed),
+            eval_batches: c.eval_batches,
+            eval: c.eval_every > 0,
+            model_vocab_size: model.vocab_size(),
+        };
+        self.objective.prepare(data, &setup)?;
+        let mut run = Run {
+            schedule: Schedule {
+                lr: c.lr,
+                min_lr: c.min_lr,
+                warmup: c.warmup,
+                total_steps: c.steps,
+            },
+            optimizer: AdamW::new(AdamWSettings {
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                weight_decay: c.weight_decay,
+            }),
+            rng: SplitMix64::new(setup.seed),
+            cursor: DataCursor::default(),
+            step: 0,
+            eval_set: None,
+            last_checkpoint: None,
+        };
+        if let Some(path) = &c.resume {
+            self.resume(&mut run, model, PathBuf::from(path))?;
+        }
+        self.run = Some(run);
+        Ok(())
+    }
+
+    /// Loads weights, moments, step, RNG and cursor from the checkpoint at `path`.
+    fn resume(&self, run: &mut Run, model: &dyn Model, path: PathBuf) -> Result<()> {
+        let dir = checkpoint::resolve(&path)?;
+        let ckpt = checkpoint::load(&dir)?;
+        let m = &ckpt.manifest;
+        if m.trainer != self.name {
+            return Err(Error::Data(format!(
+                "{}: a checkpoint of the {} trainer cannot resume the {} trainer",
+                dir.display(),
+                m.trainer,
+                self.name
+            )));
+        }
+        let params = model.parameters();
+        let weights_file = dir.join(checkpoint::MODEL_FILE);
+        for (name, var) in &params {
+            let saved = ckpt.weights.get(name).ok_or_else(|| {
+                Error::Data(format!(
+                    "{}: no parameter `{name}`; the checkpoint is of a different model ({})",
+                    weights_file.display(),
+                    m.model.name
+                ))
+            })?;
+            if saved.shape() != var.shape() {
+                return Err(Error::Data(format!(
+                    "{}: parameter `{name}` has shape {:?}, the model's has {:?}",
+                    weights_file.display(),
+                    saved.dims(),
+                    var.dims()
+                )));
+            }
+            var.set(&saved.to_device(var.device())?.to_dtype(var.dtype())?)?;
+        }
+        if let Some(extra) = ckpt
+            .weights
+            .keys()
+            .find(|k| !params.iter().any(|(n, _)| n == *k))
+        {
+            return Err(Error::Data(format!(
+                "{}: parameter `{extra}` is not in the model; the checkpoint is of a different model",
+                weights_file.display()
+            )));
+        }
+        run.optimizer
+            .load(m.optimizer_steps, &ckpt.moments, &params)?;
+        run.step = m.step;
+        run.rng = SplitMix64::from_state(m.rng_state()?);
+        run.cursor = m.cursor;
+        run.last_checkpoint = Some(m.step);
+        let ignored = [
+            "steps",
+            "resume",
+            "checkpoint_every",
+            "log_every",
+            "eval_every",
+            "eval_batches",
+        ];
+        if let (Value::Object(saved), Value::Object(now)) = (&m.config, self.config.to_json()) {
+            for (key, value) in &now {
+                if !ignored.contains(&key.as_str()) && saved.get(key) != Some(value) {
+                    let before = saved
+                        .get(key)
+                        .map_or_else(|| "absent".to_string(), |v| v.to_string());
+                    tracing::warn!(
+                        "resume: `{key}` was {before} in the checkpoint and is {value} now; the run will not match an uninterrupted one"
+                    );
+                }
+            }
+        }
+        tracing::info!(
+            "resumed {} from {} at step {}",
+            self.name,
+            dir.display(),
+            m.step
+        );
+        Ok(())
+    }
+
+    fn save_checkpoint(&mut self, model: &dyn Model, ctx: &Context) -> Result<()> {
+        let (Some(run_dir), Some(run)) = (&ctx.run_dir, self.run.as_mut()) else {
+            return Ok(());
+        };
+        let params = model.parameters();
+        let weights: Vec<(String, Tensor)> = params
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        let moments = run.optimizer.moments_to_tensors(&params)?;
+        let manifest = Manifest {
+            format: checkpoint::FORMAT.into(),
+            version: checkpoint::VERSION,
+            trainer: self.name.into(),
+            step: run.step,
+            optimizer_steps: run.optimizer.steps(),
+            rng_state: checkpoint::format_rng_state(run.rng.state()),
+            cursor: run.cursor,
+            config: self.config.to_json(),
+            model: ModelInfo {
+                name: model.name().into(),
+                config: model.config(),
+            },
+            files: BTreeMap::new(),
+        };
+        checkpoint::save(
+            &run_dir.join(checkpoint::DIR_NAME),
+            manifest,
+            &weights,
+            &moments,
+        )?;
+        run.last_checkpoint = Some(run.step);
+        Ok(())
+    }
+
+    /// One optimiser step; evaluation and checkpoint when due.
+    fn one_step(
+        &mut self,
+        model: &dyn Model,
+        data: TrainData<'_>,
+        ctx: &Context,
+    ) -> Result<StepMetrics> {
+        self.start(model, data, ctx)?;
+        let name = self.name;
+        let config = self.config.clone();
+        let Some(run) = self.run.as_mut() else {
+            unreachable!("started above")
+        };
+        let started = Instant::now();
+        let device = model.device().clone();
+        let lr = run.schedule.lr_at(run.step);
+        let params: Vec<(String, Var)> = model.parameters();
+        let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
+        let options = ForwardOptions {
+            train: true,
+            hidden_states: false,
+        };
+        let (mut loss_sum, mut aux_sum, mut tokens) = (0f64, 0f64, 0usize);
+        let mut has_aux = false;
+        for _ in 0..config.grad_accum {
+            let batch = self
+                .objective
+                .next_batch(data, &mut run.rng, &mut run.cursor, &device)?;
+            let out = model.forward(&batch.inputs, &options)?;
+            let mut total = match &batch.mask {
+                None => loss::cross_entropy(&out.logits, &batch.targets)?,
+                Some(mask) => loss::masked_cross_entropy(
+                    &out.logits,
+                    &batch.targets,
+                    mask,
+                    batch.loss_tokens,
+                )?,
+            };
+            loss_sum += total.to_scalar::<f32>()? as f64;
+            if let Some(aux) = &out.aux_loss {
+                let aux = aux.to_dtype(total.dtype())?;
+                aux_sum += aux.to_scalar::<f32>()? as f64;
+                has_aux = true;
+                total = (total + aux)?;
+            }
+            let total = if config.grad_accum > 1 {
+                total.affine(1.0 / config.grad_accum as f64, 0.0)?
+            } else {
+                total
+            };
+            let mut store = total.backward()?;
+            for ((_, var), slot) in params.iter().zip(grads.iter_mut()) {
+                if let Some(g) = store.remove(var.as_tensor()) {
+                    *slot = Some(match slot.take() {
+                        None => g,
+                        Some(sum) => (sum + g)?,
+                    });
+                }
+            }
+            tokens += batch.tokens;
+        }
+        let loss = loss_sum / config.grad_accum as f64;
+        let grad_norm = clip::global_norm(grads.iter().flatten())?;
+        let step_number = run.step + 1;
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            return Err(Error::Data(format!(
+                "{name}: training diverged at step {step_number}: loss {loss}, gradient norm {grad_norm} (lr {lr:.3e}); \
+                 stopped before the update, the last checkpoint is kept. Lower `lr` or raise `warmup`"
+            )));
+        }
+        run.optimizer.step(
+            &params,
+            &grads,
+            lr,
+            clip::clip_scale(grad_norm, config.grad_clip),
+        )?;
+        drop(grads);
+        run.step = step_number;
+        let elapsed_s = started.elapsed().as_secs_f64();
+
+        let mut metrics = StepMetrics::new();
+        metrics.insert("loss".into(), loss);
+        metrics.insert("lr".into(), lr);
+        metrics.insert("grad_norm".into(), grad_norm);
+        metrics.insert("tokens_per_s".into(), tokens as f64 / elapsed_s.max(1e-9));
+        if has_aux {
+            metrics.insert("aux_loss".into(), aux_sum / config.grad_accum as f64);
+        }
+        let eval_due = config.eval_every > 0
+            && (run.step.is_multiple_of(config.eval_every) || run.step == config.steps);
+        if eval_due {
+            if run.eval_set.is_none() {
+                run.eval_set = Some(self.objective.eval_batches(data, &device)?);
+            }
+            if let Some(eval) = evaluate(model, run.eval_set.as_deref().unwrap_or_default())? {
+                metrics.insert("val_loss".into(), eval.loss);
+                metrics.insert("val_ppl".into(), eval.ppl);
+            }
+        }
+        if config.checkpoint_every > 0 && run.step.is_multiple_of(config.checkpoint_every) {
+            self.save_checkpoint(model, ctx)?;
+        }
+        Ok(metrics)
+    }
+}
+
+fn progress_message(metrics: &StepMetrics) -> String {
+    let loss = metrics.get("loss").copied().unwrap_or(f64::NAN);
+    let tok_s = metrics.get("tokens_per_s").copied().unwrap_or(0.0);
+    let rate = if tok_s >= 1000.0 {
+        format!("{:.1}k", tok_s / 1000.0)
+    } else {
+        format!("{tok_s:.0}")
+    };
+    match metrics.get("val_loss") {
+        Some(val) => format!("loss {loss:.3} | val {val:.3} | {rate} tok/s"),
+        None => format!("loss {loss:.3} | {rate} tok/s"),
+    }
+}
+
+impl<O: Objective> Trainer for TrainLoop<O> {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn config(&self) -> Value {
+        self.config.to_json()
+    }
+
+    fn step(
+        &mut self,
+        model: &dyn Model,
+        data: TrainData<'_>,
+        ctx: &Context,
+    ) -> Result<StepMetrics> {
+        self.one_step(model, data, ctx)
+    }
+
+    fn fit(
+        &mut self,
+        model: &dyn Model,
+        data: TrainData<'_>,
+        ctx: &Context,
+    ) -> Result<StepMetrics> {
+        self.start(model, data, ctx)?;
+        let total = self.config.steps;
+        let mut last = StepMetrics::new();
+        while self.steps_done() < total {
+            if ctx.check_cancelled().is_err() {
+                self.save_checkpoint(model, ctx)?;
+                ctx.progress.finish("train");
+                tracing::info!("{}: cancelled at step {}", self.name, self.steps_done());
+                return Err(Error::Cancelled);
+            }
+            let metrics = match self.one_step(model, data, ctx) {
+                Ok(m) => m,
+                Err(e) => {
+                    ctx.progress.finish("train");
+                    return Err(e);
+                }
+            };
+            let step = self.steps_done();
+            if step.is_multiple_of(self.config.log_every)
+                || step == total
+                || metrics.contains_key("val_loss")
+            {
+                ctx.metrics.record(step, &metrics);
+                tracing::debug!("{} step {step}: {}", self.name, progress_message(&metrics));
+            }
+            ctx.progress("train", step, Some(total), progress_message(&metrics));
+            last = metrics;
+        }
+        let run_step = self.steps_done();
+        if self
+            .run
+            .as_ref()
+            .is_some_and(|r| r.last_checkpoint != Some(run_step))
+        {
+            self.save_checkpoint(model, ctx)?;
+        }
+        ctx.progress.finish("train");
+        Ok(last)
+    }
+
+    fn steps_done(&self) -> u64 {
+        self.run.as_ref().map_or(0, |r| r.step)
+    }
+}
