@@ -40,10 +40,28 @@ pub enum Command {
     },
     /// List loaded plugins and their components, and libraries refused with the reason.
     Plugins,
+    /// Benchmarks printing one JSON line per measurement.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Plugin library tools.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Train and forward tokens/s of `gpt` + `lm` on the shapes of shared/bench/torch_gpt.py.
+    Train {
+        /// tiny, small or gpt2; several separated by commas.
+        #[arg(long, default_value = "tiny")]
+        config: String,
+        /// Timed steps (after 3 warm-up steps).
+        #[arg(long, default_value_t = 10)]
+        steps: u64,
     },
 }
 

@@ -2,6 +2,7 @@
 //! ([`registry`]), runs Rhai experiments over them ([`script`]), interactively too ([`repl`]).
 //! `main.rs` is only the command line around these.
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod loader;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::Parser;
-use llmlab::cli::{Cli, Command, Common, PluginCommand};
+use llmlab::cli::{BenchCommand, Cli, Command, Common, PluginCommand};
 use llmlab::loader;
 use llmlab::registry::Registry;
 use llmlab::script::{Overrides, Session};
@@ -33,6 +33,18 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Some(Command::Plugin {
             command: PluginCommand::Check { file },
         }) => Ok(check_plugin(&file)),
+        Some(Command::Bench {
+            command: BenchCommand::Train { config, steps },
+        }) => {
+            let registry = Registry::discover(&dirs);
+            let ctx = context(&cli.common)?;
+            for name in config.split(',') {
+                let line = llmlab::bench::train(&registry, name.trim(), steps, &ctx)
+                    .map_err(|e| e.to_string())?;
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Plugins) => {
             let registry = Registry::discover(&dirs);
             print!("{}", registry.report());

@@ -46,7 +46,7 @@ pub trait Tokenizer: Send + Sync {
     fn clone_box(&self) -> Box<dyn Tokenizer>;
 }
 
-impl dyn Tokenizer {
+impl<'a> dyn Tokenizer + 'a {
     /// The id of the end-of-text token or a clear error.
     pub fn end_of_text(&self) -> Result<u32> {
         self.special_token(SpecialToken::EndOfText).ok_or_else(|| {

@@ -39,6 +39,14 @@ impl Dtype {
         }
     }
 
+    /// `"u16"` / `"u32"`, as the header and numpy spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::U16 => "u16",
+            Dtype::U32 => "u32",
+        }
+    }
+
     pub fn width_bytes(self) -> usize {
         match self {
             Dtype::U16 => 2,

@@ -75,6 +75,9 @@ impl DatasetHandle {
 /// What `corpus(spec, options)` names: the one place deciding between built-in corpora and files.
 pub fn open_corpus(spec: &str, options: &Map) -> ScriptResult<CorpusHandle> {
     // Built-in generated corpora ("stories", ...) are matched here, before paths.
+    if let Some(builtin) = super::corpus::builtin(spec, options) {
+        return builtin;
+    }
     file_corpus(Path::new(spec), options)
 }
 
@@ -336,11 +339,11 @@ pub fn register(engine: &mut Engine, host: &Arc<Host>) {
     engine.register_fn("to_string", |d: &mut DatasetHandle| {
         let h = d.dataset.header();
         format!(
-            "dataset {} ({} train + {} val tokens, {:?}, vocab {}, {})",
+            "dataset {} ({} train + {} val tokens, {}, vocab {}, {})",
             d.dataset.dir().display(),
             h.train_tokens,
             h.val_tokens,
-            h.dtype,
+            h.dtype.name(),
             h.vocab_size,
             h.tokenizer
         )

@@ -7,11 +7,14 @@
 
 mod callback;
 mod config;
+mod corpus;
 mod data;
+mod evaluate;
 mod help;
 mod model;
 mod tensor;
 mod tokenizer;
+mod trainer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
@@ -162,6 +165,9 @@ impl Session {
         model::register(&mut engine, &host);
         callback::register(&mut engine);
         data::register(&mut engine, &host);
+        corpus::register(&mut engine);
+        evaluate::register(&mut engine);
+        trainer::register(&mut engine, &host);
         let mut scope = Scope::new();
         scope.push_constant("SETTINGS", host.overrides.settings_map());
         Session {

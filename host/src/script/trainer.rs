@@ -14,7 +14,10 @@ use super::{lock, plugin_call, script_error, Host, ScriptResult, TrainerHandle};
 use crate::plots::training_plots;
 
 fn metrics_map(metrics: &StepMetrics) -> Map {
-    metrics.iter().map(|(k, v)| (k.as_str().into(), Dynamic::from(*v))).collect()
+    metrics
+        .iter()
+        .map(|(k, v)| (k.as_str().into(), Dynamic::from(*v)))
+        .collect()
 }
 
 /// Runs `call` with the session's run directory in the context, records configs before and
@@ -29,9 +32,15 @@ fn in_run<T>(
     let run = host.run_dir().map_err(script_error)?;
     let mut tr = lock(&trainer.0);
     let name = tr.name().to_string();
-    run.record_config(&format!("trainer-{name}"), &tr.config()).map_err(script_error)?;
-    run.record_config(&format!("model-{}", model.0.name()), &model.0.config()).map_err(script_error)?;
-    let ctx = Context { run_dir: Some(run.path.clone()), metrics: run.metrics_sink(), ..host.context.clone() };
+    run.record_config(&format!("trainer-{name}"), &tr.config())
+        .map_err(script_error)?;
+    run.record_config(&format!("model-{}", model.0.name()), &model.0.config())
+        .map_err(script_error)?;
+    let ctx = Context {
+        run_dir: Some(run.path.clone()),
+        metrics: run.metrics_sink(),
+        ..host.context.clone()
+    };
     let result = plugin_call(&name, || call(&mut **tr, &ctx));
     ctx.progress.finish("train");
     if let Err(error) = training_plots(&run.path, &run.metrics().history(), floor) {
@@ -56,37 +65,64 @@ fn summary(metrics: &StepMetrics, floor: Option<f64>, run: &std::path::Path) -> 
 
 pub fn register(engine: &mut Engine, host: &Arc<Host>) {
     let h = host.clone();
-    engine.register_fn("fit", move |tr: &mut TrainerHandle, model: ModelHandle, ds: DatasetHandle| -> ScriptResult<Map> {
-        let floor = ds.data().entropy_floor_nats_per_token();
-        let metrics = in_run(&h, tr, &model, floor, |t, ctx| t.fit(model.0.as_ref(), TrainData::Tokens(ds.data()), ctx))?;
-        let run = h.run_dir().map_err(script_error)?;
-        println!("{}", summary(&metrics, floor, &run.path));
-        Ok(metrics_map(&metrics))
-    });
+    engine.register_fn(
+        "fit",
+        move |tr: &mut TrainerHandle, model: ModelHandle, ds: DatasetHandle| -> ScriptResult<Map> {
+            let floor = ds.data().entropy_floor_nats_per_token();
+            let metrics = in_run(&h, tr, &model, floor, |t, ctx| {
+                t.fit(model.0.as_ref(), TrainData::Tokens(ds.data()), ctx)
+            })?;
+            let run = h.run_dir().map_err(script_error)?;
+            println!("{}", summary(&metrics, floor, &run.path));
+            Ok(metrics_map(&metrics))
+        },
+    );
     let h = host.clone();
-    engine.register_fn("step", move |tr: &mut TrainerHandle, model: ModelHandle, ds: DatasetHandle| -> ScriptResult<Map> {
-        let metrics = in_run(&h, tr, &model, None, |t, ctx| t.step(model.0.as_ref(), TrainData::Tokens(ds.data()), ctx))?;
-        Ok(metrics_map(&metrics))
-    });
+    engine.register_fn(
+        "step",
+        move |tr: &mut TrainerHandle, model: ModelHandle, ds: DatasetHandle| -> ScriptResult<Map> {
+            let metrics = in_run(&h, tr, &model, None, |t, ctx| {
+                t.step(model.0.as_ref(), TrainData::Tokens(ds.data()), ctx)
+            })?;
+            Ok(metrics_map(&metrics))
+        },
+    );
     let h = host.clone();
     engine.register_fn(
         "fit",
-        move |tr: &mut TrainerHandle, model: ModelHandle, tasks: CorpusHandle, tok: TokenizerHandle| -> ScriptResult<Map> {
-            let examples: Arc<dyn ExampleSource> = tasks
-                .examples
-                .clone()
-                .ok_or_else(|| script_error(format!("{} has no prompt/answer examples (use a task corpus)", tasks.source.name())))?;
+        move |tr: &mut TrainerHandle,
+              model: ModelHandle,
+              tasks: CorpusHandle,
+              tok: TokenizerHandle|
+              -> ScriptResult<Map> {
+            let examples: Arc<dyn ExampleSource> = tasks.examples.clone().ok_or_else(|| {
+                script_error(format!(
+                    "{} has no prompt/answer examples (use a task corpus)",
+                    tasks.source.name()
+                ))
+            })?;
             let tokenizer = tok.read();
-            let data = TrainData::Examples { examples: examples.as_ref(), tokenizer: tokenizer.as_ref() };
-            let metrics = in_run(&h, tr, &model, None, |t, ctx| t.fit(model.0.as_ref(), data, ctx))?;
+            let data = TrainData::Examples {
+                examples: examples.as_ref(),
+                tokenizer: tokenizer.as_ref(),
+            };
+            let metrics = in_run(&h, tr, &model, None, |t, ctx| {
+                t.fit(model.0.as_ref(), data, ctx)
+            })?;
             let run = h.run_dir().map_err(script_error)?;
             println!("{}", summary(&metrics, None, &run.path));
             Ok(metrics_map(&metrics))
         },
     );
-    engine.register_fn("steps_done", |tr: &mut TrainerHandle| lock(&tr.0).steps_done() as rhai::INT);
+    engine.register_fn("steps_done", |tr: &mut TrainerHandle| {
+        lock(&tr.0).steps_done() as rhai::INT
+    });
     let h = host.clone();
     engine.register_fn("run_dir", move || -> ScriptResult<String> {
-        Ok(h.run_dir().map_err(script_error)?.path.display().to_string())
+        Ok(h.run_dir()
+            .map_err(script_error)?
+            .path
+            .display()
+            .to_string())
     });
 }

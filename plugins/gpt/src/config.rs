@@ -90,7 +90,7 @@ impl TypedConfig for GptConfig {
         ("n_head", "attention (query) heads per block"),
         (
             "n_kv_head",
-            "key/value heads for grouped-query attention; must divide n_head; () = n_head",
+            "key/value heads for grouped-query attention; must divide n_head; unset = n_head",
         ),
         (
             "d_model",
@@ -99,7 +99,7 @@ impl TypedConfig for GptConfig {
         ("ctx", "longest sequence in tokens (context length)"),
         (
             "dropout",
-            "dropout on attention weights and residual branches in training",
+            "dropout on embeddings, attention weights and residual branches (training only)",
         ),
         (
             "bias",
@@ -124,7 +124,7 @@ impl TypedConfig for GptConfig {
             "tie_embeddings",
             "the output head reuses the token embedding (GPT-2: true)",
         ),
-        ("seed", "weight init seed; () = the session seed"),
+        ("seed", "weight init seed; unset = the session seed"),
     ];
 
     fn validate(&self) -> Result<(), String> {

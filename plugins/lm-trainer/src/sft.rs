@@ -22,23 +22,11 @@ pub struct Encoded {
     pub answer_start: usize,
 }
 
-/// The tokenizer's end-of-text id, or an error naming the tokenizer.
-fn end_of_text(tokenizer: &dyn Tokenizer) -> Result<u32> {
-    tokenizer
-        .special_token(SpecialToken::EndOfText)
-        .ok_or_else(|| {
-            Error::Data(format!(
-                "sft: tokenizer {} has no end-of-text token to end answers with",
-                tokenizer.name()
-            ))
-        })
-}
-
 /// Padding id: the tokenizer's pad token, else end-of-text (padding is masked either way).
 fn pad_id(tokenizer: &dyn Tokenizer) -> Result<u32> {
     tokenizer
         .special_token(SpecialToken::Pad)
-        .map_or_else(|| end_of_text(tokenizer), Ok)
+        .map_or_else(|| tokenizer.end_of_text(), Ok)
 }
 
 /// Tokenizes `example` for a context of `ctx` tokens. Over-long examples lose prompt tokens first.
@@ -46,7 +34,7 @@ pub fn encode(example: &Example, tokenizer: &dyn Tokenizer, ctx: usize) -> Resul
     let mut ids = tokenizer.encode(&example.prompt)?;
     let mut answer_start = ids.len();
     ids.extend(tokenizer.encode(&example.answer)?);
-    ids.push(end_of_text(tokenizer)?);
+    ids.push(tokenizer.end_of_text()?);
     if ids.len() > ctx + 1 {
         let cut = ids.len() - (ctx + 1);
         ids.drain(..cut);
@@ -122,7 +110,7 @@ impl Sft {
 impl Objective for Sft {
     fn prepare(&mut self, data: TrainData<'_>, setup: &Setup) -> Result<()> {
         let (examples, tokenizer) = examples(data)?;
-        end_of_text(tokenizer)?;
+        tokenizer.end_of_text()?;
         if tokenizer.vocab_size() > setup.model_vocab_size {
             return Err(Error::Data(format!(
                 "the tokenizer's vocabulary ({} tokens) is larger than the model's vocab_size ({})",

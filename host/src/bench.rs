@@ -1,0 +1,132 @@
+//! `llmlab bench train`: training and forward throughput of the `gpt` model with the `lm`
+//! trainer on exactly the shapes of the PyTorch reference (`shared/bench/torch_gpt.py`), printed as
+//! one JSON line per config so the two can be compared side by side.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use llmlab_plugin_api::candle::Tensor;
+use llmlab_plugin_api::serde_json::{json, Value};
+use llmlab_plugin_api::{
+    Context, Error, ForwardOptions, Instance, Kind, Result, Split, TokenData, TrainData,
+};
+
+use crate::data::rng::SplitMix64;
+use crate::registry::Registry;
+
+/// The reference shapes: n_layer, n_head, d_model, ctx, vocab, batch.
+pub fn shapes(config: &str) -> Option<[usize; 6]> {
+    Some(match config {
+        "tiny" => [4, 4, 256, 128, 2048, 16],
+        "small" => [6, 6, 384, 256, 4096, 8],
+        "gpt2" => [12, 12, 768, 1024, 50304, 8],
+        _ => return None,
+    })
+}
+
+/// Uniform random tokens, as the reference trains on.
+struct RandomTokens {
+    tokens: Vec<u32>,
+    vocab_size: usize,
+}
+
+impl TokenData for RandomTokens {
+    fn len(&self, _: Split) -> usize {
+        self.tokens.len()
+    }
+    fn read(&self, _: Split, start: usize, out: &mut [u32]) -> Result<()> {
+        let end = start + out.len();
+        let slice = self
+            .tokens
+            .get(start..end)
+            .ok_or_else(|| Error::Data(format!("window {start}..{end} out of range")))?;
+        out.copy_from_slice(slice);
+        Ok(())
+    }
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+}
+
+fn create(
+    registry: &Registry,
+    kind: Kind,
+    name: &str,
+    config: Value,
+    ctx: &Context,
+) -> Result<Instance> {
+    let entry = registry.find(kind, name).map_err(Error::msg)?;
+    entry.factory.create(&config, ctx)
+}
+
+/// Runs one config: `warmup` untimed steps, then `steps` timed training steps and forward passes.
+pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Result<Value> {
+    let [n_layer, n_head, d_model, ctx_len, vocab, batch] = shapes(config).ok_or_else(|| {
+        Error::msg(format!(
+            "unknown bench config {config:?}; known: tiny, small, gpt2"
+        ))
+    })?;
+    let model_config = json!({
+        "vocab_size": vocab, "n_layer": n_layer, "n_head": n_head, "d_model": d_model, "ctx": ctx_len,
+        "norm": "layer", "pos": "learned", "mlp": "gelu", "bias": true, "tie_embeddings": true, "dropout": 0.0,
+    });
+    let Instance::Model(model) = create(registry, Kind::Model, "gpt", model_config, ctx)? else {
+        return Err(Error::msg("gpt did not make a model"));
+    };
+    let warmup = 3;
+    let trainer_config = json!({
+        "steps": warmup + steps, "batch_size": batch, "lr": 3e-4, "warmup": 0, "weight_decay": 0.0,
+        "grad_clip": 0.0, "eval_every": 0, "checkpoint_every": 0,
+    });
+    let Instance::Trainer(mut trainer) =
+        create(registry, Kind::Trainer, "lm", trainer_config, ctx)?
+    else {
+        return Err(Error::msg("lm did not make a trainer"));
+    };
+    let mut rng = SplitMix64::new(0);
+    let data = RandomTokens {
+        tokens: (0..1 << 20)
+            .map(|_| rng.below(vocab as u64) as u32)
+            .collect(),
+        vocab_size: vocab,
+    };
+    let quiet = Context {
+        run_dir: None,
+        ..ctx.clone()
+    };
+    for _ in 0..warmup {
+        trainer.step(model.as_ref(), TrainData::Tokens(&data), &quiet)?;
+    }
+    let start = Instant::now();
+    let mut last = BTreeMap::new();
+    for _ in 0..steps {
+        last = trainer.step(model.as_ref(), TrainData::Tokens(&data), &quiet)?;
+    }
+    let train_s = start.elapsed().as_secs_f64() / steps as f64;
+
+    let ids = Tensor::from_vec(
+        data.tokens[..batch * ctx_len].to_vec(),
+        (batch, ctx_len),
+        model.device(),
+    )?;
+    let forward = ForwardOptions::default();
+    for _ in 0..2 {
+        model.forward(&ids, &forward)?;
+    }
+    let start = Instant::now();
+    for _ in 0..steps {
+        model.forward(&ids, &forward)?;
+    }
+    let fwd_s = start.elapsed().as_secs_f64() / steps as f64;
+    let tokens = (batch * ctx_len) as f64;
+    Ok(json!({
+        "peer": "llmlab",
+        "device": format!("{:?}", ctx.device),
+        "threads": llmlab_plugin_api::rayon::current_num_threads(),
+        "config": config,
+        "params": model.num_params(),
+        "train_tok_s": (tokens / train_s * 10.0).round() / 10.0,
+        "fwd_tok_s": (tokens / fwd_s * 10.0).round() / 10.0,
+        "final_loss": last.get("loss").copied().unwrap_or(f64::NAN),
+    }))
+}

@@ -1,0 +1,164 @@
+//! The built-in corpora at the script edge: `corpus("stories", #{ bytes, seed })` and
+//! `corpus("arithmetic" | "sort" | "copy" | "reverse", #{ n, digits, seed })`, their options
+//! (typed, unknown keys refused), and the methods only they have: `entropy_floor()`,
+//! `check(prompt, answer)`, `examples(n)`.
+
+use std::sync::Arc;
+
+use llmlab_plugin_api::config::TypedConfig;
+use llmlab_plugin_api::serde::{Deserialize, Serialize};
+use llmlab_plugin_api::{Example, ExampleSource};
+use rhai::{Array, Dynamic, Engine, Map, FLOAT, INT};
+
+use super::data::CorpusHandle;
+use super::{dynamic_to_json, script_error, ScriptResult};
+use crate::data::stories::Stories;
+use crate::data::tasks::{TaskKind, Tasks};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(crate = "llmlab_plugin_api::serde", default, deny_unknown_fields)]
+struct StoriesOptions {
+    bytes: usize,
+    seed: u64,
+}
+
+impl Default for StoriesOptions {
+    fn default() -> Self {
+        StoriesOptions {
+            bytes: 2_000_000,
+            seed: 0,
+        }
+    }
+}
+
+impl TypedConfig for StoriesOptions {
+    const DOCS: &'static [(&'static str, &'static str)] = &[
+        ("bytes", "generate stories until this many bytes of text"),
+        ("seed", "same seed, same stories"),
+    ];
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(crate = "llmlab_plugin_api::serde", default, deny_unknown_fields)]
+struct TaskOptions {
+    n: usize,
+    digits: usize,
+    seed: u64,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions {
+            n: 10_000,
+            digits: 2,
+            seed: 0,
+        }
+    }
+}
+
+impl TypedConfig for TaskOptions {
+    const DOCS: &'static [(&'static str, &'static str)] = &[
+        ("n", "number of examples"),
+        (
+            "digits",
+            "digits per addend (arithmetic) or sequence length (sort, copy, reverse)",
+        ),
+        ("seed", "same seed, same examples"),
+    ];
+}
+
+/// The built-in corpus `name`, or `None` when `name` is not one (then it is a file path).
+pub fn builtin(name: &str, options: &Map) -> Option<ScriptResult<CorpusHandle>> {
+    let json = match dynamic_to_json(Dynamic::from(options.clone())) {
+        Ok(json) => json,
+        Err(e) => return Some(Err(e)),
+    };
+    let what = format!("corpus(\"{name}\")");
+    if name == "stories" {
+        return Some((|| {
+            let o = StoriesOptions::from_json(&what, &json).map_err(script_error)?;
+            if o.bytes == 0 {
+                return Err(script_error(format!("{what}: bytes must be at least 1")));
+            }
+            Ok(CorpusHandle::documents(Arc::new(Stories::generate(
+                o.bytes, o.seed,
+            ))))
+        })());
+    }
+    let kind = TaskKind::from_name(name)?;
+    Some((|| {
+        let o = TaskOptions::from_json(&what, &json).map_err(script_error)?;
+        let tasks = Arc::new(Tasks::generate(kind, o.n, o.digits, o.seed).map_err(script_error)?);
+        let mut handle = CorpusHandle::documents(tasks.clone());
+        handle.examples = Some(tasks);
+        Ok(handle)
+    })())
+}
+
+fn examples_of(c: &CorpusHandle) -> ScriptResult<&Arc<dyn ExampleSource>> {
+    c.examples
+        .as_ref()
+        .ok_or_else(|| script_error(format!("{} has no prompt/answer examples", c.source.name())))
+}
+
+fn example_map(e: &Example) -> Map {
+    let mut m = Map::new();
+    m.insert("prompt".into(), e.prompt.clone().into());
+    m.insert("answer".into(), e.answer.clone().into());
+    if let Some(r) = &e.rejected {
+        m.insert("rejected".into(), r.clone().into());
+    }
+    m
+}
+
+pub fn register(engine: &mut Engine) {
+    // The floor in nats per byte of text; token datasets report it per token.
+    engine.register_fn(
+        "entropy_floor",
+        |c: &mut CorpusHandle| -> ScriptResult<FLOAT> {
+            let (mut nats, mut bytes, mut known) = (0.0, 0usize, true);
+            for (i, doc) in c.source.documents().enumerate() {
+                let doc = doc.map_err(script_error)?;
+                match c.source.document_nats(i) {
+                    Some(n) => nats += n,
+                    None => known = false,
+                }
+                bytes += doc.len();
+            }
+            if !known {
+                return Err(script_error(format!(
+                    "{} has no known distribution",
+                    c.source.name()
+                )));
+            }
+            Ok(nats / bytes.max(1) as f64)
+        },
+    );
+    engine.register_fn(
+        "check",
+        |c: &mut CorpusHandle, prompt: &str, answer: &str| -> ScriptResult<bool> {
+            let examples = examples_of(c)?;
+            examples.check(prompt, answer).ok_or_else(|| {
+                script_error(format!(
+                    "{}: cannot check the prompt {prompt:?}",
+                    examples.name()
+                ))
+            })
+        },
+    );
+    engine.register_fn(
+        "examples",
+        |c: &mut CorpusHandle, n: INT| -> ScriptResult<Array> {
+            let examples = examples_of(c)?;
+            let n = (n.max(0) as usize).min(examples.len());
+            Ok((0..n)
+                .map(|i| Dynamic::from(example_map(&examples.get(i))))
+                .collect())
+        },
+    );
+    engine.register_fn("len", |c: &mut CorpusHandle| -> INT {
+        c.examples
+            .as_ref()
+            .map_or_else(|| c.source.documents().count(), |e| e.len()) as INT
+    });
+}
