@@ -13,6 +13,7 @@ use llmlab_plugin_api::candle::{DType, Device};
 use llmlab_plugin_api::{tracing, Context};
 
 fn main() -> ExitCode {
+    reexec_with_malloc_tunables();
     let cli = Cli::parse();
     init_logging(cli.common.verbose);
     // Panics in plugin calls become script errors that carry the message; the location is
@@ -152,3 +153,29 @@ fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// Training allocates and frees many large tensors; with glibc's default thresholds each one is a
+/// fresh `mmap` and its pages fault in again (≈ 30% of a CPU training step, DESIGN.md §7). glibc
+/// reads its tunables only at start-up, so the host re-executes itself once with them set.
+/// `GLIBC_TUNABLES` already set (by the user, or by us) means: leave it alone.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn reexec_with_malloc_tunables() {
+    use std::os::unix::process::CommandExt;
+    const TUNABLES: &str =
+        "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967295";
+    if std::env::var_os("GLIBC_TUNABLES").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let error = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("GLIBC_TUNABLES", TUNABLES)
+        .exec();
+    // exec only returns on failure: carry on without the tunables.
+    eprintln!("warning: could not re-execute with malloc tunables: {error}");
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn reexec_with_malloc_tunables() {}

@@ -10,7 +10,7 @@ use llmlab_plugin_api::serde::{Deserialize, Serialize};
 use llmlab_plugin_api::{Example, ExampleSource};
 use rhai::{Array, Dynamic, Engine, Map, FLOAT, INT};
 
-use super::data::CorpusHandle;
+use super::data::{CorpusHandle, DatasetHandle};
 use super::{dynamic_to_json, script_error, ScriptResult};
 use crate::data::stories::Stories;
 use crate::data::tasks::{TaskKind, Tasks};
@@ -112,6 +112,14 @@ fn example_map(e: &Example) -> Map {
 }
 
 pub fn register(engine: &mut Engine) {
+    engine.register_fn(
+        "entropy_floor",
+        |d: &mut DatasetHandle| -> ScriptResult<FLOAT> {
+            d.data().entropy_floor_nats_per_token().ok_or_else(|| {
+                script_error("this dataset's corpus has no known distribution (no entropy floor)")
+            })
+        },
+    );
     // The floor in nats per byte of text; token datasets report it per token.
     engine.register_fn(
         "entropy_floor",

@@ -37,17 +37,7 @@ fn main() -> std::result::Result<(), String> {
     };
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    let piece_bytes: usize = std::env::var("PIECE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut lines: Vec<String> = Vec::new();
-    for line in text.split_inclusive('\n') {
-        match lines.last_mut() {
-            Some(last) if last.len() + line.len() <= piece_bytes => last.push_str(line),
-            _ => lines.push(line.to_string()),
-        }
-    }
+    let lines: Vec<String> = text.split_inclusive('\n').map(str::to_string).collect();
     let mb = text.len() as f64 / 1e6;
 
     // min_frequency 0 as in the reference (BpeTrainer's default there).
@@ -64,12 +54,7 @@ fn main() -> std::result::Result<(), String> {
 
     let start = Instant::now();
     let mut tokens = 0;
-    for batch in corpus.0.chunks(
-        std::env::var("BATCH")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(4096),
-    ) {
+    for batch in corpus.0.chunks(4096) {
         tokens += tok
             .encode_batch(batch)
             .map_err(|e| e.to_string())?
