@@ -3,7 +3,8 @@
 //! This crate owns the plugin declaration and its fingerprint ([`declaration`]), the component
 //! traits every plugin implements ([`Tokenizer`], [`Model`], [`Trainer`], [`Aligner`],
 //! [`Quantizer`]), typed configuration from JSON ([`config`]), and the [`Context`] the host passes
-//! to every call. It knows nothing of the host: no Rhai, no REPL, no loader.
+//! to every call, and the optimisation pieces trainers share ([`train`]: AdamW, schedule,
+//! clipping, losses, checkpoint files). It knows nothing of the host: no Rhai, no REPL, no loader.
 //!
 //! It is built as a Rust `dylib` that the host and all plugins link, so there is exactly one copy
 //! of candle, serde_json, tracing and inventory in a process (DESIGN.md §8). Plugins use those
@@ -31,6 +32,7 @@ pub mod generation;
 pub mod model;
 pub mod quantizer;
 pub mod tokenizer;
+pub mod train;
 pub mod trainer;
 
 pub use candle_core as candle;

@@ -4,8 +4,10 @@
 //! - [`text_file`]: a UTF-8 text or JSONL file as a `TextSource`, streamed.
 //! - [`token_dataset`]: `train.bin` / `val.bin` + `dataset.json`, memory-mapped, as `TokenData`.
 //! - [`dataset_writer`]: encoding a corpus into a token dataset, in parallel and streaming.
+//! - [`preferences`]: preference pairs (`prompt`, `chosen`, `rejected`) from a JSONL file.
 
 pub mod dataset_writer;
+pub mod preferences;
 pub mod rng;
 pub mod stories;
 pub mod tasks;

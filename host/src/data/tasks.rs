@@ -1,5 +1,6 @@
 //! `corpus("arithmetic" | "sort" | "copy" | "reverse")`: prompt/answer tasks with verifiable
-//! answers, for SFT now and for preference data and programmatic rewards later.
+//! answers, for SFT, preference data (each example with a plausible wrong answer:
+//! [`Tasks::preferences`], [`rejected_answer`]) and programmatic rewards.
 //!
 //! Formats (one example per line when used as text):
 //! `12+345=` → `357`; `sort 3 1 2 =` → `1 2 3`; `copy abc =` → `abc`; `reverse abc =` → `cba`.
@@ -81,6 +82,166 @@ impl Tasks {
     /// The correct answer to `prompt`, or `None` when the prompt is not of this task's form.
     pub fn solve(&self, prompt: &str) -> Option<String> {
         solve(self.kind, prompt)
+    }
+
+    /// Preference pairs from these examples: see [`TaskPreferences::from_examples`].
+    pub fn preferences(&self, n: usize, seed: u64) -> Result<TaskPreferences> {
+        TaskPreferences::from_examples(self, n, seed)
+    }
+}
+
+impl TaskKind {
+    /// The task whose prompt format `prompt` has (the formats are disjoint).
+    pub fn of_prompt(prompt: &str) -> Option<TaskKind> {
+        [
+            TaskKind::Arithmetic,
+            TaskKind::Sort,
+            TaskKind::Copy,
+            TaskKind::Reverse,
+        ]
+        .into_iter()
+        .find(|&kind| solve(kind, prompt).is_some())
+    }
+}
+
+/// Task examples with a plausible wrong answer each (`rejected`): preference pairs.
+#[derive(Debug, Clone)]
+pub struct TaskPreferences {
+    name: String,
+    examples: Vec<Example>,
+}
+
+impl TaskPreferences {
+    /// The first `n` examples of `source` (cycling when `n` exceeds them), each with a rejected
+    /// answer from [`rejected_answer`] drawn with `seed`. Every prompt must be a built-in task's.
+    pub fn from_examples(source: &dyn ExampleSource, n: usize, seed: u64) -> Result<Self> {
+        let what = format!("{}.preferences", source.name());
+        if n == 0 {
+            return Err(Error::Data(format!("{what}: n must be at least 1")));
+        }
+        if source.is_empty() {
+            return Err(Error::Data(format!("{what}: the corpus has no examples")));
+        }
+        let mut rng = SplitMix64::new(seed ^ 0x5052_4546_5345_4544);
+        let examples = (0..n)
+            .map(|i| {
+                let mut e = source.get(i % source.len());
+                let kind = TaskKind::of_prompt(&e.prompt).ok_or_else(|| {
+                    Error::Data(format!(
+                        "{what}: example {i} has the prompt {:?}, not one of the built-in tasks ({}); \
+                         for other data write a JSONL file and use preferences(path)",
+                        e.prompt,
+                        TaskKind::NAMES.join(", ")
+                    ))
+                })?;
+                e.rejected = Some(rejected_answer(kind, &e.answer, &mut rng));
+                Ok(e)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TaskPreferences {
+            name: format!("{}.preferences(n={n}, seed={seed})", source.name()),
+            examples,
+        })
+    }
+}
+
+impl ExampleSource for TaskPreferences {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn len(&self) -> usize {
+        self.examples.len()
+    }
+    fn get(&self, index: usize) -> Example {
+        self.examples[index % self.examples.len()].clone()
+    }
+    fn check(&self, prompt: &str, answer: &str) -> Option<bool> {
+        let kind = TaskKind::of_prompt(prompt)?;
+        solve(kind, prompt).map(|correct| correct == answer.trim())
+    }
+}
+
+/// As text: the prompt followed by the chosen answer, one document per pair.
+impl TextSource for TaskPreferences {
+    fn name(&self) -> String {
+        ExampleSource::name(self)
+    }
+    fn documents(&self) -> Box<dyn Iterator<Item = Result<String>> + Send + '_> {
+        Box::new(self.examples.iter().map(|e| Ok(join(&e.prompt, &e.answer))))
+    }
+    fn approx_bytes(&self) -> Option<u64> {
+        Some(
+            self.examples
+                .iter()
+                .map(|e| e.prompt.len() + e.answer.len() + 1)
+                .sum::<usize>() as u64,
+        )
+    }
+}
+
+/// Uniform in `0..n`.
+fn pick(rng: &mut SplitMix64, n: usize) -> usize {
+    rng.below(n as u64) as usize
+}
+
+/// A plausible wrong answer to a task whose right answer is `answer`, never equal to it:
+/// arithmetic is off by one in one digit (off by 1, 10, 100, ...), sorting has one adjacent pair
+/// of different numbers swapped, copy/reverse one adjacent pair of different letters swapped;
+/// where nothing differs to swap, one number or letter is changed by one.
+pub fn rejected_answer(kind: TaskKind, answer: &str, rng: &mut SplitMix64) -> String {
+    match kind {
+        TaskKind::Arithmetic => {
+            let Ok(sum) = answer.parse::<u64>() else {
+                return format!("{answer}0");
+            };
+            let place = 10u64.pow(pick(rng, answer.len()) as u32);
+            if sum >= place && rng.below(2) == 0 {
+                (sum - place).to_string()
+            } else {
+                (sum + place).to_string()
+            }
+        }
+        TaskKind::Sort => {
+            let mut items: Vec<&str> = answer.split(' ').collect();
+            let pairs: Vec<usize> = (0..items.len().saturating_sub(1))
+                .filter(|&i| items[i] != items[i + 1])
+                .collect();
+            if pairs.is_empty() {
+                let i = pick(rng, items.len());
+                let bumped = match items[i].parse::<u64>() {
+                    Ok(x) if x > 0 => (x - 1).to_string(),
+                    Ok(x) => (x + 1).to_string(),
+                    Err(_) => format!("{}0", items[i]),
+                };
+                let mut owned: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+                owned[i] = bumped;
+                return owned.join(" ");
+            }
+            let i = pairs[pick(rng, pairs.len())];
+            items.swap(i, i + 1);
+            items.join(" ")
+        }
+        TaskKind::Copy | TaskKind::Reverse => {
+            let mut chars: Vec<char> = answer.chars().collect();
+            let pairs: Vec<usize> = (0..chars.len().saturating_sub(1))
+                .filter(|&i| chars[i] != chars[i + 1])
+                .collect();
+            if chars.is_empty() {
+                return "a".into();
+            }
+            if pairs.is_empty() {
+                let i = pick(rng, chars.len());
+                chars[i] = if chars[i] == 'z' {
+                    'a'
+                } else {
+                    char::from_u32(chars[i] as u32 + 1).unwrap_or('a')
+                };
+            } else {
+                let i = pairs[pick(rng, pairs.len())];
+                chars.swap(i, i + 1);
+            }
+            chars.into_iter().collect()
+        }
     }
 }
 
@@ -240,6 +401,43 @@ mod tests {
         assert_eq!(solve(TaskKind::Arithmetic, "twelve"), None);
         assert_eq!(join("1+2=", "3"), "1+2=3");
         assert_eq!(join("copy ab =", "ab"), "copy ab = ab");
+    }
+
+    #[test]
+    fn rejected_answers_are_wrong_but_plausible() {
+        for name in TaskKind::NAMES {
+            let kind = TaskKind::from_name(name).unwrap();
+            for digits in [1, 3] {
+                let prefs = Tasks::generate(kind, 200, digits, 9)
+                    .unwrap()
+                    .preferences(300, 1)
+                    .unwrap();
+                assert_eq!(prefs.len(), 300);
+                for i in 0..prefs.len() {
+                    let e = prefs.get(i);
+                    let rejected = e.rejected.clone().unwrap();
+                    assert_eq!(prefs.check(&e.prompt, &e.answer), Some(true), "{e:?}");
+                    assert_eq!(prefs.check(&e.prompt, &rejected), Some(false), "{e:?}");
+                    if kind != TaskKind::Arithmetic {
+                        assert_eq!(rejected.len(), e.answer.len(), "{e:?}");
+                    }
+                }
+            }
+        }
+        let mut rng = SplitMix64::new(3);
+        for _ in 0..50 {
+            let r: i64 = rejected_answer(TaskKind::Arithmetic, "57", &mut rng)
+                .parse()
+                .unwrap();
+            assert!([47, 56, 58, 67].contains(&r), "{r}");
+        }
+        assert_eq!(rejected_answer(TaskKind::Sort, "1 2", &mut rng), "2 1");
+        let err = Tasks::generate(TaskKind::Sort, 5, 2, 1)
+            .unwrap()
+            .preferences(0, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("n must be"), "{err}");
     }
 
     #[test]

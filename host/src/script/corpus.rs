@@ -1,7 +1,9 @@
 //! The built-in corpora at the script edge: `corpus("stories", #{ bytes, seed })` and
 //! `corpus("arithmetic" | "sort" | "copy" | "reverse", #{ n, digits, seed })`, their options
 //! (typed, unknown keys refused), and the methods only they have: `entropy_floor()`,
-//! `check(prompt, answer)`, `examples(n)`.
+//! `check(prompt, answer)`, `examples(n)`. Preference data: `task_corpus.preferences(#{ n, seed })`
+//! (each example with a plausible wrong answer as `rejected`) and `preferences(path)` (a JSONL file
+//! with `prompt`, `chosen`, `rejected`).
 
 use std::sync::Arc;
 
@@ -12,8 +14,9 @@ use rhai::{Array, Dynamic, Engine, Map, FLOAT, INT};
 
 use super::data::{CorpusHandle, DatasetHandle};
 use super::{dynamic_to_json, script_error, ScriptResult};
+use crate::data::preferences::PreferenceFile;
 use crate::data::stories::Stories;
-use crate::data::tasks::{TaskKind, Tasks};
+use crate::data::tasks::{TaskKind, TaskPreferences, Tasks};
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(crate = "llmlab_plugin_api::serde", default, deny_unknown_fields)]
@@ -65,6 +68,46 @@ impl TypedConfig for TaskOptions {
         ),
         ("seed", "same seed, same examples"),
     ];
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(crate = "llmlab_plugin_api::serde", default, deny_unknown_fields)]
+struct PreferenceOptions {
+    /// `None`: one pair per example of the corpus.
+    n: Option<usize>,
+    seed: u64,
+}
+
+impl TypedConfig for PreferenceOptions {
+    const DOCS: &'static [(&'static str, &'static str)] = &[
+        (
+            "n",
+            "number of pairs (the corpus's examples, cycled); null = one per example",
+        ),
+        ("seed", "seed of the rejected answers"),
+    ];
+}
+
+/// `corpus.preferences(#{ n, seed })`: the corpus's examples with rejected answers.
+fn task_preferences(c: &CorpusHandle, options: Map) -> ScriptResult<CorpusHandle> {
+    let examples = examples_of(c)?;
+    let json = dynamic_to_json(Dynamic::from(options))?;
+    let o = PreferenceOptions::from_json("preferences", &json).map_err(script_error)?;
+    let prefs = Arc::new(
+        TaskPreferences::from_examples(examples.as_ref(), o.n.unwrap_or(examples.len()), o.seed)
+            .map_err(script_error)?,
+    );
+    let mut handle = CorpusHandle::documents(prefs.clone());
+    handle.examples = Some(prefs);
+    Ok(handle)
+}
+
+/// `preferences(path)`: pairs from a JSONL file, checked line by line.
+fn file_preferences(path: &str) -> ScriptResult<CorpusHandle> {
+    let prefs = Arc::new(PreferenceFile::open(path).map_err(script_error)?);
+    let mut handle = CorpusHandle::documents(prefs.clone());
+    handle.examples = Some(prefs);
+    Ok(handle)
 }
 
 /// The built-in corpus `name`, or `None` when `name` is not one (then it is a file path).
@@ -164,6 +207,13 @@ pub fn register(engine: &mut Engine) {
                 .collect())
         },
     );
+    engine.register_fn("preferences", |c: &mut CorpusHandle| {
+        task_preferences(c, Map::new())
+    });
+    engine.register_fn("preferences", |c: &mut CorpusHandle, options: Map| {
+        task_preferences(c, options)
+    });
+    engine.register_fn("preferences", file_preferences);
     engine.register_fn("len", |c: &mut CorpusHandle| -> INT {
         c.examples
             .as_ref()

@@ -5,6 +5,7 @@
 //! Each component kind's script surface lives in its own file; this module wires them together
 //! and owns the conversion of plugin errors and panics into script errors.
 
+mod align;
 mod callback;
 mod config;
 mod corpus;
@@ -12,6 +13,7 @@ mod data;
 mod evaluate;
 mod help;
 mod model;
+mod quant;
 mod tensor;
 mod tokenizer;
 mod trainer;
@@ -168,6 +170,8 @@ impl Session {
         corpus::register(&mut engine);
         evaluate::register(&mut engine);
         trainer::register(&mut engine, &host);
+        align::register(&mut engine, &host);
+        quant::register(&mut engine, &host);
         let mut scope = Scope::new();
         scope.push_constant("SETTINGS", host.overrides.settings_map());
         Session {

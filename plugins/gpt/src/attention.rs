@@ -6,11 +6,11 @@
 //! differentiable ops: candle's fused softmax has no backward), weighted sum of values, `c_proj`.
 
 use llmlab_plugin_api::candle::{Module, Result, Tensor, D};
-use llmlab_plugin_api::candle_nn::{ops::dropout, Linear, VarBuilder};
+use llmlab_plugin_api::candle_nn::{ops::dropout, VarBuilder};
 
 use crate::cache::{GptCache, Positions};
 use crate::config::GptConfig;
-use crate::linear::{linear, INIT_STD};
+use crate::linear::{linear, Linear, INIT_STD};
 use crate::rope::Rope;
 
 #[derive(Debug, Clone)]
@@ -59,6 +59,11 @@ impl Attention {
             head_dim: hd,
             dropout: config.dropout as f32,
         })
+    }
+
+    /// The linear layers by name, for quantization.
+    pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        vec![("c_attn", &mut self.c_attn), ("c_proj", &mut self.c_proj)]
     }
 
     /// `x` `(batch, seq, d_model)`; `mask` additive, broadcastable to `(batch, heads, seq, keys)`.

@@ -6,6 +6,7 @@ use llmlab_plugin_api::candle_nn::VarBuilder;
 use crate::attention::Attention;
 use crate::cache::{GptCache, Positions};
 use crate::config::GptConfig;
+use crate::linear::Linear;
 use crate::mlp::Mlp;
 use crate::norm::Norm;
 use crate::rope::Rope;
@@ -35,6 +36,21 @@ impl Block {
             ln_2: norm("ln_2")?,
             mlp: Mlp::new(config, vb.pp("mlp"))?,
         })
+    }
+
+    /// The linear layers by name relative to the block (`attn.c_attn`), for quantization.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let attn = self
+            .attn
+            .linears_mut()
+            .into_iter()
+            .map(|(n, l)| (format!("attn.{n}"), l));
+        let mlp = self
+            .mlp
+            .linears_mut()
+            .into_iter()
+            .map(|(n, l)| (format!("mlp.{n}"), l));
+        attn.chain(mlp).collect()
     }
 
     pub fn forward(

@@ -3,7 +3,8 @@
 //! generation (sampling, beam search, batches), safetensors checkpoints and Hugging Face GPT-2
 //! import. One file per concept: `config`, `params` (init and checkpoint weights), `linear`,
 //! `norm`, `rope`, `attention`, `mlp`, `block`, `model`, `cache`, `sampling`, `generate`,
-//! `beam`, `checkpoint`, `hf`.
+//! `beam`, `checkpoint`, `hf`, `quantize` (rebuilding with quantized linear weights) and
+//! `gguf` (quantized or dense models in one GGUF file).
 //!
 //! Everything on the training path is built from differentiable candle ops (DESIGN.md §7).
 
@@ -14,12 +15,14 @@ pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod generate;
+pub mod gguf;
 pub mod hf;
 pub mod linear;
 pub mod mlp;
 pub mod model;
 pub mod norm;
 pub mod params;
+pub mod quantize;
 pub mod rng;
 pub mod rope;
 pub mod sampling;
@@ -65,7 +68,11 @@ impl Factory for GptFactory {
     fn create(&self, config: &Value, ctx: &Context) -> Result<Instance> {
         Ok(Instance::Model(Box::new(GptFactory::build(config, ctx)?)))
     }
+    /// A directory saved by `save` (or a Hugging Face GPT-2 one), or a `.gguf` file.
     fn load(&self, path: &Path, ctx: &Context) -> Result<Instance> {
+        if gguf::is_gguf_path(path) {
+            return Ok(Instance::Model(Box::new(gguf::load(path, ctx)?)));
+        }
         Ok(Instance::Model(Box::new(checkpoint::load(path, ctx)?)))
     }
 }

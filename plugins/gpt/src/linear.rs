@@ -1,13 +1,101 @@
-//! Linear layers with GPT-2 initialisation: weight `(out, in)` from N(0, std), bias zeros.
+//! Linear layers: dense with GPT-2 initialisation (weight `(out, in)` from N(0, std), bias
+//! zeros), or with a quantized weight after `Model::quantized` / a GGUF load.
 //!
 //! Stored as `torch.nn.Linear` stores them (nanoGPT); Hugging Face GPT-2 keeps its `Conv1D`
 //! weights transposed, `(in, out)`, and `hf.rs` transposes them on import.
+//!
+//! A quantized weight may be wider than the layer's input: quantizers zero-pad rows to their
+//! block size (`(out, in_padded)`), so the input is zero-padded to match before the product.
+//! Quantized products run in f32 (candle's kernels) and are not differentiable.
 
-use llmlab_plugin_api::candle::Result;
-use llmlab_plugin_api::candle_nn::{Init, Linear, VarBuilder};
+use std::sync::Arc;
+
+use llmlab_plugin_api::candle::quantized::{QMatMul, QTensor};
+use llmlab_plugin_api::candle::{DType, Module, Result, Tensor, D};
+use llmlab_plugin_api::candle_nn::{self, Init, VarBuilder};
 
 /// GPT-2's init for every weight matrix and embedding.
 pub const INIT_STD: f64 = 0.02;
+
+/// A linear layer `y = x·Wᵀ + b`.
+#[derive(Debug, Clone)]
+pub enum Linear {
+    Dense(candle_nn::Linear),
+    Quantized(QuantizedLinear),
+}
+
+/// A linear layer whose weight is a GGML block tensor.
+#[derive(Debug, Clone)]
+pub struct QuantizedLinear {
+    weight: Arc<QTensor>,
+    matmul: QMatMul,
+    bias: Option<Tensor>,
+    /// The layer's input width (the weight's unpadded row length).
+    in_dim: usize,
+}
+
+impl QuantizedLinear {
+    /// `weight` `(out, in_padded)` for a layer of input width `in_dim`.
+    pub fn new(weight: Arc<QTensor>, bias: Option<Tensor>, in_dim: usize) -> Result<Self> {
+        let (_, padded) = weight.shape().dims2()?;
+        if padded < in_dim {
+            llmlab_plugin_api::candle::bail!(
+                "quantized weight of shape {:?} is narrower than the layer's input width {in_dim}",
+                weight.shape().dims()
+            );
+        }
+        Ok(QuantizedLinear {
+            matmul: QMatMul::from_arc(weight.clone())?,
+            weight,
+            bias,
+            in_dim,
+        })
+    }
+
+    pub fn weight(&self) -> &Arc<QTensor> {
+        &self.weight
+    }
+}
+
+impl Linear {
+    /// The bias, dense in both forms.
+    pub fn bias(&self) -> Option<&Tensor> {
+        match self {
+            Linear::Dense(l) => l.bias(),
+            Linear::Quantized(q) => q.bias.as_ref(),
+        }
+    }
+
+    /// `(out, in)` of the layer (the unpadded shape for a quantized weight).
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        match self {
+            Linear::Dense(l) => l.weight().dims2(),
+            Linear::Quantized(q) => Ok((q.weight.shape().dims2()?.0, q.in_dim)),
+        }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Dense(l) => l.forward(x),
+            Linear::Quantized(q) => {
+                let dtype = x.dtype();
+                let mut x = x.to_dtype(DType::F32)?;
+                let padded = q.weight.shape().dims2()?.1;
+                if padded > q.in_dim {
+                    x = x.pad_with_zeros(D::Minus1, 0, padded - q.in_dim)?;
+                }
+                let y = q.matmul.forward(&x.contiguous()?)?;
+                let y = match &q.bias {
+                    Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
+                    None => y,
+                };
+                y.to_dtype(dtype)
+            }
+        }
+    }
+}
 
 /// `weight` `(out, in)` ~ N(0, std²) and, with `bias`, `bias` zeros, under `vb`.
 pub fn linear(
@@ -30,5 +118,5 @@ pub fn linear(
     } else {
         None
     };
-    Ok(Linear::new(weight, bias))
+    Ok(Linear::Dense(candle_nn::Linear::new(weight, bias)))
 }

@@ -2,10 +2,10 @@
 //! (Shazeer 2020): `c_proj(silu(c_gate(x)) * c_fc(x))`.
 
 use llmlab_plugin_api::candle::{Module, Result, Tensor};
-use llmlab_plugin_api::candle_nn::{ops::dropout, Linear, VarBuilder};
+use llmlab_plugin_api::candle_nn::{ops::dropout, VarBuilder};
 
 use crate::config::{GptConfig, MlpKind};
-use crate::linear::{linear, INIT_STD};
+use crate::linear::{linear, Linear, INIT_STD};
 
 #[derive(Debug, Clone)]
 pub struct Mlp {
@@ -29,6 +29,16 @@ impl Mlp {
             c_proj: linear(hidden, d, bias, config.residual_init_std(), vb.pp("c_proj"))?,
             dropout: config.dropout as f32,
         })
+    }
+
+    /// The linear layers by name, for quantization.
+    pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        let mut layers = vec![("c_fc", &mut self.c_fc)];
+        if let Some(gate) = &mut self.c_gate {
+            layers.push(("c_gate", gate));
+        }
+        layers.push(("c_proj", &mut self.c_proj));
+        layers
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {

@@ -2,20 +2,24 @@
 //! output head, with GPT-2's parameter names so checkpoints load by name (`transformer.wte`,
 //! `transformer.h.{i}.attn.c_attn`, ..., `lm_head`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
+use llmlab_plugin_api::candle::quantized::QTensor;
 use llmlab_plugin_api::candle::{DType, Device, Module, Tensor, Var, D};
-use llmlab_plugin_api::candle_nn::{ops::dropout, Embedding, Init, Linear};
+use llmlab_plugin_api::candle_nn::{self, ops::dropout, Embedding, Init};
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::serde_json::Value;
 use llmlab_plugin_api::{
-    CancelFlag, Error, ForwardOptions, ForwardOutput, GenerateOptions, KvCache, Model, Result,
+    CancelFlag, Error, ForwardOptions, ForwardOutput, GenerateOptions, KvCache, Model, Quantizer,
+    Result,
 };
 
 use crate::block::Block;
 use crate::cache::{GptCache, Positions};
 use crate::config::{GptConfig, PosKind};
-use crate::linear::INIT_STD;
+use crate::linear::{Linear, INIT_STD};
 use crate::norm::Norm;
 use crate::params::{ParamStore, Source};
 use crate::rope::Rope;
@@ -35,6 +39,12 @@ pub struct Gpt {
     device: Device,
     dtype: DType,
     cancel: CancelFlag,
+    /// Quantized linear weights by parameter name (`lm_head.weight`); they are not in `params`.
+    quantized: BTreeMap<String, Arc<QTensor>>,
+    /// The scheme that quantized them (`"q4_0"`), `None` for a dense model.
+    scheme: Option<String>,
+    /// Weights in quantized layers (unpadded; a tied head counts with the embedding).
+    quantized_params: usize,
 }
 
 impl Gpt {
@@ -80,14 +90,14 @@ impl Gpt {
             .map(|i| Block::new(&config, t.pp("h").pp(i)))
             .collect::<Result<Vec<_>, _>>()?;
         let ln_f = Norm::new(config.norm, d, config.bias, config.norm_eps, t.pp("ln_f"))?;
-        let lm_head = if config.tie_embeddings {
-            Linear::new(wte_weight.clone(), None)
+        let lm_head = Linear::Dense(if config.tie_embeddings {
+            candle_nn::Linear::new(wte_weight.clone(), None)
         } else {
-            Linear::new(
+            candle_nn::Linear::new(
                 vb.pp("lm_head").get_with_hints((v, d), "weight", randn)?,
                 None,
             )
-        };
+        });
         let params = store.vars()?;
         let mask: Vec<f32> = (0..config.ctx)
             .flat_map(|i| (0..config.ctx).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
@@ -107,7 +117,84 @@ impl Gpt {
             cancel,
             params,
             config,
+            quantized: BTreeMap::new(),
+            scheme: None,
+            quantized_params: 0,
         })
+    }
+
+    /// Every linear layer with its parameter prefix (`transformer.h.0.attn.c_attn`, `lm_head`).
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut layers = Vec::new();
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            layers.extend(
+                block
+                    .linears_mut()
+                    .into_iter()
+                    .map(|(n, l)| (format!("transformer.h.{i}.{n}"), l)),
+            );
+        }
+        layers.push(("lm_head".to_string(), &mut self.lm_head));
+        layers
+    }
+
+    /// Quantized weights by parameter name, as a GGUF file stores them.
+    pub fn quantized_weights(&self) -> &BTreeMap<String, Arc<QTensor>> {
+        &self.quantized
+    }
+
+    /// The scheme of the quantized weights, `None` for a dense model.
+    pub fn scheme(&self) -> Option<&str> {
+        self.scheme.as_deref()
+    }
+
+    /// Replaces the linear layers named in `weights` (`<prefix>.weight`) by quantized ones made
+    /// by `scheme`; their dense weights leave `parameters()`. Every weight must name a layer.
+    pub fn install_quantized(
+        &mut self,
+        weights: BTreeMap<String, Arc<QTensor>>,
+        scheme: &str,
+    ) -> Result<()> {
+        let (mut used, mut elems) = (0, 0);
+        let tied_head = self.config.tie_embeddings.then_some("lm_head.weight");
+        for (prefix, layer) in self.linears_mut() {
+            let key = format!("{prefix}.weight");
+            let Some(weight) = weights.get(&key) else {
+                continue;
+            };
+            let (out_dim, in_dim) = layer.dims()?;
+            let (q_out, q_in) = weight.shape().dims2()?;
+            if q_out != out_dim || q_in < in_dim {
+                return Err(Error::msg(format!(
+                    "gpt: quantized `{key}` has shape [{q_out}, {q_in}], the layer needs [{out_dim}, {in_dim}]"
+                )));
+            }
+            let bias = layer.bias().cloned();
+            *layer = Linear::Quantized(crate::linear::QuantizedLinear::new(
+                weight.clone(),
+                bias,
+                in_dim,
+            )?);
+            used += 1;
+            if Some(key.as_str()) != tied_head {
+                elems += out_dim * in_dim;
+            }
+        }
+        if used != weights.len() {
+            let layers: Vec<String> = self.linears_mut().into_iter().map(|(n, _)| n).collect();
+            let unknown: Vec<&String> = weights
+                .keys()
+                .filter(|k| !layers.iter().any(|l| **k == format!("{l}.weight")))
+                .collect();
+            return Err(Error::msg(format!(
+                "gpt: quantized weights name no linear layer of this config: {unknown:?}"
+            )));
+        }
+        self.params.retain(|(n, _)| !weights.contains_key(n));
+        self.quantized.extend(weights);
+        self.quantized_params += elems;
+        self.scheme = Some(scheme.to_string());
+        Ok(())
     }
 
     pub fn gpt_config(&self) -> &GptConfig {
@@ -277,27 +364,65 @@ impl Model for Gpt {
         crate::generate::generate(self, prompts, options, on_token)
     }
 
+    /// The dense parameters; a quantized model's quantized weights are not trainable.
     fn parameters(&self) -> Vec<(String, Var)> {
         self.params.clone()
     }
 
+    /// Counts quantized weights too (unpadded), so a model and its quantized copy agree.
+    fn num_params(&self) -> usize {
+        let dense: usize = self.params.iter().map(|(_, v)| v.elem_count()).sum();
+        dense + self.quantized_params
+    }
+
+    /// A directory of safetensors + config.json, or with a path ending in `.gguf` one GGUF file
+    /// (`gguf.rs`); a quantized model saves only as GGUF.
     fn save(&self, dir: &Path) -> Result<()> {
+        if crate::gguf::is_gguf_path(dir) {
+            return crate::gguf::save(self, dir);
+        }
+        if let Some(scheme) = &self.scheme {
+            return Err(Error::msg(format!(
+                "gpt: a {scheme}-quantized model saves as GGUF: give a path ending in .gguf \
+                 (in scripts: qmodel.save_gguf(path)), not {}",
+                dir.display()
+            )));
+        }
         crate::checkpoint::save(self, dir)
     }
 
     fn frozen_copy(&self) -> Result<Box<dyn Model>> {
+        Ok(Box::new(self.copy()?))
+    }
+
+    fn quantized(&self, quantizer: &dyn Quantizer, skip: &[String]) -> Result<Box<dyn Model>> {
+        Ok(Box::new(crate::quantize::quantized(self, quantizer, skip)?))
+    }
+}
+
+impl Gpt {
+    /// An independent copy: dense weights copied, quantized ones shared (they never change).
+    pub fn copy(&self) -> Result<Gpt> {
         let tensors = self
             .tensors()
             .into_iter()
             .map(|(n, t)| Ok((n, t.copy()?)))
             .collect::<Result<_>>()?;
-        Ok(Box::new(Gpt::new(
+        let source = Source::Partial {
+            tensors,
+            placeholders: self.quantized.keys().cloned().collect(),
+        };
+        let mut copy = Gpt::new(
             self.config.clone(),
-            Source::Tensors(tensors),
+            source,
             &self.device,
             self.dtype,
             self.cancel.clone(),
-        )?))
+        )?;
+        if let Some(scheme) = &self.scheme {
+            copy.install_quantized(self.quantized.clone(), scheme)?;
+        }
+        Ok(copy)
     }
 }
 

@@ -5,7 +5,7 @@
 //! Every parameter the model asks for is recorded by its full name; [`ParamStore::vars`]
 //! hands them over sorted by name, which is what `Model::parameters()` returns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use llmlab_plugin_api::candle::{DType, Device, Result, Shape, Tensor, Var};
@@ -20,6 +20,22 @@ pub enum Source {
     Init { seed: u64 },
     /// Weights read from a checkpoint, by name; every one must be used.
     Tensors(HashMap<String, Tensor>),
+    /// Checkpoint weights, except `placeholders`: names that get zeros of the shape the model
+    /// asks for, because quantized weights replace them right after building (`quantize.rs`).
+    Partial {
+        tensors: HashMap<String, Tensor>,
+        placeholders: HashSet<String>,
+    },
+}
+
+impl Source {
+    /// The checkpoint's tensors, if the weights come from one.
+    fn tensors(&self) -> Option<&HashMap<String, Tensor>> {
+        match self {
+            Source::Init { .. } => None,
+            Source::Tensors(tensors) | Source::Partial { tensors, .. } => Some(tensors),
+        }
+    }
 }
 
 /// A handle on the parameters being made; clones share them (one goes into the `VarBuilder`).
@@ -46,7 +62,7 @@ impl ParamStore {
     /// never asked for (a config that does not match its weights).
     pub fn vars(&self) -> Result<Vec<(String, Var)>> {
         let vars = self.vars.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Source::Tensors(tensors) = self.source.as_ref() {
+        if let Some(tensors) = self.source.tensors() {
             let mut unused: Vec<&String> =
                 tensors.keys().filter(|k| !vars.contains_key(*k)).collect();
             if !unused.is_empty() {
@@ -89,7 +105,13 @@ impl ParamStore {
                 };
                 Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)?
             }
-            Source::Tensors(tensors) => {
+            Source::Partial {
+                tensors,
+                placeholders,
+            } if placeholders.contains(name) && !tensors.contains_key(name) => {
+                Tensor::zeros(shape, dtype, dev)?
+            }
+            Source::Tensors(tensors) | Source::Partial { tensors, .. } => {
                 let t = tensors.get(name).ok_or_else(|| {
                     llmlab_plugin_api::candle::Error::Msg(format!(
                         "checkpoint has no tensor `{name}` (shape {shape:?})"
@@ -136,7 +158,6 @@ impl SimpleBackend for ParamStore {
 
     fn contains_tensor(&self, name: &str) -> bool {
         let vars = self.vars.lock().unwrap_or_else(|p| p.into_inner());
-        vars.contains_key(name)
-            || matches!(self.source.as_ref(), Source::Tensors(t) if t.contains_key(name))
+        vars.contains_key(name) || self.source.tensors().is_some_and(|t| t.contains_key(name))
     }
 }

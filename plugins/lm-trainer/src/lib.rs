@@ -1,23 +1,20 @@
 //! llmlab plugin `lm-trainer`: the `lm` trainer (pretraining on token streams) and the `sft`
 //! trainer (prompt/answer pairs, loss on answer tokens only). They share one loop
-//! ([`train_loop`]): AdamW with decoupled weight decay on matrices ([`adamw`]), warmup + cosine
-//! learning rate ([`schedule`]), global-norm clipping ([`clip`]), gradient accumulation,
-//! evaluation ([`evaluate`]) and atomic checkpoints that resume bit-exactly ([`checkpoint`]).
-//! Batches come from the trainer's own seeded RNG ([`rng`], [`batches`]); the loss is built from
-//! differentiable ops ([`loss`]).
+//! ([`train_loop`]) with evaluation ([`evaluate`]) and checkpoints that resume bit-exactly
+//! ([`checkpoint`]: what a trainer checkpoint holds). The optimisation pieces (AdamW, schedule,
+//! clipping, losses, the seeded RNG, atomic checkpoint files) live in the shared runtime,
+//! `llmlab_plugin_api::train`, and are re-exported here under their old paths; batches come
+//! from [`batches`].
 
-pub mod adamw;
 pub mod batches;
 pub mod checkpoint;
-pub mod clip;
 pub mod config;
 pub mod evaluate;
 pub mod lm;
-pub mod loss;
-pub mod rng;
-pub mod schedule;
 pub mod sft;
 pub mod train_loop;
+
+pub use llmlab_plugin_api::train::{adamw, clip, loss, rng, schedule};
 
 pub use config::TrainConfig;
 pub use lm::{new_lm_trainer, LmTrainer};

@@ -25,6 +25,7 @@ use crate::evaluate::evaluate;
 use crate::loss;
 use crate::rng::SplitMix64;
 use crate::schedule::Schedule;
+use llmlab_plugin_api::train::gradients;
 
 /// What the trainer resolved before its first step.
 #[derive(Debug, Clone, Copy)]
@@ -310,14 +311,7 @@ impl<O: Objective> TrainLoop<O> {
                 total
             };
             let mut store = total.backward()?;
-            for ((_, var), slot) in params.iter().zip(grads.iter_mut()) {
-                if let Some(g) = store.remove(var.as_tensor()) {
-                    *slot = Some(match slot.take() {
-                        None => g,
-                        Some(sum) => (sum + g)?,
-                    });
-                }
-            }
+            gradients::accumulate(&mut grads, &mut store, &params)?;
             tokens += batch.tokens;
         }
         let loss = loss_sum / config.grad_accum as f64;

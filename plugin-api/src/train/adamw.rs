@@ -13,10 +13,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use llmlab_plugin_api::candle::{self, CpuStorage, DType, Device, InplaceOp2, Layout, Tensor, Var};
-use llmlab_plugin_api::error::candle_message;
-use llmlab_plugin_api::rayon::prelude::*;
-use llmlab_plugin_api::{Error, Result};
+use crate::candle::{self, CpuStorage, DType, Device, InplaceOp2, Layout, Tensor, Var};
+use crate::error::candle_message;
+use crate::rayon::prelude::*;
+use crate::{Error, Result};
 
 /// The optimiser's hyperparameters (the learning rate comes per step from the schedule).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -7,9 +7,11 @@
 //!
 //! with the row maximum detached (it is a constant shift, so the gradient is exact). The mean
 //! runs over all positions, or over the positions a 0/1 mask keeps (SFT: answer tokens only).
+//! [`sequence_log_probs`] sums log-probabilities per row over masked positions (DPO's
+//! `log π(answer | prompt)`), and [`log_sigmoid`] is the stable `log σ(x)` of pairwise losses.
 
-use llmlab_plugin_api::candle::{DType, Tensor};
-use llmlab_plugin_api::Result;
+use crate::candle::{DType, Tensor};
+use crate::Result;
 
 /// Per-position negative log-likelihood `(batch * seq,)` of `targets` `(batch, seq)` u32 under
 /// `logits` `(batch, seq, vocab)`.
@@ -50,10 +52,26 @@ pub fn masked_cross_entropy(
         .affine(1.0 / kept.max(1) as f64, 0.0)?)
 }
 
+/// `log p(row)` `(batch,)`: the sum of each row's target log-probabilities over the positions
+/// where `mask` `(batch, seq)` is 1 (answer tokens), differentiable in `logits`.
+pub fn sequence_log_probs(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (batch, seq, _) = logits.dims3()?;
+    let nll = token_nll(logits, targets)?.reshape((batch, seq))?;
+    let mask = mask.to_dtype(DType::F32)?;
+    Ok((nll * mask)?.sum(1)?.neg()?)
+}
+
+/// `log σ(x) = min(x, 0) - log(1 + e^-|x|)` elementwise: no overflow for large `|x|`.
+pub fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
+    let min0 = x.neg()?.relu()?.neg()?;
+    let softplus_tail = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    Ok((min0 - softplus_tail)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llmlab_plugin_api::candle::{Device, Var};
+    use crate::candle::{Device, Var};
 
     fn by_hand(row: &[f32], target: usize) -> f32 {
         let lse = row.iter().map(|x| x.exp()).sum::<f32>().ln();
@@ -100,6 +118,48 @@ mod tests {
             .to_scalar()
             .unwrap();
         assert!((loss - by_hand(&rows[1], 0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn sequence_log_probs_sum_masked_positions_per_row() {
+        let rows = [
+            [1.0f32, 2.0, 3.0],
+            [0.5, -1.0, 0.0],
+            [0.0, 0.0, 0.0],
+            [2.0, 0.0, 1.0],
+        ];
+        let logits = Tensor::new(&rows, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 2, 3))
+            .unwrap();
+        let targets = Tensor::new(&[[2u32, 0], [1, 2]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[1f32, 1.0], [0.0, 1.0]], &Device::Cpu).unwrap();
+        let lp: Vec<f32> = sequence_log_probs(&logits, &targets, &mask)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let expected = [
+            -(by_hand(&rows[0], 2) + by_hand(&rows[1], 0)),
+            -by_hand(&rows[3], 2),
+        ];
+        for (a, b) in lp.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-5, "{lp:?} vs {expected:?}");
+        }
+    }
+
+    #[test]
+    fn log_sigmoid_is_stable_and_exact() {
+        let xs = [-800f32, -3.0, 0.0, 2.5, 800.0];
+        let t = Tensor::new(&xs, &Device::Cpu).unwrap();
+        let got: Vec<f32> = log_sigmoid(&t).unwrap().to_vec1().unwrap();
+        for (x, y) in xs.iter().zip(&got) {
+            let expected = if *x < -50.0 {
+                *x
+            } else {
+                -((-x).exp() + 1.0).ln()
+            };
+            assert!((y - expected).abs() < 1e-5, "{x}: {y} vs {expected}");
+        }
     }
 
     #[test]

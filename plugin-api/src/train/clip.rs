@@ -2,8 +2,8 @@
 //! together; [`clip_scale`] is the factor to multiply them by, which AdamW folds into its update
 //! instead of rescaling every gradient tensor.
 
-use llmlab_plugin_api::candle::{CpuStorage, DType, Storage, Tensor};
-use llmlab_plugin_api::Result;
+use crate::candle::{CpuStorage, DType, Storage, Tensor};
+use crate::Result;
 
 /// `sqrt(sum of g²)` over every gradient, accumulated in f64. CPU f32 gradients are read in
 /// place; others go through tensor ops.
@@ -48,7 +48,7 @@ pub fn clip_scale(norm: f64, max_norm: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llmlab_plugin_api::candle::Device;
+    use crate::candle::Device;
 
     #[test]
     fn norm_covers_all_tensors_and_clipping_caps_it() {

@@ -1,0 +1,139 @@
+//! A model in one GGUF file (candle's `gguf_file` writer and reader): quantized linear weights
+//! in their GGML block type, every other parameter as F32, GPT-2/HF parameter names, and the
+//! config in metadata:
+//!
+//! - `general.architecture` = `"llmlab-gpt"`, `llmlab.model` = `"gpt"` (the marker `model_load`
+//!   checks),
+//! - `llmlab.config` = the resolved config as JSON (the same keys as `config.json`),
+//! - `llmlab.quantization` = the scheme (`"q4_0"`) or `"none"`.
+//!
+//! A quantized weight keeps its padded shape `(out, in_padded)` (see `linear.rs`), so the file is
+//! for llmlab, not for llama.cpp, whose architectures name their tensors differently anyway.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+
+use llmlab_plugin_api::candle::quantized::{gguf_file, GgmlDType, QTensor};
+use llmlab_plugin_api::candle::Tensor;
+use llmlab_plugin_api::config::TypedConfig;
+use llmlab_plugin_api::files::write_atomic;
+use llmlab_plugin_api::serde_json::{self, Value};
+use llmlab_plugin_api::{Context, Error, Result};
+
+use crate::config::GptConfig;
+use crate::model::Gpt;
+use crate::params::Source;
+
+pub const ARCHITECTURE: &str = "llmlab-gpt";
+pub const MODEL_KEY: &str = "llmlab.model";
+pub const CONFIG_KEY: &str = "llmlab.config";
+pub const QUANTIZATION_KEY: &str = "llmlab.quantization";
+
+/// Whether `path` names a GGUF file (by its extension).
+pub fn is_gguf_path(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// Writes `model` to `path` (atomically).
+pub fn save(model: &Gpt, path: &Path) -> Result<()> {
+    let context = |e: llmlab_plugin_api::candle::Error| {
+        Error::msg(format!("{}: writing GGUF: {e}", path.display()))
+    };
+    let mut tensors: Vec<(String, Arc<QTensor>)> = Vec::new();
+    for (name, tensor) in model.tensors() {
+        let f32 = QTensor::quantize(&tensor.contiguous().map_err(context)?, GgmlDType::F32)
+            .map_err(context)?;
+        tensors.push((name, Arc::new(f32)));
+    }
+    tensors.extend(
+        model
+            .quantized_weights()
+            .iter()
+            .map(|(n, q)| (n.clone(), q.clone())),
+    );
+    let config = serde_json::to_string(&model.gpt_config().to_json())?;
+    let metadata = [
+        (
+            "general.architecture",
+            gguf_file::Value::String(ARCHITECTURE.to_string()),
+        ),
+        (MODEL_KEY, gguf_file::Value::String("gpt".to_string())),
+        (CONFIG_KEY, gguf_file::Value::String(config)),
+        (
+            QUANTIZATION_KEY,
+            gguf_file::Value::String(model.scheme().unwrap_or("none").to_string()),
+        ),
+    ];
+    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors
+        .iter()
+        .map(|(n, q)| (n.as_str(), q.as_ref()))
+        .collect();
+    let mut bytes = Cursor::new(Vec::new());
+    gguf_file::write(&mut bytes, &metadata, &tensor_refs).map_err(context)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    write_atomic(path, bytes.get_ref())
+}
+
+/// Reads a model written by [`save`].
+pub fn load(path: &Path, ctx: &Context) -> Result<Gpt> {
+    let fail = |what: String| Error::msg(format!("{}: {what}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| fail(format!("not a readable GGUF file: {e}")))?;
+    let text = |key: &str| -> Result<String> {
+        content
+            .metadata
+            .get(key)
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .ok_or_else(|| {
+                fail(format!(
+                    "no `{key}` string in the GGUF metadata; not saved by llmlab's gpt"
+                ))
+            })
+    };
+    if text(MODEL_KEY)? != "gpt" {
+        return Err(fail(format!("`{MODEL_KEY}` is not \"gpt\"")));
+    }
+    let json: Value = serde_json::from_str(&text(CONFIG_KEY)?)
+        .map_err(|e| fail(format!("`{CONFIG_KEY}`: {e}")))?;
+    let config = GptConfig::from_json("gpt", &json).map_err(|e| fail(e.to_string()))?;
+    let scheme = text(QUANTIZATION_KEY)?;
+
+    let mut dense: HashMap<String, Tensor> = HashMap::new();
+    let mut quantized: BTreeMap<String, Arc<QTensor>> = BTreeMap::new();
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    for name in names {
+        let q = content
+            .tensor(&mut file, name, &ctx.device)
+            .map_err(|e| fail(format!("tensor `{name}`: {e}")))?;
+        match q.dtype() {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                dense.insert(name.clone(), q.dequantize(&ctx.device)?);
+            }
+            _ => {
+                quantized.insert(name.clone(), Arc::new(q));
+            }
+        }
+    }
+    let placeholders: HashSet<String> = quantized.keys().cloned().collect();
+    let source = Source::Partial {
+        tensors: dense,
+        placeholders,
+    };
+    let mut model = Gpt::new(config, source, &ctx.device, ctx.dtype, ctx.cancel.clone())
+        .map_err(|e| fail(e.to_string()))?;
+    if !quantized.is_empty() {
+        model
+            .install_quantized(quantized, &scheme)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(model)
+}

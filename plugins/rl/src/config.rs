@@ -1,0 +1,275 @@
+//! The aligners' settings: [`RewardConfig`] (`rl("reward", ..)`) and [`DpoConfig`]
+//! (`rl("dpo", ..)`), their defaults, the one-line docs `help("dpo")` prints, and the checks
+//! between keys. The optimisation keys mean what they mean for `trainer("lm")`.
+
+use llmlab_plugin_api::config::TypedConfig;
+use llmlab_plugin_api::serde::{Deserialize, Serialize};
+
+use crate::optimizer::OptimSettings;
+
+/// Declares the doc list of a config: the keys both aligners share, then its own.
+macro_rules! docs {
+    ($($key:literal => $doc:literal),* $(,)?) => {
+        &[
+            ("steps", "optimiser steps to train for"),
+            ("batch_size", "preference pairs per step"),
+            ("lr", "peak learning rate, reached after warmup"),
+            ("min_lr", "learning rate at the end of the cosine decay"),
+            ("warmup", "steps of linear warmup from 0 to lr"),
+            ("weight_decay", "decoupled (AdamW) weight decay on matrices (rank >= 2)"),
+            ("grad_clip", "clip gradients to this global L2 norm; 0 = off"),
+            ("val_fraction", "fraction of the pairs held out for preference accuracy (at least one pair)"),
+            ("eval_every", "evaluate on the held-out pairs every N steps and at the end; 0 = end only"),
+            ("log_every", "report metrics every N steps"),
+            ("seed", "seed of the split and batch sampling; null = the session seed"),
+            ("ctx", "longest prompt + answer in tokens (prompts are cut from the left); null = the model's"),
+            $(($key, $doc)),*
+        ]
+    };
+}
+
+/// `rl("reward", ..)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(crate = "llmlab_plugin_api::serde", default, deny_unknown_fields)]
+pub struct RewardConfig {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup: u64,
+    pub weight_decay: f64,
+    pub grad_clip: f64,
+    pub val_fraction: f64,
+    pub eval_every: u64,
+    pub log_every: u64,
+    pub seed: Option<u64>,
+    pub ctx: Option<usize>,
+    /// Fine-tune the body too; `false` trains the head only.
+    pub train_body: bool,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        RewardConfig {
+            steps: 200,
+            batch_size: 16,
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup: 10,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            val_fraction: 0.1,
+            eval_every: 50,
+            log_every: 10,
+            seed: None,
+            ctx: None,
+            train_body: true,
+        }
+    }
+}
+
+/// The DPO loss: `"sigmoid"` (Rafailov et al. 2023) or `"ipo"` (Azar et al. 2023).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(crate = "llmlab_plugin_api::serde", rename_all = "lowercase")]
+pub enum DpoLoss {
+    Sigmoid,
+    Ipo,
+}
+
+/// `rl("dpo", ..)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(crate = "llmlab_plugin_api::serde", default, deny_unknown_fields)]
+pub struct DpoConfig {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup: u64,
+    pub weight_decay: f64,
+    pub grad_clip: f64,
+    pub val_fraction: f64,
+    pub eval_every: u64,
+    pub log_every: u64,
+    pub seed: Option<u64>,
+    pub ctx: Option<usize>,
+    pub beta: f64,
+    pub label_smoothing: f64,
+    pub loss: DpoLoss,
+}
+
+impl Default for DpoConfig {
+    fn default() -> Self {
+        DpoConfig {
+            steps: 100,
+            batch_size: 16,
+            lr: 1e-4,
+            min_lr: 1e-5,
+            warmup: 10,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            val_fraction: 0.1,
+            eval_every: 50,
+            log_every: 10,
+            seed: None,
+            ctx: None,
+            beta: 0.1,
+            label_smoothing: 0.0,
+            loss: DpoLoss::Sigmoid,
+        }
+    }
+}
+
+/// Checks of the keys both aligners have.
+fn validate_common(
+    o: &OptimSettings,
+    batch_size: usize,
+    val_fraction: f64,
+    log_every: u64,
+    ctx: Option<usize>,
+) -> Result<(), String> {
+    if batch_size == 0 {
+        return Err("`batch_size` must be at least 1".into());
+    }
+    if log_every == 0 {
+        return Err("`log_every` must be at least 1".into());
+    }
+    if ctx == Some(0) {
+        return Err("`ctx` must be at least 1 (or null for the model's context)".into());
+    }
+    if !(o.lr.is_finite() && o.lr > 0.0) {
+        return Err(format!("`lr` must be a positive number, got {}", o.lr));
+    }
+    if !(o.min_lr >= 0.0 && o.min_lr <= o.lr) {
+        return Err(format!(
+            "`min_lr` must be between 0 and `lr` ({}), got {}",
+            o.lr, o.min_lr
+        ));
+    }
+    for (key, value) in [("weight_decay", o.weight_decay), ("grad_clip", o.grad_clip)] {
+        if !(value.is_finite() && value >= 0.0) {
+            return Err(format!("`{key}` must be a number >= 0, got {value}"));
+        }
+    }
+    if !(val_fraction > 0.0 && val_fraction < 1.0) {
+        return Err(format!(
+            "`val_fraction` must be in (0, 1), got {val_fraction}"
+        ));
+    }
+    Ok(())
+}
+
+impl RewardConfig {
+    pub fn optim(&self) -> OptimSettings {
+        OptimSettings {
+            steps: self.steps,
+            lr: self.lr,
+            min_lr: self.min_lr,
+            warmup: self.warmup,
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
+        }
+    }
+}
+
+impl DpoConfig {
+    pub fn optim(&self) -> OptimSettings {
+        OptimSettings {
+            steps: self.steps,
+            lr: self.lr,
+            min_lr: self.min_lr,
+            warmup: self.warmup,
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
+        }
+    }
+}
+
+impl TypedConfig for RewardConfig {
+    const DOCS: &'static [(&'static str, &'static str)] = docs! {
+        "train_body" => "fine-tune the body as well as the scalar head; false = head only",
+    };
+
+    fn validate(&self) -> Result<(), String> {
+        validate_common(
+            &self.optim(),
+            self.batch_size,
+            self.val_fraction,
+            self.log_every,
+            self.ctx,
+        )
+    }
+}
+
+impl TypedConfig for DpoConfig {
+    const DOCS: &'static [(&'static str, &'static str)] = docs! {
+        "beta" => "strength of the anchor to the reference: the implicit reward is beta * log-ratio",
+        "label_smoothing" => "probability that a pair's preference label is flipped (conservative DPO); 0 = off",
+        "loss" => "\"sigmoid\" (DPO) or \"ipo\" (squared loss towards 1 / (2 beta))",
+    };
+
+    fn validate(&self) -> Result<(), String> {
+        validate_common(
+            &self.optim(),
+            self.batch_size,
+            self.val_fraction,
+            self.log_every,
+            self.ctx,
+        )?;
+        if !(self.beta.is_finite() && self.beta > 0.0) {
+            return Err(format!(
+                "`beta` must be a positive number, got {}",
+                self.beta
+            ));
+        }
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            return Err(format!(
+                "`label_smoothing` must be in [0, 0.5), got {}",
+                self.label_smoothing
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmlab_plugin_api::serde_json::{self, json};
+
+    #[test]
+    fn every_field_is_documented() {
+        for (keys, fields) in [
+            (
+                RewardConfig::keys(),
+                serde_json::to_value(RewardConfig::default()).unwrap(),
+            ),
+            (
+                DpoConfig::keys(),
+                serde_json::to_value(DpoConfig::default()).unwrap(),
+            ),
+        ] {
+            let fields = fields.as_object().unwrap();
+            assert_eq!(keys.len(), fields.len());
+            assert!(keys
+                .iter()
+                .all(|k| fields.contains_key(&k.name) && !k.doc.is_empty()));
+        }
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (config, key) in [
+            (json!({ "beta": 0.0 }), "beta"),
+            (json!({ "label_smoothing": 0.7 }), "label_smoothing"),
+            (json!({ "loss": "hinge" }), "loss"),
+            (json!({ "val_fraction": 1.0 }), "val_fraction"),
+            (json!({ "lr": -1.0 }), "lr"),
+            (json!({ "betta": 0.1 }), "betta"),
+        ] {
+            let err = DpoConfig::from_json("dpo", &config)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("dpo"), "{config}: {err}");
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! The `reward` aligner: a reward model `r(prompt, answer)` learned from preference pairs.
+//!
+//! The body is an independent copy of the model given to `fit` (`frozen_copy()`: the caller's
+//! model is never modified); the head is a scalar linear map `r = w · h + b` of the body's final
+//! hidden state `h` at the last real token (the end-of-text after the answer). The loss is the
+//! pairwise ranking loss of Bradley–Terry / InstructGPT, `−log σ(r_chosen − r_rejected)`,
+//! averaged over a batch. Preference accuracy (`r_chosen > r_rejected`) is measured on a held-out
+//! split. `save(dir)` writes `dir/head.safetensors` (`head.weight`, `head.bias`),
+//! `dir/reward.json` and the body as a model directory `dir/body`; a run's reward model is saved
+//! into `<run dir>/reward_model` at the end of `fit`.
+
+use std::path::Path;
+
+use llmlab_plugin_api::candle::{self, DType, Device, Tensor, Var};
+use llmlab_plugin_api::config::TypedConfig;
+use llmlab_plugin_api::prelude::*;
+use llmlab_plugin_api::train::{loss, SplitMix64};
+
+use crate::config::RewardConfig;
+use crate::fit::{self, PairAligner};
+use crate::optimizer::Optimizer;
+use crate::preference_batch::{self, PairBatch, Split};
+
+pub const HEAD_FILE: &str = "head.safetensors";
+pub const MANIFEST: &str = "reward.json";
+pub const BODY_DIR: &str = "body";
+/// The directory inside a run directory.
+pub const RUN_SUBDIR: &str = "reward_model";
+
+/// A body with its head: what `score` needs.
+struct Scorer {
+    body: Box<dyn Model>,
+    weight: Var,
+    bias: Var,
+    tokenizer: Box<dyn Tokenizer>,
+    ctx: usize,
+}
+
+impl Scorer {
+    fn new(body: Box<dyn Model>, tokenizer: Box<dyn Tokenizer>, ctx: usize) -> Result<Scorer> {
+        let d_model = hidden_size(body.as_ref())?;
+        let device = body.device().clone();
+        Ok(Scorer {
+            weight: Var::zeros(d_model, DType::F32, &device)?,
+            bias: Var::zeros(1, DType::F32, &device)?,
+            body,
+            tokenizer,
+            ctx,
+        })
+    }
+
+    fn head(&self) -> Vec<(String, Var)> {
+        vec![
+            ("head.bias".into(), self.bias.clone()),
+            ("head.weight".into(), self.weight.clone()),
+        ]
+    }
+
+    /// Rewards `(rows,)` of every row of `tokens`, read at the flat positions `last`.
+    fn rewards(&self, tokens: &Tensor, last: &Tensor, train: bool) -> Result<Tensor> {
+        let out = self.body.forward(
+            tokens,
+            &ForwardOptions {
+                train,
+                hidden_states: true,
+            },
+        )?;
+        let hidden = out.hidden.ok_or_else(|| no_hidden(self.body.as_ref()))?;
+        let (b, s, d) = hidden.dims3()?;
+        let h = hidden
+            .reshape((b * s, d))?
+            .index_select(last, 0)?
+            .to_dtype(DType::F32)?;
+        let r = h
+            .matmul(&self.weight.as_tensor().reshape((d, 1))?)?
+            .reshape(b)?;
+        Ok(r.broadcast_add(self.bias.as_tensor())?)
+    }
+
+    /// Loss (scalar), per-pair margins `r_c − r_r` `(n,)` of a batch.
+    fn pairwise(&self, batch: &PairBatch, train: bool) -> Result<(Tensor, Tensor)> {
+        let r = self.rewards(&batch.tokens, &batch.last, train)?;
+        let n = batch.pairs;
+        let margin = (r.narrow(0, 0, n)? - r.narrow(0, n, n)?)?;
+        let loss = loss::log_sigmoid(&margin)?.mean_all()?.neg()?;
+        Ok((loss, margin))
+    }
+}
+
+fn no_hidden(model: &dyn Model) -> Error {
+    Error::Data(format!(
+        "the `{}` model returns no hidden states; a reward head needs them (ForwardOptions::hidden_states)",
+        model.name()
+    ))
+}
+
+/// The width of `model`'s hidden states, from a one-token forward pass.
+fn hidden_size(model: &dyn Model) -> Result<usize> {
+    let probe = Tensor::zeros((1, 1), DType::U32, model.device())?;
+    let out = model.forward(
+        &probe,
+        &ForwardOptions {
+            train: false,
+            hidden_states: true,
+        },
+    )?;
+    Ok(out.hidden.ok_or_else(|| no_hidden(model))?.dim(2)?)
+}
+
+/// Training state once `fit` has seen the model and data.
+struct Run {
+    optimizer: Optimizer,
+    rng: SplitMix64,
+    seed: u64,
+}
+
+pub struct RewardModel {
+    config: RewardConfig,
+    scorer: Option<Scorer>,
+    run: Option<Run>,
+}
+
+pub fn new_reward_model(config: &Value) -> Result<RewardModel> {
+    Ok(RewardModel {
+        config: RewardConfig::from_json("reward", config)?,
+        scorer: None,
+        run: None,
+    })
+}
+
+fn mean(xs: &[f32]) -> f64 {
+    xs.iter().map(|&x| x as f64).sum::<f64>() / xs.len().max(1) as f64
+}
+
+impl RewardModel {
+    fn start(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<()> {
+        if self.scorer.is_none() {
+            let ctx_len = self.config.ctx.unwrap_or(job.policy.ctx_len());
+            if ctx_len > job.policy.ctx_len() {
+                return Err(Error::invalid_config(
+                    "reward",
+                    format!(
+                        "`ctx` = {ctx_len} exceeds the model's context length {}",
+                        job.policy.ctx_len()
+                    ),
+                ));
+            }
+            check_vocab(job)?;
+            let body = job.policy.frozen_copy()?;
+            self.scorer = Some(Scorer::new(body, job.tokenizer.clone_box(), ctx_len)?);
+        }
+        if self.run.is_none() {
+            let seed = self.config.seed.unwrap_or(ctx.seed);
+            self.run = Some(Run {
+                optimizer: Optimizer::new(self.config.optim()),
+                rng: SplitMix64::new(seed),
+                seed,
+            });
+        }
+        Ok(())
+    }
+
+    fn scorer(&self) -> Result<&Scorer> {
+        self.scorer.as_ref().ok_or_else(|| {
+            Error::msg("reward: the reward model is not trained yet: call fit(model, prefs, tok) or load(dir, tok)")
+        })
+    }
+
+    fn trained(&self) -> Vec<(String, Var)> {
+        let Some(s) = &self.scorer else {
+            return Vec::new();
+        };
+        let mut params = s.head();
+        if self.config.train_body {
+            params.extend(s.body.parameters());
+        }
+        params
+    }
+
+    fn split(&self, job: &AlignJob<'_>, seed: u64) -> Result<Split> {
+        Split::new(job.examples, self.config.val_fraction, seed)
+    }
+}
+
+pub fn check_vocab(job: &AlignJob<'_>) -> Result<()> {
+    if job.tokenizer.vocab_size() > job.policy.vocab_size() {
+        return Err(Error::Data(format!(
+            "the tokenizer's vocabulary ({} tokens) is larger than the model's vocab_size ({})",
+            job.tokenizer.vocab_size(),
+            job.policy.vocab_size()
+        )));
+    }
+    Ok(())
+}
+
+impl PairAligner for RewardModel {
+    fn label(&self) -> &'static str {
+        "reward"
+    }
+    fn total_steps(&self) -> u64 {
+        self.config.steps
+    }
+    fn steps_done(&self) -> u64 {
+        self.run.as_ref().map_or(0, |r| r.optimizer.step)
+    }
+    fn log_every(&self) -> u64 {
+        self.config.log_every
+    }
+    fn eval_every(&self) -> u64 {
+        self.config.eval_every
+    }
+
+    fn one_step(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<StepMetrics> {
+        self.start(job, ctx)?;
+        let params = self.trained();
+        let seed = self.run.as_ref().map_or(0, |r| r.seed);
+        let split = self.split(job, seed)?;
+        let (Some(scorer), Some(run)) = (&self.scorer, self.run.as_mut()) else {
+            unreachable!("started above")
+        };
+        let pairs = preference_batch::sample(&split, self.config.batch_size, &mut run.rng);
+        let batch = preference_batch::batch(
+            job.examples,
+            &pairs,
+            scorer.tokenizer.as_ref(),
+            scorer.ctx,
+            scorer.body.device(),
+        )?;
+        let (loss, margin) = scorer.pairwise(&batch, true)?;
+        let applied = run.optimizer.step("reward", &loss, &params)?;
+        let margins: Vec<f32> = margin.to_vec1()?;
+        let mut m = StepMetrics::new();
+        m.insert("loss".into(), loss.to_scalar::<f32>()? as f64);
+        m.insert(
+            "accuracy".into(),
+            margins.iter().filter(|&&x| x > 0.0).count() as f64 / margins.len() as f64,
+        );
+        m.insert("margin".into(), mean(&margins));
+        m.insert("lr".into(), applied.lr);
+        m.insert("grad_norm".into(), applied.grad_norm);
+        Ok(m)
+    }
+
+    fn held_out(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<StepMetrics> {
+        self.start(job, ctx)?;
+        let seed = self.run.as_ref().map_or(0, |r| r.seed);
+        let split = self.split(job, seed)?;
+        let scorer = self.scorer()?;
+        let (mut loss_sum, mut margins) = (0f64, Vec::new());
+        for chunk in split.held_out.chunks(self.config.batch_size) {
+            let batch = preference_batch::batch(
+                job.examples,
+                chunk,
+                scorer.tokenizer.as_ref(),
+                scorer.ctx,
+                scorer.body.device(),
+            )?;
+            let (loss, margin) = scorer.pairwise(&batch, false)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+            margins.extend(margin.to_vec1::<f32>()?);
+        }
+        let n = margins.len().max(1) as f64;
+        let mut m = StepMetrics::new();
+        m.insert("val_loss".into(), loss_sum / n);
+        m.insert(
+            "val_accuracy".into(),
+            margins.iter().filter(|&&x| x > 0.0).count() as f64 / n,
+        );
+        m.insert("val_margin".into(), mean(&margins));
+        Ok(m)
+    }
+
+    fn finish(&mut self, _: &AlignJob<'_>, ctx: &Context) -> Result<()> {
+        match &ctx.run_dir {
+            Some(dir) if self.scorer.is_some() => self.save(&dir.join(RUN_SUBDIR)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Aligner for RewardModel {
+    fn name(&self) -> &str {
+        "reward"
+    }
+    fn config(&self) -> Value {
+        self.config.to_json()
+    }
+    fn step(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<StepMetrics> {
+        self.one_step(job, ctx)
+    }
+    fn fit(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<StepMetrics> {
+        fit::fit(self, job, ctx)
+    }
+    fn evaluate(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<StepMetrics> {
+        self.held_out(job, ctx)
+    }
+
+    fn score(&self, prompt: &str, answer: &str) -> Result<f64> {
+        let s = self.scorer()?;
+        let e = preference_batch::encode(prompt, answer, s.tokenizer.as_ref(), s.ctx)?;
+        let last = Tensor::new(&[(e.ids.len() - 1) as u32], s.body.device())?;
+        let tokens = Tensor::new(e.ids.as_slice(), s.body.device())?.unsqueeze(0)?;
+        let r = s.rewards(&tokens, &last, false)?;
+        Ok(r.to_vec1::<f32>()?[0] as f64)
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        let s = self.scorer()?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        s.body.save(&dir.join(BODY_DIR))?;
+        let head: Vec<(String, Tensor)> = s
+            .head()
+            .into_iter()
+            .map(|(n, v)| Ok((n, v.as_tensor().to_device(&Device::Cpu)?)))
+            .collect::<Result<_>>()?;
+        let path = dir.join(HEAD_FILE);
+        candle::safetensors::save(&head.into_iter().collect(), &path)
+            .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+        let manifest = json!({
+            "format": "llmlab-reward-model",
+            "version": 1,
+            "config": self.config.to_json(),
+            "ctx": s.ctx,
+            "body": { "name": s.body.name(), "dir": BODY_DIR },
+        });
+        let path = dir.join(MANIFEST);
+        std::fs::write(&path, serde_json::to_vec_pretty(&manifest)?)
+            .map_err(|e| Error::io(&path, e))
+    }
+
+    fn load(&mut self, dir: &Path, model: Box<dyn Model>, tokenizer: &dyn Tokenizer) -> Result<()> {
+        let path = dir.join(MANIFEST);
+        let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let manifest: Value = serde_json::from_slice(&text).map_err(|e| {
+            Error::Data(format!(
+                "{}: not a reward model manifest: {e}",
+                path.display()
+            ))
+        })?;
+        if manifest["format"] != "llmlab-reward-model" {
+            return Err(Error::Data(format!(
+                "{}: not a reward model (format {})",
+                path.display(),
+                manifest["format"]
+            )));
+        }
+        let ctx_len = manifest["ctx"]
+            .as_u64()
+            .map_or(model.ctx_len(), |c| c as usize);
+        let scorer = Scorer::new(model, tokenizer.clone_box(), ctx_len)?;
+        let path = dir.join(HEAD_FILE);
+        let tensors = candle::safetensors::load(&path, scorer.body.device())
+            .map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
+        for (name, var) in scorer.head() {
+            let t = tensors
+                .get(&name)
+                .ok_or_else(|| Error::Data(format!("{}: no tensor `{name}`", path.display())))?;
+            if t.shape() != var.shape() {
+                return Err(Error::Data(format!(
+                    "{}: `{name}` has shape {:?}, the body's hidden size needs {:?}",
+                    path.display(),
+                    t.dims(),
+                    var.dims()
+                )));
+            }
+            var.set(&t.to_dtype(DType::F32)?)?;
+        }
+        self.scorer = Some(scorer);
+        self.run = None;
+        Ok(())
+    }
+}
+
+pub struct RewardFactory;
+
+impl Factory for RewardFactory {
+    fn name(&self) -> &'static str {
+        "reward"
+    }
+    fn kind(&self) -> Kind {
+        Kind::Aligner
+    }
+    fn about(&self) -> &'static str {
+        "reward model: the model's body (a copy) + scalar head, pairwise loss -log sigmoid(r_c - r_r), held-out preference accuracy"
+    }
+    fn config_keys(&self) -> Vec<ConfigKey> {
+        RewardConfig::keys()
+    }
+    fn create(&self, config: &Value, _: &Context) -> Result<Instance> {
+        Ok(Instance::Aligner(Box::new(new_reward_model(config)?)))
+    }
+}

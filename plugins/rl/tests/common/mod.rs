@@ -1,0 +1,228 @@
+//! Test fixtures: a tiny causal model (token embeddings averaged over the prefix, then a linear
+//! head) that returns hidden states and copies itself, a character tokenizer, preference pairs.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use llmlab_plugin_api::candle::{DType, Device, Tensor, Var};
+use llmlab_plugin_api::prelude::*;
+use llmlab_plugin_api::TextSource;
+
+pub const VOCAB: usize = 12;
+pub const EOT: u32 = 11;
+
+/// `h_t = mean(wte[ids[0..=t]])`, `logits_t = W h_t + b`.
+pub struct PrefixMean {
+    wte: Var,
+    head_weight: Var,
+    head_bias: Var,
+    device: Device,
+}
+
+impl PrefixMean {
+    pub fn new(dim: usize) -> PrefixMean {
+        let device = Device::Cpu;
+        let init = |rows: usize, cols: usize, salt: f32| {
+            let values: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i as f32 + 1.0) * (0.618 + salt)).sin() * 0.3)
+                .collect();
+            Var::from_tensor(&Tensor::from_vec(values, (rows, cols), &device).unwrap()).unwrap()
+        };
+        PrefixMean {
+            wte: init(VOCAB, dim, 0.0),
+            head_weight: init(VOCAB, dim, 0.1),
+            head_bias: Var::zeros(VOCAB, DType::F32, &device).unwrap(),
+            device,
+        }
+    }
+
+    pub fn snapshot(model: &dyn Model) -> BTreeMap<String, Vec<f32>> {
+        model
+            .parameters()
+            .into_iter()
+            .map(|(n, v)| (n, v.flatten_all().unwrap().to_vec1().unwrap()))
+            .collect()
+    }
+}
+
+impl Model for PrefixMean {
+    fn name(&self) -> &str {
+        "prefix-mean"
+    }
+    fn config(&self) -> Value {
+        json!({ "vocab_size": VOCAB })
+    }
+    fn vocab_size(&self) -> usize {
+        VOCAB
+    }
+    fn ctx_len(&self) -> usize {
+        32
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn forward(&self, ids: &Tensor, options: &ForwardOptions) -> Result<ForwardOutput> {
+        let (b, s) = ids.dims2()?;
+        let d = self.wte.dim(1)?;
+        let e = self
+            .wte
+            .as_tensor()
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, s, d))?;
+        let avg: Vec<f32> = (0..s * s)
+            .map(|k| {
+                let (t, i) = (k / s, k % s);
+                if i <= t {
+                    1.0 / (t + 1) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let avg = Tensor::from_vec(avg, (1, s, s), &self.device)?.broadcast_as((b, s, s))?;
+        let hidden = avg.matmul(&e)?;
+        let logits = hidden
+            .reshape((b * s, d))?
+            .matmul(&self.head_weight.as_tensor().t()?)?
+            .broadcast_add(self.head_bias.as_tensor())?
+            .reshape((b, s, VOCAB))?;
+        Ok(ForwardOutput {
+            logits,
+            aux_loss: None,
+            hidden: options.hidden_states.then_some(hidden),
+        })
+    }
+    fn new_cache(&self, _: usize) -> Result<Box<dyn KvCache>> {
+        Err(Error::unsupported("prefix-mean", "kv cache"))
+    }
+    fn forward_cached(&self, _: &Tensor, _: &mut dyn KvCache) -> Result<ForwardOutput> {
+        Err(Error::unsupported("prefix-mean", "kv cache"))
+    }
+    fn generate(
+        &self,
+        _: &[Vec<u32>],
+        _: &GenerateOptions,
+        _: &mut dyn FnMut(usize, u32) -> bool,
+    ) -> Result<Vec<Vec<u32>>> {
+        Err(Error::unsupported("prefix-mean", "generate"))
+    }
+    fn parameters(&self) -> Vec<(String, Var)> {
+        vec![
+            ("lm_head.bias".into(), self.head_bias.clone()),
+            ("lm_head.weight".into(), self.head_weight.clone()),
+            ("wte.weight".into(), self.wte.clone()),
+        ]
+    }
+    fn save(&self, _: &Path) -> Result<()> {
+        Err(Error::unsupported("prefix-mean", "save"))
+    }
+    fn frozen_copy(&self) -> Result<Box<dyn Model>> {
+        let copy = |v: &Var| Var::from_tensor(&v.as_tensor().copy()?).map_err(Error::from);
+        Ok(Box::new(PrefixMean {
+            wte: copy(&self.wte)?,
+            head_weight: copy(&self.head_weight)?,
+            head_bias: copy(&self.head_bias)?,
+            device: self.device.clone(),
+        }))
+    }
+}
+
+/// Characters `0-9`, `+`: ids 0..=10; end-of-text is 11.
+#[derive(Clone)]
+pub struct Chars;
+
+impl Tokenizer for Chars {
+    fn name(&self) -> &str {
+        "chars"
+    }
+    fn config(&self) -> Value {
+        Value::Null
+    }
+    fn train(&mut self, _: &dyn TextSource, _: &Context) -> Result<()> {
+        Ok(())
+    }
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        text.chars()
+            .map(|c| match c {
+                '0'..='9' => Ok(c as u32 - '0' as u32),
+                '+' => Ok(10),
+                other => Err(Error::Data(format!("chars: no token for {other:?}"))),
+            })
+            .collect()
+    }
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        Ok(ids
+            .iter()
+            .map(|&i| {
+                if i < 10 {
+                    char::from(b'0' + i as u8)
+                } else {
+                    '+'
+                }
+            })
+            .collect())
+    }
+    fn vocab_size(&self) -> usize {
+        VOCAB
+    }
+    fn token_to_id(&self, _: &str) -> Option<u32> {
+        None
+    }
+    fn id_to_token(&self, _: u32) -> Option<String> {
+        None
+    }
+    fn special_token(&self, role: SpecialToken) -> Option<u32> {
+        (role == SpecialToken::EndOfText).then_some(EOT)
+    }
+    fn to_json(&self) -> Result<String> {
+        Err(Error::unsupported("chars", "saving"))
+    }
+    fn clone_box(&self) -> Box<dyn Tokenizer> {
+        Box::new(self.clone())
+    }
+}
+
+pub struct Pairs(pub Vec<Example>);
+
+impl Pairs {
+    /// "a+b" → chosen: two digits from 0-4, rejected: two digits from 5-9 (trivially separable).
+    pub fn separable(n: usize) -> Pairs {
+        Pairs(
+            (0..n)
+                .map(|i| Example {
+                    prompt: format!("{}+{}", i % 10, (i * 7 + 3) % 10),
+                    answer: format!("{}{}", i % 5, (i * 3) % 5),
+                    rejected: Some(format!("{}{}", 5 + i % 5, 5 + (i * 3 + 1) % 5)),
+                })
+                .collect(),
+        )
+    }
+}
+
+impl ExampleSource for Pairs {
+    fn name(&self) -> String {
+        "pairs".into()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn get(&self, index: usize) -> Example {
+        self.0[index].clone()
+    }
+}
+
+pub fn job<'a>(
+    model: &'a dyn Model,
+    tok: &'a dyn Tokenizer,
+    data: &'a dyn ExampleSource,
+) -> AlignJob<'a> {
+    AlignJob {
+        policy: model,
+        tokenizer: tok,
+        examples: data,
+        reward: None,
+        reward_model: None,
+    }
+}

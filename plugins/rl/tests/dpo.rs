@@ -1,0 +1,94 @@
+//! The `dpo` aligner on a tiny model: the loss starts at ln 2 (policy == reference) and falls,
+//! the reference never moves, IPO works, and bad settings or data are named.
+
+mod common;
+
+use common::{job, Chars, Pairs, PrefixMean};
+use llmlab_plugin_api::prelude::*;
+use llmlab_rl::new_dpo;
+
+#[test]
+fn loss_starts_at_ln2_falls_and_reference_stays_put() {
+    let policy = PrefixMean::new(8);
+    let start = PrefixMean::snapshot(&policy);
+    let data = Pairs::separable(40);
+    let mut dpo = new_dpo(&json!({
+        "steps": 40, "batch_size": 8, "lr": 0.02, "warmup": 0, "beta": 0.5, "seed": 3, "eval_every": 0
+    }))
+    .unwrap();
+    let ctx = Context::cpu();
+    let j = job(&policy, &Chars, &data);
+    let first = dpo.step(&j, &ctx).unwrap();
+    assert!(
+        (first["loss"] - std::f64::consts::LN_2).abs() < 1e-5,
+        "step-0 loss {}",
+        first["loss"]
+    );
+    assert_eq!(first["reward_margin"], 0.0);
+    let last = dpo.fit(&j, &ctx).unwrap();
+    assert!(last["loss"] < 0.5 * std::f64::consts::LN_2, "{last:?}");
+    assert!(last["val_accuracy"] > 0.9, "{last:?}");
+    assert!(last["val_logp_accuracy"] > 0.9, "{last:?}");
+    let reference = dpo.reference().unwrap();
+    assert_eq!(
+        PrefixMean::snapshot(reference),
+        start,
+        "the reference moved"
+    );
+    assert_ne!(
+        PrefixMean::snapshot(&policy),
+        start,
+        "the policy did not move"
+    );
+}
+
+#[test]
+fn ipo_and_label_smoothing_train_too() {
+    for config in [
+        json!({ "loss": "ipo", "beta": 0.5 }),
+        json!({ "label_smoothing": 0.1, "beta": 0.5 }),
+    ] {
+        let policy = PrefixMean::new(8);
+        let data = Pairs::separable(40);
+        let mut full = json!({ "steps": 30, "batch_size": 8, "lr": 0.02, "warmup": 0, "seed": 3 });
+        full.as_object_mut()
+            .unwrap()
+            .extend(config.as_object().unwrap().clone());
+        let mut dpo = new_dpo(&full).unwrap();
+        let j = job(&policy, &Chars, &data);
+        let first = dpo.step(&j, &Context::cpu()).unwrap();
+        let last = dpo.fit(&j, &Context::cpu()).unwrap();
+        assert!(
+            last["loss"] < first["loss"],
+            "{config}: {first:?} → {last:?}"
+        );
+        assert!(last["val_accuracy"] > 0.9, "{config}: {last:?}");
+    }
+}
+
+#[test]
+fn bad_settings_and_data_name_their_cause() {
+    let err = new_dpo(&json!({ "loss": "hinge" }))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("loss") && err.contains("hinge"), "{err}");
+    let err = new_dpo(&json!({ "beta": -1 })).err().unwrap().to_string();
+    assert!(err.contains("`beta`"), "{err}");
+    let err = new_dpo(&json!({ "ctx": 64 }))
+        .unwrap()
+        .step(
+            &job(&PrefixMean::new(4), &Chars, &Pairs::separable(4)),
+            &Context::cpu(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`ctx` = 64"), "{err}");
+    let one = Pairs(Pairs::separable(1).0);
+    let err = new_dpo(&Value::Null)
+        .unwrap()
+        .step(&job(&PrefixMean::new(4), &Chars, &one), &Context::cpu())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at least 2"), "{err}");
+}
