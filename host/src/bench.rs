@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use llmlab_plugin_api::candle::Tensor;
+use llmlab_plugin_api::rng::SplitMix64;
 use llmlab_plugin_api::serde_json::{json, Value};
 use llmlab_plugin_api::{
     Context, Error, ForwardOptions, Instance, Kind, Result, Split, TokenData, TrainData,
 };
 
-use crate::data::rng::SplitMix64;
 use crate::registry::Registry;
 
 /// The reference shapes: n_layer, n_head, d_model, ctx, vocab, batch.
@@ -85,9 +85,7 @@ pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Re
     };
     let mut rng = SplitMix64::new(0);
     let data = RandomTokens {
-        tokens: (0..1 << 20)
-            .map(|_| rng.below(vocab as u64) as u32)
-            .collect(),
+        tokens: (0..1 << 20).map(|_| rng.below(vocab) as u32).collect(),
         vocab_size: vocab,
     };
     let quiet = Context {

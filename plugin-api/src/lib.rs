@@ -31,6 +31,7 @@ pub mod files;
 pub mod generation;
 pub mod model;
 pub mod quantizer;
+pub mod rng;
 pub mod tokenizer;
 pub mod train;
 pub mod trainer;

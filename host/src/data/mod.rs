@@ -8,7 +8,6 @@
 
 pub mod dataset_writer;
 pub mod preferences;
-pub mod rng;
 pub mod stories;
 pub mod tasks;
 pub mod text_file;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use llmlab_plugin_api::{Result, TextSource};
 
-use super::rng::SplitMix64;
+use llmlab_plugin_api::rng::SplitMix64;
 
 /// The word lists and sizes of a grammar; [`Lexicon::FULL`] is `corpus("stories")`.
 pub struct Lexicon {

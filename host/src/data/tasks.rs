@@ -9,7 +9,7 @@ use std::fmt;
 
 use llmlab_plugin_api::{Error, Example, ExampleSource, Result, TextSource};
 
-use super::rng::SplitMix64;
+use llmlab_plugin_api::rng::SplitMix64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskKind {
@@ -179,11 +179,6 @@ impl TextSource for TaskPreferences {
     }
 }
 
-/// Uniform in `0..n`.
-fn pick(rng: &mut SplitMix64, n: usize) -> usize {
-    rng.below(n as u64) as usize
-}
-
 /// A plausible wrong answer to a task whose right answer is `answer`, never equal to it:
 /// arithmetic is off by one in one digit (off by 1, 10, 100, ...), sorting has one adjacent pair
 /// of different numbers swapped, copy/reverse one adjacent pair of different letters swapped;
@@ -194,7 +189,7 @@ pub fn rejected_answer(kind: TaskKind, answer: &str, rng: &mut SplitMix64) -> St
             let Ok(sum) = answer.parse::<u64>() else {
                 return format!("{answer}0");
             };
-            let place = 10u64.pow(pick(rng, answer.len()) as u32);
+            let place = 10u64.pow(rng.below(answer.len()) as u32);
             if sum >= place && rng.below(2) == 0 {
                 (sum - place).to_string()
             } else {
@@ -207,7 +202,7 @@ pub fn rejected_answer(kind: TaskKind, answer: &str, rng: &mut SplitMix64) -> St
                 .filter(|&i| items[i] != items[i + 1])
                 .collect();
             if pairs.is_empty() {
-                let i = pick(rng, items.len());
+                let i = rng.below(items.len());
                 let bumped = match items[i].parse::<u64>() {
                     Ok(x) if x > 0 => (x - 1).to_string(),
                     Ok(x) => (x + 1).to_string(),
@@ -217,7 +212,7 @@ pub fn rejected_answer(kind: TaskKind, answer: &str, rng: &mut SplitMix64) -> St
                 owned[i] = bumped;
                 return owned.join(" ");
             }
-            let i = pairs[pick(rng, pairs.len())];
+            let i = pairs[rng.below(pairs.len())];
             items.swap(i, i + 1);
             items.join(" ")
         }
@@ -230,14 +225,14 @@ pub fn rejected_answer(kind: TaskKind, answer: &str, rng: &mut SplitMix64) -> St
                 return "a".into();
             }
             if pairs.is_empty() {
-                let i = pick(rng, chars.len());
+                let i = rng.below(chars.len());
                 chars[i] = if chars[i] == 'z' {
                     'a'
                 } else {
                     char::from_u32(chars[i] as u32 + 1).unwrap_or('a')
                 };
             } else {
-                let i = pairs[pick(rng, pairs.len())];
+                let i = pairs[rng.below(pairs.len())];
                 chars.swap(i, i + 1);
             }
             chars.into_iter().collect()
@@ -249,7 +244,11 @@ fn example(kind: TaskKind, digits: usize, rng: &mut SplitMix64) -> Example {
     let prompt = match kind {
         TaskKind::Arithmetic => {
             let limit = 10u64.pow(digits as u32);
-            format!("{}+{}=", rng.below(limit), rng.below(limit))
+            format!(
+                "{}+{}=",
+                rng.below(limit as usize),
+                rng.below(limit as usize)
+            )
         }
         TaskKind::Sort => {
             let numbers: Vec<String> = (0..digits).map(|_| rng.below(10).to_string()).collect();
@@ -257,7 +256,7 @@ fn example(kind: TaskKind, digits: usize, rng: &mut SplitMix64) -> Example {
         }
         TaskKind::Copy | TaskKind::Reverse => {
             let word: String = (0..digits)
-                .map(|_| LETTERS[rng.below(26) as usize] as char)
+                .map(|_| LETTERS[rng.below(26)] as char)
                 .collect();
             format!(
                 "{} {word} =",

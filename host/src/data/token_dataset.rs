@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use llmlab_plugin_api::rng::SplitMix64;
 use llmlab_plugin_api::serde::{Deserialize, Serialize};
 use llmlab_plugin_api::serde_json;
 use llmlab_plugin_api::{Error, Result, Split, TokenData, Tokenizer};
@@ -288,11 +289,11 @@ impl TokenDataset {
                 split_name(split)
             )));
         }
-        let mut rng = SplitMix64(seed);
-        let starts = (len - window + 1) as u64;
+        let mut rng = SplitMix64::new(seed);
+        let starts = len - window + 1;
         (0..batch)
             .map(|_| {
-                let start = rng.below(starts) as usize;
+                let start = rng.below(starts);
                 let mut ids = vec![0; window];
                 self.read(split, start, &mut ids)?;
                 Ok(ids)
@@ -347,23 +348,5 @@ impl TokenData for TokenDataset {
 
     fn entropy_floor_nats_per_token(&self) -> Option<f64> {
         self.header.entropy_floor_nats_per_token
-    }
-}
-
-/// SplitMix64: a small, fast, well-mixed generator; enough for choosing window starts.
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`) by multiply-shift (bias below n / 2^64).
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next_u64() as u128 * n as u128) >> 64) as u64
     }
 }

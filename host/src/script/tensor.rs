@@ -5,6 +5,7 @@ use llmlab_plugin_api::candle::{DType, Device, Tensor};
 use rhai::{Array, Dynamic, Engine, FLOAT, INT};
 
 use llmlab_plugin_api::error::candle_message;
+use llmlab_plugin_api::rng::SplitMix64;
 
 use super::{script_error, ScriptResult};
 
@@ -20,24 +21,11 @@ fn candle_error(error: llmlab_plugin_api::candle::Error) -> Box<rhai::EvalAltRes
     script_error(candle_message(&error))
 }
 
-/// Standard normal samples from `seed` (SplitMix64 + Box-Muller): candle's CPU RNG cannot be
+/// Standard normal samples from `seed` (the runtime's SplitMix64): candle's CPU RNG cannot be
 /// seeded, and a script's `randn([2, 3], 7)` must give the same tensor every run.
 fn seeded_normal(count: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    let mut next_unit = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    (0..count)
-        .map(|_| {
-            let (u1, u2) = (next_unit(), next_unit());
-            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-        })
-        .collect()
+    let mut rng = SplitMix64::new(seed);
+    (0..count).map(|_| rng.normal() as f32).collect()
 }
 
 fn dim_index(t: &Tensor, dim: INT) -> ScriptResult<usize> {

@@ -13,9 +13,8 @@ pub mod checkpoint;
 pub mod clip;
 pub mod gradients;
 pub mod loss;
-pub mod rng;
 pub mod schedule;
 
+pub use crate::rng::{self, SplitMix64};
 pub use adamw::{AdamW, AdamWSettings};
-pub use rng::SplitMix64;
 pub use schedule::Schedule;

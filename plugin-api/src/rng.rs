@@ -1,6 +1,7 @@
-//! The trainer's own random numbers: SplitMix64, a one-word generator whose whole state goes
-//! into a checkpoint, so batches drawn after a resume are the ones an uninterrupted run draws.
-//! (candle's CPU RNG cannot be seeded, so it is never used on the training path.)
+//! The runtime's seeded random numbers: SplitMix64, a one-word generator whose whole state goes
+//! into a checkpoint (batches drawn after a resume are the ones an uninterrupted run draws), and
+//! which makes the built-in corpora and `randn` the same on every machine. candle's CPU RNG cannot
+//! be seeded, so it is never used where results must repeat.
 
 /// SplitMix64 (Steele, Lea, Flood 2014): 64 bits of state, passes BigCrush.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,17 @@ impl SplitMix64 {
     /// Uniform in `0..n` (Lemire's multiply-shift; the bias is below 2^-40 for the sizes used).
     pub fn below(&mut self, n: usize) -> usize {
         ((self.next_u64() as u128 * n as u128) >> 64) as usize
+    }
+
+    /// Uniform in (0, 1), never exactly 0 (safe under `ln`).
+    pub fn next_unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let (u1, u2) = (self.next_unit(), self.next_unit());
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
 
     /// A Fisher–Yates shuffle of `0..n`.
