@@ -18,20 +18,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use llmlab_plugin_api::{AlignJob, Aligner, Context, ExampleSource, Instance, Kind, StepMetrics};
-use rhai::{Dynamic, Engine, Map, FLOAT};
+use rhai::{Engine, Map, FLOAT};
 
 use super::data::CorpusHandle;
 use super::model::ModelHandle;
+use super::run_dir::{in_run_dir, metrics_map};
 use super::tokenizer::TokenizerHandle;
 use super::{lock, plugin_call, script_error, AlignerHandle, Host, ScriptResult};
-use crate::plots::training_plots;
-
-fn metrics_map(metrics: &StepMetrics) -> Map {
-    metrics
-        .iter()
-        .map(|(k, v)| (k.as_str().into(), Dynamic::from(*v)))
-        .collect()
-}
 
 fn pairs_of(prefs: &CorpusHandle) -> ScriptResult<Arc<dyn ExampleSource>> {
     prefs.examples.clone().ok_or_else(|| {
@@ -71,21 +64,17 @@ fn with_job(
         let metrics = plugin_call(&name, || call(&mut **a, &job, &host.context))?;
         return Ok(metrics_map(&metrics));
     }
-    let run = host.run_dir().map_err(script_error)?;
-    run.record_config(&format!("rl-{name}"), &a.config())
-        .map_err(script_error)?;
-    run.record_config(&format!("model-{}", model.0.name()), &model.0.config())
-        .map_err(script_error)?;
-    let ctx = Context {
-        run_dir: Some(run.path.clone()),
-        metrics: run.metrics_sink(),
-        ..host.context.clone()
-    };
-    let result = plugin_call(&name, || call(&mut **a, &job, &ctx));
-    if let Err(error) = training_plots(&run.path, &run.metrics().history(), None) {
-        llmlab_plugin_api::tracing::warn!(%error, "could not draw the training plots");
-    }
-    Ok(metrics_map(&result?))
+    let config = a.config();
+    let metrics = in_run_dir(
+        host,
+        &name,
+        &format!("rl-{name}"),
+        &config,
+        model,
+        None,
+        |ctx| call(&mut **a, &job, ctx),
+    )?;
+    Ok(metrics_map(&metrics))
 }
 
 pub fn register(engine: &mut Engine, host: &Arc<Host>) {

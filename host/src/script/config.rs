@@ -25,6 +25,28 @@ pub fn json_to_dynamic(value: &Value) -> Dynamic {
     rhai::serde::to_dynamic(value).unwrap_or(Dynamic::UNIT)
 }
 
+/// Option `key` of a script function's options map: a positive integer, or `default` if absent.
+pub fn positive_int_option(
+    function: &str,
+    options: &Map,
+    key: &str,
+    default: usize,
+) -> ScriptResult<usize> {
+    match options.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .as_int()
+            .ok()
+            .filter(|i| *i > 0)
+            .map(|i| i as usize)
+            .ok_or_else(|| {
+                script_error(format!(
+                    "{function} option `{key}` must be a positive integer, not {v}"
+                ))
+            }),
+    }
+}
+
 /// `--set` values from the command line.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {

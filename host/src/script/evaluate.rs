@@ -10,23 +10,7 @@ use rhai::{Engine, Map, FLOAT};
 use super::data::CorpusHandle;
 use super::model::ModelHandle;
 use super::tokenizer::TokenizerHandle;
-use super::{plugin_call, script_error, ScriptResult};
-
-fn int_option(options: &Map, key: &str, default: usize) -> ScriptResult<usize> {
-    match options.get(key) {
-        None => Ok(default),
-        Some(v) => v
-            .as_int()
-            .ok()
-            .filter(|i| *i > 0)
-            .map(|i| i as usize)
-            .ok_or_else(|| {
-                script_error(format!(
-                    "accuracy option `{key}` must be a positive integer"
-                ))
-            }),
-    }
-}
+use super::{plugin_call, positive_int_option, script_error, ScriptResult};
 
 /// Fraction of the first `n` examples answered exactly right with greedy decoding.
 pub fn accuracy(
@@ -84,9 +68,9 @@ pub fn register(engine: &mut Engine) {
                     tasks.source.name()
                 ))
             })?;
-            let n = int_option(&options, "n", 200)?;
-            let max_tokens = int_option(&options, "max_tokens", 16)?;
-            let batch = int_option(&options, "batch", 32)?;
+            let n = positive_int_option("accuracy", &options, "n", 200)?;
+            let max_tokens = positive_int_option("accuracy", &options, "max_tokens", 16)?;
+            let batch = positive_int_option("accuracy", &options, "batch", 32)?;
             if let Some(key) = options
                 .keys()
                 .find(|k| !["n", "max_tokens", "batch"].contains(&k.as_str()))

@@ -14,6 +14,7 @@ mod evaluate;
 mod help;
 mod model;
 mod quant;
+mod run_dir;
 mod tensor;
 mod tokenizer;
 mod trainer;
@@ -25,7 +26,7 @@ use llmlab_plugin_api::{Aligner, Context, Instance, Kind, Quantizer, Trainer};
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
 
 pub use callback::ClosureReward;
-pub use config::{dynamic_to_json, json_to_dynamic, Overrides};
+pub use config::{dynamic_to_json, json_to_dynamic, positive_int_option, Overrides};
 pub use help::help_text;
 pub use model::ModelHandle;
 pub use tensor::TensorHandle;

@@ -19,7 +19,7 @@ use rhai::{Dynamic, Engine, Map, FLOAT, INT};
 
 use super::data::DatasetHandle;
 use super::model::ModelHandle;
-use super::{plugin_call, script_error, Host, QuantizerHandle, ScriptResult};
+use super::{plugin_call, positive_int_option, script_error, Host, QuantizerHandle, ScriptResult};
 
 /// `skip` from the options map, the rest as the quantizer's config.
 fn split_options(options: Map) -> ScriptResult<(Vec<String>, Map)> {
@@ -158,22 +158,6 @@ fn tokens_per_s(
     Ok(generated as f64 / started.elapsed().as_secs_f64())
 }
 
-fn option(options: &Map, key: &str, default: usize) -> ScriptResult<usize> {
-    match options.get(key) {
-        None => Ok(default),
-        Some(v) => v
-            .as_int()
-            .ok()
-            .filter(|i| *i > 0)
-            .map(|i| i as usize)
-            .ok_or_else(|| {
-                script_error(format!(
-                    "quant_eval option `{key}` must be a positive integer"
-                ))
-            }),
-    }
-}
-
 /// Perplexity, size and speed of `model` and its quantized copy `qmodel`.
 fn quant_eval(
     model: &ModelHandle,
@@ -188,9 +172,9 @@ fn quant_eval(
             KEYS.join(", ")
         )));
     }
-    let windows = option(&options, "windows", 32)?;
-    let batch = option(&options, "batch", 8)?;
-    let reps = option(&options, "reps", 3)?;
+    let windows = positive_int_option("quant_eval", &options, "windows", 32)?;
+    let batch = positive_int_option("quant_eval", &options, "batch", 8)?;
+    let reps = positive_int_option("quant_eval", &options, "reps", 3)?;
     let data = ds.data();
     let (nll, eval_tokens) = val_nll(&[model.0.as_ref(), qmodel.0.as_ref()], data, windows, batch)?;
     let (ppl, quant_ppl) = (nll[0].exp(), nll[1].exp());
@@ -222,7 +206,7 @@ fn quant_eval(
     data.read(Split::Val, 0, &mut prompt)
         .map_err(script_error)?;
     let ctx = model.0.ctx_len().min(qmodel.0.ctx_len());
-    let gen_tokens = option(&options, "gen_tokens", 64)?
+    let gen_tokens = positive_int_option("quant_eval", &options, "gen_tokens", 64)?
         .min(ctx.saturating_sub(prompt_len + 1))
         .max(1);
     let speed = tokens_per_s(model.0.as_ref(), &prompt, gen_tokens, reps)?;

@@ -5,23 +5,15 @@
 use std::sync::Arc;
 
 use llmlab_plugin_api::{Context, ExampleSource, StepMetrics, TrainData};
-use rhai::{Dynamic, Engine, Map};
+use rhai::{Engine, Map};
 
 use super::data::{CorpusHandle, DatasetHandle};
 use super::model::ModelHandle;
+use super::run_dir::{in_run_dir, metrics_map};
 use super::tokenizer::TokenizerHandle;
-use super::{lock, plugin_call, script_error, Host, ScriptResult, TrainerHandle};
-use crate::plots::training_plots;
+use super::{lock, script_error, Host, ScriptResult, TrainerHandle};
 
-fn metrics_map(metrics: &StepMetrics) -> Map {
-    metrics
-        .iter()
-        .map(|(k, v)| (k.as_str().into(), Dynamic::from(*v)))
-        .collect()
-}
-
-/// Runs `call` with the session's run directory in the context, records configs before and
-/// writes the plots after (also when the run was cancelled or failed half-way).
+/// Runs `call` on the trainer inside the session's run directory.
 fn in_run<T>(
     host: &Host,
     trainer: &TrainerHandle,
@@ -29,24 +21,18 @@ fn in_run<T>(
     floor: Option<f64>,
     call: impl FnOnce(&mut dyn llmlab_plugin_api::Trainer, &Context) -> llmlab_plugin_api::Result<T>,
 ) -> ScriptResult<T> {
-    let run = host.run_dir().map_err(script_error)?;
     let mut tr = lock(&trainer.0);
     let name = tr.name().to_string();
-    run.record_config(&format!("trainer-{name}"), &tr.config())
-        .map_err(script_error)?;
-    run.record_config(&format!("model-{}", model.0.name()), &model.0.config())
-        .map_err(script_error)?;
-    let ctx = Context {
-        run_dir: Some(run.path.clone()),
-        metrics: run.metrics_sink(),
-        ..host.context.clone()
-    };
-    let result = plugin_call(&name, || call(&mut **tr, &ctx));
-    ctx.progress.finish("train");
-    if let Err(error) = training_plots(&run.path, &run.metrics().history(), floor) {
-        llmlab_plugin_api::tracing::warn!(%error, "could not draw the training plots");
-    }
-    result
+    let config = tr.config();
+    in_run_dir(
+        host,
+        &name,
+        &format!("trainer-{name}"),
+        &config,
+        model,
+        floor,
+        |ctx| call(&mut **tr, ctx),
+    )
 }
 
 fn summary(metrics: &StepMetrics, floor: Option<f64>, run: &std::path::Path) -> String {
