@@ -16,6 +16,8 @@ fn run_script(script: &str, name: &str, runs: &std::path::Path) -> String {
             "--set",
             "n=120",
             "--set",
+            "sft_n=200",
+            "--set",
             &format!("name={name}"),
             "--set",
             &format!("runs_dir={}", runs.display()),
