@@ -167,15 +167,10 @@ impl TextSource for TaskPreferences {
         ExampleSource::name(self)
     }
     fn documents(&self) -> Box<dyn Iterator<Item = Result<String>> + Send + '_> {
-        Box::new(self.examples.iter().map(|e| Ok(join(&e.prompt, &e.answer))))
+        documents_of(&self.examples)
     }
     fn approx_bytes(&self) -> Option<u64> {
-        Some(
-            self.examples
-                .iter()
-                .map(|e| e.prompt.len() + e.answer.len() + 1)
-                .sum::<usize>() as u64,
-        )
+        Some(bytes_of(&self.examples))
     }
 }
 
@@ -344,16 +339,24 @@ impl TextSource for Tasks {
         ExampleSource::name(self)
     }
     fn documents(&self) -> Box<dyn Iterator<Item = Result<String>> + Send + '_> {
-        Box::new(self.examples.iter().map(|e| Ok(join(&e.prompt, &e.answer))))
+        documents_of(&self.examples)
     }
     fn approx_bytes(&self) -> Option<u64> {
-        Some(
-            self.examples
-                .iter()
-                .map(|e| e.prompt.len() + e.answer.len() + 1)
-                .sum::<usize>() as u64,
-        )
+        Some(bytes_of(&self.examples))
     }
+}
+
+/// Examples as text documents: each prompt followed by its (chosen) answer.
+fn documents_of(examples: &[Example]) -> Box<dyn Iterator<Item = Result<String>> + Send + '_> {
+    Box::new(examples.iter().map(|e| Ok(join(&e.prompt, &e.answer))))
+}
+
+/// Bytes of [`documents_of`]'s text (the separator counted as one).
+fn bytes_of(examples: &[Example]) -> u64 {
+    examples
+        .iter()
+        .map(|e| e.prompt.len() + e.answer.len() + 1)
+        .sum::<usize>() as u64
 }
 
 /// The text of a prompt followed by its answer.
