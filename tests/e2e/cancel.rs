@@ -66,7 +66,11 @@ print("not reached");
         .unwrap();
 
     assert!(!code.success(), "a cancelled run reports failure");
-    assert!(err.contains("cancelled"), "{err}");
+    let run_dir = runs.path().join("cancel");
+    assert!(
+        err.contains("cancelled by Ctrl-C") && err.contains(&run_dir.display().to_string()),
+        "{err}"
+    );
     assert!(!out.contains("not reached"), "{out}");
     assert!(
         stopped_in < Duration::from_secs(10),

@@ -30,7 +30,17 @@ pub fn in_run_dir<T>(
         metrics: run.metrics_sink(),
         ..host.context.clone()
     };
-    let result = plugin_call(name, || call(&ctx));
+    let result = plugin_call(name, || call(&ctx)).map_err(|error| {
+        if ctx.cancel.is_cancelled() {
+            // Say where the work went, not only that it stopped.
+            script_error(format!(
+                "{name}: cancelled by Ctrl-C; metrics and the last checkpoint are in {}",
+                run.path.display()
+            ))
+        } else {
+            error
+        }
+    });
     ctx.progress.finish("train");
     if let Err(error) = training_plots(&run.path, &run.metrics().history(), floor) {
         llmlab_plugin_api::tracing::warn!(%error, "could not draw the training plots");
