@@ -1,6 +1,10 @@
 //! `llmlab bench train`: training and forward throughput of the `gpt` model with the `lm`
 //! trainer on exactly the shapes of the PyTorch reference (`shared/bench/torch_gpt.py`), printed as
-//! one JSON line per config so the two can be compared side by side.
+//! one JSON line per config so the two can be compared side by side, with the median time of
+//! each phase of a step (forward + loss, backward, AdamW) measured on the same model.
+//!
+//! A config is `tiny`, `small` or `gpt2`, optionally with the model's kernels after a colon:
+//! `tiny:reference` runs the composed stock-op path instead of the fused kernels (issue 11).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -8,6 +12,7 @@ use std::time::Instant;
 use llmlab_plugin_api::candle::Tensor;
 use llmlab_plugin_api::rng::SplitMix64;
 use llmlab_plugin_api::serde_json::{json, Value};
+use llmlab_plugin_api::train::{loss, AdamW, AdamWSettings};
 use llmlab_plugin_api::{
     Context, Error, ForwardOptions, Instance, Kind, Result, Split, TokenData, TrainData,
 };
@@ -61,14 +66,16 @@ fn create(
 
 /// Runs one config: `warmup` untimed steps, then `steps` timed training steps and forward passes.
 pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Result<Value> {
-    let [n_layer, n_head, d_model, ctx_len, vocab, batch] = shapes(config).ok_or_else(|| {
+    let (shape_name, kernels) = config.split_once(':').unwrap_or((config, "fused"));
+    let [n_layer, n_head, d_model, ctx_len, vocab, batch] = shapes(shape_name).ok_or_else(|| {
         Error::msg(format!(
-            "unknown bench config {config:?}; known: tiny, small, gpt2"
+            "unknown bench config {shape_name:?}; known: tiny, small, gpt2 (optionally :fused or :reference)"
         ))
     })?;
     let model_config = json!({
         "vocab_size": vocab, "n_layer": n_layer, "n_head": n_head, "d_model": d_model, "ctx": ctx_len,
         "norm": "layer", "pos": "learned", "mlp": "gelu", "bias": true, "tie_embeddings": true, "dropout": 0.0,
+        "kernels": kernels,
     });
     let Instance::Model(model) = create(registry, Kind::Model, "gpt", model_config, ctx)? else {
         return Err(Error::msg("gpt did not make a model"));
@@ -116,6 +123,13 @@ pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Re
         model.forward(&ids, &forward)?;
     }
     let fwd_s = start.elapsed().as_secs_f64() / steps as f64;
+    let targets = Tensor::from_vec(
+        data.tokens[1..batch * ctx_len + 1].to_vec(),
+        (batch, ctx_len),
+        model.device(),
+    )?;
+    let [forward_ms, backward_ms, optimizer_ms] =
+        phases(model.as_ref(), &ids, &targets, steps.max(3))?;
     let tokens = (batch * ctx_len) as f64;
     Ok(json!({
         "peer": "llmlab",
@@ -126,5 +140,54 @@ pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Re
         "train_tok_s": (tokens / train_s * 10.0).round() / 10.0,
         "fwd_tok_s": (tokens / fwd_s * 10.0).round() / 10.0,
         "final_loss": last.get("loss").copied().unwrap_or(f64::NAN),
+        "step_forward_ms": forward_ms,
+        "step_backward_ms": backward_ms,
+        "step_optimizer_ms": optimizer_ms,
+    }))
+}
+
+/// Median milliseconds of the three phases of a training step, timed separately over `steps`
+/// steps after one warm-up: forward with the loss, backward, and the fused AdamW update (the
+/// same pieces the `lm` trainer calls, without its batching and bookkeeping).
+fn phases(
+    model: &dyn llmlab_plugin_api::Model,
+    ids: &Tensor,
+    targets: &Tensor,
+    steps: u64,
+) -> Result<[f64; 3]> {
+    let params = model.parameters();
+    let mut optimizer = AdamW::new(AdamWSettings {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    });
+    let options = ForwardOptions {
+        train: true,
+        hidden_states: false,
+    };
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for step in 0..=steps {
+        let t0 = Instant::now();
+        let out = model.forward(ids, &options)?;
+        let loss = loss::cross_entropy(&out.logits, targets)?;
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        let t2 = Instant::now();
+        let grads: Vec<Option<Tensor>> = params
+            .iter()
+            .map(|(_, var)| grads.get(var.as_tensor()).cloned())
+            .collect();
+        optimizer.step(&params, &grads, 3e-4, 1.0)?;
+        let t3 = Instant::now();
+        if step > 0 {
+            for (i, (a, b)) in [(t0, t1), (t1, t2), (t2, t3)].into_iter().enumerate() {
+                times[i].push((b - a).as_secs_f64() * 1e3);
+            }
+        }
+    }
+    Ok(times.map(|mut t| {
+        t.sort_by(f64::total_cmp);
+        (t[t.len() / 2] * 10.0).round() / 10.0
     }))
 }

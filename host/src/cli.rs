@@ -21,7 +21,7 @@ pub struct Common {
     /// Base seed for everything random.
     #[arg(long, global = true, default_value_t = 0)]
     pub seed: u64,
-    /// Device: `cpu` or `cuda:N` (cuda builds only).
+    /// Device: `cpu`, `cuda` or `cuda:N` (cuda builds only: scripts/build-cuda.sh).
     #[arg(long, global = true, default_value = "cpu")]
     pub device: String,
     /// More logging (-v info, -vv debug); RUST_LOG overrides.

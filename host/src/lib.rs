@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod device;
 pub mod loader;
 pub mod panics;
 pub mod plots;

@@ -9,7 +9,7 @@ use llmlab::cli::{BenchCommand, Cli, Command, Common, PluginCommand};
 use llmlab::loader;
 use llmlab::registry::Registry;
 use llmlab::script::{Overrides, Session};
-use llmlab_plugin_api::candle::{DType, Device};
+use llmlab_plugin_api::candle::DType;
 use llmlab_plugin_api::{tracing, Context};
 
 fn main() -> ExitCode {
@@ -105,17 +105,7 @@ fn check_plugin(file: &std::path::Path) -> ExitCode {
 }
 
 fn context(common: &Common) -> Result<Context, String> {
-    let device = match common.device.as_str() {
-        "cpu" => Device::Cpu,
-        other => {
-            let ordinal = other
-                .strip_prefix("cuda:")
-                .or_else(|| (other == "cuda").then_some("0"))
-                .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| format!("--device {other}: expected cpu, cuda or cuda:N"))?;
-            Device::new_cuda(ordinal).map_err(|e| format!("--device {other}: {e}"))?
-        }
-    };
+    let device = llmlab::device::open(&common.device)?;
     let dtype = DType::F32;
     Ok(Context {
         device,

@@ -261,7 +261,8 @@ impl fmt::Display for Mismatch {
             Mismatch::CandleFeatures((p, h)) => write!(
                 f,
                 "candle feature mismatch: plugin built with candle features [{p}], host with [{h}]; \
-                 rebuild both the same way (with or without `--features cuda`)"
+                 rebuild both the same way: `cargo build --release --workspace` for cpu, \
+                 scripts/build-cuda.sh for cuda (docs/cuda.md)"
             ),
             Mismatch::CandleVersion((p, h)) => write!(
                 f,

@@ -17,6 +17,9 @@ pub struct GenerateOptions {
     pub num_beams: usize,
     pub length_penalty: f64,
     pub seed: u64,
+    /// Per-row seeds of a batch (row `i` draws from `row_seeds[i]`); rows beyond it use `seed`.
+    /// Independent samples of several prompts in one batch (RL rollouts) need distinct seeds.
+    pub row_seeds: Vec<u64>,
     pub truncate_prompt: bool,
 }
 
@@ -33,6 +36,7 @@ impl Default for GenerateOptions {
             num_beams: 1,
             length_penalty: 1.0,
             seed: 0,
+            row_seeds: Vec::new(),
             truncate_prompt: false,
         }
     }
@@ -68,6 +72,10 @@ impl TypedConfig for GenerateOptions {
             "beam score = logprob / length^length_penalty",
         ),
         ("seed", "sampling seed; same seed, same text"),
+        (
+            "row_seeds",
+            "per-row seeds of a batch of prompts; rows beyond the list use seed",
+        ),
         (
             "truncate_prompt",
             "keep the last ctx - max_tokens prompt tokens instead of erroring",

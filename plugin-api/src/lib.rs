@@ -30,6 +30,7 @@ pub mod error;
 pub mod files;
 pub mod generation;
 pub mod model;
+pub mod ops;
 pub mod quantizer;
 pub mod rng;
 pub mod tokenizer;

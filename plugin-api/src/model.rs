@@ -3,8 +3,10 @@
 
 use std::any::Any;
 use std::path::Path;
+use std::sync::Arc;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
 use serde_json::Value;
 
 use crate::{Error, GenerateOptions, Quantizer, Result};
@@ -72,5 +74,47 @@ pub trait Model: Send + Sync {
     fn quantized(&self, quantizer: &dyn Quantizer, skip: &[String]) -> Result<Box<dyn Model>> {
         let _ = (quantizer, skip);
         Err(Error::unsupported(self.name(), "quantization"))
+    }
+    /// Quantization-aware training: with `Some(quantizer)`, every dense linear weight whose name
+    /// matches no entry of `skip` is fake-quantized in forward passes (quantized and dequantized,
+    /// gradient passed straight through, [`Quantizer::fake_quantize`]), so training adapts the
+    /// weights to the rounding they will get from [`Model::quantized`]. `None` turns it off.
+    fn set_fake_quant(&self, quantizer: Option<Arc<dyn Quantizer>>, skip: &[String]) -> Result<()> {
+        let _ = (quantizer, skip);
+        Err(Error::unsupported(
+            self.name(),
+            "quantization-aware training",
+        ))
+    }
+    /// The scheme linear weights are fake-quantized with (`"q4_0"`), `None` when off.
+    fn fake_quant(&self) -> Option<String> {
+        None
+    }
+    /// One training forward and backward: `loss` turns the forward output into the scalar to
+    /// minimise; the gradients of the parameters come back in the parameters' own dtype.
+    /// `compute` is the forward pass's dtype: the parameters' dtype for plain training, or
+    /// bf16/f16 for mixed precision, where the parameters stay the (f32) master weights and the
+    /// model casts them for the pass. A model may also trade compute for memory here
+    /// (activation checkpointing). The default: plain forward + backward, parameters' dtype only.
+    fn forward_backward(
+        &self,
+        ids: &Tensor,
+        options: &ForwardOptions,
+        compute: DType,
+        loss: &mut dyn FnMut(&ForwardOutput) -> Result<Tensor>,
+    ) -> Result<GradStore> {
+        if let Some((_, var)) = self.parameters().first() {
+            if var.dtype() != compute {
+                return Err(Error::unsupported(
+                    self.name(),
+                    format!(
+                        "mixed precision ({compute:?} compute over {:?} parameters)",
+                        var.dtype()
+                    ),
+                ));
+            }
+        }
+        let out = self.forward(ids, options)?;
+        Ok(loss(&out)?.backward()?)
     }
 }

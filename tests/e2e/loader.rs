@@ -110,6 +110,17 @@ fn refuses_each_kind_of_bad_library_with_its_own_message_before_running_it() {
             case.name
         );
     }
+    // The cpu/cuda refusal names the plugin's build and the host's, and how to build either.
+    let (_, err) = check(&dir.path().join("libcuda_build.so"));
+    let host = llmlab_plugin_api::declaration::CANDLE_FEATURES;
+    let plugin = if host == "cpu" { "cuda" } else { "cpu" };
+    assert!(
+        err.contains(&format!(
+            "plugin built with candle features [{plugin}], host with [{host}]"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("scripts/build-cuda.sh"), "{err}");
     // The API mismatch names both versions.
     let (_, err) = check(&dir.path().join("libapi_major.so"));
     assert!(

@@ -1,29 +1,31 @@
 //! The alignment scripts in CI size through the real binary and plugins: the reward model
 //! trains, scores, saves and reloads; DPO runs after SFT and reports accuracies before and after,
-//! leaving its checkpoint in the run directory.
+//! leaving its checkpoint in the run directory; GRPO with a Rhai closure reward and PPO with a
+//! reward model do the same; a reward closure that throws stops GRPO with its message.
 
 use llmlab_e2e::*;
 
 fn run_script(script: &str, name: &str, runs: &std::path::Path) -> String {
-    let output = llmlab(
-        &[
-            "run",
-            script,
-            "--set",
-            "steps=4",
-            "--set",
-            "sft_steps=4",
-            "--set",
-            "n=120",
-            "--set",
-            "sft_n=200",
-            "--set",
-            &format!("name={name}"),
-            "--set",
-            &format!("runs_dir={}", runs.display()),
-        ],
-        "",
-    );
+    run_with(
+        script,
+        name,
+        runs,
+        &["steps=4", "sft_steps=4", "n=120", "sft_n=200"],
+    )
+}
+
+/// Runs `script` with `settings` (`key=value`) in the run directory `runs/name`; its stdout.
+fn run_with(script: &str, name: &str, runs: &std::path::Path, settings: &[&str]) -> String {
+    let mut args = vec!["run".to_string(), script.to_string()];
+    for s in settings.iter().map(|s| s.to_string()).chain([
+        format!("name={name}"),
+        format!("runs_dir={}", runs.display()),
+    ]) {
+        args.push("--set".into());
+        args.push(s);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = llmlab(&args, "");
     let (out, err) = (stdout(&output), stderr(&output));
     assert!(output.status.success(), "{script} failed:\n{out}\n{err}");
     out
@@ -92,4 +94,124 @@ fn dpo_script_reports_before_and_after_and_checkpoints() {
         metrics.contains("reward_margin") && metrics.contains("val_logp_accuracy"),
         "{metrics}"
     );
+}
+
+/// The online aligners' CI size: a few SFT steps, two rollout batches, 16 evaluation prompts.
+const ONLINE_CI: [&str; 6] = [
+    "sft_steps=4",
+    "rm_steps=4",
+    "steps=2",
+    "sft_n=200",
+    "n=64",
+    "eval_n=16",
+];
+
+fn assert_online_run(run: &std::path::Path, aligner: &str, extra_file: Option<&str>) {
+    let mut files = vec![
+        format!("configs/rl-{aligner}.json"),
+        "checkpoint/aligner.json".into(),
+        "checkpoint/model.safetensors".into(),
+        "checkpoint/optimizer.safetensors".into(),
+    ];
+    files.extend(extra_file.map(|f| format!("checkpoint/{f}")));
+    for file in files {
+        assert!(
+            run.join(&file).is_file(),
+            "{file} missing in {}",
+            run.display()
+        );
+    }
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    for key in [
+        "reward_mean",
+        "kl",
+        "clip_fraction",
+        "completion_len",
+        "rollout_tokens_per_s",
+        "update_tokens_per_s",
+    ] {
+        assert!(metrics.contains(key), "{key} not in {metrics}");
+    }
+}
+
+#[test]
+fn grpo_script_with_a_rhai_reward_reports_before_and_after() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = run_with(
+        "scripts/grpo_arithmetic.rhai",
+        "grpo-ci",
+        runs.path(),
+        &ONLINE_CI[..],
+    );
+    assert!(
+        out.contains("reward(\"12+34=\", \"46\") = 1.0, reward(\"12+34=\", \"47\") = 0.1"),
+        "{out}"
+    );
+    assert!(out.contains("before GRPO: exact match"), "{out}");
+    assert!(out.contains("after GRPO: exact match"), "{out}");
+    assert_online_run(&runs.path().join("grpo-ci"), "grpo", None);
+}
+
+#[test]
+fn ppo_script_with_a_reward_model_reports_before_and_after() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = run_with(
+        "scripts/ppo_arithmetic.rhai",
+        "ppo-ci",
+        runs.path(),
+        &ONLINE_CI[..],
+    );
+    assert!(
+        out.contains("reward model: held-out preference accuracy"),
+        "{out}"
+    );
+    assert!(out.contains("before PPO: exact match"), "{out}");
+    assert!(out.contains("after PPO: exact match"), "{out}");
+    assert_online_run(
+        &runs.path().join("ppo-ci"),
+        "ppo",
+        Some("value_head.safetensors"),
+    );
+}
+
+#[test]
+fn reward_closure_that_throws_stops_grpo_naming_the_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("throws.rhai");
+    std::fs::write(
+        &script,
+        r#"
+let tasks = corpus("arithmetic", #{ n: 32, digits: 1, seed: 1 });
+let tok = tokenizer("bpe", #{ vocab_size: 260 });
+tok.train(tasks);
+let gpt = model("gpt", #{ vocab_size: tok.vocab_size(), n_layer: 1, n_head: 2, d_model: 16, ctx: 16 });
+let grpo = rl("grpo", #{ steps: 3, batch_size: 2, group_size: 2, max_tokens: 3 });
+grpo.fit(gpt, tasks, tok, |prompt, completion| {
+    if prompt.len() > 0 { throw `no reward for ${prompt}`; }
+    1.0
+});
+print("after fit");
+"#,
+    )
+    .unwrap();
+    let output = llmlab(
+        &[
+            "run",
+            script.to_str().unwrap(),
+            "--set",
+            &format!("runs_dir={}", dir.path().join("runs").display()),
+        ],
+        "",
+    );
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert!(!output.status.success(), "{out}\n{err}");
+    assert!(!out.contains("after fit"), "the script went on: {out}");
+    for needle in [
+        "grpo",
+        "step 1",
+        "reward function failed on prompt",
+        "no reward for",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
 }

@@ -3,13 +3,14 @@
 //! (typed, unknown keys refused), and the methods only they have: `entropy_floor()`,
 //! `check(prompt, answer)`, `examples(n)`. Preference data: `task_corpus.preferences(#{ n, seed })`
 //! (each example with a plausible wrong answer as `rejected`) and `preferences(path)` (a JSONL file
-//! with `prompt`, `chosen`, `rejected`).
+//! with `prompt`, `chosen`, `rejected`). Rewards: `task_corpus.reward(#{ correct, well_formed })`,
+//! the task's checker as a reward function for `grpo`/`ppo` ([`TaskReward`]).
 
 use std::sync::Arc;
 
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::serde::{Deserialize, Serialize};
-use llmlab_plugin_api::{Example, ExampleSource};
+use llmlab_plugin_api::{Error, Example, ExampleSource, RewardFn};
 use rhai::{Array, Dynamic, Engine, Map, FLOAT, INT};
 
 use super::data::{CorpusHandle, DatasetHandle};
@@ -17,6 +18,76 @@ use super::{dynamic_to_json, script_error, ScriptResult};
 use crate::data::preferences::PreferenceFile;
 use crate::data::stories::Stories;
 use crate::data::tasks::{TaskKind, TaskPreferences, Tasks};
+
+/// `corpus(..).reward(#{ correct, well_formed })`: a task's checker as a reward function:
+/// `correct` (1.0) for the right answer, `well_formed` (0.1) for a wrong answer of the right form
+/// (digits for arithmetic, numbers for sort, letters for copy/reverse), 0 otherwise.
+#[derive(Clone)]
+pub struct TaskReward {
+    examples: Arc<dyn ExampleSource>,
+    options: RewardOptions,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(crate = "llmlab_plugin_api::serde", default, deny_unknown_fields)]
+struct RewardOptions {
+    correct: f64,
+    well_formed: f64,
+}
+
+impl Default for RewardOptions {
+    fn default() -> Self {
+        RewardOptions {
+            correct: 1.0,
+            well_formed: 0.1,
+        }
+    }
+}
+
+impl TypedConfig for RewardOptions {
+    const DOCS: &'static [(&'static str, &'static str)] = &[
+        ("correct", "reward of a correct answer"),
+        (
+            "well_formed",
+            "reward of a wrong answer of the right form (e.g. a number for arithmetic)",
+        ),
+    ];
+}
+
+/// Whether `answer` has the form of an answer to a `kind` task.
+fn well_formed(kind: TaskKind, answer: &str) -> bool {
+    let a = answer.trim();
+    !a.is_empty()
+        && match kind {
+            TaskKind::Arithmetic => a.bytes().all(|b| b.is_ascii_digit()),
+            TaskKind::Sort => a.split(' ').all(|n| n.parse::<u64>().is_ok()),
+            TaskKind::Copy | TaskKind::Reverse => a.bytes().all(|b| b.is_ascii_lowercase()),
+        }
+}
+
+impl RewardFn for TaskReward {
+    fn score(&self, prompt: &str, completion: &str) -> llmlab_plugin_api::Result<f64> {
+        let o = &self.options;
+        match self.examples.check(prompt, completion) {
+            Some(true) => Ok(o.correct),
+            Some(false) => Ok(match TaskKind::of_prompt(prompt) {
+                Some(kind) if well_formed(kind, completion) => o.well_formed,
+                _ => 0.0,
+            }),
+            None => Err(Error::Data(format!(
+                "{}.reward(): cannot check the prompt {prompt:?} (not one of its task's prompts)",
+                self.examples.name()
+            ))),
+        }
+    }
+}
+
+fn task_reward(c: &CorpusHandle, options: Map) -> ScriptResult<TaskReward> {
+    let examples = examples_of(c)?.clone();
+    let json = dynamic_to_json(Dynamic::from(options))?;
+    let options = RewardOptions::from_json("reward", &json).map_err(script_error)?;
+    Ok(TaskReward { examples, options })
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(crate = "llmlab_plugin_api::serde", default, deny_unknown_fields)]
@@ -138,6 +209,10 @@ pub fn builtin(name: &str, options: &Map) -> Option<ScriptResult<CorpusHandle>> 
     })())
 }
 
+fn task_reward_with_options(c: &mut CorpusHandle, options: Map) -> ScriptResult<TaskReward> {
+    task_reward(c, options)
+}
+
 fn examples_of(c: &CorpusHandle) -> ScriptResult<&Arc<dyn ExampleSource>> {
     c.examples
         .as_ref()
@@ -214,6 +289,23 @@ pub fn register(engine: &mut Engine) {
         task_preferences(c, options)
     });
     engine.register_fn("preferences", file_preferences);
+    engine.register_type_with_name::<TaskReward>("Reward");
+    engine.register_fn("reward", |c: &mut CorpusHandle| task_reward(c, Map::new()));
+    engine.register_fn("reward", task_reward_with_options);
+    engine.register_fn(
+        "score",
+        |r: &mut TaskReward, prompt: &str, completion: &str| -> ScriptResult<FLOAT> {
+            r.score(prompt, completion).map_err(script_error)
+        },
+    );
+    engine.register_fn("to_string", |r: &mut TaskReward| {
+        format!(
+            "reward of {} (correct {}, well-formed {})",
+            r.examples.name(),
+            r.options.correct,
+            r.options.well_formed
+        )
+    });
     engine.register_fn("len", |c: &mut CorpusHandle| -> INT {
         c.examples
             .as_ref()

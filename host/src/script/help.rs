@@ -52,6 +52,15 @@ pub fn help_text(registry: &Registry, name: Option<&str>) -> String {
                         key.doc
                     );
                 }
+                if factory.kind() == Kind::Trainer {
+                    let _ = writeln!(
+                        out,
+                        "  {:width$}  = {:<12}  host key: quantization-aware training, \"q4_0\" or \
+                         #{{ scheme, skip }} (fake-quantized linear weights during fit/step)",
+                        crate::script::QAT_KEY,
+                        "()",
+                    );
+                }
             } else if let Some(kind) = Kind::ALL
                 .into_iter()
                 .find(|k| k.script_constructor() == name || k.to_string() == name)

@@ -13,6 +13,7 @@ mod data;
 mod evaluate;
 mod help;
 mod model;
+mod qat;
 mod quant;
 mod run_dir;
 mod tensor;
@@ -29,6 +30,7 @@ pub use callback::ClosureReward;
 pub use config::{dynamic_to_json, json_to_dynamic, positive_int_option, Overrides};
 pub use help::help_text;
 pub use model::ModelHandle;
+pub use qat::QAT_KEY;
 pub use tensor::TensorHandle;
 pub use tokenizer::TokenizerHandle;
 
@@ -106,13 +108,39 @@ impl Host {
 
     /// Makes component `name` of `kind` from a script config map, applying `--set` overrides.
     pub fn create(&self, kind: Kind, name: &str, config: Dynamic) -> ScriptResult<Instance> {
+        self.create_with(kind, name, config, |_| Ok(()))
+    }
+
+    /// As [`Host::create`], letting `host_keys` take the keys the host owns out of the config
+    /// (after overrides) before the plugin sees it.
+    fn create_with(
+        &self,
+        kind: Kind,
+        name: &str,
+        config: Dynamic,
+        host_keys: impl FnOnce(&mut llmlab_plugin_api::serde_json::Value) -> ScriptResult<()>,
+    ) -> ScriptResult<Instance> {
         let registry = self.registry();
         let entry = registry.find(kind, name).map_err(script_error)?;
         let mut json = dynamic_to_json(config)?;
         self.overrides
             .apply(kind, name, &mut json)
             .map_err(script_error)?;
+        host_keys(&mut json)?;
         plugin_call(name, || entry.factory.create(&json, &self.context))
+    }
+
+    /// A trainer, with the host's `qat` key (quantization-aware training, `qat.rs`) taken out.
+    fn create_trainer(&self, name: &str, config: Dynamic) -> ScriptResult<Dynamic> {
+        let mut qat = None;
+        let instance = self.create_with(Kind::Trainer, name, config, |json| {
+            qat = qat::take_qat(self, json)?;
+            Ok(())
+        })?;
+        match instance {
+            Instance::Trainer(t) => Ok(Dynamic::from(TrainerHandle(Arc::new(Mutex::new(t)), qat))),
+            other => Ok(instance_to_dynamic(other)),
+        }
     }
 
     /// Loads a saved component with the first factory of `kind` that accepts `path`.
@@ -173,6 +201,7 @@ impl Session {
         trainer::register(&mut engine, &host);
         align::register(&mut engine, &host);
         quant::register(&mut engine, &host);
+        qat::register(&mut engine, &host);
         let mut scope = Scope::new();
         scope.push_constant("SETTINGS", host.overrides.settings_map());
         Session {
@@ -271,13 +300,17 @@ impl Session {
 
 fn register_session_functions(engine: &mut Engine, host: &Arc<Host>) {
     for kind in Kind::ALL {
+        let create = move |h: &Host, name: &str, config: Dynamic| match kind {
+            Kind::Trainer => h.create_trainer(name, config),
+            _ => h.create(kind, name, config).map(instance_to_dynamic),
+        };
         let h = host.clone();
         engine.register_fn(kind.script_constructor(), move |name: &str, config: Map| {
-            h.create(kind, name, config.into()).map(instance_to_dynamic)
+            create(&h, name, config.into())
         });
         let h = host.clone();
         engine.register_fn(kind.script_constructor(), move |name: &str| {
-            h.create(kind, name, Dynamic::UNIT).map(instance_to_dynamic)
+            create(&h, name, Dynamic::UNIT)
         });
     }
     let h = host.clone();
@@ -328,7 +361,7 @@ pub fn instance_to_dynamic(instance: Instance) -> Dynamic {
     match instance {
         Instance::Tokenizer(t) => Dynamic::from(TokenizerHandle::new(t)),
         Instance::Model(m) => Dynamic::from(ModelHandle::new(m)),
-        Instance::Trainer(t) => Dynamic::from(TrainerHandle(Arc::new(Mutex::new(t)))),
+        Instance::Trainer(t) => Dynamic::from(TrainerHandle(Arc::new(Mutex::new(t)), None)),
         Instance::Aligner(a) => Dynamic::from(AlignerHandle(Arc::new(Mutex::new(a)))),
         Instance::Quantizer(q) => Dynamic::from(QuantizerHandle(Arc::from(q))),
     }
@@ -337,7 +370,11 @@ pub fn instance_to_dynamic(instance: Instance) -> Dynamic {
 /// Trainers, aligners and quantizers as script values; their methods live with their
 /// plugins' script surface.
 #[derive(Clone)]
-pub struct TrainerHandle(pub Arc<Mutex<Box<dyn Trainer>>>);
+pub struct TrainerHandle(
+    pub Arc<Mutex<Box<dyn Trainer>>>,
+    /// Quantization-aware training for this trainer's runs (the host's `qat` key).
+    pub Option<Arc<qat::Qat>>,
+);
 #[derive(Clone)]
 pub struct AlignerHandle(pub Arc<Mutex<Box<dyn Aligner>>>);
 #[derive(Clone)]
@@ -357,7 +394,7 @@ fn register_component_types(engine: &mut Engine) {
         format!("quantizer {}", q.0.name())
     });
     engine.register_fn("config", |t: &mut TrainerHandle| {
-        json_to_dynamic(&lock(&t.0).config())
+        json_to_dynamic(&qat::with_qat(lock(&t.0).config(), t.1.as_deref()))
     });
     engine.register_fn("config", |a: &mut AlignerHandle| {
         json_to_dynamic(&lock(&a.0).config())

@@ -22,7 +22,7 @@ use super::model::ModelHandle;
 use super::{plugin_call, positive_int_option, script_error, Host, QuantizerHandle, ScriptResult};
 
 /// `skip` from the options map, the rest as the quantizer's config.
-fn split_options(options: Map) -> ScriptResult<(Vec<String>, Map)> {
+pub(super) fn split_options(options: Map) -> ScriptResult<(Vec<String>, Map)> {
     let mut options = options;
     let skip = match options.remove("skip") {
         None => Vec::new(),
@@ -41,7 +41,7 @@ fn split_options(options: Map) -> ScriptResult<(Vec<String>, Map)> {
 }
 
 /// The quantizer named `scheme`; an unknown name lists the schemes there are.
-fn quantizer(host: &Host, scheme: &str, config: Map) -> ScriptResult<QuantizerHandle> {
+pub(super) fn quantizer(host: &Host, scheme: &str, config: Map) -> ScriptResult<QuantizerHandle> {
     let schemes = host.registry().names(Kind::Quantizer);
     if !schemes.contains(&scheme) {
         let mut schemes: Vec<&str> = schemes;

@@ -23,16 +23,23 @@ fn in_run<T>(
 ) -> ScriptResult<T> {
     let mut tr = lock(&trainer.0);
     let name = tr.name().to_string();
-    let config = tr.config();
-    in_run_dir(
-        host,
-        &name,
-        &format!("trainer-{name}"),
-        &config,
-        model,
-        floor,
-        |ctx| call(&mut **tr, ctx),
-    )
+    let qat = trainer.1.as_deref();
+    let config = super::qat::with_qat(tr.config(), qat);
+    let run = || {
+        in_run_dir(
+            host,
+            &name,
+            &format!("trainer-{name}"),
+            &config,
+            model,
+            floor,
+            |ctx| call(&mut **tr, ctx),
+        )
+    };
+    match qat {
+        Some(qat) => qat.around(model.0.as_ref(), run),
+        None => run(),
+    }
 }
 
 fn summary(metrics: &StepMetrics, floor: Option<f64>, run: &std::path::Path) -> String {

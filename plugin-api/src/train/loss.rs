@@ -1,11 +1,12 @@
-//! Next-token cross-entropy from logits, composed from differentiable candle ops only
-//! (DESIGN.md §7: `softmax_last_dim` and friends have no backward):
+//! Next-token cross-entropy from logits. The per-position NLL is the fused log-softmax + NLL
+//! kernel of [`crate::ops::cross_entropy`] on CPU f32 (one read pass for the log-sum-exp, the
+//! gradient written in one pass), and the composed version elsewhere; both compute
 //!
 //! ```text
 //! nll_i = log Σ_v exp(x_iv - max_i) - (x_i,target_i - max_i)
 //! ```
 //!
-//! with the row maximum detached (it is a constant shift, so the gradient is exact). The mean
+//! (never candle's `softmax_last_dim` and friends: they have no backward, DESIGN.md §7). The mean
 //! runs over all positions, or over the positions a 0/1 mask keeps (SFT: answer tokens only).
 //! [`sequence_log_probs`] sums log-probabilities per row over masked positions (DPO's
 //! `log π(answer | prompt)`), and [`log_sigmoid`] is the stable `log σ(x)` of pairwise losses.
@@ -24,12 +25,7 @@ pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     } else {
         logits.to_dtype(DType::F32)?
     };
-    let targets = targets.reshape((n, 1))?;
-    let max = logits.max_keepdim(1)?.detach();
-    let shifted = logits.broadcast_sub(&max)?;
-    let log_sum_exp = shifted.exp()?.sum_keepdim(1)?.log()?;
-    let picked = shifted.gather(&targets, 1)?;
-    Ok((log_sum_exp - picked)?.reshape(n)?)
+    Ok(crate::ops::token_nll(&logits, &targets.reshape(n)?)?)
 }
 
 /// Mean cross-entropy over every position: the pretraining loss.

@@ -2,14 +2,21 @@
 //!
 //! One fused projection `c_attn` gives queries (`n_head` heads) and keys and values
 //! (`n_kv_head` heads each); each group of `n_head / n_kv_head` query heads shares one key/value
-//! head. Scores are `q·kᵀ / sqrt(head_dim)` plus the causal mask, softmax (composed from
-//! differentiable ops: candle's fused softmax has no backward), weighted sum of values, `c_proj`.
+//! head. Scores are `q·kᵀ / sqrt(head_dim)` plus the causal mask, softmax, weighted sum of
+//! values, `c_proj`.
+//!
+//! A full causal sequence without dropout (training, scoring, the first step of generation) runs
+//! the fused kernel `llmlab_plugin_api::ops::causal_attention_packed` on the `c_attn` output as
+//! it is, rope included, with no head split or merge copies. Cached decoding, attention dropout
+//! and `kernels: "reference"` take the composed path (its softmax fused unless "reference";
+//! candle's own fused softmax has no backward and is never used).
 
 use llmlab_plugin_api::candle::{Module, Result, Tensor, D};
 use llmlab_plugin_api::candle_nn::{ops::dropout, VarBuilder};
+use llmlab_plugin_api::ops;
 
 use crate::cache::{GptCache, Positions};
-use crate::config::GptConfig;
+use crate::config::{GptConfig, Kernels};
 use crate::linear::{linear, Linear, INIT_STD};
 use crate::rope::Rope;
 
@@ -21,6 +28,7 @@ pub struct Attention {
     n_kv_head: usize,
     head_dim: usize,
     dropout: f32,
+    kernels: Kernels,
 }
 
 /// Softmax over the last dimension from `max`/`exp`/`sum`, so gradients flow.
@@ -58,6 +66,7 @@ impl Attention {
             n_kv_head: config.kv_heads(),
             head_dim: hd,
             dropout: config.dropout as f32,
+            kernels: config.kernels,
         })
     }
 
@@ -81,6 +90,19 @@ impl Attention {
         let (b, t, d) = x.dims3()?;
         let (h, kv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
         let qkv = self.c_attn.forward(x)?;
+        let fused = self.kernels == Kernels::Fused;
+        // Without a cache the mask is the plain causal one (`Gpt::run`), which the kernel builds in.
+        let whole_sequence = cache.is_none()
+            && matches!(positions, Positions::Offset(0))
+            && mask.is_none_or(|m| m.dims() == [t, t]);
+        if fused && whole_sequence && !(train && self.dropout > 0.0) {
+            let mut qkv = qkv.reshape((b, t, h + 2 * kv, hd))?;
+            if let Some(rope) = rope {
+                qkv = rope.apply_packed(&qkv, h + kv)?;
+            }
+            let y = ops::causal_attention_packed(&qkv, h, kv)?.reshape((b, t, d))?;
+            return self.project(&y, train);
+        }
         let heads = |start: usize, n: usize| -> Result<Tensor> {
             qkv.narrow(D::Minus1, start, n * hd)?
                 .reshape((b, t, n, hd))?
@@ -104,7 +126,11 @@ impl Attention {
         if let Some(mask) = mask {
             att = att.broadcast_add(mask)?;
         }
-        let mut att = softmax_last_dim(&att)?;
+        let mut att = if fused {
+            ops::softmax_last_dim(&att)?
+        } else {
+            softmax_last_dim(&att)?
+        };
         if train && self.dropout > 0.0 {
             att = dropout(&att, self.dropout)?;
         }
@@ -112,7 +138,12 @@ impl Attention {
             .matmul(&v.contiguous()?)?
             .transpose(1, 2)?
             .reshape((b, t, d))?;
-        let y = self.c_proj.forward(&y)?;
+        self.project(&y, train)
+    }
+
+    /// `c_proj`, then residual dropout in training.
+    fn project(&self, y: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.c_proj.forward(y)?;
         if train && self.dropout > 0.0 {
             dropout(&y, self.dropout)
         } else {

@@ -29,6 +29,7 @@ impl Block {
                 config.norm_eps,
                 vb.pp(name),
             )
+            .map(|n| n.with_kernels(config.kernels))
         };
         Ok(Block {
             ln_1: norm("ln_1")?,

@@ -34,6 +34,17 @@ pub enum MlpKind {
     Swiglu,
 }
 
+/// Which implementation of norms, attention, activations and rope the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(crate = "llmlab_plugin_api::serde", rename_all = "lowercase")]
+pub enum Kernels {
+    /// The fused CPU kernels of `llmlab_plugin_api::ops` (f32 on CPU; elsewhere they fall back).
+    #[default]
+    Fused,
+    /// Composed from stock candle ops: slower, for debugging and comparison.
+    Reference,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(crate = "llmlab_plugin_api::serde", default, deny_unknown_fields)]
 pub struct GptConfig {
@@ -55,6 +66,10 @@ pub struct GptConfig {
     pub tie_embeddings: bool,
     /// Init seed; `None` = the session seed.
     pub seed: Option<u64>,
+    /// Fused training kernels or the composed reference path (`llmlab_plugin_api::ops`).
+    pub kernels: Kernels,
+    /// Keep only block inputs in training and recompute each block in backward (`checkpointing.rs`).
+    pub checkpoint_activations: bool,
 }
 
 impl Default for GptConfig {
@@ -76,6 +91,8 @@ impl Default for GptConfig {
             ffn_mult: 4.0,
             tie_embeddings: true,
             seed: None,
+            kernels: Kernels::Fused,
+            checkpoint_activations: false,
         }
     }
 }
@@ -125,6 +142,14 @@ impl TypedConfig for GptConfig {
             "the output head reuses the token embedding (GPT-2: true)",
         ),
         ("seed", "weight init seed; unset = the session seed"),
+        (
+            "kernels",
+            "\"fused\" (hand-written CPU kernels with their own backward, default) or \"reference\" (composed stock ops, for debugging)",
+        ),
+        (
+            "checkpoint_activations",
+            "training keeps only each block's input and recomputes the block in backward: less memory, ~1/3 more compute (needs dropout 0)",
+        ),
     ];
 
     fn validate(&self) -> Result<(), String> {
@@ -161,6 +186,12 @@ impl TypedConfig for GptConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if self.checkpoint_activations && self.dropout > 0.0 {
+            return Err(format!(
+                "checkpoint_activations needs dropout 0 (got {}): recomputing a block would draw new dropout masks",
+                self.dropout
+            ));
         }
         if !positive(self.norm_eps) {
             return Err(format!("norm_eps must be > 0, got {}", self.norm_eps));

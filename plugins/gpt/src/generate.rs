@@ -2,7 +2,8 @@
 //! one token per step. Several prompts decode together as one batch, **left-padded**: shorter
 //! prompts get padding in front that attention masks out and that position ids skip, so every
 //! row's last prompt token sits in the same column and all rows step together. Each row draws
-//! from its own generator seeded with `seed`, so a prompt gives the same text alone or in a batch.
+//! from its own generator seeded with `seed` (or its entry of `row_seeds`), so a prompt gives the
+//! same text alone or in a batch.
 //!
 //! `num_beams > 1` hands over to beam search (`beam.rs`). Stop *strings* need the tokenizer and
 //! are the caller's job (the host decodes in `on_token` and returns `false`); stop *tokens* end a
@@ -99,7 +100,9 @@ pub fn generate(
     let ids = Tensor::from_vec(padded, (batch, longest), device)?;
     let mut logits = model.last_logits(&ids, &mut cache)?;
 
-    let mut rngs: Vec<Rng> = (0..batch).map(|_| Rng::new(options.seed)).collect();
+    let mut rngs: Vec<Rng> = (0..batch)
+        .map(|r| Rng::new(options.row_seeds.get(r).copied().unwrap_or(options.seed)))
+        .collect();
     let mut seen: Vec<Vec<u32>> = prompts.clone();
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); batch];
     let mut done = vec![false; batch];

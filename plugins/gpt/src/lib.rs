@@ -4,15 +4,18 @@
 //! import. One file per concept: `config`, `params` (init and checkpoint weights), `linear`,
 //! `norm`, `rope`, `attention`, `mlp`, `block`, `model`, `cache`, `sampling`, `generate`,
 //! `beam`, `checkpoint`, `hf`, `quantize` (rebuilding with quantized linear weights) and
-//! `gguf` (quantized or dense models in one GGUF file).
+//! `gguf` (quantized or dense models in one GGUF file); `checkpointing` (the training pass:
+//! activation checkpointing) with `autocast` (bf16/f16 compute over f32 weights).
 //!
 //! Everything on the training path is built from differentiable candle ops (DESIGN.md §7).
 
 pub mod attention;
+pub mod autocast;
 pub mod beam;
 pub mod block;
 pub mod cache;
 pub mod checkpoint;
+pub mod checkpointing;
 pub mod config;
 pub mod generate;
 pub mod gguf;

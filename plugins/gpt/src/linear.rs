@@ -7,8 +7,15 @@
 //! A quantized weight may be wider than the layer's input: quantizers zero-pad rows to their
 //! block size (`(out, in_padded)`), so the input is zero-padded to match before the product.
 //! Quantized products run in f32 (candle's kernels) and are not differentiable.
+//!
+//! A dense layer can also be *fake-quantized* for quantization-aware training: its weight goes
+//! through the quantizer's quantize-dequantize (straight-through gradient) on every forward pass.
+//! The switch is a slot shared by the layer's clones, set through `Model::set_fake_quant`,
+//! because models are shared (`Arc<dyn Model>`) and switched while others hold them.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+use llmlab_plugin_api::Quantizer;
 
 use llmlab_plugin_api::candle::quantized::{QMatMul, QTensor};
 use llmlab_plugin_api::candle::{DType, Module, Result, Tensor, D};
@@ -20,8 +27,65 @@ pub const INIT_STD: f64 = 0.02;
 /// A linear layer `y = x·Wᵀ + b`.
 #[derive(Debug, Clone)]
 pub enum Linear {
-    Dense(candle_nn::Linear),
+    Dense(DenseLinear),
     Quantized(QuantizedLinear),
+}
+
+/// The quantizer a dense layer's weight is fake-quantized with, if any.
+pub type FakeQuantSlot = Arc<RwLock<Option<Arc<dyn Quantizer>>>>;
+
+/// A dense linear layer, optionally fake-quantized (QAT).
+#[derive(Clone)]
+pub struct DenseLinear {
+    inner: candle_nn::Linear,
+    fake_quant: FakeQuantSlot,
+}
+
+impl std::fmt::Debug for DenseLinear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DenseLinear")
+            .field("inner", &self.inner)
+            .field(
+                "fake_quant",
+                &self.fake_quantizer().map(|q| q.name().to_string()),
+            )
+            .finish()
+    }
+}
+
+impl DenseLinear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        DenseLinear {
+            inner: candle_nn::Linear::new(weight, bias),
+            fake_quant: FakeQuantSlot::default(),
+        }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+
+    /// Fake-quantize the weight with `quantizer` from the next forward pass on (`None`: off).
+    pub fn set_fake_quant(&self, quantizer: Option<Arc<dyn Quantizer>>) {
+        *self.fake_quant.write().unwrap_or_else(|p| p.into_inner()) = quantizer;
+    }
+
+    pub fn fake_quantizer(&self) -> Option<Arc<dyn Quantizer>> {
+        self.fake_quant
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let Some(quantizer) = self.fake_quantizer() else {
+            return self.inner.forward(x);
+        };
+        let weight = quantizer
+            .fake_quantize(self.inner.weight())
+            .map_err(|e| llmlab_plugin_api::candle::Error::Msg(e.to_string()))?;
+        candle_nn::Linear::new(weight, self.inner.bias().cloned()).forward(x)
+    }
 }
 
 /// A linear layer whose weight is a GGML block tensor.
@@ -61,7 +125,7 @@ impl Linear {
     /// The bias, dense in both forms.
     pub fn bias(&self) -> Option<&Tensor> {
         match self {
-            Linear::Dense(l) => l.bias(),
+            Linear::Dense(l) => l.inner.bias(),
             Linear::Quantized(q) => q.bias.as_ref(),
         }
     }
@@ -118,5 +182,5 @@ pub fn linear(
     } else {
         None
     };
-    Ok(Linear::Dense(candle_nn::Linear::new(weight, bias)))
+    Ok(Linear::Dense(DenseLinear::new(weight, bias)))
 }

@@ -1,10 +1,12 @@
 //! The position-wise feed-forward block: GPT-2's `c_fc` → GELU → `c_proj`, or SwiGLU
-//! (Shazeer 2020): `c_proj(silu(c_gate(x)) * c_fc(x))`.
+//! (Shazeer 2020): `c_proj(silu(c_gate(x)) * c_fc(x))`. The activation is a fused kernel of
+//! `llmlab_plugin_api::ops` (own backward), or composed with `kernels: "reference"`.
 
 use llmlab_plugin_api::candle::{Module, Result, Tensor};
 use llmlab_plugin_api::candle_nn::{ops::dropout, VarBuilder};
+use llmlab_plugin_api::ops;
 
-use crate::config::{GptConfig, MlpKind};
+use crate::config::{GptConfig, Kernels, MlpKind};
 use crate::linear::{linear, Linear, INIT_STD};
 
 #[derive(Debug, Clone)]
@@ -14,6 +16,7 @@ pub struct Mlp {
     c_gate: Option<Linear>,
     c_proj: Linear,
     dropout: f32,
+    kernels: Kernels,
 }
 
 impl Mlp {
@@ -28,6 +31,7 @@ impl Mlp {
             c_gate,
             c_proj: linear(hidden, d, bias, config.residual_init_std(), vb.pp("c_proj"))?,
             dropout: config.dropout as f32,
+            kernels: config.kernels,
         })
     }
 
@@ -43,10 +47,13 @@ impl Mlp {
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let up = self.c_fc.forward(x)?;
+        let fused = self.kernels == Kernels::Fused;
         let hidden = match &self.c_gate {
-            // candle's `gelu` is the tanh approximation: GPT-2's `gelu_new`.
-            None => up.gelu()?,
-            Some(gate) => (gate.forward(x)?.silu()? * up)?,
+            // Both are the tanh approximation: GPT-2's `gelu_new`.
+            None if fused => ops::gelu(&up)?,
+            None => ops::gelu::gelu_reference(&up)?,
+            Some(gate) if fused => ops::swiglu(&gate.forward(x)?, &up)?,
+            Some(gate) => ops::swiglu::swiglu_reference(&gate.forward(x)?, &up)?,
         };
         let y = self.c_proj.forward(&hidden)?;
         if train && self.dropout > 0.0 {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use llmlab_plugin_api::candle::quantized::QTensor;
 use llmlab_plugin_api::candle::{DType, Device, Module, Tensor, Var, D};
-use llmlab_plugin_api::candle_nn::{self, ops::dropout, Embedding, Init};
+use llmlab_plugin_api::candle_nn::{ops::dropout, Embedding, Init};
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::serde_json::Value;
 use llmlab_plugin_api::{
@@ -19,7 +19,7 @@ use llmlab_plugin_api::{
 use crate::block::Block;
 use crate::cache::{GptCache, Positions};
 use crate::config::{GptConfig, PosKind};
-use crate::linear::{Linear, INIT_STD};
+use crate::linear::{DenseLinear, Linear, INIT_STD};
 use crate::norm::Norm;
 use crate::params::{ParamStore, Source};
 use crate::rope::Rope;
@@ -45,6 +45,9 @@ pub struct Gpt {
     scheme: Option<String>,
     /// Weights in quantized layers (unpadded; a tied head counts with the embedding).
     quantized_params: usize,
+    /// The dense linear layers by parameter prefix, sharing their fake-quant switch (QAT) with
+    /// the layers inside the blocks.
+    dense_layers: Vec<(String, DenseLinear)>,
 }
 
 impl Gpt {
@@ -89,11 +92,12 @@ impl Gpt {
         let blocks = (0..config.n_layer)
             .map(|i| Block::new(&config, t.pp("h").pp(i)))
             .collect::<Result<Vec<_>, _>>()?;
-        let ln_f = Norm::new(config.norm, d, config.bias, config.norm_eps, t.pp("ln_f"))?;
+        let ln_f = Norm::new(config.norm, d, config.bias, config.norm_eps, t.pp("ln_f"))?
+            .with_kernels(config.kernels);
         let lm_head = Linear::Dense(if config.tie_embeddings {
-            candle_nn::Linear::new(wte_weight.clone(), None)
+            DenseLinear::new(wte_weight.clone(), None)
         } else {
-            candle_nn::Linear::new(
+            DenseLinear::new(
                 vb.pp("lm_head").get_with_hints((v, d), "weight", randn)?,
                 None,
             )
@@ -104,7 +108,7 @@ impl Gpt {
             .collect();
         let causal_mask =
             Tensor::from_vec(mask, (config.ctx, config.ctx), device)?.to_dtype(dtype)?;
-        Ok(Gpt {
+        let mut gpt = Gpt {
             wte: Embedding::new(wte_weight, d),
             wpe,
             rope,
@@ -120,7 +124,26 @@ impl Gpt {
             quantized: BTreeMap::new(),
             scheme: None,
             quantized_params: 0,
-        })
+            dense_layers: Vec::new(),
+        };
+        gpt.refresh_dense_layers();
+        Ok(gpt)
+    }
+
+    fn refresh_dense_layers(&mut self) {
+        self.dense_layers = self
+            .linears_mut()
+            .into_iter()
+            .filter_map(|(name, layer)| match layer {
+                Linear::Dense(dense) => Some((name, dense.clone())),
+                Linear::Quantized(_) => None,
+            })
+            .collect();
+    }
+
+    /// The dense linear layers by parameter prefix (`transformer.h.0.mlp.c_fc`).
+    pub fn dense_layers(&self) -> &[(String, DenseLinear)] {
+        &self.dense_layers
     }
 
     /// Every linear layer with its parameter prefix (`transformer.h.0.attn.c_attn`, `lm_head`).
@@ -194,6 +217,7 @@ impl Gpt {
         self.quantized.extend(weights);
         self.quantized_params += elems;
         self.scheme = Some(scheme.to_string());
+        self.refresh_dense_layers();
         Ok(())
     }
 
@@ -398,6 +422,28 @@ impl Model for Gpt {
     fn quantized(&self, quantizer: &dyn Quantizer, skip: &[String]) -> Result<Box<dyn Model>> {
         Ok(Box::new(crate::quantize::quantized(self, quantizer, skip)?))
     }
+
+    /// Mixed precision and activation checkpointing: `checkpointing.rs`.
+    fn forward_backward(
+        &self,
+        ids: &Tensor,
+        options: &ForwardOptions,
+        compute: DType,
+        loss: &mut dyn FnMut(&ForwardOutput) -> Result<Tensor>,
+    ) -> Result<llmlab_plugin_api::candle::backprop::GradStore> {
+        crate::checkpointing::forward_backward(self, ids, options, compute, loss)
+    }
+
+    fn set_fake_quant(&self, quantizer: Option<Arc<dyn Quantizer>>, skip: &[String]) -> Result<()> {
+        crate::quantize::set_fake_quant(self, quantizer, skip)
+    }
+
+    fn fake_quant(&self) -> Option<String> {
+        self.dense_layers
+            .iter()
+            .find_map(|(_, layer)| layer.fake_quantizer())
+            .map(|q| q.name().to_string())
+    }
 }
 
 impl Gpt {
@@ -437,4 +483,43 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let log_probs = shifted.broadcast_sub(&lse)?;
     let picked = log_probs.gather(&targets.reshape((b * t, 1))?, 1)?;
     Ok(picked.mean_all()?.neg()?)
+}
+
+/// The pieces of the full-sequence forward pass, for a pass that drives the blocks itself
+/// (activation checkpointing, `checkpointing.rs`).
+pub(crate) struct Stages<'a> {
+    pub wte: &'a Embedding,
+    pub wpe: Option<&'a Tensor>,
+    pub rope: Option<&'a Rope>,
+    pub blocks: &'a [Block],
+    pub ln_f: &'a Norm,
+    pub lm_head: &'a Linear,
+    pub causal_mask: &'a Tensor,
+}
+
+impl Gpt {
+    pub(crate) fn stages(&self) -> Stages<'_> {
+        Stages {
+            wte: &self.wte,
+            wpe: self.wpe.as_ref(),
+            rope: self.rope.as_ref(),
+            blocks: &self.blocks,
+            ln_f: &self.ln_f,
+            lm_head: &self.lm_head,
+            causal_mask: &self.causal_mask,
+        }
+    }
+}
+
+impl Stages<'_> {
+    /// Token (+ learned position) embeddings of `ids` from position 0, as `Gpt::run` without
+    /// a cache computes them (no dropout: checkpointing needs dropout 0).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let t = ids.dim(1)?;
+        let x = self.wte.forward(ids)?;
+        Ok(match self.wpe {
+            Some(wpe) => x.broadcast_add(&wpe.narrow(0, 0, t)?.unsqueeze(0)?)?,
+            None => x,
+        })
+    }
 }

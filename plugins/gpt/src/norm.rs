@@ -1,12 +1,15 @@
-//! LayerNorm and RMSNorm, written out with differentiable tensor ops.
+//! LayerNorm and RMSNorm over the last dimension: the fused kernels of
+//! `llmlab_plugin_api::ops` (own backward), or with `kernels: "reference"` composed from stock
+//! differentiable ops.
 //!
 //! candle's fused `layer_norm`/`rms_norm` (and `candle_nn::RmsNorm` on contiguous input) have no
-//! backward pass and silently cut gradients (DESIGN.md §7), so the training path composes them.
+//! backward pass and silently cut gradients (DESIGN.md §7), so they are never used.
 
-use llmlab_plugin_api::candle::{Result, Tensor, D};
+use llmlab_plugin_api::candle::{Result, Tensor};
 use llmlab_plugin_api::candle_nn::{Init, VarBuilder};
+use llmlab_plugin_api::ops;
 
-use crate::config::NormKind;
+use crate::config::{Kernels, NormKind};
 
 #[derive(Debug, Clone)]
 pub struct Norm {
@@ -14,6 +17,7 @@ pub struct Norm {
     weight: Tensor,
     bias: Option<Tensor>,
     eps: f64,
+    kernels: Kernels,
 }
 
 impl Norm {
@@ -29,26 +33,25 @@ impl Norm {
             weight,
             bias,
             eps,
+            kernels: Kernels::Fused,
         })
+    }
+
+    /// The same norm on the given kernels.
+    pub fn with_kernels(self, kernels: Kernels) -> Norm {
+        Norm { kernels, ..self }
     }
 
     /// Normalises over the last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let normed = match self.kind {
-            NormKind::Layer => {
-                let centered = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-                let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-                centered.broadcast_div(&(var + self.eps)?.sqrt()?)?
+        let (w, b, eps) = (&self.weight, self.bias.as_ref(), self.eps);
+        match (self.kind, self.kernels) {
+            (NormKind::Layer, Kernels::Fused) => ops::layer_norm(x, w, b, eps),
+            (NormKind::Layer, Kernels::Reference) => {
+                ops::layer_norm::layer_norm_reference(x, w, b, eps)
             }
-            NormKind::Rms => {
-                let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-                x.broadcast_div(&(ms + self.eps)?.sqrt()?)?
-            }
-        };
-        let scaled = normed.broadcast_mul(&self.weight)?;
-        match &self.bias {
-            Some(b) => scaled.broadcast_add(b),
-            None => Ok(scaled),
+            (NormKind::Rms, Kernels::Fused) => ops::rms_norm(x, w, eps),
+            (NormKind::Rms, Kernels::Reference) => ops::rms_norm::rms_norm_reference(x, w, eps),
         }
     }
 }
@@ -63,6 +66,25 @@ mod tests {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
         Norm::new(kind, 4, true, 1e-5, vb).unwrap()
+    }
+
+    #[test]
+    fn fused_and_reference_kernels_agree() {
+        let x = Tensor::new(&[[1f32, 2., 3., 7.], [0.5, -1., 2., 0.]], &Device::Cpu).unwrap();
+        for kind in [NormKind::Layer, NormKind::Rms] {
+            let fused = norm(kind).forward(&x).unwrap();
+            let reference = norm(kind)
+                .with_kernels(Kernels::Reference)
+                .forward(&x)
+                .unwrap();
+            let diff = (fused - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "{kind:?}");
+        }
     }
 
     #[test]

@@ -26,13 +26,17 @@ pub enum Source {
         tensors: HashMap<String, Tensor>,
         placeholders: HashSet<String>,
     },
+    /// Mixed precision (`autocast.rs`): every parameter already cast to the compute dtype and
+    /// still tracked back to its f32 `Var`, used as is (no `Var` made), so gradients of the
+    /// model built from them land on the master weights.
+    Cast(HashMap<String, Tensor>),
 }
 
 impl Source {
     /// The checkpoint's tensors, if the weights come from one.
     fn tensors(&self) -> Option<&HashMap<String, Tensor>> {
         match self {
-            Source::Init { .. } => None,
+            Source::Init { .. } | Source::Cast(_) => None,
             Source::Tensors(tensors) | Source::Partial { tensors, .. } => Some(tensors),
         }
     }
@@ -105,6 +109,9 @@ impl ParamStore {
                 };
                 Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)?
             }
+            Source::Cast(_) => llmlab_plugin_api::candle::bail!(
+                "{name}: a cast model makes no parameters of its own"
+            ),
             Source::Partial {
                 tensors,
                 placeholders,
@@ -132,6 +139,16 @@ impl ParamStore {
 
 impl SimpleBackend for ParamStore {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        if let Source::Cast(tensors) = self.source.as_ref() {
+            return match tensors.get(name) {
+                Some(t) if t.shape() == &s => Ok(t.clone()),
+                Some(t) => llmlab_plugin_api::candle::bail!(
+                    "parameter `{name}` asked for with shape {s:?} and {:?}",
+                    t.dims()
+                ),
+                None => llmlab_plugin_api::candle::bail!("no parameter `{name}` to cast"),
+            };
+        }
         let mut vars = self.vars.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(var) = vars.get(name) {
             if var.shape() != &s {

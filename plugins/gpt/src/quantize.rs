@@ -6,11 +6,14 @@
 //!
 //! `skip` holds substrings of parameter names: a layer whose weight name contains one stays
 //! dense (`"lm_head"`, `"c_proj"`, `"h.0."`).
+//!
+//! Quantization-aware training (`Model::set_fake_quant`) switches the same layers, chosen by the
+//! same `skip`, to fake-quantized weights, so a QAT run trains exactly what `quantized` rounds.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use llmlab_plugin_api::{Quantizer, Result};
+use llmlab_plugin_api::{Error, Quantizer, Result};
 
 use crate::linear::Linear;
 use crate::model::Gpt;
@@ -34,4 +37,26 @@ pub fn quantized(model: &Gpt, quantizer: &dyn Quantizer, skip: &[String]) -> Res
     }
     copy.install_quantized(weights, quantizer.name())?;
     Ok(copy)
+}
+
+/// Fake-quantizes every dense linear layer of `model` not matched by `skip` with `quantizer`
+/// (`None`: turns it off everywhere).
+pub fn set_fake_quant(
+    model: &Gpt,
+    quantizer: Option<Arc<dyn Quantizer>>,
+    skip: &[String],
+) -> Result<()> {
+    if let (Some(q), Some(scheme)) = (&quantizer, model.scheme()) {
+        return Err(Error::msg(format!(
+            "gpt: cannot fake-quantize ({}) a model whose weights are already {scheme}-quantized; \
+             train the dense model and quantize it afterwards",
+            q.name()
+        )));
+    }
+    for (prefix, layer) in model.dense_layers() {
+        let name = format!("{prefix}.weight");
+        let skipped = skip.iter().any(|s| name.contains(s.as_str()));
+        layer.set_fake_quant(if skipped { None } else { quantizer.clone() });
+    }
+    Ok(())
 }

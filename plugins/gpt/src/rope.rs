@@ -1,8 +1,10 @@
 //! Rotary position embeddings (RoFormer, Su et al. 2021), "rotate half" layout as in
 //! GPT-NeoX and Llama: the first and second half of each head are the pair rotated together.
 //!
-//! Precomputed cos/sin tables, applied with `narrow`/`cat`/`mul` so gradients flow (candle's
-//! `rotary_emb::rope*` kernels have no backward pass, DESIGN.md §7).
+//! Precomputed cos/sin tables. Training applies them with the fused kernel of
+//! `llmlab_plugin_api::ops::rope` to the packed q/k/v projection ([`Rope::apply_packed`]);
+//! cached decoding and `kernels: "reference"` use `narrow`/`cat`/`mul` ([`Rope::apply`]). Both
+//! have a backward (candle's `rotary_emb::rope*` kernels do not, DESIGN.md §7).
 
 use llmlab_plugin_api::candle::{DType, Device, Result, Tensor, D};
 
@@ -36,6 +38,15 @@ impl Rope {
             cos: freqs.cos()?.to_dtype(dtype)?,
             sin: freqs.sin()?.to_dtype(dtype)?,
         })
+    }
+
+    /// Rotates the first `rotated` heads of the packed `qkv` `(batch, seq, heads, head_dim)` by
+    /// the angles of positions `0..seq` (the fused kernel; falls back off CPU f32).
+    pub fn apply_packed(&self, qkv: &Tensor, rotated: usize) -> Result<Tensor> {
+        let t = qkv.dim(1)?;
+        let cos = self.cos.narrow(0, 0, t)?;
+        let sin = self.sin.narrow(0, 0, t)?;
+        llmlab_plugin_api::ops::rope_packed(qkv, &cos, &sin, rotated)
     }
 
     /// Rotates `x` `(batch, heads, seq, head_dim)` by the angles of `positions`.

@@ -145,6 +145,28 @@ fn wide_beam_finds_the_most_likely_continuation() {
 }
 
 #[test]
+fn row_seeds_give_each_row_its_own_draws() {
+    let model = tiny(json!({ "pos": "rope" }));
+    let opts = |row_seeds: Vec<u64>| GenerateOptions {
+        max_tokens: 20,
+        temperature: 1.5,
+        seed: 1,
+        row_seeds,
+        ..GenerateOptions::default()
+    };
+    let same = vec![vec![5u32, 6]; 2];
+    // One seed for all rows: copies of a prompt sample the same text.
+    let shared = gen(&model, &same, &opts(Vec::new()));
+    assert_eq!(shared[0], shared[1]);
+    let own = gen(&model, &same, &opts(vec![1, 2]));
+    assert_ne!(own[0], own[1]);
+    // A row's text depends only on its own seed: row 0 (seed 1) is the shared-seed text, row 1
+    // is what seed 2 gives alone.
+    assert_eq!(own[0], shared[0]);
+    assert_eq!(own[1], gen(&model, &same[..1], &opts(vec![2]))[0]);
+}
+
+#[test]
 fn seeded_sampling_is_reproducible_and_seeds_differ() {
     let model = tiny(json!({ "pos": "rope" }));
     let opts = |seed| GenerateOptions {

@@ -5,7 +5,8 @@
 //!   model.safetensors      every model parameter, by its name
 //!   optimizer.safetensors  AdamW moments: exp_avg.<param>, exp_avg_sq.<param>
 //!   trainer.json           format, version, trainer, step, optimizer_steps, rng_state, cursor,
-//!                          config, model {name, config}, files {name: {bytes, fnv1a64}}
+//!                          config, model {name, config}, files {name: {bytes, fnv1a64}},
+//!                          loss_scale (f16 only)
 //! ```
 //!
 //! This module owns what a trainer checkpoint holds; the files are written and verified by the
@@ -26,6 +27,7 @@ use llmlab_plugin_api::train::checkpoint::{
 use llmlab_plugin_api::{Error, Result};
 
 use crate::batches::DataCursor;
+use crate::precision::LossScaler;
 
 pub use llmlab_plugin_api::train::checkpoint::{fnv1a64, format_rng_state, FileEntry};
 
@@ -63,6 +65,9 @@ pub struct Manifest {
     pub model: ModelInfo,
     #[serde(default)]
     pub files: BTreeMap<String, FileEntry>,
+    /// f16 training's loss scale, so a resumed run continues with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<LossScaler>,
 }
 
 /// A loaded checkpoint; tensors are on the CPU.

@@ -5,6 +5,8 @@
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::serde::{Deserialize, Serialize};
 
+use crate::precision::Precision;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(crate = "llmlab_plugin_api::serde", default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -32,6 +34,12 @@ pub struct TrainConfig {
     /// A run directory or a checkpoint directory to continue from.
     pub resume: Option<String>,
     pub log_every: u64,
+    /// Dtype of forward/backward; parameters and optimiser stay f32 (`precision.rs`).
+    pub precision: Precision,
+    /// f16 only: the initial loss scale.
+    pub loss_scale: f64,
+    /// f16 only: overflow-free steps before the loss scale doubles.
+    pub loss_scale_window: u64,
 }
 
 impl Default for TrainConfig {
@@ -55,6 +63,9 @@ impl Default for TrainConfig {
             seed: None,
             resume: None,
             log_every: 10,
+            precision: Precision::F32,
+            loss_scale: 65536.0,
+            loss_scale_window: 1000,
         }
     }
 }
@@ -103,6 +114,18 @@ impl TypedConfig for TrainConfig {
             "log_every",
             "report metrics every N steps (eval steps and the last step always)",
         ),
+        (
+            "precision",
+            "\"f32\", \"bf16\" or \"f16\" forward/backward; weights and AdamW stay f32 (master weights)",
+        ),
+        (
+            "loss_scale",
+            "f16: initial loss scale; halved (step skipped) on overflow, doubled after loss_scale_window good steps",
+        ),
+        (
+            "loss_scale_window",
+            "f16: overflow-free steps before the loss scale doubles",
+        ),
     ];
 
     fn validate(&self) -> Result<(), String> {
@@ -111,6 +134,7 @@ impl TypedConfig for TrainConfig {
             ("grad_accum", self.grad_accum),
             ("eval_batches", self.eval_batches),
             ("log_every", self.log_every as usize),
+            ("loss_scale_window", self.loss_scale_window as usize),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -144,6 +168,12 @@ impl TypedConfig for TrainConfig {
             if !(value.is_finite() && value >= 0.0) {
                 return Err(format!("`{key}` must be a number >= 0, got {value}"));
             }
+        }
+        if !(self.loss_scale.is_finite() && self.loss_scale >= 1.0) {
+            return Err(format!(
+                "`loss_scale` must be a number >= 1, got {}",
+                self.loss_scale
+            ));
         }
         Ok(())
     }
@@ -182,6 +212,8 @@ mod tests {
             (json!({ "beta2": 1.0 }), "beta2"),
             (json!({ "batch_size": 0 }), "batch_size"),
             (json!({ "steps": "many" }), "steps"),
+            (json!({ "precision": "fp8" }), "precision"),
+            (json!({ "loss_scale": 0.5 }), "loss_scale"),
         ] {
             let err = TrainConfig::from_json("lm", &config)
                 .unwrap_err()

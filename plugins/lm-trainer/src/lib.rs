@@ -4,13 +4,14 @@
 //! ([`checkpoint`]: what a trainer checkpoint holds). The optimisation pieces (AdamW, schedule,
 //! clipping, losses, the seeded RNG, atomic checkpoint files) live in the shared runtime,
 //! `llmlab_plugin_api::train`, and are re-exported here under their old paths; batches come
-//! from [`batches`].
+//! from [`batches`]; mixed precision (bf16, f16 with loss scaling) is [`precision`].
 
 pub mod batches;
 pub mod checkpoint;
 pub mod config;
 pub mod evaluate;
 pub mod lm;
+pub mod precision;
 pub mod sft;
 pub mod train_loop;
 

@@ -9,11 +9,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use llmlab_plugin_api::candle::{Device, Tensor, Var};
+use llmlab_plugin_api::candle::{DType, Device, Tensor, Var};
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::serde_json::Value;
 use llmlab_plugin_api::{
-    tracing, Context, Error, ForwardOptions, Model, Result, StepMetrics, TrainData, Trainer,
+    tracing, Context, Error, ForwardOptions, ForwardOutput, Model, Result, StepMetrics, TrainData,
+    Trainer,
 };
 
 use crate::adamw::{AdamW, AdamWSettings};
@@ -23,6 +24,7 @@ use crate::clip;
 use crate::config::TrainConfig;
 use crate::evaluate::evaluate;
 use crate::loss;
+use crate::precision::{LossScaler, Verdict};
 use crate::rng::SplitMix64;
 use crate::schedule::Schedule;
 use llmlab_plugin_api::train::gradients;
@@ -64,6 +66,8 @@ struct Run {
     step: u64,
     eval_set: Option<Vec<Batch>>,
     last_checkpoint: Option<u64>,
+    /// f16 only: the dynamic loss scale.
+    scaler: Option<LossScaler>,
 }
 
 pub struct TrainLoop<O: Objective> {
@@ -139,6 +143,10 @@ impl<O: Objective> TrainLoop<O> {
             step: 0,
             eval_set: None,
             last_checkpoint: None,
+            scaler: c
+                .precision
+                .scales_loss()
+                .then(|| LossScaler::new(c.loss_scale, c.loss_scale_window)),
         };
         if let Some(path) = &c.resume {
             self.resume(&mut run, model, PathBuf::from(path))?;
@@ -196,6 +204,9 @@ impl<O: Objective> TrainLoop<O> {
         run.rng = SplitMix64::from_state(m.rng_state()?);
         run.cursor = m.cursor;
         run.last_checkpoint = Some(m.step);
+        if let (Some(scaler), Some(saved)) = (run.scaler.as_mut(), m.loss_scale) {
+            *scaler = saved;
+        }
         let ignored = [
             "steps",
             "resume",
@@ -249,6 +260,7 @@ impl<O: Objective> TrainLoop<O> {
                 config: model.config(),
             },
             files: BTreeMap::new(),
+            loss_scale: run.scaler,
         };
         checkpoint::save(
             &run_dir.join(checkpoint::DIR_NAME),
@@ -284,51 +296,82 @@ impl<O: Objective> TrainLoop<O> {
         };
         let (mut loss_sum, mut aux_sum, mut tokens) = (0f64, 0f64, 0usize);
         let mut has_aux = false;
+        let compute = config.precision.compute_dtype();
+        let scale = run.scaler.map_or(1.0, |s| s.scale);
         for _ in 0..config.grad_accum {
             let batch = self
                 .objective
                 .next_batch(data, &mut run.rng, &mut run.cursor, &device)?;
-            let out = model.forward(&batch.inputs, &options)?;
-            let mut total = match &batch.mask {
-                None => loss::cross_entropy(&out.logits, &batch.targets)?,
-                Some(mask) => loss::masked_cross_entropy(
-                    &out.logits,
-                    &batch.targets,
-                    mask,
-                    batch.loss_tokens,
-                )?,
+            let (mut micro_loss, mut micro_aux) = (0f64, None);
+            // The model runs forward and backward (in `compute`, maybe checkpointed); this closure
+            // is the loss on its output: f32 logits, aux loss added, averaged over micro-batches
+            // and multiplied by the f16 loss scale.
+            let mut objective = |out: &ForwardOutput| -> Result<Tensor> {
+                let logits = out.logits.to_dtype(DType::F32)?;
+                let mut total = match &batch.mask {
+                    None => loss::cross_entropy(&logits, &batch.targets)?,
+                    Some(mask) => loss::masked_cross_entropy(
+                        &logits,
+                        &batch.targets,
+                        mask,
+                        batch.loss_tokens,
+                    )?,
+                };
+                micro_loss = total.to_scalar::<f32>()? as f64;
+                if let Some(aux) = &out.aux_loss {
+                    let aux = aux.to_dtype(total.dtype())?;
+                    micro_aux = Some(aux.to_scalar::<f32>()? as f64);
+                    total = (total + aux)?;
+                }
+                let factor = scale / config.grad_accum as f64;
+                Ok(if factor != 1.0 {
+                    total.affine(factor, 0.0)?
+                } else {
+                    total
+                })
             };
-            loss_sum += total.to_scalar::<f32>()? as f64;
-            if let Some(aux) = &out.aux_loss {
-                let aux = aux.to_dtype(total.dtype())?;
-                aux_sum += aux.to_scalar::<f32>()? as f64;
-                has_aux = true;
-                total = (total + aux)?;
-            }
-            let total = if config.grad_accum > 1 {
-                total.affine(1.0 / config.grad_accum as f64, 0.0)?
-            } else {
-                total
-            };
-            let mut store = total.backward()?;
+            let mut store =
+                model.forward_backward(&batch.inputs, &options, compute, &mut objective)?;
             gradients::accumulate(&mut grads, &mut store, &params)?;
+            loss_sum += micro_loss;
+            if let Some(aux) = micro_aux {
+                aux_sum += aux;
+                has_aux = true;
+            }
             tokens += batch.tokens;
+        }
+        if scale != 1.0 {
+            for grad in grads.iter_mut().flatten() {
+                *grad = grad.affine(1.0 / scale, 0.0)?;
+            }
         }
         let loss = loss_sum / config.grad_accum as f64;
         let grad_norm = clip::global_norm(grads.iter().flatten())?;
         let step_number = run.step + 1;
-        if !loss.is_finite() || !grad_norm.is_finite() {
-            return Err(Error::Data(format!(
-                "{name}: training diverged at step {step_number}: loss {loss}, gradient norm {grad_norm} (lr {lr:.3e}); \
-                 stopped before the update, the last checkpoint is kept. Lower `lr` or raise `warmup`"
-            )));
+        let finite = loss.is_finite() && grad_norm.is_finite();
+        let verdict = match run.scaler.as_mut() {
+            Some(scaler) => scaler.update(finite)?,
+            None if finite => Verdict::Apply,
+            None => {
+                return Err(Error::Data(format!(
+                    "{name}: training diverged at step {step_number}: loss {loss}, gradient norm {grad_norm} (lr {lr:.3e}); \
+                     stopped before the update, the last checkpoint is kept. Lower `lr` or raise `warmup`"
+                )))
+            }
+        };
+        if verdict == Verdict::Apply {
+            run.optimizer.step(
+                &params,
+                &grads,
+                lr,
+                clip::clip_scale(grad_norm, config.grad_clip),
+            )?;
+        } else {
+            tracing::info!(
+                "{name}: step {step_number} skipped: f16 gradients overflowed (loss {loss}, gradient norm {grad_norm}); loss scale halved to {}",
+                run.scaler.map_or(1.0, |s| s.scale)
+            );
         }
-        run.optimizer.step(
-            &params,
-            &grads,
-            lr,
-            clip::clip_scale(grad_norm, config.grad_clip),
-        )?;
         drop(grads);
         run.step = step_number;
         let elapsed_s = started.elapsed().as_secs_f64();
@@ -340,6 +383,13 @@ impl<O: Objective> TrainLoop<O> {
         metrics.insert("tokens_per_s".into(), tokens as f64 / elapsed_s.max(1e-9));
         if has_aux {
             metrics.insert("aux_loss".into(), aux_sum / config.grad_accum as f64);
+        }
+        if let Some(scaler) = &run.scaler {
+            metrics.insert("loss_scale".into(), scaler.scale);
+            metrics.insert(
+                "skipped".into(),
+                f64::from(u8::from(verdict == Verdict::Skip)),
+            );
         }
         let eval_due = config.eval_every > 0
             && (run.step.is_multiple_of(config.eval_every) || run.step == config.steps);

@@ -95,6 +95,7 @@ pub struct DpoConfig {
     pub beta: f64,
     pub label_smoothing: f64,
     pub loss: DpoLoss,
+    pub nll_weight: f64,
 }
 
 impl Default for DpoConfig {
@@ -115,6 +116,7 @@ impl Default for DpoConfig {
             beta: 0.1,
             label_smoothing: 0.0,
             loss: DpoLoss::Sigmoid,
+            nll_weight: 0.0,
         }
     }
 }
@@ -205,6 +207,7 @@ impl TypedConfig for DpoConfig {
         "beta" => "strength of the anchor to the reference: the implicit reward is beta * log-ratio",
         "label_smoothing" => "probability that a pair's preference label is flipped (conservative DPO); 0 = off",
         "loss" => "\"sigmoid\" (DPO) or \"ipo\" (squared loss towards 1 / (2 beta))",
+        "nll_weight" => "weight of the chosen answers' per-token NLL added to the loss (RPO); keeps their likelihood up; 0 = off",
     };
 
     fn validate(&self) -> Result<(), String> {
@@ -225,6 +228,12 @@ impl TypedConfig for DpoConfig {
             return Err(format!(
                 "`label_smoothing` must be in [0, 0.5), got {}",
                 self.label_smoothing
+            ));
+        }
+        if !(self.nll_weight.is_finite() && self.nll_weight >= 0.0) {
+            return Err(format!(
+                "`nll_weight` must be a number >= 0, got {}",
+                self.nll_weight
             ));
         }
         Ok(())
@@ -261,6 +270,7 @@ mod tests {
         for (config, key) in [
             (json!({ "beta": 0.0 }), "beta"),
             (json!({ "label_smoothing": 0.7 }), "label_smoothing"),
+            (json!({ "nll_weight": -1.0 }), "nll_weight"),
             (json!({ "loss": "hinge" }), "loss"),
             (json!({ "val_fraction": 1.0 }), "val_fraction"),
             (json!({ "lr": -1.0 }), "lr"),

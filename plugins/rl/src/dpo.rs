@@ -11,6 +11,11 @@
 //! ```
 //!
 //! At the first step the policy is its reference, so `h = 0` and the sigmoid loss is `ln 2`.
+//!
+//! `nll_weight` α adds α · NLL(chosen) per answer token (RPO: Pang et al. 2024, "Iterative
+//! Reasoning Preference Optimization"). Plain DPO only pushes the chosen and rejected log-probs
+//! *apart*; on near-miss pairs (an answer one digit off) it lowers both, and greedy accuracy
+//! falls. The NLL term anchors the chosen answer's likelihood while the margin grows.
 //! Metrics: `loss`, `accuracy` (`h > 0`), `reward_margin` (mean `β h`), `chosen_reward`,
 //! `rejected_reward` (`β` times each log-ratio), `chosen_logp`, `rejected_logp`; on the held-out
 //! pairs the same with `val_`, plus `val_logp_accuracy` (`log π(c) > log π(r)`, needs no
@@ -156,6 +161,15 @@ impl Dpo {
             DpoLoss::Ipo => h.affine(1.0, -1.0 / (2.0 * beta))?.sqr()?,
         }
         .mean_all()?;
+        let loss = if self.config.nll_weight > 0.0 {
+            // Per-token NLL of the chosen answers, so the weight means the same for short and
+            // long answers.
+            let chosen_tokens = batch.mask.narrow(0, 0, n)?.sum(1)?.clamp(1f32, f32::MAX)?;
+            let nll = (lp.narrow(0, 0, n)?.neg()? / chosen_tokens)?.mean_all()?;
+            (loss + nll.affine(self.config.nll_weight, 0.0)?)?
+        } else {
+            loss
+        };
         let lp_values: Vec<f32> = lp.to_vec1()?;
         Ok(PairTerms {
             loss,

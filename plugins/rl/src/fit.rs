@@ -15,6 +15,10 @@ pub trait PairAligner {
     fn held_out(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<StepMetrics>;
     /// Writes the run's result into the run directory, when there is one.
     fn finish(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<()>;
+    /// The progress bar's message for a step's metrics.
+    fn message(&self, m: &StepMetrics) -> String {
+        message(m)
+    }
 }
 
 fn message(m: &StepMetrics) -> String {
@@ -49,7 +53,7 @@ pub fn fit<A: PairAligner>(a: &mut A, job: &AlignJob<'_>, ctx: &Context) -> Resu
             if step.is_multiple_of(a.log_every()) || eval_due {
                 ctx.metrics.record(step, &metrics);
             }
-            ctx.progress(label, step, Some(total), message(&metrics));
+            ctx.progress(label, step, Some(total), a.message(&metrics));
             last = metrics;
         }
         if last.is_empty() {

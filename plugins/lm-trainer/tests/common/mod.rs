@@ -1,5 +1,5 @@
 //! Test fixtures: a bigram language model (embedding + linear head with a bias) implementing
-//! `Model`, an in-memory token stream with a learnable pattern, a character tokenizer and
+//! `Model` (mixed precision too), an in-memory token stream with a learnable pattern, a character tokenizer and
 //! prompt/answer examples, and sinks that record metrics or cancel the run.
 
 #![allow(dead_code)]
@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use llmlab_plugin_api::candle::{Device, Tensor, Var};
+use llmlab_plugin_api::candle::backprop::GradStore;
+use llmlab_plugin_api::candle::{DType, Device, Tensor, Var};
 use llmlab_plugin_api::prelude::*;
 use llmlab_plugin_api::{CancelFlag, MetricsSink, TextSource};
 
@@ -43,6 +44,22 @@ impl Bigram {
         }
     }
 
+    /// The forward pass computing in `dtype` over casts of the (f32) weights.
+    fn forward_in(&self, ids: &Tensor, dtype: DType) -> Result<ForwardOutput> {
+        let (b, s) = ids.dims2()?;
+        let cast = |v: &Var| v.as_tensor().to_dtype(dtype);
+        let h = cast(&self.wte)?.index_select(&ids.flatten_all()?, 0)?;
+        let logits = h
+            .matmul(&cast(&self.head_weight)?.t()?)?
+            .broadcast_add(&cast(&self.head_bias)?)?
+            .reshape((b, s, VOCAB))?;
+        Ok(ForwardOutput {
+            logits,
+            aux_loss: None,
+            hidden: None,
+        })
+    }
+
     pub fn snapshot(&self) -> BTreeMap<String, Vec<f32>> {
         self.parameters()
             .into_iter()
@@ -68,17 +85,19 @@ impl Model for Bigram {
         &self.device
     }
     fn forward(&self, ids: &Tensor, _: &ForwardOptions) -> Result<ForwardOutput> {
-        let (b, s) = ids.dims2()?;
-        let h = self.wte.as_tensor().index_select(&ids.flatten_all()?, 0)?;
-        let logits = h
-            .matmul(&self.head_weight.as_tensor().t()?)?
-            .broadcast_add(self.head_bias.as_tensor())?
-            .reshape((b, s, VOCAB))?;
-        Ok(ForwardOutput {
-            logits,
-            aux_loss: None,
-            hidden: None,
-        })
+        self.forward_in(ids, DType::F32)
+    }
+    /// Mixed precision as the trait asks: weights cast for the pass, f32 logits, f32 gradients.
+    fn forward_backward(
+        &self,
+        ids: &Tensor,
+        _: &ForwardOptions,
+        compute: DType,
+        loss: &mut dyn FnMut(&ForwardOutput) -> Result<Tensor>,
+    ) -> Result<GradStore> {
+        let mut out = self.forward_in(ids, compute)?;
+        out.logits = out.logits.to_dtype(DType::F32)?;
+        Ok(loss(&out)?.backward()?)
     }
     fn new_cache(&self, _: usize) -> Result<Box<dyn KvCache>> {
         Err(Error::unsupported("bigram", "kv cache"))

@@ -1,5 +1,6 @@
 //! Test fixtures: a tiny causal model (token embeddings averaged over the prefix, then a linear
-//! head) that returns hidden states and copies itself, a character tokenizer, preference pairs.
+//! head) that returns hidden states, copies itself and samples (uncached, seeded per row like
+//! the gpt plugin's generator, `row_seeds` included), a character tokenizer, preference pairs.
 
 #![allow(dead_code)]
 
@@ -8,6 +9,7 @@ use std::path::Path;
 
 use llmlab_plugin_api::candle::{DType, Device, Tensor, Var};
 use llmlab_plugin_api::prelude::*;
+use llmlab_plugin_api::train::SplitMix64;
 use llmlab_plugin_api::TextSource;
 
 pub const VOCAB: usize = 12;
@@ -102,11 +104,35 @@ impl Model for PrefixMean {
     }
     fn generate(
         &self,
-        _: &[Vec<u32>],
-        _: &GenerateOptions,
-        _: &mut dyn FnMut(usize, u32) -> bool,
+        prompts: &[Vec<u32>],
+        options: &GenerateOptions,
+        on_token: &mut dyn FnMut(usize, u32) -> bool,
     ) -> Result<Vec<Vec<u32>>> {
-        Err(Error::unsupported("prefix-mean", "generate"))
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(r, prompt)| {
+                let mut rng =
+                    SplitMix64::new(options.row_seeds.get(r).copied().unwrap_or(options.seed));
+                let mut seq = prompt.clone();
+                let mut out = Vec::new();
+                while out.len() < options.max_tokens {
+                    let ids = Tensor::new(seq.as_slice(), &self.device)?.unsqueeze(0)?;
+                    let logits = self.forward(&ids, &ForwardOptions::default())?.logits;
+                    let row: Vec<f32> = logits.get(0)?.get(seq.len() - 1)?.to_vec1()?;
+                    let token = draw(&row, options.temperature, &mut rng);
+                    if options.stop_tokens.contains(&token) {
+                        break;
+                    }
+                    out.push(token);
+                    seq.push(token);
+                    if !on_token(r, token) {
+                        break;
+                    }
+                }
+                Ok(out)
+            })
+            .collect()
     }
     fn parameters(&self) -> Vec<(String, Var)> {
         vec![
@@ -127,6 +153,28 @@ impl Model for PrefixMean {
             device: self.device.clone(),
         }))
     }
+}
+
+/// A token drawn from softmax(`logits` / `temperature`); temperature 0 = argmax.
+fn draw(logits: &[f32], temperature: f64, rng: &mut SplitMix64) -> u32 {
+    let best = (0..logits.len())
+        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+        .unwrap_or(0);
+    if temperature == 0.0 {
+        return best as u32;
+    }
+    let weights: Vec<f64> = logits
+        .iter()
+        .map(|&l| ((l - logits[best]) as f64 / temperature).exp())
+        .collect();
+    let mut u = rng.next_unit() * weights.iter().sum::<f64>();
+    for (i, w) in weights.iter().enumerate() {
+        if u < *w {
+            return i as u32;
+        }
+        u -= w;
+    }
+    best as u32
 }
 
 /// Characters `0-9`, `+`: ids 0..=10; end-of-text is 11.
@@ -224,5 +272,30 @@ pub fn job<'a>(
         examples: data,
         reward: None,
         reward_model: None,
+    }
+}
+
+/// Rewards a completion whose first character is a digit 0-4 with 1, anything else with 0: a
+/// preference the prefix-mean model can learn from its own samples.
+pub struct LowFirstDigit;
+
+impl RewardFn for LowFirstDigit {
+    fn score(&self, _: &str, completion: &str) -> Result<f64> {
+        Ok(match completion.chars().next() {
+            Some('0'..='4') => 1.0,
+            _ => 0.0,
+        })
+    }
+}
+
+pub fn job_with_reward<'a>(
+    model: &'a dyn Model,
+    tok: &'a dyn Tokenizer,
+    data: &'a dyn ExampleSource,
+    reward: &'a dyn RewardFn,
+) -> AlignJob<'a> {
+    AlignJob {
+        reward: Some(reward),
+        ..job(model, tok, data)
     }
 }

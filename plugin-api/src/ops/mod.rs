@@ -1,0 +1,49 @@
+//! Fused, differentiable training kernels (issue 11): each op is a candle `CustomOp` whose CPU
+//! forward and backward are hand-written loops (chunked so the compiler vectorises them, rayon
+//! over rows, gemm for the big products), with a composed reference built from stock candle ops.
+//!
+//! candle's own fused ops (`candle_nn::ops::softmax_last_dim`, `rms_norm`, `layer_norm`,
+//! `rotary_emb::rope`) have no backward and silently train nothing (DESIGN.md §7); these do.
+//! Every public function takes the fused path for f32 tensors on the CPU and the composed
+//! reference path otherwise (other dtypes, CUDA), so callers never need to branch. Inputs may
+//! have any layout: kernels read strided inputs through [`layout`] (a copy only when needed).
+//!
+//! What this module does not own: matmuls of linear layers (candle's gemm path), the optimizer
+//! (`train::adamw`), and the choice between paths in a model (`gpt`'s `kernels` key).
+//! Design and measurements: docs/kernels.md.
+
+pub mod attention;
+pub mod cross_entropy;
+pub mod gelu;
+pub mod layer_norm;
+pub mod layout;
+pub mod math;
+pub mod rms_norm;
+pub mod rope;
+pub mod softmax;
+pub mod swiglu;
+
+pub use attention::{causal_attention, causal_attention_packed};
+pub use cross_entropy::{token_nll, token_nll_reference};
+pub use gelu::gelu;
+pub use layer_norm::layer_norm;
+pub use rms_norm::rms_norm;
+pub use rope::{rope, rope_packed};
+pub use softmax::softmax_last_dim;
+pub use swiglu::swiglu;
+
+use crate::candle::{DType, Device, Tensor};
+
+/// Whether `t` takes the fused kernels: f32 on the CPU. Everything else (bf16, CUDA) goes
+/// through the composed reference, which is differentiable on every backend.
+pub fn fused_path(t: &Tensor) -> bool {
+    matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32
+}
+
+/// A norm's gain or bias must be a vector of the normalised width.
+fn check_gain(op: &str, t: &Tensor, d: usize) -> crate::candle::Result<()> {
+    if t.dims() != [d] {
+        crate::candle::bail!("{op}: expected a ({d},) vector, got {:?}", t.dims())
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! The training pass (`Model::forward_backward`): plain, mixed precision (`autocast.rs`), and
+//! with activation checkpointing (`checkpoint_activations: true`).
+//!
+//! candle's autograd keeps every intermediate tensor of the forward pass alive until backward
+//! (each result holds its inputs), and it has no hook to drop and recompute them. So the
+//! checkpointed pass is a *segmented backward* driven here, with one ordinary `backward()` per
+//! segment:
+//!
+//! 1. forward through the embeddings; then through each block with its input detached, keeping
+//!    only that input (`(batch, seq, d_model)` per block) and dropping the block's graph;
+//! 2. the head segment: the last block's output as a fresh variable → final norm → logits →
+//!    the caller's loss → `backward()`: head gradients and `g`, the gradient of that variable;
+//! 3. blocks last to first: recompute the block from its saved input (a fresh variable) with
+//!    tracking on, and backpropagate `sum(output · g)`, whose gradient with respect to the
+//!    output is exactly `g`: the block's parameter gradients, and the new `g` for its input;
+//! 4. the embedding segment the same way, from `g` of the first block's input.
+//!
+//! The parameters' gradients of each segment are added into one store (a tied embedding/head
+//! gets both of its contributions); the rest of each segment's store is dropped with it. Recomputation must repeat the forward exactly, so dropout must be 0 (checked
+//! by the config); everything else in a block is deterministic.
+
+use llmlab_plugin_api::candle::backprop::GradStore;
+use llmlab_plugin_api::candle::{DType, Module, Tensor, Var};
+use llmlab_plugin_api::{Error, ForwardOptions, ForwardOutput, Model, Result};
+
+use crate::autocast;
+use crate::cache::Positions;
+use crate::model::Gpt;
+
+/// The loss the trainer puts on the forward output.
+pub type LossFn<'a> = dyn FnMut(&ForwardOutput) -> Result<Tensor> + 'a;
+
+/// `Model::forward_backward` for the GPT: gradients of `loss(forward(ids))` by parameter, in
+/// the parameters' dtype, computing in `compute`.
+pub fn forward_backward(
+    gpt: &Gpt,
+    ids: &Tensor,
+    options: &ForwardOptions,
+    compute: DType,
+    loss: &mut LossFn<'_>,
+) -> Result<GradStore> {
+    let cast;
+    let model = if compute == gpt.dtype() {
+        gpt
+    } else {
+        cast = autocast::cast(gpt, compute)?;
+        &cast
+    };
+    if !gpt.gpt_config().checkpoint_activations {
+        let out = model.forward(ids, options)?;
+        let out = to_dtype(out, gpt.dtype())?;
+        return Ok(loss(&out)?.backward()?);
+    }
+    if options.train && gpt.gpt_config().dropout > 0.0 {
+        return Err(Error::invalid_config(
+            "gpt",
+            "checkpoint_activations needs dropout 0: recomputing a block would draw new dropout masks",
+        ));
+    }
+    checkpointed(model, &gpt.parameters(), ids, options, gpt.dtype(), loss)
+}
+
+/// Logits and hidden states in the parameters' dtype, as the loss expects.
+fn to_dtype(out: ForwardOutput, dtype: DType) -> Result<ForwardOutput> {
+    if out.logits.dtype() == dtype {
+        return Ok(out);
+    }
+    Ok(ForwardOutput {
+        logits: out.logits.to_dtype(dtype)?,
+        aux_loss: out.aux_loss,
+        hidden: out.hidden.map(|h| h.to_dtype(dtype)).transpose()?,
+    })
+}
+
+/// `params`: the variables gradients are wanted for (the f32 master weights under autocast).
+fn checkpointed(
+    model: &Gpt,
+    params: &[(String, Var)],
+    ids: &Tensor,
+    options: &ForwardOptions,
+    out_dtype: DType,
+    loss: &mut LossFn<'_>,
+) -> Result<GradStore> {
+    let stages = model.stages();
+    let (_, t) = ids.dims2()?;
+    if t == 0 || t > model.ctx_len() {
+        return Err(Error::msg(format!(
+            "gpt: cannot train on a sequence of {t} tokens with context length ctx = {}",
+            model.ctx_len()
+        )));
+    }
+    let mask = if t > 1 {
+        Some(stages.causal_mask.narrow(0, 0, t)?.narrow(1, 0, t)?)
+    } else {
+        None
+    };
+    let positions = Positions::Offset(0);
+    let block = |i: usize, x: &Tensor| {
+        stages.blocks[i].forward(
+            x,
+            stages.rope,
+            &positions,
+            mask.as_ref(),
+            None,
+            options.train,
+        )
+    };
+
+    // 1. Forward, keeping only block inputs.
+    let embedded = stages.embed(ids)?;
+    let mut inputs = Vec::with_capacity(stages.blocks.len());
+    let mut x = embedded.detach();
+    for i in 0..stages.blocks.len() {
+        let y = block(i, &x)?.detach();
+        inputs.push(std::mem::replace(&mut x, y));
+    }
+
+    // 2. Head segment.
+    let last = Var::from_tensor(&x)?;
+    drop(x);
+    let hidden = stages.ln_f.forward(last.as_tensor())?;
+    let logits = stages.lm_head.forward(&hidden)?;
+    let out = to_dtype(
+        ForwardOutput {
+            logits,
+            aux_loss: None,
+            hidden: options.hidden_states.then_some(hidden),
+        },
+        out_dtype,
+    )?;
+    let mut segment = loss(&out)?.backward()?;
+    drop(out);
+    let mut upstream = take_input_grad(&mut segment, &last)?;
+    let mut grads = empty_store()?;
+    merge(&mut grads, segment, params)?;
+
+    // 3. Blocks, last to first, each recomputed from its input.
+    for (i, input) in inputs.into_iter().enumerate().rev() {
+        let input = Var::from_tensor(&input)?;
+        let y = block(i, input.as_tensor())?;
+        let mut segment = (y * &upstream)?.sum_all()?.backward()?;
+        upstream = take_input_grad(&mut segment, &input)?;
+        merge(&mut grads, segment, params)?;
+    }
+
+    // 4. Embedding segment.
+    let segment = (embedded * &upstream)?.sum_all()?.backward()?;
+    merge(&mut grads, segment, params)?;
+    Ok(grads)
+}
+
+/// Adds the parameters' gradients of one segment into `into` and drops the rest of the
+/// segment's store: candle's store also keeps gradients of constants the segment touched (masks,
+/// rope tables, broadcast views: attention-sized tensors), which would otherwise pile up for
+/// every block and cost the memory checkpointing saves.
+fn merge(into: &mut GradStore, mut segment: GradStore, params: &[(String, Var)]) -> Result<()> {
+    for (_, var) in params {
+        if let Some(grad) = segment.remove(var.as_tensor()) {
+            let sum = match into.remove(var.as_tensor()) {
+                Some(previous) => (previous + grad)?,
+                None => grad,
+            };
+            into.insert(var.as_tensor(), sum);
+        }
+    }
+    Ok(())
+}
+
+/// candle's `GradStore` has no public constructor: the store of an untracked scalar's backward,
+/// emptied.
+fn empty_store() -> Result<GradStore> {
+    let scalar = Tensor::new(0f32, &llmlab_plugin_api::candle::Device::Cpu)?;
+    let mut store = scalar.backward()?;
+    store.remove(&scalar);
+    Ok(store)
+}
+
+/// The gradient of a segment's input, removed from the segment's store (it is no parameter).
+fn take_input_grad(grads: &mut GradStore, input: &Var) -> Result<Tensor> {
+    grads.remove(input.as_tensor()).ok_or_else(|| {
+        Error::msg("gpt: checkpointed backward: the loss does not depend on the model's output")
+    })
+}

@@ -1,0 +1,376 @@
+//! The `ppo` aligner: proximal policy optimisation for language models (Ziegler et al. 2019,
+//! InstructGPT) of the policy given to `fit`, in place, with a value head on its hidden states
+//! ([`ValueHead`]), a frozen reference copy, and a scalar score per completion from the job's
+//! reward function (a reward model from `rl("reward")`, a task checker or a Rhai closure).
+//!
+//! One step: `batch_size` prompts, one sampled completion each ([`rollout`]), scored. The
+//! rollout policy's per-token log-probabilities and values and the reference's log-probabilities
+//! come from no-gradient passes. Per-token rewards are the KL penalty
+//! `−kl_coef (log π_old − log π_ref)` on every completion token plus the (normalised, clipped)
+//! score on the last; GAE ([`gae`], `gamma`, `lam`) gives advantages and value targets. Then
+//! `epochs` passes in minibatches minimise, averaged over completion tokens,
+//!
+//! ```text
+//! clipped surrogate (policy_loss)  +  vf_coef · ½ max((V − R)², (V_old + clip(V − V_old, ±value_clip) − R)²)
+//! ```
+//!
+//! The "PPO-max" tricks (Zheng et al. 2023, "Secrets of RLHF"), each a switch: `reward_norm`
+//! (scores standardised by the running mean and std of all scores so far), `reward_clip`
+//! (clip the standardised score), `whiten_advantages` (batch-normalise advantages),
+//! `clip_value_loss` (the value clipping above). `kl_coef: 0` drops the reference.
+//!
+//! Metrics per step: `reward_mean`, `reward_max`, `reward_std` (raw scores), `score_mean`
+//! (after normalisation and clipping), `completion_len`, `loss`, `kl`, `ratio`,
+//! `clip_fraction`, `value_loss`, `lr`, `grad_norm`, `rollout_tokens_per_s`,
+//! `update_tokens_per_s`, `score_s`. At the end of `fit` the policy, value head and optimiser
+//! state go to `<run dir>/checkpoint` (`value_head.safetensors` beside the model).
+
+use std::time::Instant;
+
+use llmlab_plugin_api::config::TypedConfig;
+use llmlab_plugin_api::prelude::*;
+
+use crate::advantage;
+use crate::fit::{self, PairAligner};
+use crate::gae::gae;
+use crate::online::{self, OnlineRun, UpdateStats};
+use crate::online_config::PpoConfig;
+use crate::policy_checkpoint::{self, Saved};
+use crate::policy_loss;
+use crate::rollout::{self, Sample, SequenceBatch};
+use crate::value_head::{no_hidden, ValueHead};
+
+/// Running mean and variance of every score seen (Welford), for `reward_norm`.
+#[derive(Debug, Clone, Default)]
+pub struct RunningStats {
+    count: f64,
+    mean: f64,
+    m2: f64,
+}
+
+impl RunningStats {
+    pub fn add(&mut self, x: f64) {
+        self.count += 1.0;
+        let d = x - self.mean;
+        self.mean += d / self.count;
+        self.m2 += d * (x - self.mean);
+    }
+    pub fn mean(&self) -> f64 {
+        self.mean
+    }
+    pub fn std(&self) -> f64 {
+        if self.count < 2.0 {
+            1.0
+        } else {
+            (self.m2 / self.count).sqrt()
+        }
+    }
+}
+
+struct PpoRun {
+    online: OnlineRun,
+    head: ValueHead,
+    scores: RunningStats,
+}
+
+pub struct Ppo {
+    config: PpoConfig,
+    run: Option<PpoRun>,
+}
+
+pub fn new_ppo(config: &Value) -> Result<Ppo> {
+    Ok(Ppo {
+        config: PpoConfig::from_json("ppo", config)?,
+        run: None,
+    })
+}
+
+/// A rollout turned into learning targets.
+struct Targets {
+    old_logp: Vec<Vec<f32>>,
+    ref_logp: Option<Vec<Vec<f32>>>,
+    old_values: Vec<Vec<f32>>,
+    advantages: Vec<Vec<f32>>,
+    returns: Vec<Vec<f32>>,
+    scores: Vec<f32>,
+}
+
+impl Ppo {
+    /// The frozen reference, once the first step has taken it (`None` with `kl_coef` 0).
+    pub fn reference(&self) -> Option<&dyn Model> {
+        self.run
+            .as_ref()
+            .and_then(|r| r.online.reference.as_deref())
+    }
+
+    /// The score a completion's last token gets: normalised and clipped as configured.
+    fn shaped_score(&self, stats: &RunningStats, raw: f32) -> f32 {
+        let mut s = raw as f64;
+        if self.config.reward_norm {
+            s = (s - stats.mean()) / (stats.std() + 1e-8);
+        }
+        if self.config.reward_clip > 0.0 {
+            s = s.clamp(-self.config.reward_clip, self.config.reward_clip);
+        }
+        s as f32
+    }
+
+    fn targets(&self, run: &mut PpoRun, job: &AlignJob<'_>, samples: &[Sample]) -> Result<Targets> {
+        let chunk = self.config.common().minibatch(samples.len());
+        let old = online::score_tokens(job.policy, samples, job.tokenizer, chunk, Some(&run.head))?;
+        let (old_logp, old_values) = (old.logp, old.values);
+        let ref_logp = match &run.online.reference {
+            Some(r) => {
+                Some(online::score_tokens(r.as_ref(), samples, job.tokenizer, chunk, None)?.logp)
+            }
+            None => None,
+        };
+        for s in samples {
+            run.scores.add(s.reward as f64);
+        }
+        let scores: Vec<f32> = samples
+            .iter()
+            .map(|s| self.shaped_score(&run.scores, s.reward))
+            .collect();
+        let (gamma, lam) = (self.config.gamma as f32, self.config.lam as f32);
+        let (mut advantages, mut returns) = (Vec::new(), Vec::new());
+        for (i, old) in old_logp.iter().enumerate() {
+            let mut rewards: Vec<f32> = match &ref_logp {
+                Some(r) => old
+                    .iter()
+                    .zip(&r[i])
+                    .map(|(o, r)| -(self.config.kl_coef as f32) * (o - r))
+                    .collect(),
+                None => vec![0.0; old.len()],
+            };
+            if let Some(last) = rewards.last_mut() {
+                *last += scores[i];
+            }
+            let (a, r) = gae(&rewards, &old_values[i], gamma, lam);
+            advantages.push(a);
+            returns.push(r);
+        }
+        if self.config.whiten_advantages {
+            let mut flat: Vec<f32> = advantages.iter().flatten().copied().collect();
+            advantage::whiten(&mut flat, 1e-8);
+            let mut it = flat.into_iter();
+            for row in advantages.iter_mut() {
+                row.iter_mut().for_each(|a| *a = it.next().unwrap_or(0.0));
+            }
+        }
+        Ok(Targets {
+            old_logp,
+            ref_logp,
+            old_values,
+            advantages,
+            returns,
+            scores,
+        })
+    }
+
+    fn step_once(&self, run: &mut PpoRun, job: &AlignJob<'_>) -> Result<StepMetrics> {
+        let c = self.config.common();
+        let reward = rollout::reward_of("ppo", job.reward)?;
+        let prompts = online::next_prompts(&mut run.online, job, self.config.batch_size);
+        let mut rollouts = rollout::generate(
+            job.policy,
+            job.tokenizer,
+            &prompts,
+            1,
+            online::sampling(&c),
+            &mut run.online.rng,
+        )?;
+        let scoring = Instant::now();
+        rollout::score(&mut rollouts.samples, reward)?;
+        let score_s = scoring.elapsed().as_secs_f64();
+        let raw: Vec<f32> = rollouts.samples.iter().map(|s| s.reward).collect();
+
+        let updating = Instant::now();
+        let samples = &rollouts.samples;
+        let t = self.targets(run, job, samples)?;
+        let passes = 1 + t.ref_logp.is_some() as usize;
+        let mut passes_tokens = passes * samples.iter().map(|s| s.ids.len()).sum::<usize>();
+        let mut params = job.policy.parameters();
+        params.extend(run.head.parameters());
+        let device = job.policy.device().clone();
+        let mut stats = UpdateStats::default();
+        let chunk = c.minibatch(samples.len());
+        for _ in 0..self.config.epochs {
+            let order = run.online.rng.permutation(samples.len());
+            for mb in order.chunks(chunk) {
+                let picked: Vec<&Sample> = mb.iter().map(|&i| &samples[i]).collect();
+                let batch = SequenceBatch::new(&picked, job.tokenizer, &device)?;
+                let kept = batch.completion_tokens();
+                let (logp, hidden) = rollout::token_log_probs(job.policy, &batch, true)?;
+                let hidden = hidden.ok_or_else(|| no_hidden(job.policy))?;
+                let values = run.head.values(&hidden)?;
+                let surrogate = policy_loss::clipped_surrogate(
+                    &logp,
+                    &batch.grid(&t.old_logp, mb, &device)?,
+                    &batch.grid(&t.advantages, mb, &device)?,
+                    &batch.mask,
+                    self.config.clip_eps,
+                )?;
+                let returns = batch.grid(&t.returns, mb, &device)?;
+                let unclipped = (&values - &returns)?.sqr()?;
+                let value_err = if self.config.clip_value_loss {
+                    let old_v = batch.grid(&t.old_values, mb, &device)?;
+                    let vc = self.config.value_clip;
+                    let clipped = ((&values - &old_v)?.clamp(-vc, vc)? + &old_v)?;
+                    unclipped.maximum(&(clipped - &returns)?.sqr()?)?
+                } else {
+                    unclipped
+                };
+                let value_loss =
+                    policy_loss::masked_mean(&value_err, &batch.mask, kept)?.affine(0.5, 0.0)?;
+                let policy_loss =
+                    policy_loss::masked_mean(&surrogate.per_token, &batch.mask, kept)?;
+                let loss = (policy_loss + value_loss.affine(self.config.vf_coef, 0.0)?)?;
+                let kl_value = match &t.ref_logp {
+                    Some(r) => {
+                        let ref_grid = batch.grid(r, mb, &device)?;
+                        let kl = policy_loss::k3_kl(&logp.detach(), &ref_grid)?;
+                        policy_loss::masked_mean(&kl, &batch.mask, kept)?.to_scalar::<f32>()? as f64
+                    }
+                    None => 0.0,
+                };
+                let applied = run.online.optimizer.step("ppo", &loss, &params)?;
+                stats.updates += 1;
+                stats.loss += loss.to_scalar::<f32>()? as f64;
+                stats.value_loss += value_loss.to_scalar::<f32>()? as f64;
+                stats.kl += kl_value;
+                stats.ratio += surrogate.ratio_mean;
+                stats.clip_fraction += surrogate.clip_fraction;
+                stats.lr = applied.lr;
+                stats.grad_norm = applied.grad_norm;
+                stats.tokens += batch.real_tokens;
+            }
+        }
+        passes_tokens += stats.tokens;
+        let update_s = updating.elapsed().as_secs_f64();
+        run.online.steps += 1;
+
+        let mut m = StepMetrics::new();
+        m.insert("reward_mean".into(), online::mean(&raw));
+        m.insert("reward_max".into(), online::max(&raw));
+        m.insert("reward_std".into(), online::std(&raw));
+        m.insert("score_mean".into(), online::mean(&t.scores));
+        m.insert(
+            "completion_len".into(),
+            rollouts.completion_tokens() as f64 / samples.len().max(1) as f64,
+        );
+        m.insert("score_s".into(), score_s);
+        stats.report(&mut m, true);
+        online::throughput(
+            &mut m,
+            rollouts.completion_tokens(),
+            rollouts.generate_s,
+            passes_tokens,
+            update_s,
+        );
+        Ok(m)
+    }
+}
+
+impl PairAligner for Ppo {
+    fn label(&self) -> &'static str {
+        "ppo"
+    }
+    fn total_steps(&self) -> u64 {
+        self.config.steps
+    }
+    fn steps_done(&self) -> u64 {
+        self.run.as_ref().map_or(0, |r| r.online.steps)
+    }
+    fn log_every(&self) -> u64 {
+        self.config.log_every
+    }
+    fn eval_every(&self) -> u64 {
+        0
+    }
+
+    fn one_step(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<StepMetrics> {
+        let mut run = match self.run.take() {
+            Some(run) => run,
+            None => PpoRun {
+                online: online::start("ppo", &self.config.common(), job, ctx)?,
+                head: ValueHead::new(job.policy)?,
+                scores: RunningStats::default(),
+            },
+        };
+        let result = self.step_once(&mut run, job);
+        self.run = Some(run);
+        result.map_err(|e| match e {
+            Error::Cancelled => Error::Cancelled,
+            e => Error::msg(format!("step {}: {e}", self.steps_done() + 1)),
+        })
+    }
+
+    /// Nothing held out inside `fit`: `evaluate` on held-out prompts measures.
+    fn held_out(&mut self, _: &AlignJob<'_>, _: &Context) -> Result<StepMetrics> {
+        Ok(StepMetrics::new())
+    }
+
+    fn finish(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<()> {
+        let (Some(run_dir), Some(run)) = (&ctx.run_dir, &self.run) else {
+            return Ok(());
+        };
+        let mut trained = job.policy.parameters();
+        trained.extend(run.head.parameters());
+        policy_checkpoint::write(
+            run_dir,
+            job.policy,
+            &run.online.optimizer,
+            &trained,
+            Saved {
+                aligner: "ppo",
+                config: self.config.to_json(),
+                step: run.online.steps,
+                rng_state: run.online.rng.state(),
+                extra: Some(("value_head.safetensors", run.head.tensors())),
+            },
+        )
+    }
+
+    fn message(&self, m: &StepMetrics) -> String {
+        online::message(m)
+    }
+}
+
+impl Aligner for Ppo {
+    fn name(&self) -> &str {
+        "ppo"
+    }
+    fn config(&self) -> Value {
+        self.config.to_json()
+    }
+    fn step(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<StepMetrics> {
+        self.one_step(job, ctx)
+    }
+    fn fit(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<StepMetrics> {
+        fit::fit(self, job, ctx)
+    }
+    fn evaluate(&mut self, job: &AlignJob<'_>, _: &Context) -> Result<StepMetrics> {
+        online::evaluate("ppo", &self.config.common(), job)
+    }
+}
+
+pub struct PpoFactory;
+
+impl Factory for PpoFactory {
+    fn name(&self) -> &'static str {
+        "ppo"
+    }
+    fn kind(&self) -> Kind {
+        Kind::Aligner
+    }
+    fn about(&self) -> &'static str {
+        "PPO with a value head: per-token KL penalty to a frozen reference, GAE, clipped policy and value losses, PPO-max switches"
+    }
+    fn config_keys(&self) -> Vec<ConfigKey> {
+        PpoConfig::keys()
+    }
+    fn create(&self, config: &Value, _: &Context) -> Result<Instance> {
+        Ok(Instance::Aligner(Box::new(new_ppo(config)?)))
+    }
+}
