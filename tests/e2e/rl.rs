@@ -97,7 +97,8 @@ fn dpo_script_reports_before_and_after_and_checkpoints() {
 }
 
 /// The online aligners' CI size: a few SFT steps, two rollout batches, 16 evaluation prompts.
-const ONLINE_CI: [&str; 6] = [
+const ONLINE_CI: [&str; 7] = [
+    "batch_size=8",
     "sft_steps=4",
     "rm_steps=4",
     "steps=2",
