@@ -54,9 +54,11 @@ impl Qat {
                     })?;
                 (scheme, options)
             }
-            other => return Err(script_error(format!(
+            other => {
+                return Err(script_error(format!(
                 "qat: expected a scheme name (\"q4_0\") or a map #{{ scheme, skip }}, got {other}"
-            ))),
+            )))
+            }
         };
         let (skip, config) = split_options(options)?;
         let quantizer = quantizer(host, &scheme, config)?;
