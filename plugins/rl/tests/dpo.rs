@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{job, Chars, Pairs, PrefixMean};
+use common::{job, merged, Chars, Pairs, PrefixMean};
 use llmlab_plugin_api::prelude::*;
 use llmlab_rl::new_dpo;
 
@@ -50,10 +50,10 @@ fn ipo_and_label_smoothing_train_too() {
     ] {
         let policy = PrefixMean::new(8);
         let data = Pairs::separable(40);
-        let mut full = json!({ "steps": 30, "batch_size": 8, "lr": 0.02, "warmup": 0, "seed": 3 });
-        full.as_object_mut()
-            .unwrap()
-            .extend(config.as_object().unwrap().clone());
+        let full = merged(
+            json!({ "steps": 30, "batch_size": 8, "lr": 0.02, "warmup": 0, "seed": 3 }),
+            config.clone(),
+        );
         let mut dpo = new_dpo(&full).unwrap();
         let j = job(&policy, &Chars, &data);
         let first = dpo.step(&j, &Context::cpu()).unwrap();

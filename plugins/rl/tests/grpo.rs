@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{job, job_with_reward, Chars, LowFirstDigit, Pairs, PrefixMean};
+use common::{job, job_with_reward, merged, Chars, LowFirstDigit, Pairs, PrefixMean};
 use llmlab_plugin_api::prelude::*;
 use llmlab_rl::advantage::group_normalized;
 use llmlab_rl::new_grpo;
@@ -34,14 +34,13 @@ fn group_advantages_match_hand_computed_values() {
 }
 
 fn config(extra: Value) -> Value {
-    let mut c = json!({
-        "batch_size": 6, "group_size": 4, "max_tokens": 3, "lr": 0.05, "warmup": 0,
-        "seed": 5, "kl_coef": 0.01,
-    });
-    c.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    c
+    merged(
+        json!({
+            "batch_size": 6, "group_size": 4, "max_tokens": 3, "lr": 0.05, "warmup": 0,
+            "seed": 5, "kl_coef": 0.01,
+        }),
+        extra,
+    )
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{job_with_reward, Chars, LowFirstDigit, Pairs, PrefixMean};
+use common::{job_with_reward, merged, Chars, LowFirstDigit, Pairs, PrefixMean};
 use llmlab_plugin_api::prelude::*;
 use llmlab_rl::advantage::whiten;
 use llmlab_rl::gae::gae;
@@ -40,14 +40,13 @@ fn whitening_matches_hand_computed_values() {
 }
 
 fn config(extra: Value) -> Value {
-    let mut c = json!({
-        "batch_size": 16, "max_tokens": 3, "lr": 0.05, "warmup": 0, "seed": 5, "kl_coef": 0.01,
-        "vf_coef": 0.5,
-    });
-    c.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    c
+    merged(
+        json!({
+            "batch_size": 16, "max_tokens": 3, "lr": 0.05, "warmup": 0, "seed": 5, "kl_coef": 0.01,
+            "vf_coef": 0.5,
+        }),
+        extra,
+    )
 }
 
 #[test]

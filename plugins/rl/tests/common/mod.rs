@@ -299,3 +299,12 @@ pub fn job_with_reward<'a>(
         ..job(model, tok, data)
     }
 }
+
+/// `base` with the keys of `extra` set over it: a test's config on top of its file's defaults.
+pub fn merged(base: Value, extra: Value) -> Value {
+    let mut config = base;
+    if let (Some(fields), Some(more)) = (config.as_object_mut(), extra.as_object()) {
+        fields.extend(more.clone());
+    }
+    config
+}
