@@ -102,24 +102,25 @@ pub fn take_qat(host: &Host, config: &mut Value) -> ScriptResult<Option<Arc<Qat>
     }
 }
 
+/// Switches `model` to fake quantization with `scheme`; `options` as `quantize`'s.
+fn switch_on(host: &Host, model: &ModelHandle, scheme: &str, options: Map) -> ScriptResult<()> {
+    let (skip, config) = split_options(options)?;
+    let q = quantizer(host, scheme, config)?;
+    plugin_call(model.0.name(), || model.0.set_fake_quant(Some(q.0), &skip))
+}
+
 pub fn register(engine: &mut Engine, host: &Arc<Host>) {
     let h = host.clone();
     engine.register_fn(
         "fake_quant",
-        move |model: ModelHandle, scheme: &str, options: Map| -> ScriptResult<()> {
-            let (skip, config) = split_options(options)?;
-            let q = quantizer(&h, scheme, config)?;
-            plugin_call(model.0.name(), || model.0.set_fake_quant(Some(q.0), &skip))
+        move |model: ModelHandle, scheme: &str, options: Map| {
+            switch_on(&h, &model, scheme, options)
         },
     );
     let h = host.clone();
-    engine.register_fn(
-        "fake_quant",
-        move |model: ModelHandle, scheme: &str| -> ScriptResult<()> {
-            let q = quantizer(&h, scheme, Map::new())?;
-            plugin_call(model.0.name(), || model.0.set_fake_quant(Some(q.0), &[]))
-        },
-    );
+    engine.register_fn("fake_quant", move |model: ModelHandle, scheme: &str| {
+        switch_on(&h, &model, scheme, Map::new())
+    });
     engine.register_fn("fake_quant", |model: ModelHandle, _off: ()| {
         plugin_call(model.0.name(), || model.0.set_fake_quant(None, &[]))
     });

@@ -18,13 +18,19 @@ use llmlab_plugin_api::{Error, Quantizer, Result};
 use crate::linear::Linear;
 use crate::model::Gpt;
 
+/// Whether weight `name` stays dense: it contains one of the `skip` substrings. One rule for
+/// `quantized` and `set_fake_quant`, so QAT trains exactly the layers quantization rounds.
+fn skipped(name: &str, skip: &[String]) -> bool {
+    skip.iter().any(|s| name.contains(s.as_str()))
+}
+
 /// A copy of `model` with every linear weight not matched by `skip` quantized by `quantizer`.
 pub fn quantized(model: &Gpt, quantizer: &dyn Quantizer, skip: &[String]) -> Result<Gpt> {
     let mut copy = model.copy()?;
     let mut weights = BTreeMap::new();
     for (prefix, layer) in copy.linears_mut() {
         let name = format!("{prefix}.weight");
-        if skip.iter().any(|s| name.contains(s.as_str())) {
+        if skipped(&name, skip) {
             continue;
         }
         // Layers quantized before keep their weights.
@@ -55,8 +61,11 @@ pub fn set_fake_quant(
     }
     for (prefix, layer) in model.dense_layers() {
         let name = format!("{prefix}.weight");
-        let skipped = skip.iter().any(|s| name.contains(s.as_str()));
-        layer.set_fake_quant(if skipped { None } else { quantizer.clone() });
+        layer.set_fake_quant(if skipped(&name, skip) {
+            None
+        } else {
+            quantizer.clone()
+        });
     }
     Ok(())
 }
