@@ -35,7 +35,12 @@ fn run_with(script: &str, name: &str, runs: &std::path::Path, settings: &[&str])
 fn reward_model_script_trains_scores_and_reloads() {
     let runs = tempfile::tempdir().unwrap();
     let out = run_script("scripts/reward_model.rhai", "rm-ci", runs.path());
-    assert!(out.contains("held-out preference accuracy"), "{out}");
+    for head in ["last", "tokens"] {
+        assert!(
+            out.contains(&format!("head \"{head}\": held-out preference accuracy")),
+            "{out}"
+        );
+    }
     let score = |line_start: &str| -> String {
         let line = out
             .lines()
@@ -68,6 +73,8 @@ fn reward_model_script_trains_scores_and_reloads() {
             dir.display()
         );
     }
+    let manifest = std::fs::read_to_string(dir.join("reward.json")).unwrap();
+    assert!(manifest.contains("\"head\": \"tokens\""), "{manifest}");
 }
 
 #[test]
@@ -97,10 +104,11 @@ fn dpo_script_reports_before_and_after_and_checkpoints() {
 }
 
 /// The online aligners' CI size: a few SFT steps, two rollout batches, 16 evaluation prompts.
-const ONLINE_CI: [&str; 7] = [
+const ONLINE_CI: [&str; 8] = [
     "batch_size=8",
     "sft_steps=4",
     "rm_steps=4",
+    "rm_sft_steps=4",
     "steps=2",
     "sft_n=200",
     "n=64",

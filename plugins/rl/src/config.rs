@@ -46,6 +46,18 @@ pub struct RewardConfig {
     pub ctx: Option<usize>,
     /// Fine-tune the body too; `false` trains the head only.
     pub train_body: bool,
+    pub head: RewardHead,
+}
+
+/// What the reward reads from the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(crate = "llmlab_plugin_api::serde", rename_all = "lowercase")]
+pub enum RewardHead {
+    /// `r = w · h + b` on the final hidden state of the last token (the end-of-text).
+    Last,
+    /// `r = Σ log p(answer token)` of the body's own language-model head over the answer and
+    /// its end-of-text: every answer token is compared with the body's prediction for it.
+    Tokens,
 }
 
 impl Default for RewardConfig {
@@ -64,6 +76,7 @@ impl Default for RewardConfig {
             seed: None,
             ctx: None,
             train_body: true,
+            head: RewardHead::Last,
         }
     }
 }
@@ -189,6 +202,7 @@ impl DpoConfig {
 impl TypedConfig for RewardConfig {
     const DOCS: &'static [(&'static str, &'static str)] = docs! {
         "train_body" => "fine-tune the body as well as the scalar head; false = head only",
+        "head" => "\"last\": w.h + b on the last token's hidden state; \"tokens\": the body's log-likelihood of the answer (see docs/rl.md)",
     };
 
     fn validate(&self) -> Result<(), String> {
@@ -198,7 +212,14 @@ impl TypedConfig for RewardConfig {
             self.val_fraction,
             self.log_every,
             self.ctx,
-        )
+        )?;
+        if self.head == RewardHead::Tokens && !self.train_body {
+            return Err(
+                "`head` \"tokens\" has no parameters of its own: it needs `train_body: true`"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -280,6 +301,21 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(key) && err.contains("dpo"), "{config}: {err}");
+        }
+        for (config, key) in [
+            (json!({ "head": "mean" }), "head"),
+            (
+                json!({ "head": "tokens", "train_body": false }),
+                "train_body",
+            ),
+        ] {
+            let err = RewardConfig::from_json("reward", &config)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains("reward"),
+                "{config}: {err}"
+            );
         }
     }
 }

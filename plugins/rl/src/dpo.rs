@@ -85,13 +85,13 @@ fn fraction(xs: impl Iterator<Item = bool>) -> f64 {
 /// Summed answer log-probabilities `(2n,)` of every row of `batch` under `model`.
 fn log_probs(model: &dyn Model, batch: &PairBatch, train: bool) -> Result<Tensor> {
     let out = model.forward(
-        &batch.tokens,
+        &batch.rows.tokens,
         &ForwardOptions {
             train,
             hidden_states: false,
         },
     )?;
-    loss::sequence_log_probs(&out.logits, &batch.targets, &batch.mask)
+    loss::sequence_log_probs(&out.logits, &batch.rows.targets, &batch.rows.mask)
 }
 
 impl Dpo {
@@ -164,7 +164,12 @@ impl Dpo {
         let loss = if self.config.nll_weight > 0.0 {
             // Per-token NLL of the chosen answers, so the weight means the same for short and
             // long answers.
-            let chosen_tokens = batch.mask.narrow(0, 0, n)?.sum(1)?.clamp(1f32, f32::MAX)?;
+            let chosen_tokens = batch
+                .rows
+                .mask
+                .narrow(0, 0, n)?
+                .sum(1)?
+                .clamp(1f32, f32::MAX)?;
             let nll = (lp.narrow(0, 0, n)?.neg()? / chosen_tokens)?.mean_all()?;
             (loss + nll.affine(self.config.nll_weight, 0.0)?)?
         } else {

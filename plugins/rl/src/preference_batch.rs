@@ -54,16 +54,21 @@ pub fn rejected<'a>(
     })
 }
 
+/// Right-padded rows of encoded sequences and what the aligners read from them.
+pub struct Rows {
+    /// `(rows, seq)` u32: the full sequences, padded.
+    pub tokens: Tensor,
+    /// `(rows, seq)` u32: `tokens` shifted left by one (padding where there is no next token).
+    pub targets: Tensor,
+    /// `(rows, seq)` f32: 1 where the target is an answer or end-of-text token.
+    pub mask: Tensor,
+    /// `(rows,)` u32: flat index `row * seq + last` of each row's last real token.
+    pub last: Tensor,
+}
+
 /// `2n` rows: chosen `0..n`, rejected `n..2n`.
 pub struct PairBatch {
-    /// `(2n, seq)` u32: the full sequences, padded.
-    pub tokens: Tensor,
-    /// `(2n, seq)` u32: `tokens` shifted left by one (padding where there is no next token).
-    pub targets: Tensor,
-    /// `(2n, seq)` f32: 1 where the target is an answer or end-of-text token.
-    pub mask: Tensor,
-    /// `(2n,)` u32: flat index `row * seq + last` of each row's last real token.
-    pub last: Tensor,
+    pub rows: Rows,
     pub pairs: usize,
 }
 
@@ -71,6 +76,38 @@ fn pad_id(tokenizer: &dyn Tokenizer) -> Result<u32> {
     tokenizer
         .special_token(SpecialToken::Pad)
         .map_or_else(|| tokenizer.end_of_text(), Ok)
+}
+
+/// Pads `encoded` into one batch on `device`.
+pub fn rows(encoded: &[&Encoded], tokenizer: &dyn Tokenizer, device: &Device) -> Result<Rows> {
+    let pad = pad_id(tokenizer)?;
+    let seq = encoded
+        .iter()
+        .map(|r| r.ids.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let n = encoded.len() * seq;
+    let (mut tokens, mut targets, mut mask) = (vec![pad; n], vec![pad; n], vec![0f32; n]);
+    let mut last = Vec::with_capacity(encoded.len());
+    for (r, row) in encoded.iter().enumerate() {
+        let base = r * seq;
+        tokens[base..base + row.ids.len()].copy_from_slice(&row.ids);
+        for j in 0..row.ids.len().saturating_sub(1) {
+            targets[base + j] = row.ids[j + 1];
+            if j + 1 >= row.answer_start {
+                mask[base + j] = 1.0;
+            }
+        }
+        last.push((base + row.ids.len().saturating_sub(1)) as u32);
+    }
+    let rows_n = encoded.len();
+    Ok(Rows {
+        tokens: Tensor::from_vec(tokens, (rows_n, seq), device)?,
+        targets: Tensor::from_vec(targets, (rows_n, seq), device)?,
+        mask: Tensor::from_vec(mask, (rows_n, seq), device)?,
+        last: Tensor::from_vec(last, rows_n, device)?,
+    })
 }
 
 /// Builds the batch of `pairs` (index into `data`) for a model with context `ctx`.
@@ -89,29 +126,9 @@ pub fn batch(
         chosen.push(encode(&e.prompt, &e.answer, tokenizer, ctx)?);
         rejected_rows.push(encode(&e.prompt, r, tokenizer, ctx)?);
     }
-    let rows: Vec<&Encoded> = chosen.iter().chain(&rejected_rows).collect();
-    let pad = pad_id(tokenizer)?;
-    let seq = rows.iter().map(|r| r.ids.len()).max().unwrap_or(1).max(1);
-    let n = rows.len() * seq;
-    let (mut tokens, mut targets, mut mask) = (vec![pad; n], vec![pad; n], vec![0f32; n]);
-    let mut last = Vec::with_capacity(rows.len());
-    for (r, row) in rows.iter().enumerate() {
-        let base = r * seq;
-        tokens[base..base + row.ids.len()].copy_from_slice(&row.ids);
-        for j in 0..row.ids.len().saturating_sub(1) {
-            targets[base + j] = row.ids[j + 1];
-            if j + 1 >= row.answer_start {
-                mask[base + j] = 1.0;
-            }
-        }
-        last.push((base + row.ids.len().saturating_sub(1)) as u32);
-    }
-    let rows_n = rows.len();
+    let all: Vec<&Encoded> = chosen.iter().chain(&rejected_rows).collect();
     Ok(PairBatch {
-        tokens: Tensor::from_vec(tokens, (rows_n, seq), device)?,
-        targets: Tensor::from_vec(targets, (rows_n, seq), device)?,
-        mask: Tensor::from_vec(mask, (rows_n, seq), device)?,
-        last: Tensor::from_vec(last, rows_n, device)?,
+        rows: rows(&all, tokenizer, device)?,
         pairs: pairs.len(),
     })
 }

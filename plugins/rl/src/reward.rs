@@ -1,11 +1,16 @@
 //! The `reward` aligner: a reward model `r(prompt, answer)` learned from preference pairs.
 //!
 //! The body is an independent copy of the model given to `fit` (`frozen_copy()`: the caller's
-//! model is never modified); the head is a scalar linear map `r = w · h + b` of the body's final
-//! hidden state `h` at the last real token (the end-of-text after the answer). The loss is the
-//! pairwise ranking loss of Bradley–Terry / InstructGPT, `−log σ(r_chosen − r_rejected)`,
-//! averaged over a batch. Preference accuracy (`r_chosen > r_rejected`) is measured on a held-out
-//! split. `save(dir)` writes `dir/head.safetensors` (`head.weight`, `head.bias`),
+//! model is never modified). Two heads (`head`): `"last"`, a scalar linear map `r = w · h + b` of
+//! the body's final hidden state `h` at the last real token (the end-of-text after the answer),
+//! as in InstructGPT; and `"tokens"`, `r = Σ log p(answer token)` of the body's own
+//! language-model head over the answer and its end-of-text. The second exists because a shallow
+//! body cannot both work out the right answer and compare it with the given one before its last
+//! position (docs/rl.md has the measurements); the language-model head compares every answer
+//! token with the body's prediction for it. The loss is the pairwise ranking loss of
+//! Bradley–Terry / InstructGPT, `−log σ(r_chosen − r_rejected)`, averaged over a batch.
+//! Preference accuracy (`r_chosen > r_rejected`) is measured on a held-out split. `save(dir)`
+//! writes `dir/head.safetensors` (`head.weight`, `head.bias`; empty for `"tokens"`),
 //! `dir/reward.json` and the body as a model directory `dir/body`; a run's reward model is saved
 //! into `<run dir>/reward_model` at the end of `fit`.
 
@@ -16,10 +21,10 @@ use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::prelude::*;
 use llmlab_plugin_api::train::{loss, SplitMix64};
 
-use crate::config::RewardConfig;
+use crate::config::{RewardConfig, RewardHead};
 use crate::fit::{self, PairAligner};
 use crate::optimizer::Optimizer;
-use crate::preference_batch::{self, PairBatch, Split};
+use crate::preference_batch::{self, PairBatch, Rows, Split};
 
 pub const HEAD_FILE: &str = "head.safetensors";
 pub const MANIFEST: &str = "reward.json";
@@ -30,6 +35,7 @@ pub const RUN_SUBDIR: &str = "reward_model";
 /// A body with its head: what `score` needs.
 struct Scorer {
     body: Box<dyn Model>,
+    head: RewardHead,
     weight: Var,
     bias: Var,
     tokenizer: Box<dyn Tokenizer>,
@@ -37,39 +43,52 @@ struct Scorer {
 }
 
 impl Scorer {
-    fn new(body: Box<dyn Model>, tokenizer: Box<dyn Tokenizer>, ctx: usize) -> Result<Scorer> {
+    fn new(
+        body: Box<dyn Model>,
+        head: RewardHead,
+        tokenizer: Box<dyn Tokenizer>,
+        ctx: usize,
+    ) -> Result<Scorer> {
         let d_model = hidden_size(body.as_ref())?;
         let device = body.device().clone();
         Ok(Scorer {
             weight: Var::zeros(d_model, DType::F32, &device)?,
             bias: Var::zeros(1, DType::F32, &device)?,
             body,
+            head,
             tokenizer,
             ctx,
         })
     }
 
+    /// The head's own parameters (`"tokens"` has none: it is the body's language-model head).
     fn head(&self) -> Vec<(String, Var)> {
-        vec![
-            ("head.bias".into(), self.bias.clone()),
-            ("head.weight".into(), self.weight.clone()),
-        ]
+        match self.head {
+            RewardHead::Last => vec![
+                ("head.bias".into(), self.bias.clone()),
+                ("head.weight".into(), self.weight.clone()),
+            ],
+            RewardHead::Tokens => Vec::new(),
+        }
     }
 
-    /// Rewards `(rows,)` of every row of `tokens`, read at the flat positions `last`.
-    fn rewards(&self, tokens: &Tensor, last: &Tensor, train: bool) -> Result<Tensor> {
+    /// Rewards `(rows,)` of every row.
+    fn rewards(&self, rows: &Rows, train: bool) -> Result<Tensor> {
         let out = self.body.forward(
-            tokens,
+            &rows.tokens,
             &ForwardOptions {
                 train,
-                hidden_states: true,
+                hidden_states: self.head == RewardHead::Last,
             },
         )?;
+        if self.head == RewardHead::Tokens {
+            return loss::sequence_log_probs(&out.logits, &rows.targets, &rows.mask);
+        }
         let hidden = out.hidden.ok_or_else(|| no_hidden(self.body.as_ref()))?;
         let (b, s, d) = hidden.dims3()?;
         let h = hidden
             .reshape((b * s, d))?
-            .index_select(last, 0)?
+            .index_select(&rows.last, 0)?
             .to_dtype(DType::F32)?;
         let r = h
             .matmul(&self.weight.as_tensor().reshape((d, 1))?)?
@@ -79,7 +98,7 @@ impl Scorer {
 
     /// Loss (scalar), per-pair margins `r_c − r_r` `(n,)` of a batch.
     fn pairwise(&self, batch: &PairBatch, train: bool) -> Result<(Tensor, Tensor)> {
-        let r = self.rewards(&batch.tokens, &batch.last, train)?;
+        let r = self.rewards(&batch.rows, train)?;
         let n = batch.pairs;
         let margin = (r.narrow(0, 0, n)? - r.narrow(0, n, n)?)?;
         let loss = loss::log_sigmoid(&margin)?.mean_all()?.neg()?;
@@ -147,7 +166,12 @@ impl RewardModel {
             }
             check_vocab(job)?;
             let body = job.policy.frozen_copy()?;
-            self.scorer = Some(Scorer::new(body, job.tokenizer.clone_box(), ctx_len)?);
+            self.scorer = Some(Scorer::new(
+                body,
+                self.config.head,
+                job.tokenizer.clone_box(),
+                ctx_len,
+            )?);
         }
         if self.run.is_none() {
             let seed = self.config.seed.unwrap_or(ctx.seed);
@@ -298,9 +322,8 @@ impl Aligner for RewardModel {
     fn score(&self, prompt: &str, answer: &str) -> Result<f64> {
         let s = self.scorer()?;
         let e = preference_batch::encode(prompt, answer, s.tokenizer.as_ref(), s.ctx)?;
-        let last = Tensor::new(&[(e.ids.len() - 1) as u32], s.body.device())?;
-        let tokens = Tensor::new(e.ids.as_slice(), s.body.device())?.unsqueeze(0)?;
-        let r = s.rewards(&tokens, &last, false)?;
+        let rows = preference_batch::rows(&[&e], s.tokenizer.as_ref(), s.body.device())?;
+        let r = s.rewards(&rows, false)?;
         Ok(r.to_vec1::<f32>()?[0] as f64)
     }
 
@@ -321,6 +344,7 @@ impl Aligner for RewardModel {
             "version": 1,
             "config": self.config.to_json(),
             "ctx": s.ctx,
+            "head": s.head,
             "body": { "name": s.body.name(), "dir": BODY_DIR },
         });
         let path = dir.join(MANIFEST);
@@ -347,7 +371,13 @@ impl Aligner for RewardModel {
         let ctx_len = manifest["ctx"]
             .as_u64()
             .map_or(model.ctx_len(), |c| c as usize);
-        let scorer = Scorer::new(model, tokenizer.clone_box(), ctx_len)?;
+        // Manifests written before `head` existed are `last`-head models.
+        let head = match manifest.get("head") {
+            None => RewardHead::Last,
+            Some(h) => serde_json::from_value(h.clone())
+                .map_err(|e| Error::Data(format!("{}: `head`: {e}", path.display())))?,
+        };
+        let scorer = Scorer::new(model, head, tokenizer.clone_box(), ctx_len)?;
         let path = dir.join(HEAD_FILE);
         let tensors = candle::safetensors::load(&path, scorer.body.device())
             .map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
@@ -365,6 +395,7 @@ impl Aligner for RewardModel {
             }
             var.set(&t.to_dtype(DType::F32)?)?;
         }
+        self.config.head = head;
         self.scorer = Some(scorer);
         self.run = None;
         Ok(())
