@@ -35,25 +35,39 @@ pub const RUN_SUBDIR: &str = "reward_model";
 /// A body with its head: what `score` needs.
 struct Scorer {
     body: Box<dyn Model>,
-    head: RewardHead,
-    weight: Var,
-    bias: Var,
+    head: Head,
     tokenizer: Box<dyn Tokenizer>,
     ctx: usize,
+}
+
+/// The head and its parameters.
+enum Head {
+    Last {
+        weight: Var,
+        bias: Var,
+    },
+    /// No parameters of its own: it is the body's language-model head.
+    Tokens,
 }
 
 impl Scorer {
     fn new(
         body: Box<dyn Model>,
-        head: RewardHead,
+        kind: RewardHead,
         tokenizer: Box<dyn Tokenizer>,
         ctx: usize,
     ) -> Result<Scorer> {
-        let d_model = hidden_size(body.as_ref())?;
-        let device = body.device().clone();
+        let head = match kind {
+            RewardHead::Last => {
+                let d_model = hidden_size(body.as_ref())?;
+                Head::Last {
+                    weight: Var::zeros(d_model, DType::F32, body.device())?,
+                    bias: Var::zeros(1, DType::F32, body.device())?,
+                }
+            }
+            RewardHead::Tokens => Head::Tokens,
+        };
         Ok(Scorer {
-            weight: Var::zeros(d_model, DType::F32, &device)?,
-            bias: Var::zeros(1, DType::F32, &device)?,
             body,
             head,
             tokenizer,
@@ -61,14 +75,21 @@ impl Scorer {
         })
     }
 
-    /// The head's own parameters (`"tokens"` has none: it is the body's language-model head).
-    fn head(&self) -> Vec<(String, Var)> {
+    fn kind(&self) -> RewardHead {
         match self.head {
-            RewardHead::Last => vec![
-                ("head.bias".into(), self.bias.clone()),
-                ("head.weight".into(), self.weight.clone()),
+            Head::Last { .. } => RewardHead::Last,
+            Head::Tokens => RewardHead::Tokens,
+        }
+    }
+
+    /// The head's own parameters.
+    fn head(&self) -> Vec<(String, Var)> {
+        match &self.head {
+            Head::Last { weight, bias } => vec![
+                ("head.bias".into(), bias.clone()),
+                ("head.weight".into(), weight.clone()),
             ],
-            RewardHead::Tokens => Vec::new(),
+            Head::Tokens => Vec::new(),
         }
     }
 
@@ -78,22 +99,20 @@ impl Scorer {
             &rows.tokens,
             &ForwardOptions {
                 train,
-                hidden_states: self.head == RewardHead::Last,
+                hidden_states: matches!(self.head, Head::Last { .. }),
             },
         )?;
-        if self.head == RewardHead::Tokens {
+        let Head::Last { weight, bias } = &self.head else {
             return loss::sequence_log_probs(&out.logits, &rows.targets, &rows.mask);
-        }
+        };
         let hidden = out.hidden.ok_or_else(|| no_hidden(self.body.as_ref()))?;
         let (b, s, d) = hidden.dims3()?;
         let h = hidden
             .reshape((b * s, d))?
             .index_select(&rows.last, 0)?
             .to_dtype(DType::F32)?;
-        let r = h
-            .matmul(&self.weight.as_tensor().reshape((d, 1))?)?
-            .reshape(b)?;
-        Ok(r.broadcast_add(self.bias.as_tensor())?)
+        let r = h.matmul(&weight.as_tensor().reshape((d, 1))?)?.reshape(b)?;
+        Ok(r.broadcast_add(bias.as_tensor())?)
     }
 
     /// Loss (scalar), per-pair margins `r_c − r_r` `(n,)` of a batch.
@@ -344,7 +363,7 @@ impl Aligner for RewardModel {
             "version": 1,
             "config": self.config.to_json(),
             "ctx": s.ctx,
-            "head": s.head,
+            "head": s.kind(),
             "body": { "name": s.body.name(), "dir": BODY_DIR },
         });
         let path = dir.join(MANIFEST);
