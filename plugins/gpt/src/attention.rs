@@ -12,11 +12,12 @@
 //! candle's own fused softmax has no backward and is never used).
 
 use llmlab_plugin_api::candle::{Module, Result, Tensor, D};
-use llmlab_plugin_api::candle_nn::{ops::dropout, VarBuilder};
+use llmlab_plugin_api::candle_nn::VarBuilder;
 use llmlab_plugin_api::ops;
 
 use crate::cache::{GptCache, Positions};
 use crate::config::{GptConfig, Kernels};
+use crate::dropout::Dropout;
 use crate::linear::{linear, Linear, INIT_STD};
 use crate::rope::Rope;
 
@@ -27,7 +28,10 @@ pub struct Attention {
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
-    dropout: f32,
+    /// On the attention weights.
+    attn_dropout: Dropout,
+    /// On the output projection (the residual branch).
+    resid_dropout: Dropout,
     kernels: Kernels,
 }
 
@@ -65,9 +69,20 @@ impl Attention {
             n_head: config.n_head,
             n_kv_head: config.kv_heads(),
             head_dim: hd,
-            dropout: config.dropout as f32,
+            attn_dropout: Dropout::new(
+                config.dropout,
+                config.seed.unwrap_or(0),
+                &format!("{}.weights", vb.prefix()),
+            ),
+            resid_dropout: Dropout::new(config.dropout, config.seed.unwrap_or(0), &vb.prefix()),
             kernels: config.kernels,
         })
+    }
+
+    /// Draws dropout masks from `other`'s streams (a copy rebuilt per pass, `autocast.rs`).
+    pub fn share_dropout_with(&mut self, other: &Attention) {
+        self.attn_dropout.share(&other.attn_dropout);
+        self.resid_dropout.share(&other.resid_dropout);
     }
 
     /// The linear layers by name, for quantization.
@@ -95,7 +110,7 @@ impl Attention {
         let whole_sequence = cache.is_none()
             && matches!(positions, Positions::Offset(0))
             && mask.is_none_or(|m| m.dims() == [t, t]);
-        if fused && whole_sequence && !(train && self.dropout > 0.0) {
+        if fused && whole_sequence && !(train && self.attn_dropout.is_active()) {
             let mut qkv = qkv.reshape((b, t, h + 2 * kv, hd))?;
             if let Some(rope) = rope {
                 qkv = rope.apply_packed(&qkv, h + kv)?;
@@ -131,8 +146,8 @@ impl Attention {
         } else {
             softmax_last_dim(&att)?
         };
-        if train && self.dropout > 0.0 {
-            att = dropout(&att, self.dropout)?;
+        if train && self.attn_dropout.is_active() {
+            att = self.attn_dropout.forward(&att)?;
         }
         let y = att
             .matmul(&v.contiguous()?)?
@@ -144,8 +159,8 @@ impl Attention {
     /// `c_proj`, then residual dropout in training.
     fn project(&self, y: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.c_proj.forward(y)?;
-        if train && self.dropout > 0.0 {
-            dropout(&y, self.dropout)
+        if train && self.resid_dropout.is_active() {
+            self.resid_dropout.forward(&y)
         } else {
             Ok(y)
         }

@@ -33,13 +33,14 @@ pub fn cast(gpt: &Gpt, dtype: DType) -> Result<Gpt> {
         .into_iter()
         .map(|(name, var)| Ok((name, var.as_tensor().to_dtype(dtype)?)))
         .collect::<Result<HashMap<_, _>>>()?;
-    let shadow = Gpt::new(
+    let mut shadow = Gpt::new(
         gpt.gpt_config().clone(),
         Source::Cast(tensors),
         gpt.device(),
         dtype,
         gpt.cancel_flag().clone(),
     )?;
+    shadow.share_dropout_with(gpt);
     for ((name, layer), (shadow_name, shadow_layer)) in
         gpt.dense_layers().iter().zip(shadow.dense_layers())
     {

@@ -39,6 +39,12 @@ impl Block {
         })
     }
 
+    /// Draws dropout masks from `other`'s streams (a copy rebuilt per pass, `autocast.rs`).
+    pub fn share_dropout_with(&mut self, other: &Block) {
+        self.attn.share_dropout_with(&other.attn);
+        self.mlp.share_dropout_with(&other.mlp);
+    }
+
     /// The linear layers by name relative to the block (`attn.c_attn`), for quantization.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let attn = self

@@ -39,6 +39,18 @@ pub fn prepare_prompts(
             ),
         ));
     }
+    // A wrong-length list is a caller's mistake (seeds meant for another batch), not a request
+    // for the shared seed: refuse it rather than silently reuse `seed` for some rows.
+    if !options.row_seeds.is_empty() && options.row_seeds.len() != prompts.len() {
+        return Err(Error::invalid_config(
+            "generate",
+            format!(
+                "row_seeds has {} seeds for {} prompts: give one per prompt, or none (every row uses seed)",
+                options.row_seeds.len(),
+                prompts.len()
+            ),
+        ));
+    }
     let room = ctx - options.max_tokens;
     prompts
         .iter()

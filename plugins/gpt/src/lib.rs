@@ -17,6 +17,7 @@ pub mod cache;
 pub mod checkpoint;
 pub mod checkpointing;
 pub mod config;
+pub mod dropout;
 pub mod generate;
 pub mod gguf;
 pub mod hf;

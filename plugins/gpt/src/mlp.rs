@@ -3,10 +3,11 @@
 //! `llmlab_plugin_api::ops` (own backward), or composed with `kernels: "reference"`.
 
 use llmlab_plugin_api::candle::{Module, Result, Tensor};
-use llmlab_plugin_api::candle_nn::{ops::dropout, VarBuilder};
+use llmlab_plugin_api::candle_nn::VarBuilder;
 use llmlab_plugin_api::ops;
 
 use crate::config::{GptConfig, Kernels, MlpKind};
+use crate::dropout::Dropout;
 use crate::linear::{linear, Linear, INIT_STD};
 
 #[derive(Debug, Clone)]
@@ -15,7 +16,7 @@ pub struct Mlp {
     /// SwiGLU's gate; `None` for GELU.
     c_gate: Option<Linear>,
     c_proj: Linear,
-    dropout: f32,
+    dropout: Dropout,
     kernels: Kernels,
 }
 
@@ -30,9 +31,14 @@ impl Mlp {
             c_fc: linear(d, hidden, bias, INIT_STD, vb.pp("c_fc"))?,
             c_gate,
             c_proj: linear(hidden, d, bias, config.residual_init_std(), vb.pp("c_proj"))?,
-            dropout: config.dropout as f32,
+            dropout: Dropout::new(config.dropout, config.seed.unwrap_or(0), &vb.prefix()),
             kernels: config.kernels,
         })
+    }
+
+    /// Draws dropout masks from `other`'s streams (a copy rebuilt per pass, `autocast.rs`).
+    pub fn share_dropout_with(&mut self, other: &Mlp) {
+        self.dropout.share(&other.dropout);
     }
 
     /// The linear layers by name, for quantization.
@@ -56,8 +62,8 @@ impl Mlp {
             Some(gate) => ops::swiglu::swiglu_reference(&gate.forward(x)?, &up)?,
         };
         let y = self.c_proj.forward(&hidden)?;
-        if train && self.dropout > 0.0 {
-            dropout(&y, self.dropout)
+        if train && self.dropout.is_active() {
+            self.dropout.forward(&y)
         } else {
             Ok(y)
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use llmlab_plugin_api::candle::quantized::QTensor;
 use llmlab_plugin_api::candle::{DType, Device, Module, Tensor, Var, D};
-use llmlab_plugin_api::candle_nn::{ops::dropout, Embedding, Init};
+use llmlab_plugin_api::candle_nn::{Embedding, Init};
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::serde_json::Value;
 use llmlab_plugin_api::{
@@ -19,6 +19,7 @@ use llmlab_plugin_api::{
 use crate::block::Block;
 use crate::cache::{GptCache, Positions};
 use crate::config::{GptConfig, PosKind};
+use crate::dropout::Dropout;
 use crate::linear::{DenseLinear, Linear, INIT_STD};
 use crate::norm::Norm;
 use crate::params::{ParamStore, Source};
@@ -36,6 +37,8 @@ pub struct Gpt {
     lm_head: Linear,
     /// `(ctx, ctx)`: 0 on and below the diagonal, -inf above.
     causal_mask: Tensor,
+    /// On the embeddings in training (`dropout.rs`: seeded masks).
+    emb_dropout: Dropout,
     device: Device,
     dtype: DType,
     cancel: CancelFlag,
@@ -108,7 +111,9 @@ impl Gpt {
             .collect();
         let causal_mask =
             Tensor::from_vec(mask, (config.ctx, config.ctx), device)?.to_dtype(dtype)?;
+        let emb_dropout = Dropout::new(config.dropout, config.seed.unwrap_or(0), "transformer.wte");
         let mut gpt = Gpt {
+            emb_dropout,
             wte: Embedding::new(wte_weight, d),
             wpe,
             rope,
@@ -128,6 +133,15 @@ impl Gpt {
         };
         gpt.refresh_dense_layers();
         Ok(gpt)
+    }
+
+    /// Draws dropout masks from `parent`'s streams: a model rebuilt from `parent` for one pass
+    /// (mixed precision, `autocast.rs`) continues its masks instead of restarting them.
+    pub fn share_dropout_with(&mut self, parent: &Gpt) {
+        self.emb_dropout.share(&parent.emb_dropout);
+        for (mine, theirs) in self.blocks.iter_mut().zip(&parent.blocks) {
+            mine.share_dropout_with(theirs);
+        }
     }
 
     fn refresh_dense_layers(&mut self) {
@@ -294,8 +308,8 @@ impl Gpt {
             };
             x = x.broadcast_add(&pos)?;
         }
-        if options.train && self.config.dropout > 0.0 {
-            x = dropout(&x, self.config.dropout as f32)?;
+        if options.train && self.emb_dropout.is_active() {
+            x = self.emb_dropout.forward(&x)?;
         }
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
@@ -362,6 +376,9 @@ impl Model for Gpt {
     }
 
     fn forward(&self, ids: &Tensor, options: &ForwardOptions) -> Result<ForwardOutput> {
+        if options.train {
+            self.refuse_training_if_quantized()?;
+        }
         self.run(ids, None, options)
     }
 
@@ -431,6 +448,7 @@ impl Model for Gpt {
         compute: DType,
         loss: &mut dyn FnMut(&ForwardOutput) -> Result<Tensor>,
     ) -> Result<llmlab_plugin_api::candle::backprop::GradStore> {
+        self.refuse_training_if_quantized()?;
         crate::checkpointing::forward_backward(self, ids, options, compute, loss)
     }
 
@@ -447,6 +465,23 @@ impl Model for Gpt {
 }
 
 impl Gpt {
+    /// Training a quantized model would "succeed" with a flat loss: its quantized weights have no
+    /// gradient (candle's quantized matmul has no backward), so only norms and embeddings could
+    /// move. Every training pass (forward in training mode, forward_backward) asks this first.
+    pub fn refuse_training_if_quantized(&self) -> Result<()> {
+        match &self.scheme {
+            None => Ok(()),
+            Some(scheme) => Err(Error::msg(format!(
+                "gpt: cannot train a {scheme}-quantized model: its {n} quantized linear weights \
+                 have no gradient (quantized matmuls have no backward pass), so training would \
+                 leave them unchanged. Train the dense model it was quantized from instead — \
+                 with the trainer's `qat: \"{scheme}\"` key to adapt it to {scheme} rounding \
+                 (quantization-aware training) — and quantize it afterwards",
+                n = self.quantized.len()
+            ))),
+        }
+    }
+
     /// An independent copy: dense weights copied, quantized ones shared (they never change).
     pub fn copy(&self) -> Result<Gpt> {
         let tensors = self

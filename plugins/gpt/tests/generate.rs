@@ -167,6 +167,25 @@ fn row_seeds_give_each_row_its_own_draws() {
 }
 
 #[test]
+fn row_seeds_of_the_wrong_length_are_refused() {
+    let model = tiny(json!({ "pos": "rope" }));
+    let options = GenerateOptions {
+        max_tokens: 4,
+        row_seeds: vec![1, 2, 3],
+        ..GenerateOptions::default()
+    };
+    let error = model
+        .generate(&[vec![5u32, 6], vec![7]], &options, &mut |_, _| true)
+        .err()
+        .expect("3 seeds for 2 prompts must be refused")
+        .to_string();
+    assert!(
+        error.contains("row_seeds has 3 seeds for 2 prompts"),
+        "{error}"
+    );
+}
+
+#[test]
 fn seeded_sampling_is_reproducible_and_seeds_differ() {
     let model = tiny(json!({ "pos": "rope" }));
     let opts = |seed| GenerateOptions {
