@@ -14,6 +14,7 @@ use llmlab_plugin_api::{tracing, Context};
 
 fn main() -> ExitCode {
     reexec_with_malloc_tunables();
+    ignore_sigxfsz();
     let cli = Cli::parse();
     init_logging(cli.common.verbose);
     // Panics in plugin calls become script errors that carry the message; the location is
@@ -116,18 +117,55 @@ fn context(common: &Common) -> Result<Context, String> {
 }
 
 /// First Ctrl-C cancels the running call; in `run`, a second one exits at once.
+///
+/// In `run`, SIGTERM (what `kill` and schedulers send) and SIGHUP are treated the same way, so
+/// the trainer stops after its step and writes a checkpoint (ctrlc's `termination` feature). A
+/// SIGHUP that was ignored when we started (`nohup`) stays ignored. The REPL keeps the default
+/// for both: `kill` ends an interactive session as it always did.
 fn install_ctrl_c(session: &Session, second_exits: bool) {
     let cancel = session.host().context.cancel.clone();
     static PRESSES: AtomicUsize = AtomicUsize::new(0);
+    let hup_ignored = signal_ignored(libc::SIGHUP);
     let _ = ctrlc::set_handler(move || {
         let presses = PRESSES.fetch_add(1, Ordering::SeqCst) + 1;
         if second_exits && presses > 1 {
             eprintln!("\ninterrupted twice: exiting");
             std::process::exit(130);
         }
-        eprintln!("\n(Ctrl-C: stopping the running call)");
+        eprintln!("\n(Ctrl-C or SIGTERM: stopping the running call)");
         cancel.cancel();
     });
+    if !second_exits {
+        reset_signal(libc::SIGTERM, libc::SIG_DFL);
+        reset_signal(libc::SIGHUP, libc::SIG_DFL);
+    }
+    if hup_ignored {
+        reset_signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+}
+
+/// Whether `signal`'s disposition is "ignore" (inherited from `nohup`, for example).
+fn signal_ignored(signal: libc::c_int) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current disposition into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+fn reset_signal(signal: libc::c_int, disposition: libc::sighandler_t) {
+    // SAFETY: SIG_DFL and SIG_IGN are not handlers; nothing runs in signal context.
+    unsafe {
+        libc::signal(signal, disposition);
+    }
+}
+
+/// A write past `ulimit -f` raises SIGXFSZ, whose default kills the process with no message in
+/// the middle of a checkpoint. Ignored, the write fails with EFBIG instead, and the atomic
+/// writers keep the previous file and report the error naming it.
+fn ignore_sigxfsz() {
+    reset_signal(libc::SIGXFSZ, libc::SIG_IGN);
 }
 
 fn init_logging(verbose: u8) {

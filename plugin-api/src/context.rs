@@ -48,6 +48,9 @@ pub trait ProgressSink: Send + Sync {
 pub trait MetricsSink: Send + Sync {
     /// Records named values at `step` (a JSONL line in the run directory, a point on a plot).
     fn record(&self, step: u64, values: &BTreeMap<String, f64>);
+    /// A run resumed from a checkpoint at `step`: forget the records after `step` that an
+    /// interrupted process wrote after that checkpoint (the resumed run writes them again).
+    fn rewind(&self, _step: u64) {}
 }
 
 /// Sinks that drop everything: for tests and library use outside the host.

@@ -29,6 +29,7 @@ pub mod declaration;
 pub mod error;
 pub mod files;
 pub mod generation;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod quantizer;

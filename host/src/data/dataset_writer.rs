@@ -3,8 +3,16 @@
 //! documents, and ids go straight to `train.bin` / `val.bin`. Memory stays at a few batches
 //! whatever the corpus size.
 //!
-//! Files are written under temporary names and renamed at the end, header last, so an
-//! interrupted run (an error, Ctrl-C) never leaves a dataset that opens.
+//! The new dataset is built whole in a hidden staging directory beside the target
+//! (`.<name>.tmp-<pid>`) and swapped in at the end, so an interrupted or failed encode (an
+//! error, Ctrl-C, a full disk) never leaves a half-written dataset that opens and never harms
+//! the dataset already there: it still opens, unchanged. The swap is one atomic
+//! `renameat2(RENAME_EXCHANGE)` on Linux when the target holds only a dataset's files. A target
+//! that holds other files too, or sits on another filesystem than its parent (a mount point),
+//! gets its staging directory inside it instead, and the three files are renamed in, header
+//! last (the old header is removed first, so a crash in that instant leaves no dataset that
+//! opens, never a mixed one). Staging directories and temp files of killed processes are removed
+//! by the next encode into the same place.
 //!
 //! The validation split is chosen deterministically: for separate documents every
 //! `1/val_fraction`-th document; for one running text (a text file) its last `val_fraction` of
@@ -23,6 +31,7 @@ use llmlab_plugin_api::{
 use super::token_dataset::{
     split_file, tokenizer_hash, Dtype, Header, TokenDataset, FORMAT, FORMAT_VERSION, HEADER_FILE,
 };
+use crate::runs::remove_stale_temps;
 
 /// Text handed to the tokenizer at once.
 const BATCH_BYTES: usize = 4 << 20;
@@ -87,9 +96,9 @@ impl SplitChooser {
     }
 }
 
-/// One split's `.bin` file being written under a temporary name.
+/// One split's `.bin` file being written inside the staging directory.
 struct SplitWriter {
-    tmp: PathBuf,
+    path: PathBuf,
     file: BufWriter<File>,
     dtype: Dtype,
     tokens: u64,
@@ -98,10 +107,10 @@ struct SplitWriter {
 
 impl SplitWriter {
     fn create(dir: &Path, split: Split, dtype: Dtype) -> Result<SplitWriter> {
-        let tmp = dir.join(format!(".{}.tmp-{}", split_file(split), std::process::id()));
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let path = dir.join(split_file(split));
+        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
         Ok(SplitWriter {
-            tmp,
+            path,
             file: BufWriter::with_capacity(1 << 20, file),
             dtype,
             tokens: 0,
@@ -125,21 +134,199 @@ impl SplitWriter {
         }
         self.file
             .write_all(&self.scratch)
-            .map_err(|e| Error::io(&self.tmp, e))?;
+            .map_err(|e| Error::io(&self.path, e))?;
         self.tokens += ids.len() as u64;
         Ok(())
     }
 
-    /// Flushes, syncs and renames into `dir/<split>.bin`.
-    fn finish(self, final_path: &Path) -> Result<u64> {
+    /// Flushes and syncs; returns the number of tokens written.
+    fn finish(self) -> Result<u64> {
         let file = self
             .file
             .into_inner()
-            .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
-        std::fs::rename(&self.tmp, final_path).map_err(|e| Error::io(final_path, e))?;
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&self.path, e))?;
         Ok(self.tokens)
     }
+}
+
+/// The files that make a dataset, header last: what a swap moves.
+const DATASET_FILES: [&str; 3] = ["train.bin", "val.bin", HEADER_FILE];
+
+/// Where a new dataset is built before it replaces `out`.
+struct Staging {
+    dir: PathBuf,
+    /// Beside `out` (whole-directory swap) rather than inside it (file-by-file swap).
+    beside: bool,
+}
+
+impl Staging {
+    /// Chooses and creates the staging directory for `out`, first removing what killed
+    /// processes left: their staging directories and the temp files of older versions.
+    fn create(out: &Path) -> Result<Staging> {
+        let parent = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = out
+            .file_name()
+            .ok_or_else(|| Error::msg(format!("{}: not a directory path", out.display())))?
+            .to_string_lossy()
+            .into_owned();
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        remove_stale_temps(parent, |base| base == name);
+        if out.is_dir() {
+            remove_stale_temps(out, |base| {
+                base == INSIDE_STAGING || DATASET_FILES.contains(&base)
+            });
+        } else if out.exists() {
+            return Err(Error::msg(format!(
+                "{}: exists and is not a directory; a dataset is a directory",
+                out.display()
+            )));
+        }
+        let pid = std::process::id();
+        let beside = parent.join(format!(".{name}.tmp-{pid}"));
+        let inside = out.join(format!(".{INSIDE_STAGING}.tmp-{pid}"));
+        // Other files in `out` must stay where they are, and a rename cannot cross filesystems.
+        let in_place = out.exists() && (!only_dataset_files(out)? || !same_filesystem(parent, out));
+        let candidates: Vec<(PathBuf, bool)> = if in_place {
+            vec![(inside, false)]
+        } else {
+            // An unwritable parent (a dataset directory made for us in a read-only place)
+            // still lets us stage inside the dataset directory.
+            vec![(beside, true), (inside, false)]
+        };
+        let mut last_error = None;
+        for (dir, beside) in candidates {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            }
+            if !beside {
+                std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+            }
+            match std::fs::create_dir(&dir) {
+                Ok(()) => return Ok(Staging { dir, beside }),
+                Err(e) => last_error = Some(Error::io(&dir, e)),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::msg("no staging directory")))
+    }
+
+    /// Puts the finished dataset in place of `out` (see the module docs).
+    fn install(self, out: &Path) -> Result<()> {
+        sync_dir(&self.dir)?;
+        if self.beside {
+            if !out.exists() {
+                std::fs::rename(&self.dir, out).map_err(|e| Error::io(out, e))?;
+            } else {
+                exchange_directories(&self.dir, out)?;
+                // `self.dir` now holds the previous dataset.
+                if let Err(error) = std::fs::remove_dir_all(&self.dir) {
+                    llmlab_plugin_api::tracing::warn!(
+                        %error,
+                        "could not remove the previous dataset, moved aside to {}",
+                        self.dir.display()
+                    );
+                }
+            }
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        } else {
+            let header = out.join(HEADER_FILE);
+            match std::fs::remove_file(&header) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(&header, e))
+                }
+                _ => {}
+            }
+            for file in DATASET_FILES {
+                std::fs::rename(self.dir.join(file), out.join(file))
+                    .map_err(|e| Error::io(out.join(file), e))?;
+            }
+            sync_dir(out)?;
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+        Ok(())
+    }
+
+    /// Removes the staging directory after a failure.
+    fn discard(self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `<name>` of the staging directory made inside a dataset directory: `.encode.tmp-<pid>`.
+const INSIDE_STAGING: &str = "encode";
+
+/// Whether `dir` holds nothing but a dataset's files (and temp files), so swapping the whole
+/// directory moves nothing else with it.
+fn only_dataset_files(dir: &Path) -> Result<bool> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let temp = name.starts_with('.') && (name.contains(".tmp-") || name.contains(".old-"));
+        if !DATASET_FILES.contains(&name.as_ref()) && !temp {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// Swaps the directories `a` and `b` atomically (`renameat2(RENAME_EXCHANGE)`); where the kernel
+/// or filesystem cannot, moves `b` aside to `a`'s place through a third name (two renames).
+fn exchange_directories(a: &Path, b: &Path) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| Error::msg(format!("{}: path contains a NUL byte", p.display())))
+        };
+        let (ca, cb) = (c(a)?, c(b)?);
+        // SAFETY: two valid NUL-terminated paths relative to the working directory.
+        let result = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                ca.as_ptr(),
+                libc::AT_FDCWD,
+                cb.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if result == 0 {
+            return Ok(());
+        }
+        let error = std::io::Error::last_os_error();
+        if !matches!(
+            error.raw_os_error(),
+            Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+        ) {
+            return Err(Error::io(b, error));
+        }
+    }
+    let name = b.file_name().unwrap_or_default().to_string_lossy();
+    let aside = b.with_file_name(format!(".{name}.old-{}", std::process::id()));
+    std::fs::rename(b, &aside).map_err(|e| Error::io(b, e))?;
+    std::fs::rename(a, b).map_err(|e| Error::io(b, e))?;
+    std::fs::rename(&aside, a).map_err(|e| Error::io(a, e))
 }
 
 struct Batch {
@@ -182,30 +369,24 @@ pub fn encode_to_dataset(
     } else {
         None
     };
-    let dir = &options.out;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let header_path = dir.join(HEADER_FILE);
-    match std::fs::remove_file(&header_path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(Error::io(&header_path, e))
-        }
-        _ => {}
-    }
-    let mut train = SplitWriter::create(dir, Split::Train, dtype)?;
-    let mut val = SplitWriter::create(dir, Split::Val, dtype)?;
-    let tmps = [train.tmp.clone(), val.tmp.clone()];
-    let written = stream(
-        tokenizer,
-        source,
-        options,
-        ctx,
-        end_of_text,
-        &mut train,
-        &mut val,
-    );
-    let result = written.and_then(|train_nats| {
-        let train_tokens = train.finish(&dir.join(split_file(Split::Train)))?;
-        let val_tokens = val.finish(&dir.join(split_file(Split::Val)))?;
+    // A symlinked dataset directory is replaced where it points, not by a real directory.
+    let out = std::fs::canonicalize(&options.out).unwrap_or_else(|_| options.out.clone());
+    let staging = Staging::create(&out)?;
+    let dir = &staging.dir;
+    let result = (|| {
+        let mut train = SplitWriter::create(dir, Split::Train, dtype)?;
+        let mut val = SplitWriter::create(dir, Split::Val, dtype)?;
+        let train_nats = stream(
+            tokenizer,
+            source,
+            options,
+            ctx,
+            end_of_text,
+            &mut train,
+            &mut val,
+        )?;
+        let train_tokens = train.finish()?;
+        let val_tokens = val.finish()?;
         if train_tokens == 0 {
             return Err(Error::Data(format!(
                 "{} produced no training tokens: the corpus is empty{}",
@@ -232,15 +413,16 @@ pub fn encode_to_dataset(
             entropy_floor_nats_per_token: train_nats.map(|nats| nats / train_tokens as f64),
         };
         let text = serde_json::to_string_pretty(&header)?;
-        write_atomic(&header_path, text.as_bytes())
-    });
-    if let Err(error) = result {
-        for tmp in &tmps {
-            let _ = std::fs::remove_file(tmp);
+        write_atomic(&dir.join(HEADER_FILE), text.as_bytes())
+    })();
+    match result {
+        Ok(()) => staging.install(&out)?,
+        Err(error) => {
+            staging.discard();
+            return Err(error);
         }
-        return Err(error);
     }
-    TokenDataset::open(dir)
+    TokenDataset::open(&out)
 }
 
 /// Reads batches on a helper thread and encodes them on this one; returns the training
@@ -637,33 +819,61 @@ mod tests {
         assert!(error.contains("nowhere"), "{error}");
     }
 
+    fn temps_in(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("tmp") || n.contains("old"))
+            .collect()
+    }
+
     #[test]
-    fn failures_leave_no_dataset_behind() {
+    fn a_failed_encode_keeps_the_previous_dataset() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("data");
-        encode_to_dataset(
+        let before = encode_to_dataset(
             &BYTES,
             &docs(30),
             &options(dir.path(), true),
             &Context::cpu(),
         )
         .unwrap();
+        let before_train = all(&before, Split::Train);
         let broken = Docs {
             fail_at: Some(3),
-            ..docs(30)
+            ..docs(40)
         };
         let error = encode_to_dataset(&BYTES, &broken, &options(dir.path(), true), &Context::cpu())
             .err()
             .unwrap()
             .to_string();
         assert_eq!(error, "docs: broken at document 3");
-        assert!(TokenDataset::open(&out).is_err(), "the old header is gone");
-        let leftovers: Vec<_> = std::fs::read_dir(&out)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains("tmp"))
-            .collect();
-        assert!(leftovers.is_empty(), "{leftovers:?}");
+        let after = TokenDataset::open(&out).expect("the previous dataset still opens");
+        assert_eq!(all(&after, Split::Train), before_train);
+        // The mapping the script still holds reads the old ids too.
+        assert_eq!(all(&before, Split::Train), before_train);
+        assert!(temps_in(&out).is_empty(), "{:?}", temps_in(&out));
+        assert!(
+            temps_in(dir.path()).is_empty(),
+            "{:?}",
+            temps_in(dir.path())
+        );
+        // A successful encode replaces it whole, and the old mapping stays readable.
+        let bigger = encode_to_dataset(
+            &BYTES,
+            &docs(40),
+            &options(dir.path(), true),
+            &Context::cpu(),
+        )
+        .unwrap();
+        assert!(bigger.len(Split::Train) > before_train.len());
+        assert_eq!(all(&before, Split::Train), before_train);
+        assert_eq!(
+            std::fs::read_dir(&out).unwrap().count(),
+            3,
+            "train.bin, val.bin, dataset.json"
+        );
+        assert!(temps_in(dir.path()).is_empty());
         let ctx = Context::cpu();
         ctx.cancel.cancel();
         let error = encode_to_dataset(&BYTES, &docs(30), &options(dir.path(), true), &ctx)
@@ -692,5 +902,109 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(error.contains("val_fraction 1"), "{error}");
+        // After every failure above, the first good dataset is still the one there.
+        assert!(TokenDataset::open(&out).is_ok());
+    }
+
+    #[test]
+    fn a_split_truncated_while_in_use_is_an_error_naming_it_not_sigbus() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = encode_to_dataset(
+            &BYTES,
+            &docs(2000),
+            &options(dir.path(), true),
+            &Context::cpu(),
+        )
+        .unwrap();
+        let len = ds.len(Split::Train);
+        let train = dir.path().join("data/train.bin");
+        // Another process cuts the file to a few bytes while training reads it; through a
+        // memory mapping the next read of a lost page was SIGBUS.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&train)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        let mut out = vec![0; 64];
+        let error = ds
+            .read(Split::Train, len - 64, &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("train.bin") && error.contains("truncated"),
+            "{error}"
+        );
+        let error = ds
+            .sample_windows(Split::Train, 4, 32, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("train.bin"), "{error}");
+        // What is still there reads.
+        ds.read(Split::Train, 0, &mut out[..5]).unwrap();
+        assert_eq!(&out[..5], &[100, 111, 99, 32, 48]);
+    }
+
+    #[test]
+    fn a_directory_with_other_files_keeps_them_and_gets_the_new_dataset() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("data");
+        encode_to_dataset(
+            &BYTES,
+            &docs(10),
+            &options(dir.path(), true),
+            &Context::cpu(),
+        )
+        .unwrap();
+        std::fs::write(out.join("notes.txt"), "mine").unwrap();
+        let broken = Docs {
+            fail_at: Some(3),
+            ..docs(30)
+        };
+        assert!(
+            encode_to_dataset(&BYTES, &broken, &options(dir.path(), true), &Context::cpu())
+                .is_err()
+        );
+        let kept = TokenDataset::open(&out).unwrap();
+        assert_eq!(kept.len(Split::Train) + kept.len(Split::Val), 10 * 6);
+        let ds = encode_to_dataset(
+            &BYTES,
+            &docs(20),
+            &options(dir.path(), true),
+            &Context::cpu(),
+        )
+        .unwrap();
+        assert!(ds.len(Split::Train) + ds.len(Split::Val) > 10 * 6);
+        assert_eq!(
+            std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+            "mine"
+        );
+        assert!(temps_in(&out).is_empty(), "{:?}", temps_in(&out));
+    }
+
+    #[test]
+    fn staging_left_by_a_killed_encode_is_removed_and_symlinks_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let stale = dir.path().join(format!(".real.tmp-{dead}"));
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join("train.bin"), vec![0u8; 1000]).unwrap();
+        let old_style = real.join(format!(".train.bin.tmp-{dead}"));
+        std::fs::write(&old_style, b"ids").unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("data")).unwrap();
+        encode_to_dataset(
+            &BYTES,
+            &docs(10),
+            &options(dir.path(), true),
+            &Context::cpu(),
+        )
+        .unwrap();
+        assert!(!stale.exists() && !old_style.exists());
+        assert!(dir.path().join("data").is_symlink());
+        assert!(TokenDataset::open(&real).is_ok());
     }
 }

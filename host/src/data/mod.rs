@@ -1,8 +1,8 @@
 //! Data the host owns and hands to plugins through the `plugin-api` data traits: text sources
-//! (user files, JSONL, built-in corpora) and memory-mapped token datasets.
+//! (user files, JSONL, built-in corpora) and token datasets on disk.
 //!
 //! - [`text_file`]: a UTF-8 text or JSONL file as a `TextSource`, streamed.
-//! - [`token_dataset`]: `train.bin` / `val.bin` + `dataset.json`, memory-mapped, as `TokenData`.
+//! - [`token_dataset`]: `train.bin` / `val.bin` + `dataset.json`, read in windows, as `TokenData`.
 //! - [`dataset_writer`]: encoding a corpus into a token dataset, in parallel and streaming.
 //! - [`preferences`]: preference pairs (`prompt`, `chosen`, `rejected`) from a JSONL file.
 

@@ -1,22 +1,27 @@
-//! [`TokenDataset`]: a tokenized corpus on disk, memory-mapped, as [`TokenData`].
+//! [`TokenDataset`]: a tokenized corpus on disk, read in windows, as [`TokenData`].
 //!
 //! A dataset directory holds `train.bin` and `val.bin` (token ids as little-endian `u16` when the
 //! vocabulary has at most 65,535 tokens, else `u32`: nanoGPT's format, readable with
 //! `np.memmap(path, dtype=np.uint16)`) and `dataset.json`, the header: dtype, token counts,
 //! vocabulary size and a hash of the tokenizer that made it. Opening checks the header against
 //! the files' lengths, and against a tokenizer when one is given; reading copies only the window
-//! asked for out of the mapping.
+//! asked for out of the file.
+//!
+//! Reads are positional (`pread`), not through a memory mapping: a mapped file that another
+//! process truncates while training runs kills the process with SIGBUS on the next touch of a
+//! lost page, where a read simply comes back short and becomes an error naming the file. The
+//! page cache serves both the same way; a window is one system call.
 //!
 //! Writing lives in [`super::dataset_writer`].
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use llmlab_plugin_api::rng::SplitMix64;
 use llmlab_plugin_api::serde::{Deserialize, Serialize};
 use llmlab_plugin_api::serde_json;
 use llmlab_plugin_api::{Error, Result, Split, TokenData, Tokenizer};
-use memmap2::Mmap;
 
 pub const HEADER_FILE: &str = "dataset.json";
 pub const FORMAT: &str = "llmlab-tokens";
@@ -153,13 +158,14 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// One split's ids, mapped read-only (an empty split maps nothing).
-struct Mapped {
-    map: Option<Mmap>,
+/// One split's ids file, open for positional reads (an empty split opens nothing).
+struct SplitFile {
+    path: PathBuf,
+    file: Option<File>,
 }
 
-impl Mapped {
-    fn open(path: &Path, expected_bytes: u64) -> Result<Mapped> {
+impl SplitFile {
+    fn open(path: &Path, expected_bytes: u64) -> Result<SplitFile> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let actual = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if actual != expected_bytes {
@@ -169,26 +175,43 @@ impl Mapped {
                 path.display()
             )));
         }
-        if actual == 0 {
-            return Ok(Mapped { map: None });
-        }
-        // SAFETY: the mapping is read-only; the files are written once under a temporary name
-        // and renamed into place, never modified in place by llmlab.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Ok(Mapped { map: Some(map) })
+        Ok(SplitFile {
+            path: path.to_path_buf(),
+            file: (actual > 0).then_some(file),
+        })
     }
 
-    fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+    /// Fills `buf` from byte `offset`; a file cut short since it was opened is an error naming it.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let Some(file) = &self.file else {
+            return Err(Error::Data(format!("{}: empty split", self.path.display())));
+        };
+        file.read_exact_at(buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                let now = file.metadata().map(|m| m.len()).unwrap_or(0);
+                Error::Data(format!(
+                    "{}: the file is now {now} bytes, shorter than {HEADER_FILE} says \
+                     (bytes {offset}..{} were asked for): it was truncated or rewritten while \
+                     in use; encode the dataset again",
+                    self.path.display(),
+                    offset + buf.len() as u64
+                ))
+            } else {
+                Error::io(&self.path, e)
+            }
+        })
     }
 }
 
-/// A memory-mapped token dataset.
+/// A token dataset on disk.
 pub struct TokenDataset {
     dir: PathBuf,
     header: Header,
-    train: Mapped,
-    val: Mapped,
+    train: SplitFile,
+    val: SplitFile,
 }
 
 impl TokenDataset {
@@ -219,11 +242,11 @@ impl TokenDataset {
             )));
         }
         let width = header.dtype.width_bytes() as u64;
-        let train = Mapped::open(
+        let train = SplitFile::open(
             &dir.join(split_file(Split::Train)),
             header.train_tokens * width,
         )?;
-        let val = Mapped::open(&dir.join(split_file(Split::Val)), header.val_tokens * width)?;
+        let val = SplitFile::open(&dir.join(split_file(Split::Val)), header.val_tokens * width)?;
         Ok(TokenDataset {
             dir: dir.to_path_buf(),
             header,
@@ -264,7 +287,7 @@ impl TokenDataset {
         &self.dir
     }
 
-    fn mapped(&self, split: Split) -> &Mapped {
+    fn split_file(&self, split: Split) -> &SplitFile {
         match split {
             Split::Train => &self.train,
             Split::Val => &self.val,
@@ -320,21 +343,18 @@ impl TokenData for TokenDataset {
                     split_name(split)
                 ))
             })?;
-        let bytes = self.mapped(split).bytes();
+        let width = self.header.dtype.width_bytes();
+        let mut bytes = vec![0u8; (end - start) * width];
+        self.split_file(split)
+            .read_at(&mut bytes, (start * width) as u64)?;
         match self.header.dtype {
             Dtype::U16 => {
-                for (slot, chunk) in out
-                    .iter_mut()
-                    .zip(bytes[start * 2..end * 2].chunks_exact(2))
-                {
+                for (slot, chunk) in out.iter_mut().zip(bytes.chunks_exact(2)) {
                     *slot = u16::from_le_bytes([chunk[0], chunk[1]]) as u32;
                 }
             }
             Dtype::U32 => {
-                for (slot, chunk) in out
-                    .iter_mut()
-                    .zip(bytes[start * 4..end * 4].chunks_exact(4))
-                {
+                for (slot, chunk) in out.iter_mut().zip(bytes.chunks_exact(4)) {
                     *slot = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
                 }
             }

@@ -34,7 +34,7 @@ pub fn in_run_dir<T>(
         if ctx.cancel.is_cancelled() {
             // Say where the work went, not only that it stopped.
             script_error(format!(
-                "{name}: cancelled by Ctrl-C; metrics and the last checkpoint are in {}",
+                "{name}: cancelled by Ctrl-C or SIGTERM; metrics and the last checkpoint are in {}",
                 run.path.display()
             ))
         } else {

@@ -150,6 +150,8 @@ impl<O: Objective> TrainLoop<O> {
         };
         if let Some(path) = &c.resume {
             self.resume(&mut run, model, PathBuf::from(path))?;
+            // Records a killed process wrote after this checkpoint are written again from here.
+            ctx.metrics.rewind(run.step);
         }
         self.run = Some(run);
         Ok(())
