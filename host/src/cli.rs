@@ -27,6 +27,58 @@ pub struct Common {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Load only plugin libraries whose SHA-256 is listed in FILE (`sha256sum` output format);
+    /// others are refused before any of their code runs (docs/scripting.md, "What a script can do").
+    #[arg(long = "trusted-plugins", global = true, value_name = "FILE")]
+    pub trusted_plugins: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Resource limits for scripts (default: none, expression depth 256), for shared or served use.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct LimitArgs {
+    /// Stop a script (each REPL line) after this many Rhai operations.
+    #[arg(long, global = true, value_name = "N")]
+    pub max_operations: Option<u64>,
+    /// Largest array a script may build (elements).
+    #[arg(long, global = true, value_name = "N")]
+    pub max_array_size: Option<usize>,
+    /// Largest string a script may build (bytes).
+    #[arg(long, global = true, value_name = "N")]
+    pub max_string_size: Option<usize>,
+    /// Largest object map a script may build (entries).
+    #[arg(long, global = true, value_name = "N")]
+    pub max_map_size: Option<usize>,
+    /// Deepest nesting of function calls.
+    #[arg(long, global = true, value_name = "N")]
+    pub max_call_depth: Option<usize>,
+    /// Deepest nesting of expressions the parser accepts (default 256).
+    #[arg(long, global = true, value_name = "N")]
+    pub max_expr_depth: Option<usize>,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> crate::trust::ScriptLimits {
+        crate::trust::ScriptLimits {
+            max_operations: self.max_operations,
+            max_array_size: self.max_array_size,
+            max_string_size: self.max_string_size,
+            max_map_size: self.max_map_size,
+            max_call_depth: self.max_call_depth,
+            max_expr_depth: self.max_expr_depth,
+        }
+    }
+}
+
+impl Common {
+    /// The allow-list named by `--trusted-plugins`, read and checked.
+    pub fn trusted_plugins(&self) -> Result<Option<crate::trust::TrustedPlugins>, String> {
+        self.trusted_plugins
+            .as_deref()
+            .map(crate::trust::TrustedPlugins::load)
+            .transpose()
+    }
 }
 
 #[derive(Debug, Subcommand)]

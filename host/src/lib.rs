@@ -14,3 +14,4 @@ pub mod registry;
 pub mod repl;
 pub mod runs;
 pub mod script;
+pub mod trust;

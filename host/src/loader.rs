@@ -6,8 +6,16 @@
 //! bytes, located with `object`), so a mismatched plugin is refused without `dlopen`, i.e. without
 //! its constructors ever running. Accepted libraries are opened with `RTLD_NOW` so a runtime built
 //! differently shows up as a load error, not as a crash on first call.
+//!
+//! Only regular files are read, and at most [`MAX_LIBRARY_BYTES`] of them: a FIFO named `x.so`
+//! must not block the scan, `/dev/zero` must not be read whole. Entries that look like libraries
+//! but are not regular files (a directory `dir.so`, a dangling symlink, a symlink loop) are
+//! reported as refused, not skipped silently. Every library read is hashed (SHA-256): the hash
+//! is checked against `--trusted-plugins` (see [`crate::trust`]) before `dlopen`, and recorded
+//! in the run directory's `plugins.json`.
 
 use std::ffi::OsStr;
+use std::io::Read;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
@@ -19,9 +27,14 @@ use llmlab_plugin_api::{Fingerprint, Registrar, Registration};
 use object::{Object, ObjectSection, ObjectSymbol};
 
 use crate::panics::panic_message;
+use crate::trust::{sha256_hex, TrustedPlugins};
 
 /// Environment variable with extra plugin directories, `:`-separated like `PATH`.
 pub const PLUGIN_PATH_ENV: &str = "LLMLAB_PLUGIN_PATH";
+
+/// The largest file read as a plugin library. The cuda runtime, the largest library llmlab
+/// builds, is ~75 MB; anything past this is not a plugin and is not read.
+pub const MAX_LIBRARY_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -29,6 +42,31 @@ pub enum LoadError {
     Read {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error(
+        "not a regular file: {path} is {what}; only regular files are read as plugin libraries"
+    )]
+    NotRegularFile { path: PathBuf, what: String },
+    #[error("{path} is {bytes} bytes, more than any plugin library (the limit is {MAX_LIBRARY_BYTES} bytes); not read")]
+    TooLarge { path: PathBuf, bytes: u64 },
+    #[error(
+        "refused {path}: its sha256 {sha256} is not in the allow-list {list} (--trusted-plugins); \
+         add the line `{sha256}  {file}` to it if you trust this library"
+    )]
+    Untrusted {
+        path: PathBuf,
+        file: String,
+        sha256: String,
+        list: PathBuf,
+    },
+    #[error(
+        "refused {path}: plugin `{plugin}` is already loaded from {first}; the same plugin crate \
+         in two files would register its components twice (remove one of the files)"
+    )]
+    Duplicate {
+        path: PathBuf,
+        plugin: String,
+        first: PathBuf,
     },
     #[error("not a shared library: {path}: {detail}")]
     NotSharedLibrary { path: PathBuf, detail: String },
@@ -63,6 +101,8 @@ pub enum LoadError {
 pub struct LoadedPlugin {
     pub path: PathBuf,
     pub fingerprint: Fingerprint,
+    /// SHA-256 of the library file as it was read and checked, lowercase hex.
+    pub sha256: String,
     pub registrations: Vec<&'static Registration>,
 }
 
@@ -98,33 +138,139 @@ pub fn search_dirs(flags: &[PathBuf]) -> Vec<PathBuf> {
     dirs
 }
 
-/// Shared libraries in `dir` that may be plugins (not the runtime or libstd themselves).
-pub fn candidate_files(dir: &Path) -> Vec<PathBuf> {
+/// Shared libraries in `dir` that may be plugins (not the runtime or libstd themselves), sorted:
+/// regular files as `Ok`, entries with a library's name that are not regular files (`dir.so`, a
+/// dangling symlink, a symlink loop, a FIFO) as the refusal saying what they are. Nothing is
+/// opened here (`stat` never blocks on a FIFO).
+pub fn candidate_files(dir: &Path) -> Vec<Result<PathBuf, LoadError>> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut files: Vec<PathBuf> = entries
+    let mut paths: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.is_file() && p.extension() == Some(OsStr::new(std::env::consts::DLL_EXTENSION))
-        })
+        .filter(|p| p.extension() == Some(OsStr::new(std::env::consts::DLL_EXTENSION)))
         .filter(|p| {
             let name = p.file_name().and_then(OsStr::to_str).unwrap_or("");
             !(name.starts_with("libllmlab_plugin_api") || name.starts_with("libstd-"))
         })
         .collect();
-    files.sort();
-    files
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| match not_regular(&path) {
+            None => Ok(path),
+            Some(what) => Err(LoadError::NotRegularFile { path, what }),
+        })
+        .collect()
+}
+
+/// What `path` is when it is not a regular file (following symlinks), `None` when it is one.
+fn not_regular(path: &Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => None,
+        Ok(meta) => Some(file_kind(&meta.file_type())),
+        Err(error) => Some(unreadable(path, &error)),
+    }
+}
+
+/// Why `path` could not be stat'ed, in words (dangling links and loops named as such).
+fn unreadable(path: &Path, error: &std::io::Error) -> String {
+    let link = std::fs::read_link(path).ok();
+    match (error.kind(), link) {
+        (std::io::ErrorKind::NotFound, Some(target)) => {
+            format!("a dangling symlink (to {})", target.display())
+        }
+        (_, Some(_)) if error.raw_os_error() == Some(libc::ELOOP) => {
+            "a symlink loop (too many levels of symbolic links)".to_string()
+        }
+        _ => format!("unreadable ({error})"),
+    }
+}
+
+fn file_kind(kind: &std::fs::FileType) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO (named pipe)".into();
+        }
+        if kind.is_socket() {
+            return "a socket".into();
+        }
+        if kind.is_char_device() {
+            return "a character device".into();
+        }
+        if kind.is_block_device() {
+            return "a block device".into();
+        }
+    }
+    if kind.is_dir() {
+        return "a directory".into();
+    }
+    "not a regular file".into()
+}
+
+/// The bytes of the library at `path`: a regular file, read whole but never past
+/// [`MAX_LIBRARY_BYTES`]. The file is opened without blocking (a FIFO would otherwise wait for
+/// a writer) and checked on the open handle, so a swap between check and read cannot slip a
+/// FIFO or device in.
+pub fn read_library(path: &Path) -> Result<Vec<u8>, LoadError> {
+    let read_error = |source| LoadError::Read {
+        path: path.into(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|error| {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            LoadError::NotRegularFile {
+                path: path.into(),
+                what: unreadable(path, &error),
+            }
+        } else {
+            read_error(error)
+        }
+    })?;
+    let meta = file.metadata().map_err(read_error)?;
+    if !meta.is_file() {
+        return Err(LoadError::NotRegularFile {
+            path: path.into(),
+            what: file_kind(&meta.file_type()),
+        });
+    }
+    if meta.len() > MAX_LIBRARY_BYTES {
+        return Err(LoadError::TooLarge {
+            path: path.into(),
+            bytes: meta.len(),
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_LIBRARY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_LIBRARY_BYTES {
+        return Err(LoadError::TooLarge {
+            path: path.into(),
+            bytes: bytes.len() as u64,
+        });
+    }
+    Ok(bytes)
 }
 
 /// Reads and parses the declaration of the library at `path` without loading it.
 pub fn read_declaration(path: &Path) -> Result<Fingerprint, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-        path: path.into(),
-        source,
-    })?;
-    let file = object::File::parse(&*bytes).map_err(|e| LoadError::NotSharedLibrary {
+    parse_declaration(path, &read_library(path)?)
+}
+
+/// Parses the declaration out of `bytes`, the contents of the library at `path`.
+pub fn parse_declaration(path: &Path, bytes: &[u8]) -> Result<Fingerprint, LoadError> {
+    let file = object::File::parse(bytes).map_err(|e| LoadError::NotSharedLibrary {
         path: path.into(),
         detail: e.to_string(),
     })?;
@@ -177,9 +323,35 @@ pub fn read_declaration(path: &Path) -> Result<Fingerprint, LoadError> {
     Fingerprint::parse(text).map_err(bad)
 }
 
+/// A library that passed every check made without running its code.
+pub struct Checked {
+    pub fingerprint: Fingerprint,
+    pub sha256: String,
+}
+
 /// Checks the library at `path` against this host; `Ok` carries its fingerprint.
 pub fn check(path: &Path) -> Result<Fingerprint, LoadError> {
-    let fingerprint = read_declaration(path)?;
+    check_trusted(path, None).map(|c| c.fingerprint)
+}
+
+/// Checks the library at `path` against this host and, when given, the allow-list `trusted`:
+/// everything that can be decided from the file's bytes, before any of its code runs.
+pub fn check_trusted(path: &Path, trusted: Option<&TrustedPlugins>) -> Result<Checked, LoadError> {
+    let bytes = read_library(path)?;
+    let sha256 = sha256_hex(&bytes);
+    if let Some(list) = trusted {
+        if !list.contains(&sha256) {
+            return Err(LoadError::Untrusted {
+                path: path.into(),
+                file: path
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                sha256,
+                list: list.path().to_path_buf(),
+            });
+        }
+    }
+    let fingerprint = parse_declaration(path, &bytes)?;
     fingerprint
         .check_compatible(&Fingerprint::current())
         .map_err(|mismatch| LoadError::Mismatch {
@@ -187,7 +359,10 @@ pub fn check(path: &Path) -> Result<Fingerprint, LoadError> {
             plugin: fingerprint.plugin.clone().unwrap_or_else(|| "?".into()),
             mismatch,
         })?;
-    Ok(fingerprint)
+    Ok(Checked {
+        fingerprint,
+        sha256,
+    })
 }
 
 struct Collect(Vec<&'static Registration>);
@@ -200,7 +375,15 @@ impl Registrar for Collect {
 
 /// Checks, loads and registers the plugin at `path`. The library stays loaded for the process.
 pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
-    let fingerprint = check(path)?;
+    load_checked(path, check_trusted(path, None)?)
+}
+
+/// Loads and registers the plugin at `path` that passed [`check_trusted`].
+pub fn load_checked(path: &Path, checked: Checked) -> Result<LoadedPlugin, LoadError> {
+    let Checked {
+        fingerprint,
+        sha256,
+    } = checked;
     let plugin = fingerprint.plugin.clone().unwrap_or_else(|| "?".into());
     let library = open_now(path)?;
     // Never unloaded (DESIGN.md §2): leaking keeps every vtable and thread-local valid.
@@ -226,6 +409,7 @@ pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
     Ok(LoadedPlugin {
         path: path.into(),
         fingerprint,
+        sha256,
         registrations: collect.0,
     })
 }
@@ -269,14 +453,32 @@ pub struct Scan {
     pub refused: Vec<LoadError>,
 }
 
-/// Loads every plugin in `dirs`; a refusal never stops the others.
-pub fn scan(dirs: &[PathBuf]) -> Scan {
+/// Loads every plugin in `dirs`; a refusal never stops the others. With `trusted`, only
+/// libraries on the allow-list are opened. A second file of a plugin already loaded (the same
+/// crate copied or built twice) is refused before it is opened: its constructors would add the
+/// components a second time to the one shared inventory.
+pub fn scan(dirs: &[PathBuf], trusted: Option<&TrustedPlugins>) -> Scan {
     let mut scan = Scan::default();
     for dir in dirs {
-        for path in candidate_files(dir) {
-            match load(&path) {
+        for candidate in candidate_files(dir) {
+            let result = candidate.and_then(|path| {
+                let checked = check_trusted(&path, trusted)?;
+                if let Some(first) = scan
+                    .loaded
+                    .iter()
+                    .find(|p| p.fingerprint.plugin == checked.fingerprint.plugin)
+                {
+                    return Err(LoadError::Duplicate {
+                        path,
+                        plugin: first.name().to_string(),
+                        first: first.path.clone(),
+                    });
+                }
+                load_checked(&path, checked)
+            });
+            match result {
                 Ok(plugin) => {
-                    tracing::debug!(path = %path.display(), plugin = plugin.name(), "loaded plugin");
+                    tracing::debug!(path = %plugin.path.display(), plugin = plugin.name(), "loaded plugin");
                     scan.loaded.push(plugin)
                 }
                 Err(error) => {

@@ -9,6 +9,7 @@ use llmlab::cli::{BenchCommand, Cli, Command, Common, PluginCommand};
 use llmlab::loader;
 use llmlab::registry::Registry;
 use llmlab::script::{Overrides, Session};
+use llmlab::trust::TrustedPlugins;
 use llmlab_plugin_api::candle::DType;
 use llmlab_plugin_api::{tracing, Context};
 
@@ -31,14 +32,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     let dirs = loader::search_dirs(&cli.common.plugin_dirs);
+    let trusted = cli.common.trusted_plugins()?;
+    let discover = || Registry::discover_trusted(&dirs, trusted.clone());
+    let limits = cli.common.limits.limits();
     match cli.command {
         Some(Command::Plugin {
             command: PluginCommand::Check { file },
-        }) => Ok(check_plugin(&file)),
+        }) => Ok(check_plugin(&file, trusted.as_ref())),
         Some(Command::Bench {
             command: BenchCommand::Train { config, steps },
         }) => {
-            let registry = Registry::discover(&dirs);
+            let registry = discover();
             let ctx = context(&cli.common)?;
             for name in config.split(',') {
                 let line = llmlab::bench::train(&registry, name.trim(), steps, &ctx)
@@ -48,22 +52,23 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Plugins) => {
-            let registry = Registry::discover(&dirs);
+            let registry = discover();
             print!("{}", registry.report());
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Run { script, set }) => {
             let overrides = Overrides::parse(&set)?;
-            let mut session =
-                Session::new(Registry::discover(&dirs), context(&cli.common)?, overrides);
+            let mut session = Session::new(discover(), context(&cli.common)?, overrides);
+            session.set_limits(&limits);
             install_ctrl_c(&session, true);
             let _ = session.run_file(&script).map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
         }
         None => {
-            let registry = Registry::discover(&dirs);
+            let registry = discover();
             let report = registry.report();
             let mut session = Session::new(registry, context(&cli.common)?, Overrides::default());
+            session.set_limits(&limits);
             install_ctrl_c(&session, false);
             if !std::io::stdin().is_terminal() {
                 tracing::debug!("stdin is not a terminal: reading statements line by line");
@@ -74,15 +79,27 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     }
 }
 
-fn check_plugin(file: &std::path::Path) -> ExitCode {
-    match loader::read_declaration(file) {
-        Ok(fingerprint) => println!("declaration of {}:\n{fingerprint:#?}", file.display()),
+fn check_plugin(file: &std::path::Path, trusted: Option<&TrustedPlugins>) -> ExitCode {
+    let checked = match loader::check_trusted(file, trusted) {
+        Ok(checked) => checked,
         Err(error) => {
+            // Show the declaration of a library refused for its fingerprint: what to rebuild.
+            if let loader::LoadError::Mismatch { .. } = error {
+                if let Ok(fingerprint) = loader::read_declaration(file) {
+                    println!("declaration of {}:\n{fingerprint:#?}", file.display());
+                }
+            }
             eprintln!("error: {error}");
             return ExitCode::FAILURE;
         }
-    }
-    match loader::load(file) {
+    };
+    println!(
+        "declaration of {} (sha256 {}):\n{:#?}",
+        file.display(),
+        checked.sha256,
+        checked.fingerprint
+    );
+    match loader::load_checked(file, checked) {
         Ok(plugin) => {
             println!(
                 "ok: plugin {} {} loads into this host",

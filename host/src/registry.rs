@@ -8,6 +8,7 @@ use llmlab_plugin_api::component::register_crate;
 use llmlab_plugin_api::{Factory, Kind, Registrar, Registration};
 
 use crate::loader::{self, LoadError, LoadedPlugin};
+use crate::trust::TrustedPlugins;
 
 /// Who provided a component.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +41,8 @@ pub struct Registry {
     pub plugins: Vec<LoadedPlugin>,
     /// Libraries refused and components rejected, with why: what `llmlab plugins` reports.
     pub problems: Vec<String>,
+    /// The allow-list (`--trusted-plugins`) every library must be on, `load_plugin` included.
+    trusted: Option<TrustedPlugins>,
 }
 
 struct Built(Vec<&'static Registration>);
@@ -64,8 +67,15 @@ impl Registry {
 
     /// Built-ins plus every plugin found in `dirs`.
     pub fn discover(dirs: &[PathBuf]) -> Registry {
+        Registry::discover_trusted(dirs, None)
+    }
+
+    /// Built-ins plus every plugin found in `dirs` whose SHA-256 is on `trusted` (all of them
+    /// without a list); later `load_plugin` calls are held to the same list.
+    pub fn discover_trusted(dirs: &[PathBuf], trusted: Option<TrustedPlugins>) -> Registry {
         let mut registry = Registry::with_builtins();
-        let scan = loader::scan(dirs);
+        let scan = loader::scan(dirs, trusted.as_ref());
+        registry.trusted = trusted;
         for refusal in scan.refused {
             registry.problems.push(refusal.to_string());
         }
@@ -75,9 +85,55 @@ impl Registry {
         registry
     }
 
-    /// Loads one more plugin library (`load_plugin("path.so")` in scripts).
-    pub fn load_plugin(&mut self, path: &std::path::Path) -> Result<Vec<String>, LoadError> {
-        let plugin = loader::load(path)?;
+    /// Loads one more plugin library (`load_plugin("path.so")` in scripts) and returns the
+    /// names of its components. Refused, with the reason, and nothing registered: a library not
+    /// on the allow-list or failing the checks, a plugin already loaded (the same file again, or
+    /// the same crate in another file), a plugin one of whose component names is taken.
+    pub fn load_plugin(&mut self, path: &std::path::Path) -> Result<Vec<String>, String> {
+        let refuse = |registry: &mut Registry, error: String| {
+            registry.problems.push(error.clone());
+            Err(error)
+        };
+        let checked = match loader::check_trusted(path, self.trusted.as_ref()) {
+            Ok(checked) => checked,
+            Err(error) => return refuse(self, error.to_string()),
+        };
+        if let Some(first) = self
+            .plugins
+            .iter()
+            .find(|p| p.fingerprint.plugin == checked.fingerprint.plugin)
+        {
+            let error = LoadError::Duplicate {
+                path: path.into(),
+                plugin: first.name().to_string(),
+                first: first.path.clone(),
+            };
+            return refuse(self, error.to_string());
+        }
+        let plugin = match loader::load_checked(path, checked) {
+            Ok(plugin) => plugin,
+            Err(error) => return refuse(self, error.to_string()),
+        };
+        let taken: Vec<String> = plugin
+            .registrations
+            .iter()
+            .filter_map(|r| {
+                let name = r.factory.name();
+                self.entries
+                    .get(name)
+                    .map(|e| format!("`{name}` (provided by {})", e.provider))
+            })
+            .collect();
+        if !taken.is_empty() {
+            let error = format!(
+                "refused {} (plugin `{}`): its components {} are already registered; nothing \
+                 from it was added",
+                path.display(),
+                plugin.name(),
+                taken.join(", ")
+            );
+            return refuse(self, error);
+        }
         let names = plugin
             .registrations
             .iter()

@@ -96,6 +96,7 @@ impl Host {
             .map(|p| (p.name().to_string(), format!("{:?}", p.fingerprint)))
             .collect();
         let opened = Arc::new(RunDir::open(&root, &name, script.as_deref(), &plugins)?);
+        crate::trust::record_library_hashes(&opened.path, &self.registry().plugins)?;
         *run = Some(opened.clone());
         Ok(opened)
     }
@@ -216,6 +217,11 @@ impl Session {
         &self.host
     }
 
+    /// Applies the script limits (`--max-operations`, ..., `trust.rs`) to the engine.
+    pub fn set_limits(&mut self, limits: &crate::trust::ScriptLimits) {
+        limits.apply(&mut self.engine);
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
@@ -251,8 +257,41 @@ impl Session {
         *self.host.script.lock().unwrap_or_else(|p| p.into_inner()) = Some(path.to_path_buf());
         let code = std::fs::read_to_string(path)
             .map_err(|e| script_error(format!("cannot read script {}: {e}", path.display())))?;
-        self.eval(&code)
-            .map_err(|e| script_error(format!("{}: {e}", path.display())))
+        // `--set` for a component that is not there fails now, not after an hour of training;
+        // a script that loads plugins itself may add components, so it is checked at the end.
+        if !code.contains("load_plugin") {
+            let known = self.component_and_kind_names();
+            self.host
+                .overrides
+                .check_components(&known)
+                .map_err(script_error)?;
+        }
+        let value = self
+            .eval(&code)
+            .map_err(|e| script_error(format!("{}: {e}", path.display())))?;
+        let unused = self.host.overrides.unused(&code);
+        if !unused.is_empty() {
+            return Err(script_error(format!(
+                "{}: {}",
+                path.display(),
+                unused.join("\n  ")
+            )));
+        }
+        Ok(value)
+    }
+
+    /// Names `--set` may address: every registered component and every kind.
+    fn component_and_kind_names(&self) -> Vec<String> {
+        let registry = self.host.registry();
+        let mut names: Vec<String> = registry
+            .entries()
+            .map(|e| e.factory.name().to_string())
+            .collect();
+        for kind in Kind::ALL {
+            names.push(kind.script_constructor().to_string());
+            names.push(kind.to_string());
+        }
+        names
     }
 
     /// Whether `code` is an unfinished statement (the REPL keeps reading lines): the parser ran

@@ -61,6 +61,13 @@ fn flatten(
 ) -> ScriptResult<()> {
     if let Some(array) = value.read_lock::<Array>() {
         if shape.len() == depth {
+            // A new innermost dimension after numbers were already taken at a shallower one
+            // (`[[1, [2]]]`): the rows are ragged.
+            if !out.is_empty() {
+                return Err(script_error(
+                    "tensor(): mixed numbers and arrays at the same depth (ragged rows)",
+                ));
+            }
             shape.push(array.len());
         } else if shape[depth] != array.len() {
             return Err(script_error("tensor(): rows have different lengths"));
@@ -303,6 +310,11 @@ pub fn register(engine: &mut Engine) {
                     t.0.dims()
                 )));
             }
+            if k < 0 {
+                return Err(script_error(format!(
+                    "topk({k}): k must be 0 or more (the number of entries to return)"
+                )));
+            }
             let values: Vec<f64> =
                 t.0.to_dtype(DType::F64)
                     .and_then(|f| f.to_vec1())
@@ -416,6 +428,22 @@ mod tests {
             .eval("tensor([[3, 4], [6, 8]]).norm(-1).to_array()")
             .unwrap();
         assert_eq!(norms[1].as_float().unwrap(), 10.0);
+        let negative = e.eval::<rhai::Array>("tensor([0.1, 0.7]).topk(-1)");
+        assert!(negative.unwrap_err().to_string().contains("topk(-1)"));
+        for ragged in [
+            "tensor([[1, [2]]])",
+            "tensor([[1, 2], [[3], [4]]])",
+            "tensor([1, [2]])",
+        ] {
+            let error = e
+                .eval::<super::TensorHandle>(ragged)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("mixed numbers and arrays"),
+                "{ragged}: {error}"
+            );
+        }
         let top: rhai::Array = e.eval("tensor([0.1, 0.7, 0.2]).topk(2)").unwrap();
         let first: rhai::Array = top[0].clone().cast();
         assert_eq!(first[0].as_int().unwrap(), 1);

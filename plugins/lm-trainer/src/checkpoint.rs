@@ -6,7 +6,7 @@
 //!   optimizer.safetensors  AdamW moments: exp_avg.<param>, exp_avg_sq.<param>
 //!   trainer.json           format, version, trainer, step, optimizer_steps, rng_state, cursor,
 //!                          config, model {name, config}, files {name: {bytes, fnv1a64}},
-//!                          loss_scale (f16 only)
+//!                          loss_scale (f16 only), data (what it trained on)
 //! ```
 //!
 //! This module owns what a trainer checkpoint holds; the files are written and verified by the
@@ -27,6 +27,7 @@ use llmlab_plugin_api::train::checkpoint::{
 use llmlab_plugin_api::{Error, Result};
 
 use crate::batches::DataCursor;
+use crate::data_identity::DataIdentity;
 use crate::precision::LossScaler;
 
 pub use llmlab_plugin_api::train::checkpoint::{fnv1a64, format_rng_state, FileEntry};
@@ -68,6 +69,10 @@ pub struct Manifest {
     /// f16 training's loss scale, so a resumed run continues with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scale: Option<LossScaler>,
+    /// The data trained on (`data_identity.rs`): resuming on other data is refused. Absent in
+    /// checkpoints written before it was recorded (those resume unchecked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataIdentity>,
 }
 
 /// A loaded checkpoint; tensors are on the CPU.

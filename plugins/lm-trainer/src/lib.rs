@@ -9,6 +9,7 @@
 pub mod batches;
 pub mod checkpoint;
 pub mod config;
+pub mod data_identity;
 pub mod evaluate;
 pub mod lm;
 pub mod precision;

@@ -22,6 +22,7 @@ use crate::batches::{Batch, DataCursor};
 use crate::checkpoint::{self, Manifest, ModelInfo};
 use crate::clip;
 use crate::config::TrainConfig;
+use crate::data_identity::DataIdentity;
 use crate::evaluate::evaluate;
 use crate::loss;
 use crate::precision::{LossScaler, Verdict};
@@ -68,6 +69,8 @@ struct Run {
     last_checkpoint: Option<u64>,
     /// f16 only: the dynamic loss scale.
     scaler: Option<LossScaler>,
+    /// What the run trains on, recorded in checkpoints and checked on resume.
+    data: DataIdentity,
 }
 
 pub struct TrainLoop<O: Objective> {
@@ -147,6 +150,7 @@ impl<O: Objective> TrainLoop<O> {
                 .precision
                 .scales_loss()
                 .then(|| LossScaler::new(c.loss_scale, c.loss_scale_window)),
+            data: DataIdentity::of(data)?,
         };
         if let Some(path) = &c.resume {
             self.resume(&mut run, model, PathBuf::from(path))?;
@@ -168,6 +172,14 @@ impl<O: Objective> TrainLoop<O> {
                 dir.display(),
                 m.trainer,
                 self.name
+            )));
+        }
+        // The cursor and RNG position the run in *its* data; on other data they mean nothing.
+        if let Some(why) = m.data.as_ref().and_then(|saved| saved.difference(&run.data)) {
+            return Err(Error::Data(format!(
+                "{}: this checkpoint was trained on different data ({why}); resume with the \
+                 dataset it was trained on, or start a fresh run (resume: null) to train on this one",
+                dir.join(checkpoint::MANIFEST).display()
             )));
         }
         let params = model.parameters();
@@ -263,6 +275,7 @@ impl<O: Objective> TrainLoop<O> {
             },
             files: BTreeMap::new(),
             loss_scale: run.scaler,
+            data: Some(run.data.clone()),
         };
         checkpoint::save(
             &run_dir.join(checkpoint::DIR_NAME),

@@ -57,7 +57,7 @@ impl TypedConfig for BpeConfig {
         ),
         (
             "max_token_length",
-            "longest token in characters (null: no limit)",
+            "longest merged token in bytes, at least 2 (null: no limit)",
         ),
     ];
 
@@ -69,6 +69,12 @@ impl TypedConfig for BpeConfig {
                  tokens need at least {minimum}",
                 self.vocab_size,
                 self.special_tokens.len()
+            ));
+        }
+        if let Some(n) = self.max_token_length.filter(|n| *n < 2) {
+            return Err(format!(
+                "max_token_length {n} allows no merges (a merge makes a token of at least 2 \
+                 bytes): use 2 or more, or null for no limit"
             ));
         }
         special::check(&self.special_tokens)
@@ -89,7 +95,9 @@ pub fn trainer(config: &BpeConfig) -> TrainerWrapper {
         .min_frequency(config.min_frequency)
         .special_tokens(special::added_tokens(&config.special_tokens))
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .max_token_length(config.max_token_length)
+        // `tokenizers` only forms a pair whose merged length is strictly below its limit, so it
+        // would cap tokens one short of what the key says (3 gave the same vocabulary as 2).
+        .max_token_length(config.max_token_length.map(|n| n + 1))
         .show_progress(false)
         .build()
         .into()
