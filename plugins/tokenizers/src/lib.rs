@@ -6,6 +6,7 @@
 //! This crate owns text ↔ ids; token datasets on disk belong to the host.
 
 pub mod bpe;
+pub mod fast_bpe;
 pub mod pretokenize;
 pub mod special;
 pub mod tokenizer;

@@ -6,6 +6,7 @@
 //! encodes identically in Python's `tokenizers`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use llmlab_plugin_api::prelude::*;
 use llmlab_plugin_api::{Error, SpecialToken, TextSource};
@@ -13,6 +14,7 @@ use tokenizers::models::ModelWrapper;
 use tokenizers::models::TrainerWrapper;
 use tokenizers::AddedVocabulary;
 
+use crate::fast_bpe::FastEncoder;
 use crate::special::role_candidates;
 use crate::{bpe, training, unigram, wordpiece};
 
@@ -111,6 +113,9 @@ pub struct HfTokenizer {
     recipe: Recipe,
     inner: tokenizers::Tokenizer,
     trained: bool,
+    /// The hand-written encoder when `inner`'s configuration is one it reproduces exactly
+    /// (byte-level BPE with GPT-2 or Llama-3 splitting); `None` uses `inner` itself.
+    fast: Option<Arc<FastEncoder>>,
 }
 
 impl HfTokenizer {
@@ -121,6 +126,7 @@ impl HfTokenizer {
             recipe,
             inner,
             trained: false,
+            fast: None,
         })
     }
 
@@ -144,16 +150,23 @@ impl HfTokenizer {
                     model_type(inner.get_model())
                 ))
             })?;
+        let fast = FastEncoder::from_tokenizer(&inner).map(Arc::new);
         Ok(HfTokenizer {
             recipe,
             inner,
             trained: true,
+            fast,
         })
     }
 
     /// The wrapped Hugging Face tokenizer (tests and benchmarks compare against it).
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
+    }
+
+    /// Whether encoding takes the hand-written fast path ([`FastEncoder`]).
+    pub fn is_fast(&self) -> bool {
+        self.fast.is_some()
     }
 
     fn ensure_trained(&self) -> Result<()> {
@@ -199,6 +212,7 @@ impl Tokenizer for HfTokenizer {
                 ),
             ));
         }
+        self.fast = FastEncoder::from_tokenizer(&fresh).map(Arc::new);
         self.inner = fresh;
         self.trained = true;
         Ok(())
@@ -206,6 +220,9 @@ impl Tokenizer for HfTokenizer {
 
     fn encode(&self, text: &str) -> Result<Vec<u32>> {
         self.ensure_trained()?;
+        if let Some(fast) = &self.fast {
+            return Ok(fast.encode(text));
+        }
         let encoding = self
             .inner
             .encode_fast(text, false)
@@ -215,6 +232,9 @@ impl Tokenizer for HfTokenizer {
 
     fn encode_batch(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
         self.ensure_trained()?;
+        if let Some(fast) = &self.fast {
+            return Ok(fast.encode_batch(texts));
+        }
         let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let encodings = self
             .inner
