@@ -102,6 +102,29 @@ pub enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// The Jupyter kernel: `kernel install` writes its kernelspec; Jupyter starts it with
+    /// `kernel --connection-file FILE` (docs/notebook.md).
+    Kernel {
+        /// The connection file Jupyter passes to the kernel.
+        #[arg(long, short = 'f', value_name = "FILE")]
+        connection_file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<KernelCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// Write the kernelspec (kernel.json) so Jupyter lists "llmlab (Rhai)"; `--plugin-dir`,
+    /// `--device` and `--seed` given here are passed to every kernel started.
+    Install {
+        /// Into the user's Jupyter data directory (~/.local/share/jupyter).
+        #[arg(long)]
+        user: bool,
+        /// Into PREFIX/share/jupyter (a virtual environment's prefix, say).
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::Parser;
-use llmlab::cli::{BenchCommand, Cli, Command, Common, PluginCommand};
+use llmlab::cli::{BenchCommand, Cli, Command, Common, KernelCommand, PluginCommand};
 use llmlab::loader;
 use llmlab::registry::Registry;
 use llmlab::script::{Overrides, Session};
@@ -64,19 +64,85 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let _ = session.run_file(&script).map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Kernel {
+            connection_file,
+            command,
+        }) => match (command, connection_file) {
+            (Some(KernelCommand::Install { user, prefix }), _) => {
+                install_kernel(&cli.common, user, prefix.as_deref())
+            }
+            (None, Some(file)) => {
+                let registry = discover();
+                let ctx = context(&cli.common)?;
+                let cancel = ctx.cancel.clone();
+                llmlab::kernel::run(
+                    &file,
+                    move |progress| {
+                        let ctx = Context { progress, ..ctx };
+                        let mut session = Session::new(registry, ctx, Overrides::default());
+                        session.set_limits(&limits);
+                        session
+                    },
+                    cancel,
+                )?;
+                Ok(ExitCode::SUCCESS)
+            }
+            (None, None) => Err(
+                "kernel: give --connection-file FILE (Jupyter does), or `kernel install`".into(),
+            ),
+        },
         None => {
             let registry = discover();
             let report = registry.report();
-            let mut session = Session::new(registry, context(&cli.common)?, Overrides::default());
+            // Progress bars on stderr (when it is a terminal), cleared by the REPL after each call.
+            let bars = std::sync::Arc::new(llmlab::progress::Bars::for_stderr());
+            let ctx = Context {
+                progress: bars.clone(),
+                ..context(&cli.common)?
+            };
+            let mut session = Session::new(registry, ctx, Overrides::default());
             session.set_limits(&limits);
             install_ctrl_c(&session, false);
             if !std::io::stdin().is_terminal() {
                 tracing::debug!("stdin is not a terminal: reading statements line by line");
             }
-            llmlab::repl::run(&mut session, &report).map_err(|e| e.to_string())?;
+            llmlab::repl::run(&mut session, &report, Some(bars))?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `llmlab kernel install`: the kernelspec names this executable and the global flags given.
+fn install_kernel(
+    common: &Common,
+    user: bool,
+    prefix: Option<&std::path::Path>,
+) -> Result<ExitCode, String> {
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut args = Vec::new();
+    for dir in &common.plugin_dirs {
+        args.extend([
+            "--plugin-dir".to_string(),
+            absolute(dir).display().to_string(),
+        ]);
+    }
+    if let Some(file) = &common.trusted_plugins {
+        args.extend([
+            "--trusted-plugins".to_string(),
+            absolute(file).display().to_string(),
+        ]);
+    }
+    if common.device != "cpu" {
+        args.extend(["--device".to_string(), common.device.clone()]);
+    }
+    if common.seed != 0 {
+        args.extend(["--seed".to_string(), common.seed.to_string()]);
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let dir = llmlab::kernel::install::spec_dir(user, prefix)?;
+    let file = llmlab::kernel::install::write_spec(&dir, &exe, &args)?;
+    println!("installed the llmlab kernelspec: {}", file.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check_plugin(file: &std::path::Path, trusted: Option<&TrustedPlugins>) -> ExitCode {

@@ -12,6 +12,7 @@ mod corpus;
 mod data;
 mod evaluate;
 mod help;
+mod image;
 mod model;
 mod qat;
 mod quant;
@@ -29,6 +30,7 @@ use rhai::{Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
 pub use callback::ClosureReward;
 pub use config::{dynamic_to_json, json_to_dynamic, positive_int_option, Overrides};
 pub use help::help_text;
+pub use image::ImageHandle;
 pub use model::ModelHandle;
 pub use qat::QAT_KEY;
 pub use tensor::TensorHandle;
@@ -99,6 +101,11 @@ impl Host {
         crate::trust::record_library_hashes(&opened.path, &self.registry().plugins)?;
         *run = Some(opened.clone());
         Ok(opened)
+    }
+
+    /// The run directory if this session has opened one (nothing is created).
+    pub fn current_run(&self) -> Option<Arc<RunDir>> {
+        self.run.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
@@ -203,6 +210,7 @@ impl Session {
         align::register(&mut engine, &host);
         quant::register(&mut engine, &host);
         qat::register(&mut engine, &host);
+        image::register(&mut engine, &host);
         let mut scope = Scope::new();
         scope.push_constant("SETTINGS", host.overrides.settings_map());
         Session {
@@ -224,6 +232,11 @@ impl Session {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The variables that live between REPL lines (completion reads their types).
+    pub fn scope(&self) -> &Scope<'static> {
+        &self.scope
     }
 
     /// Evaluates `code` in the session scope; variables persist between calls.
@@ -352,12 +365,7 @@ fn register_session_functions(engine: &mut Engine, host: &Arc<Host>) {
             create(&h, name, Dynamic::UNIT)
         });
     }
-    let h = host.clone();
-    engine.register_fn("help", move || help_text(&h.registry(), None));
-    let h = host.clone();
-    engine.register_fn("help", move |name: &str| {
-        help_text(&h.registry(), Some(name))
-    });
+    help::register(engine, host);
     let h = host.clone();
     engine.register_fn("plugins", move || -> rhai::Array {
         h.registry()

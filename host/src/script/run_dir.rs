@@ -25,6 +25,11 @@ pub fn in_run_dir<T>(
     run.record_config(label, config).map_err(script_error)?;
     run.record_config(&format!("model-{}", model.0.name()), &model.0.config())
         .map_err(script_error)?;
+    if let Some(floor) = floor {
+        // The REPL's `:plot` draws the floor under a run's curves, also for runs on disk.
+        let data = llmlab_plugin_api::serde_json::json!({ "entropy_floor_nats_per_token": floor });
+        run.record_config("data", &data).map_err(script_error)?;
+    }
     let ctx = Context {
         run_dir: Some(run.path.clone()),
         metrics: run.metrics_sink(),

@@ -176,8 +176,7 @@ fn row_seeds_of_the_wrong_length_are_refused() {
     };
     let error = model
         .generate(&[vec![5u32, 6], vec![7]], &options, &mut |_, _| true)
-        .err()
-        .expect("3 seeds for 2 prompts must be refused")
+        .expect_err("3 seeds for 2 prompts must be refused")
         .to_string();
     assert!(
         error.contains("row_seeds has 3 seeds for 2 prompts"),
