@@ -27,6 +27,23 @@ impl Bars {
         }
     }
 
+    /// Clears every bar still drawn: the REPL calls it when a call ends, so a call that stopped
+    /// early (an error, Ctrl-C) leaves no stale bar above the next prompt.
+    pub fn clear(&self) {
+        let bars: Vec<ProgressBar> = self
+            .bars
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, bar)| bar)
+            .collect();
+        for bar in bars {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
+        let _ = self.multi.clear();
+    }
+
     fn bar(&self, update: &ProgressUpdate) -> ProgressBar {
         let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
         bars.entry(update.label.clone())

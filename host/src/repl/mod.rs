@@ -1,26 +1,60 @@
-//! The interactive REPL: rustyline with history, tab completion of functions, components and
-//! config keys, multi-line input while a statement is unfinished, `:` commands, and Ctrl-C that
-//! stops the running call (the session and its variables live on).
+//! The interactive REPL: rustyline at a terminal (tab completion, multi-line input while a
+//! statement is unfinished, history per project directory with Ctrl-R reverse search), plain line
+//! reading when stdin is a pipe (an undecodable line is reported with its number and skipped),
+//! `:` commands, and Ctrl-C that stops the running call (the session and its variables live on).
+//!
+//! What the REPL adds around each evaluation lives here too: progress bars are cleared when a
+//! call ends, text that `generate` already streamed is not printed again as the value, and the
+//! statements that succeeded are kept for `:save`.
 
-use std::borrow::Cow;
-use std::path::PathBuf;
+mod commands;
+mod complete;
+mod history;
+mod plot;
+
+use std::io::{BufRead, IsTerminal};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use rhai::Dynamic;
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
-use rustyline::{Context as LineContext, Editor, Helper, Highlighter, Hinter, Validator};
+use rustyline::{Config, Context as LineContext, Editor, Helper, Highlighter, Hinter, Validator};
 
-use crate::script::{help_text, Session};
+pub use complete::{Completions, COMMANDS};
+
+use crate::progress::Bars;
+use crate::script::Session;
 
 const PROMPT: &str = "llmlab> ";
 const CONTINUATION: &str = "   ...> ";
 
-#[derive(Helper, Hinter, Highlighter, Validator)]
-struct ReplHelper {
-    words: Vec<String>,
+/// The text `generate` last streamed to stdout as it was produced (see [`note_streamed`]).
+static STREAMED: Mutex<Option<String>> = Mutex::new(None);
+
+/// Called by `generate` after printing `text` token by token: the value it returns is the same
+/// text, which the REPL and the notebook then do not show a second time.
+pub fn note_streamed(text: &str) {
+    *STREAMED.lock().unwrap_or_else(|p| p.into_inner()) = Some(text.to_string());
 }
 
-const COMMANDS: &[&str] = &[":help", ":plugins", ":load", ":time", ":quit"];
+/// Whether `value` is exactly the text streamed during the last evaluation; forgets it.
+pub fn was_streamed(value: &Dynamic) -> bool {
+    let streamed = STREAMED.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match (streamed, value.read_lock::<rhai::ImmutableString>()) {
+        (Some(text), Some(value)) => text == value.as_str(),
+        _ => false,
+    }
+}
+
+fn forget_streamed() {
+    STREAMED.lock().unwrap_or_else(|p| p.into_inner()).take();
+}
+
+#[derive(Helper, Hinter, Highlighter, Validator)]
+struct ReplHelper {
+    completions: Completions,
+}
 
 impl Completer for ReplHelper {
     type Candidate = Pair;
@@ -31,33 +65,16 @@ impl Completer for ReplHelper {
         pos: usize,
         _: &LineContext<'_>,
     ) -> rustyline::Result<(usize, Vec<Pair>)> {
-        let start = line[..pos]
-            .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
-            .map_or(0, |i| i + 1);
-        let prefix = &line[start..pos];
-        if prefix.is_empty() {
-            return Ok((start, Vec::new()));
-        }
-        let pool: Box<dyn Iterator<Item = &str>> = if prefix.starts_with(':') {
-            Box::new(COMMANDS.iter().copied())
-        } else {
-            Box::new(self.words.iter().map(String::as_str))
-        };
-        let matches = pool
-            .filter(|w| w.starts_with(prefix))
+        let (start, words) = self.completions.complete(line, pos);
+        let pairs = words
+            .into_iter()
             .map(|w| Pair {
-                display: w.to_string(),
-                replacement: w.to_string(),
+                display: w.clone(),
+                replacement: w,
             })
             .collect();
-        Ok((start, matches))
+        Ok((start, pairs))
     }
-}
-
-fn history_path() -> Option<PathBuf> {
-    std::env::var_os("LLMLAB_HISTORY")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".llmlab_history")))
 }
 
 /// Result of one REPL line.
@@ -66,121 +83,205 @@ enum Outcome {
     Quit,
 }
 
-/// Runs the REPL until Ctrl-D or `:quit`.
-pub fn run(session: &mut Session, plugins_report: &str) -> rustyline::Result<()> {
-    let mut editor: Editor<ReplHelper, _> = Editor::new()?;
-    editor.set_helper(Some(ReplHelper {
-        words: session.completion_words(),
-    }));
-    let history = history_path();
-    if let Some(path) = &history {
-        let _ = editor.load_history(path);
+/// The REPL's state around the session.
+struct Repl<'a> {
+    session: &'a mut Session,
+    plugins_report: &'a str,
+    bars: Option<Arc<Bars>>,
+    timing: bool,
+    /// Lines of an unfinished statement.
+    buffer: String,
+    /// Inputs that evaluated without error, in order: what `:save` writes.
+    journal: Vec<String>,
+}
+
+/// Runs the REPL until Ctrl-D, end of input or `:quit`. `bars` (drawn on stderr) are cleared
+/// after every call.
+pub fn run(
+    session: &mut Session,
+    plugins_report: &str,
+    bars: Option<Arc<Bars>>,
+) -> Result<(), String> {
+    let mut repl = Repl {
+        session,
+        plugins_report,
+        bars,
+        timing: false,
+        buffer: String::new(),
+        journal: Vec::new(),
+    };
+    if std::io::stdin().is_terminal() {
+        repl.terminal().map_err(|e| e.to_string())
+    } else {
+        repl.piped();
+        Ok(())
     }
-    println!(
-        "llmlab {} — help() lists components, :help for commands, Ctrl-D quits",
-        env!("CARGO_PKG_VERSION")
-    );
-    let mut timing = false;
-    let mut buffer = String::new();
-    loop {
-        let prompt = if buffer.is_empty() {
-            PROMPT
-        } else {
-            CONTINUATION
-        };
-        match editor.readline(prompt) {
-            Ok(line) => {
-                if buffer.is_empty() && line.trim_start().starts_with(':') {
-                    let _ = editor.add_history_entry(line.as_str());
-                    match command(session, line.trim(), &mut timing, plugins_report) {
-                        Outcome::Quit => break,
-                        Outcome::Continue => continue,
+}
+
+impl Repl<'_> {
+    /// Interactive: rustyline with completion and per-project history.
+    fn terminal(&mut self) -> rustyline::Result<()> {
+        let config = Config::builder()
+            .max_history_size(10_000)?
+            .history_ignore_dups(true)?
+            .auto_add_history(false)
+            .build();
+        let mut editor: Editor<ReplHelper, _> = Editor::with_config(config)?;
+        editor.set_helper(Some(ReplHelper {
+            completions: Completions::of(self.session),
+        }));
+        let history = history::path();
+        if let Some(path) = &history {
+            if let Err(error) = history::prepare(path) {
+                eprintln!("warning: history not kept: {error}");
+            }
+            let _ = editor.load_history(path);
+        }
+        println!(
+            "llmlab {} — help() lists components, :help for commands, Ctrl-R searches history, Ctrl-D quits",
+            env!("CARGO_PKG_VERSION")
+        );
+        loop {
+            let prompt = if self.buffer.is_empty() {
+                PROMPT
+            } else {
+                CONTINUATION
+            };
+            match editor.readline(prompt) {
+                Ok(line) => {
+                    let outcome = self.line(&line, &mut |entry| {
+                        let _ = editor.add_history_entry(entry);
+                        // Appended at once, so a killed session keeps what was typed.
+                        if let Some(path) = &history {
+                            let _ = editor.append_history(path);
+                        }
+                    });
+                    if let Some(helper) = editor.helper_mut() {
+                        helper.completions = Completions::of(self.session);
+                    }
+                    if let Outcome::Quit = outcome {
+                        break;
                     }
                 }
-                let blank = line.trim().is_empty();
-                buffer.push_str(&line);
-                buffer.push('\n');
-                // A blank line ends a continuation even if unfinished, so the error shows.
-                if !blank && session.is_incomplete(&buffer) {
-                    continue;
+                Err(ReadlineError::Interrupted) => {
+                    self.buffer.clear();
+                    println!("(Ctrl-C: input cleared; Ctrl-D quits)");
                 }
-                let code = std::mem::take(&mut buffer);
-                if code.trim().is_empty() {
-                    continue;
-                }
-                let _ = editor.add_history_entry(code.trim_end());
-                evaluate(session, &code, timing);
-                if let Some(helper) = editor.helper_mut() {
-                    helper.words = session.completion_words();
-                }
+                Err(ReadlineError::Eof) => break,
+                Err(error) => return Err(error),
             }
-            Err(ReadlineError::Interrupted) => {
-                buffer.clear();
-                println!("(Ctrl-C: input cleared; Ctrl-D quits)");
-            }
-            Err(ReadlineError::Eof) => break,
-            Err(error) => return Err(error),
         }
+        Ok(())
     }
-    if let Some(path) = &history {
-        let _ = editor.save_history(path);
-    }
-    Ok(())
-}
 
-fn evaluate(session: &mut Session, code: &str, timing: bool) {
-    let start = Instant::now();
-    match session.eval(code) {
-        Ok(value) if value.is_unit() => {}
-        Ok(value) => println!("{}", session.display(value)),
-        Err(error) => eprintln!("error: {error}"),
-    }
-    if timing {
-        println!("({:.3} s)", start.elapsed().as_secs_f64());
-    }
-}
-
-fn command(session: &mut Session, line: &str, timing: &mut bool, plugins_report: &str) -> Outcome {
-    let (name, arg) = line
-        .split_once(char::is_whitespace)
-        .map_or((line, ""), |(n, a)| (n, a.trim()));
-    match name {
-        ":quit" | ":q" | ":exit" => return Outcome::Quit,
-        ":help" | ":h" => {
-            if arg.is_empty() {
-                println!(
-                    ":help [name]   this text, or a component's config keys\n\
-                     :plugins       loaded and refused plugins\n\
-                     :load FILE     run a script file in this session\n\
-                     :time          toggle timing of each evaluation\n\
-                     :quit          leave (or Ctrl-D)\n\
-                     Statements may span lines; Ctrl-C stops a running call.\n"
-                );
-                print!("{}", help_text(&session.host().registry(), None));
-            } else {
-                print!(
-                    "{}",
-                    help_text(&session.host().registry(), Some(arg.trim_matches('"')))
-                );
-            }
-        }
-        ":plugins" => print!("{plugins_report}"),
-        ":time" => {
-            *timing = !*timing;
-            println!("timing {}", if *timing { "on" } else { "off" });
-        }
-        ":load" if !arg.is_empty() => {
-            let start = Instant::now();
-            match session.run_file(std::path::Path::new(arg)) {
-                Ok(value) if !value.is_unit() => println!("{}", session.display(value)),
+    /// Statements from a pipe or file: no prompts; a line that is not UTF-8 is reported with its
+    /// number and skipped, and the session goes on.
+    fn piped(&mut self) {
+        let stdin = std::io::stdin();
+        let mut input = stdin.lock();
+        let mut bytes = Vec::new();
+        let mut number = 0usize;
+        loop {
+            bytes.clear();
+            match input.read_until(b'\n', &mut bytes) {
+                Ok(0) => break,
                 Ok(_) => {}
-                Err(error) => eprintln!("error: {error}"),
+                Err(error) => {
+                    eprintln!("error: reading stdin: {error}");
+                    break;
+                }
             }
-            if *timing {
-                println!("({:.3} s)", start.elapsed().as_secs_f64());
+            number += 1;
+            while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+                bytes.pop();
+            }
+            let line = match std::str::from_utf8(&bytes) {
+                Ok(line) => line,
+                Err(error) => {
+                    let pending = if self.buffer.is_empty() {
+                        String::new()
+                    } else {
+                        self.buffer.clear();
+                        "; the unfinished statement before it was dropped".to_string()
+                    };
+                    eprintln!(
+                        "error: input line {number} is not valid UTF-8 (byte {} of the line); line skipped{pending}",
+                        error.valid_up_to() + 1
+                    );
+                    continue;
+                }
+            };
+            if let Outcome::Quit = self.line(line, &mut |_| {}) {
+                break;
             }
         }
-        _ => eprintln!("unknown command {}; :help lists them", Cow::from(line)),
+        let code = std::mem::take(&mut self.buffer);
+        if !code.trim().is_empty() {
+            self.evaluate(&code);
+        }
     }
-    Outcome::Continue
+
+    /// One line of input; `history` receives each complete entry.
+    fn line(&mut self, line: &str, history: &mut dyn FnMut(&str)) -> Outcome {
+        if self.buffer.is_empty() && line.trim_start().starts_with(':') {
+            history(line.trim());
+            return self.command(line.trim());
+        }
+        let blank = line.trim().is_empty();
+        self.buffer.push_str(line);
+        self.buffer.push('\n');
+        // A blank line ends a continuation even if unfinished, so the error shows.
+        if !blank && self.session.is_incomplete(&self.buffer) {
+            return Outcome::Continue;
+        }
+        let code = std::mem::take(&mut self.buffer);
+        if code.trim().is_empty() {
+            return Outcome::Continue;
+        }
+        history(code.trim_end());
+        self.evaluate(&code);
+        Outcome::Continue
+    }
+
+    fn evaluate(&mut self, code: &str) {
+        let start = Instant::now();
+        forget_streamed();
+        let result = self.session.eval(code);
+        self.clear_bars();
+        match result {
+            Ok(value) => {
+                self.journal.push(code.trim_end().to_string());
+                self.show(value);
+            }
+            Err(error) => eprintln!("error: {error}"),
+        }
+        if self.timing {
+            println!("({:.3} s)", start.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Prints a value unless it is unit or the text `generate` just streamed (which stays in
+    /// `ans`, with a dimmed note at a terminal).
+    fn show(&mut self, value: Dynamic) {
+        if value.is_unit() {
+            return;
+        }
+        if was_streamed(&value) {
+            let chars = value
+                .read_lock::<rhai::ImmutableString>()
+                .map_or(0, |s| s.chars().count());
+            let _ = self.session.display(value);
+            if std::io::stdout().is_terminal() {
+                println!("\x1b[2m(the text above, {chars} characters, is in `ans`)\x1b[0m");
+            }
+            return;
+        }
+        println!("{}", self.session.display(value));
+    }
+
+    fn clear_bars(&self) {
+        if let Some(bars) = &self.bars {
+            bars.clear();
+        }
+    }
 }

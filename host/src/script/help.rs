@@ -1,10 +1,25 @@
 //! `help()` and `help("name")`: what the REPL shows about components and their config keys.
+//! In scripts (and notebook cells) they print the text, as the REPL's `:help` does: a returned
+//! string would vanish unprinted in a script file.
 
 use std::fmt::Write;
+use std::sync::Arc;
 
 use llmlab_plugin_api::Kind;
+use rhai::Engine;
 
+use super::Host;
 use crate::registry::Registry;
+
+/// `help()` and `help(name)`: print the text, return nothing (so the REPL does not print it twice).
+pub fn register(engine: &mut Engine, host: &Arc<Host>) {
+    let h = host.clone();
+    engine.register_fn("help", move || print!("{}", help_text(&h.registry(), None)));
+    let h = host.clone();
+    engine.register_fn("help", move |name: &str| {
+        print!("{}", help_text(&h.registry(), Some(name)))
+    });
+}
 
 /// Text for `help()` (no name: every component by kind) or `help("name")` (one component's keys,
 /// or every component of a kind when `name` is a kind).

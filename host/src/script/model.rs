@@ -209,6 +209,8 @@ fn generate_text(
     if stream {
         texts[0].print(&stop, true);
         println!();
+        // The REPL and the notebook do not show this text a second time as the call's value.
+        crate::repl::note_streamed(texts[0].finished());
     }
     Ok(texts.iter().map(|t| t.finished().to_string()).collect())
 }
