@@ -102,6 +102,11 @@ pub enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Hyperparameter sweeps (docs/sweep.md).
+    Sweep {
+        #[command(subcommand)]
+        command: SweepCommand,
+    },
     /// The Jupyter kernel: `kernel install` writes its kernelspec; Jupyter starts it with
     /// `kernel --connection-file FILE` (docs/notebook.md).
     Kernel {
@@ -124,6 +129,18 @@ pub enum KernelCommand {
         /// Into PREFIX/share/jupyter (a virtual environment's prefix, say).
         #[arg(long, value_name = "PREFIX")]
         prefix: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SweepCommand {
+    /// Print a sweep's trial table (state, value, steps, parameters; the best marked `*`).
+    Status {
+        /// The sweep's name (its directory under the runs directory).
+        name: String,
+        /// Where the runs are (`--set runs_dir=...` of the sweep's script).
+        #[arg(long, default_value = "runs")]
+        runs_dir: PathBuf,
     },
 }
 

@@ -16,5 +16,6 @@ pub mod repl;
 pub mod run_history;
 pub mod runs;
 pub mod script;
+pub mod sweep;
 pub mod term_plot;
 pub mod trust;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::Parser;
-use llmlab::cli::{BenchCommand, Cli, Command, Common, KernelCommand, PluginCommand};
+use llmlab::cli::{BenchCommand, Cli, Command, Common, KernelCommand, PluginCommand, SweepCommand};
 use llmlab::loader;
 use llmlab::registry::Registry;
 use llmlab::script::{Overrides, Session};
@@ -49,6 +49,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     .map_err(|e| e.to_string())?;
                 println!("{line}");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Sweep {
+            command: SweepCommand::Status { name, runs_dir },
+        }) => {
+            print!("{}", llmlab::sweep::status(&runs_dir, &name)?);
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Plugins) => {

@@ -17,6 +17,7 @@ mod model;
 mod qat;
 mod quant;
 mod run_dir;
+mod sweep;
 mod tensor;
 mod tokenizer;
 mod trainer;
@@ -138,15 +139,21 @@ impl Host {
         plugin_call(name, || entry.factory.create(&json, &self.context))
     }
 
-    /// A trainer, with the host's `qat` key (quantization-aware training, `qat.rs`) taken out.
-    fn create_trainer(&self, name: &str, config: Dynamic) -> ScriptResult<Dynamic> {
+    /// A trainer, with the host's `qat` key (quantization-aware training, `qat.rs`) and `trial`
+    /// key (a sweep's trial, `sweep.rs`) taken out.
+    fn create_trainer(&self, name: &str, mut config: Dynamic) -> ScriptResult<Dynamic> {
+        let trial = sweep::take_trial(&mut config)?;
         let mut qat = None;
         let instance = self.create_with(Kind::Trainer, name, config, |json| {
             qat = qat::take_qat(self, json)?;
             Ok(())
         })?;
         match instance {
-            Instance::Trainer(t) => Ok(Dynamic::from(TrainerHandle(Arc::new(Mutex::new(t)), qat))),
+            Instance::Trainer(t) => Ok(Dynamic::from(TrainerHandle(
+                Arc::new(Mutex::new(t)),
+                qat,
+                trial,
+            ))),
             other => Ok(instance_to_dynamic(other)),
         }
     }
@@ -210,6 +217,7 @@ impl Session {
         align::register(&mut engine, &host);
         quant::register(&mut engine, &host);
         qat::register(&mut engine, &host);
+        sweep::register(&mut engine, &host);
         image::register(&mut engine, &host);
         let mut scope = Scope::new();
         scope.push_constant("SETTINGS", host.overrides.settings_map());
@@ -408,7 +416,7 @@ pub fn instance_to_dynamic(instance: Instance) -> Dynamic {
     match instance {
         Instance::Tokenizer(t) => Dynamic::from(TokenizerHandle::new(t)),
         Instance::Model(m) => Dynamic::from(ModelHandle::new(m)),
-        Instance::Trainer(t) => Dynamic::from(TrainerHandle(Arc::new(Mutex::new(t)), None)),
+        Instance::Trainer(t) => Dynamic::from(TrainerHandle(Arc::new(Mutex::new(t)), None, None)),
         Instance::Aligner(a) => Dynamic::from(AlignerHandle(Arc::new(Mutex::new(a)))),
         Instance::Quantizer(q) => Dynamic::from(QuantizerHandle(Arc::from(q))),
     }
@@ -421,6 +429,8 @@ pub struct TrainerHandle(
     pub Arc<Mutex<Box<dyn Trainer>>>,
     /// Quantization-aware training for this trainer's runs (the host's `qat` key).
     pub Option<Arc<qat::Qat>>,
+    /// The sweep trial this trainer reports to (the host's `trial` key).
+    pub Option<sweep::TrialHandle>,
 );
 #[derive(Clone)]
 pub struct AlignerHandle(pub Arc<Mutex<Box<dyn Aligner>>>);

@@ -33,7 +33,8 @@ fn in_run<T>(
             &config,
             model,
             floor,
-            |ctx| call(&mut **tr, ctx),
+            // A sweep trial's trainer reports to it and stops when it is pruned.
+            |ctx| super::sweep::with_trial(trainer.2.as_ref(), ctx, |ctx| call(&mut **tr, ctx)),
         )
     };
     match qat {
