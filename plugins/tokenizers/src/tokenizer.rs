@@ -133,13 +133,22 @@ impl HfTokenizer {
     /// Loads `tokenizer.json` for component `component`; refuses a file whose model is another
     /// component's (the host then tries the next tokenizer component).
     pub fn load(path: &Path, component: &str) -> Result<HfTokenizer> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
+        // Only a regular file, and no more than any real tokenizer.json (the largest published
+        // ones are tens of MB): `/dev/zero` or a FIFO must not hang or fill memory.
+        let bytes = llmlab_plugin_api::files::read_regular_file(path, 1 << 30, "tokenizer.json")?;
+        let invalid = |e: &dyn std::fmt::Display| {
             Error::Data(format!(
                 "{}: not a valid tokenizer.json: {e}",
                 path.display()
             ))
-        })?;
+        };
+        // The JSON syntax first: the `tokenizers` crate's decoder section `expect`s that its
+        // buffered content parses and panics on a syntax error there (found by fuzzing,
+        // docs/reliability.md). Behind that check, a panic left in that crate is still an error.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| invalid(&e))?;
+        let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
+            .map_err(|_| invalid(&"the tokenizers crate panicked while reading it"))?
+            .map_err(|e| invalid(&e))?;
         let vocab_size = inner.get_vocab_size(true);
         let recipe = Recipe::for_loaded(inner.get_model(), vocab_size)
             .filter(|r| r.component() == component)
@@ -198,8 +207,22 @@ impl Tokenizer for HfTokenizer {
         let mut fresh = self.inner.clone();
         fresh.with_added_vocabulary(AddedVocabulary::new());
         fresh.with_model(self.recipe.empty_model()?);
-        let mut trainer = self.recipe.trainer();
-        training::train(&mut fresh, &mut trainer, data, ctx, self.recipe.component())?;
+        let splitter = crate::fast_bpe::train::splitter_for(&fresh);
+        match (&self.recipe, splitter) {
+            // Byte-level BPE with a hand-written splitter: the fast trainer, same result.
+            (Recipe::Bpe(config), Some(splitter)) => crate::fast_bpe::train::train(
+                &mut fresh,
+                splitter,
+                &bpe::fast_settings(config),
+                data,
+                ctx,
+                self.recipe.component(),
+            )?,
+            _ => {
+                let mut trainer = self.recipe.trainer();
+                training::train(&mut fresh, &mut trainer, data, ctx, self.recipe.component())?;
+            }
+        }
         let requested = self.recipe.requested_vocab_size();
         let got = fresh.get_vocab_size(true);
         if got > requested {
