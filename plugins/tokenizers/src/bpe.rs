@@ -103,6 +103,17 @@ pub fn trainer(config: &BpeConfig) -> TrainerWrapper {
         .into()
 }
 
+/// The same settings for the fast trainer (`fast_bpe::train`), which reproduces `trainer`'s.
+pub fn fast_settings(config: &BpeConfig) -> crate::fast_bpe::train::Settings {
+    crate::fast_bpe::train::Settings {
+        vocab_size: config.vocab_size,
+        min_frequency: config.min_frequency,
+        special_tokens: config.special_tokens.clone(),
+        // As in `trainer`: `tokenizers`' limit is exclusive.
+        max_token_length: config.max_token_length.map(|n| n + 1),
+    }
+}
+
 pub struct Bpe;
 
 impl Factory for Bpe {

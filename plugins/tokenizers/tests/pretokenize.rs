@@ -172,7 +172,7 @@ fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3000)
+        .unwrap_or(2000)
 }
 
 /// Short fragments that exercise multi-char alternatives.
@@ -271,7 +271,7 @@ fn splitters_equal_the_regexes_on_files() {
     let mut texts: Vec<String> = files
         .iter()
         .filter_map(|p| std::fs::read(p).ok())
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .map(|b| String::from_utf8_lossy(&b[..b.len().min(40_000)]).into_owned())
         .collect();
     texts.push(MULTILINGUAL.to_string());
     for text in &texts {

@@ -10,6 +10,7 @@
 pub mod encode;
 pub mod hash;
 pub mod merge;
+pub mod train;
 
 pub use encode::FastEncoder;
 
