@@ -17,7 +17,7 @@ let objective = |trial| {
     let p = trial.params;
     let gpt = model("gpt", #{ vocab_size: tok.vocab_size(), n_layer: 1, n_head: 2,
                               d_model: p.width, ctx: 16 });
-    trainer("lm", #{ steps: 8, batch_size: 4, lr: p.lr, warmup: 0, eval_every: 2,
+    trainer("lm", #{ steps: 8, batch_size: 4, lr: p.lr, min_lr: p.lr / 10.0, warmup: 0, eval_every: 2,
                      eval_batches: 2, log_every: 1, trial: trial }).fit(gpt, ds)
 };
 "#;
@@ -41,13 +41,13 @@ fn trial_lines(dir: &Path, sweep: &str) -> Vec<String> {
 #[test]
 fn trainer_reports_to_its_trial_and_asha_prunes_the_hopeless_one() {
     let dir = tempfile::tempdir().unwrap();
-    // Grid order: lr 3e-3 first (it learns), then 1e-7 (it cannot): at the first rung (step 2)
+    // Grid order: lr 3e-3 first (it learns), then 1e-6 (it cannot): at the first rung (step 2)
     // the second is worse than the only other value there and ASHA stops it.
     let (ok, out, err) = run_script(
         dir.path(),
         "prune",
         r#"
-let r = sweep(#{ lr: grid([3e-3, 1e-7]), width: grid([16]) }, objective,
+let r = sweep(#{ lr: grid([3e-3, 1e-6]), width: grid([16]) }, objective,
               #{ method: "grid", pruner: #{ kind: "asha", reduction_factor: 3 }, name: "prune" });
 print(`best trial ${r.best_trial} value ${r.best_value} steps ${r.total_steps}`);
 let again = sweep_load("prune");
@@ -227,4 +227,41 @@ print(`best ${{r.best_trial}}`);
         !ok && err.contains("space") && err.contains("another name"),
         "{err}"
     );
+}
+
+#[test]
+fn sweep_lr_script_runs_at_ci_size() {
+    let runs = tempfile::tempdir().unwrap();
+    let output = llmlab(
+        &[
+            "run",
+            "scripts/sweep_lr.rhai",
+            "--set",
+            "trials=3",
+            "--set",
+            "steps=8",
+            "--set",
+            "bytes=30000",
+            "--set",
+            "name=ci",
+            "--set",
+            &format!("runs_dir={}", runs.path().display()),
+        ],
+        "",
+    );
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert!(
+        output.status.success(),
+        "sweep_lr.rhai failed:\n{out}\n{err}"
+    );
+    for line in [
+        "random, no pruning: best val_loss",
+        "TPE + ASHA:         best val_loss",
+    ] {
+        assert!(out.contains(line), "missing `{line}` in:\n{out}");
+    }
+    for sweep in ["ci-random", "ci-tpe"] {
+        let lines = trial_lines(runs.path(), sweep);
+        assert_eq!(lines.len(), 3, "{sweep}: {lines:?}");
+    }
 }
