@@ -112,9 +112,28 @@ pub fn human_bytes(bytes: f64) -> String {
     }
 }
 
-/// Refuses an allocation of about `bytes` (an estimate; `f64` so that products of huge settings
-/// cannot overflow) for `what` when it exceeds `budget`. `what` names the setting and its value
-/// (`` `d_model` = 1000000000 ``); `lower` says what to change. `Ok` when the budget is unknown.
+/// The refusal text when about `bytes` (an estimate; `f64` so that products of huge settings
+/// cannot overflow) for `what` exceed `budget`; `None` when they fit or the budget is unknown.
+/// `what` names the setting and its value (`` `d_model` = 1000000000 ``); `lower` says what to
+/// change.
+pub fn over_budget(budget: Option<&Budget>, what: &str, bytes: f64, lower: &str) -> Option<String> {
+    let budget = budget?;
+    if bytes.is_finite() && bytes <= budget.bytes as f64 {
+        return None;
+    }
+    let size = if bytes.is_finite() {
+        format!("about {}", human_bytes(bytes))
+    } else {
+        "more bytes than can be counted".to_string()
+    };
+    Some(format!(
+        "{what} needs {size} of memory, more than the {} available ({}); {lower}",
+        human_bytes(budget.bytes as f64),
+        budget.source
+    ))
+}
+
+/// [`over_budget`] as an error of `component`'s config.
 pub fn ensure_fits_in(
     budget: Option<&Budget>,
     component: &str,
@@ -122,30 +141,23 @@ pub fn ensure_fits_in(
     bytes: f64,
     lower: &str,
 ) -> Result<()> {
-    let Some(budget) = budget else {
-        return Ok(());
-    };
-    if bytes.is_finite() && bytes <= budget.bytes as f64 {
-        return Ok(());
+    match over_budget(budget, what, bytes, lower) {
+        Some(message) => Err(Error::invalid_config(component, message)),
+        None => Ok(()),
     }
-    let size = if bytes.is_finite() {
-        format!("about {}", human_bytes(bytes))
-    } else {
-        "more bytes than can be counted".to_string()
-    };
-    Err(Error::invalid_config(
-        component,
-        format!(
-            "{what} needs {size} of memory, more than the {} available ({}); {lower}",
-            human_bytes(budget.bytes as f64),
-            budget.source
-        ),
-    ))
 }
 
 /// [`ensure_fits_in`] against [`available_bytes`].
 pub fn ensure_fits(component: &str, what: &str, bytes: f64, lower: &str) -> Result<()> {
     ensure_fits_in(available_bytes().as_ref(), component, what, bytes, lower)
+}
+
+/// [`over_budget`] against [`available_bytes`], for `TypedConfig::validate` (a `String` error).
+pub fn check_fits(what: &str, bytes: f64, lower: &str) -> std::result::Result<(), String> {
+    match over_budget(available_bytes().as_ref(), what, bytes, lower) {
+        Some(message) => Err(message),
+        None => Ok(()),
+    }
 }
 
 /// Refuses a count (`n`, `vocab_size`, an array length) over `max`, naming it: for sizes bounded

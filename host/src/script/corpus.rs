@@ -194,6 +194,12 @@ pub fn builtin(name: &str, options: &Map) -> Option<ScriptResult<CorpusHandle>> 
             if o.bytes == 0 {
                 return Err(script_error(format!("{what}: bytes must be at least 1")));
             }
+            // Stories are generated up front and held in memory (text plus per-story bookkeeping).
+            check_fits(
+                &what,
+                &format!("`bytes` = {}", o.bytes),
+                o.bytes as f64 * STORY_OVERHEAD,
+            )?;
             Ok(CorpusHandle::documents(Arc::new(Stories::generate(
                 o.bytes, o.seed,
             ))))
@@ -202,11 +208,31 @@ pub fn builtin(name: &str, options: &Map) -> Option<ScriptResult<CorpusHandle>> 
     let kind = TaskKind::from_name(name)?;
     Some((|| {
         let o = TaskOptions::from_json(&what, &json).map_err(script_error)?;
+        check_fits(
+            &what,
+            &format!("`n` = {}", o.n),
+            o.n as f64 * TASK_EXAMPLE_BYTES,
+        )?;
         let tasks = Arc::new(Tasks::generate(kind, o.n, o.digits, o.seed).map_err(script_error)?);
         let mut handle = CorpusHandle::documents(tasks.clone());
         handle.examples = Some(tasks);
         Ok(handle)
     })())
+}
+
+/// Memory per byte of generated stories: the text and each story's `String` and probability.
+const STORY_OVERHEAD: f64 = 1.1;
+/// At least what one generated task example holds: prompt and answer `String`s and their text.
+const TASK_EXAMPLE_BYTES: f64 = 96.0;
+/// At least what one example costs as a script map (`#{ prompt, answer }`).
+const EXAMPLE_MAP_BYTES: f64 = 256.0;
+
+/// Refuses generating or copying out about `bytes` that cannot fit in memory, naming the call and
+/// the key (`corpus("arithmetic")`, `` `n` = 1000000000000 ``): these used to abort the process
+/// or grow until the machine gave out.
+fn check_fits(call: &str, key: &str, bytes: f64) -> ScriptResult<()> {
+    llmlab_plugin_api::memory::check_fits(&format!("{call}: {key}"), bytes, "ask for less")
+        .map_err(script_error)
 }
 
 fn task_reward_with_options(c: &mut CorpusHandle, options: Map) -> ScriptResult<TaskReward> {
@@ -277,6 +303,11 @@ pub fn register(engine: &mut Engine) {
         |c: &mut CorpusHandle, n: INT| -> ScriptResult<Array> {
             let examples = examples_of(c)?;
             let n = (n.max(0) as usize).min(examples.len());
+            check_fits(
+                &format!("{}.examples({n})", examples.name()),
+                &format!("{n} examples as script maps"),
+                n as f64 * EXAMPLE_MAP_BYTES,
+            )?;
             Ok((0..n)
                 .map(|i| Dynamic::from(example_map(&examples.get(i))))
                 .collect())

@@ -296,11 +296,27 @@ pub fn register(engine: &mut Engine, host: &Arc<Host>) {
         "documents",
         |c: &mut CorpusHandle, n: INT| -> ScriptResult<Array> {
             let n = usize::try_from(n).unwrap_or(0);
-            c.source
-                .documents()
-                .take(n)
-                .map(|d| d.map(Dynamic::from).map_err(script_error))
-                .collect()
+            // The documents' total is unknown up front (a file streams): count as they come and
+            // stop at half the memory available rather than grow until the machine gives out.
+            let limit = llmlab_plugin_api::memory::available_bytes().map(|b| b.bytes / 2);
+            let mut held = 0u64;
+            let mut out = Array::new();
+            for document in c.source.documents().take(n) {
+                let text = document.map_err(script_error)?;
+                held += text.len() as u64 + 64;
+                if let Some(limit) = limit.filter(|&limit| held > limit) {
+                    return Err(script_error(format!(
+                        "{}.documents({n}): the first {} documents already take {}, more than \
+                         half the memory available ({}); ask for fewer",
+                        c.source.name(),
+                        out.len() + 1,
+                        llmlab_plugin_api::memory::human_bytes(held as f64),
+                        llmlab_plugin_api::memory::human_bytes(limit as f64 * 2.0)
+                    )));
+                }
+                out.push(Dynamic::from(text));
+            }
+            Ok(out)
         },
     );
 

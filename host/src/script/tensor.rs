@@ -135,6 +135,22 @@ fn all_reduce(
     scalar(&op(&flat).map_err(candle_error)?)
 }
 
+/// Refuses a new f32 tensor of `count` elements (a product of script numbers, so `f64`) that
+/// cannot fit in memory, naming the call: `zeros([1e5, 1e5, 1e5])` aborted the process and
+/// `arange(1e11)` grew until the machine gave out.
+fn ensure_tensor_fits(call: impl FnOnce() -> String, count: f64) -> ScriptResult<()> {
+    llmlab_plugin_api::memory::check_fits(&call(), count * 4.0, "make it smaller")
+        .map_err(script_error)
+}
+
+fn shape_call<'a>(name: &'a str, shape: &'a [usize]) -> impl FnOnce() -> String + 'a {
+    move || format!("{name}({shape:?})")
+}
+
+fn element_count(shape: &[usize]) -> f64 {
+    shape.iter().map(|&d| d as f64).product()
+}
+
 pub fn register(engine: &mut Engine) {
     engine.register_type_with_name::<TensorHandle>("Tensor");
     engine.register_fn("tensor", |values: Array| -> ScriptResult<TensorHandle> {
@@ -143,18 +159,24 @@ pub fn register(engine: &mut Engine) {
         wrap(Tensor::from_vec(out, shape, &Device::Cpu))
     });
     engine.register_fn("zeros", |shape: Array| {
-        wrap(Tensor::zeros(to_usizes(&shape)?, DType::F32, &Device::Cpu))
+        let shape = to_usizes(&shape)?;
+        ensure_tensor_fits(shape_call("zeros", &shape), element_count(&shape))?;
+        wrap(Tensor::zeros(shape, DType::F32, &Device::Cpu))
     });
     engine.register_fn("ones", |shape: Array| {
-        wrap(Tensor::ones(to_usizes(&shape)?, DType::F32, &Device::Cpu))
+        let shape = to_usizes(&shape)?;
+        ensure_tensor_fits(shape_call("ones", &shape), element_count(&shape))?;
+        wrap(Tensor::ones(shape, DType::F32, &Device::Cpu))
     });
     engine.register_fn("arange", |n: INT| {
+        ensure_tensor_fits(|| format!("arange({n})"), n.max(0) as f64)?;
         wrap(Tensor::arange(0f32, n as f32, &Device::Cpu))
     });
     engine.register_fn(
         "randn",
         |shape: Array, seed: INT| -> ScriptResult<TensorHandle> {
             let shape = to_usizes(&shape)?;
+            ensure_tensor_fits(shape_call("randn", &shape), element_count(&shape))?;
             let values = seeded_normal(shape.iter().product(), seed as u64);
             wrap(Tensor::from_vec(values, shape, &Device::Cpu))
         },
@@ -370,6 +392,36 @@ mod tests {
         let mut engine = Engine::new();
         super::register(&mut engine);
         engine
+    }
+
+    #[test]
+    fn tensors_too_large_for_memory_are_refused_before_allocating() {
+        let e = engine();
+        for (call, shown) in [
+            (
+                "zeros([100000, 100000, 100000])",
+                "zeros([100000, 100000, 100000])",
+            ),
+            (
+                "ones([100000, 100000, 100000])",
+                "ones([100000, 100000, 100000])",
+            ),
+            (
+                "randn([100000, 100000, 100000], 1)",
+                "randn([100000, 100000, 100000])",
+            ),
+            ("arange(100000000000)", "arange(100000000000)"),
+        ] {
+            let error = e.eval::<super::TensorHandle>(call).unwrap_err().to_string();
+            assert!(
+                error.contains(shown) && error.contains("available"),
+                "{call}: {error}"
+            );
+        }
+        assert_eq!(
+            e.eval::<rhai::INT>("zeros([1000, 1000]).numel()").unwrap(),
+            1_000_000
+        );
     }
 
     #[test]

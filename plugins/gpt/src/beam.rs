@@ -32,6 +32,7 @@ pub fn beam_search(
 ) -> Result<Vec<u32>> {
     let n = options.num_beams;
     let device = model.device();
+    crate::memory::ensure_beams_fit(model.gpt_config(), n, model.dtype(), device)?;
     let mut cache = model.cache(1);
     let ids = Tensor::new(prompt, device)?.unsqueeze(0)?;
     let mut logits = model.last_logits(&ids, &mut cache)?;

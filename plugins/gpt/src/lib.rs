@@ -22,6 +22,7 @@ pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod linear;
+pub mod memory;
 pub mod mlp;
 pub mod model;
 pub mod norm;

@@ -65,6 +65,7 @@ impl Gpt {
         config
             .validate()
             .map_err(|m| Error::invalid_config("gpt", m))?;
+        crate::memory::ensure_model_fits(&config, dtype, device)?;
         let store = ParamStore::new(source);
         let vb = store.builder(dtype, device);
         let t = vb.pp("transformer");

@@ -12,6 +12,7 @@ pub mod config;
 pub mod data_identity;
 pub mod evaluate;
 pub mod lm;
+pub mod memory;
 pub mod precision;
 pub mod sft;
 pub mod train_loop;

@@ -127,6 +127,7 @@ impl<O: Objective> TrainLoop<O> {
             eval: c.eval_every > 0,
             model_vocab_size: model.vocab_size(),
         };
+        crate::memory::ensure_training_fits(self.name, model, &setup)?;
         self.objective.prepare(data, &setup)?;
         let mut run = Run {
             schedule: Schedule {

@@ -71,6 +71,7 @@ impl TypedConfig for BpeConfig {
                 self.special_tokens.len()
             ));
         }
+        crate::training::check_vocab_size(self.vocab_size)?;
         if let Some(n) = self.max_token_length.filter(|n| *n < 2) {
             return Err(format!(
                 "max_token_length {n} allows no merges (a merge makes a token of at least 2 \

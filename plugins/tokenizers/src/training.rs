@@ -16,6 +16,25 @@ pub const PROGRESS_MIN_BYTES: u64 = 4 << 20;
 /// How often (in bytes read) progress is reported.
 const PROGRESS_STEP_BYTES: u64 = 1 << 20;
 
+/// Bytes `tokenizers`' trainers reserve per vocabulary entry before reading anything (the
+/// token-to-id map, the id-to-token list and the merges, all sized to `vocab_size` up front).
+const BYTES_PER_VOCAB_ENTRY: f64 = 64.0;
+
+/// Refuses a `vocab_size` that token ids (u32) cannot number or whose tables, reserved up front
+/// by the trainer, cannot fit in memory: `vocab_size: 1e12` aborted the process.
+pub fn check_vocab_size(vocab_size: usize) -> std::result::Result<(), String> {
+    if vocab_size > u32::MAX as usize {
+        return Err(format!(
+            "vocab_size {vocab_size} is more than token ids (u32) can number"
+        ));
+    }
+    llmlab_plugin_api::memory::check_fits(
+        &format!("`vocab_size` = {vocab_size}"),
+        vocab_size as f64 * BYTES_PER_VOCAB_ENTRY,
+        "lower `vocab_size`",
+    )
+}
+
 /// Why feeding stopped early, recorded by the document iterator for after `tokenizers` returns.
 #[derive(Default)]
 struct Feed {

@@ -89,7 +89,7 @@ impl TypedConfig for WordPieceConfig {
                 self.special_tokens.len()
             ));
         }
-        Ok(())
+        crate::training::check_vocab_size(self.vocab_size)
     }
 }
 
