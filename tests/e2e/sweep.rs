@@ -84,8 +84,8 @@ print(`loaded ${again.trials.len()} trials, states ${again.trials[0].state} ${ag
     let metrics = std::fs::read_to_string(pruned.join("metrics.jsonl")).unwrap();
     let last_step = metrics
         .lines()
-        .filter_map(|l| l.split("\"step\":").nth(1))
-        .last()
+        .rev()
+        .find_map(|l| l.split("\"step\":").nth(1))
         .unwrap_or("");
     assert!(
         last_step.starts_with('2') || last_step.starts_with('3'),
