@@ -507,3 +507,62 @@ fn resuming_on_different_data_is_refused() {
         "{err}"
     );
 }
+
+/// Item 11. The split of a running text (a text file) is decided per piece, so a file of one
+/// line gets no validation tokens and `lossy` (U+FFFD is 3 bytes for 1 bad byte) moves the split
+/// forward; a JSONL line over 1 MiB is cut and refused as "EOF ... column 1048576". The fix
+/// belongs in `host/src/data` (dataset_writer.rs, text_file.rs), outside this change's scope:
+/// these tests are ready for it (`cargo test -p llmlab-e2e --test hardening_input -- --ignored`).
+#[test]
+#[ignore = "issue 29 item 11: the fix is in host/src/data (dataset_writer.rs / text_file.rs)"]
+fn val_fraction_is_honoured_for_text_files_and_long_jsonl_lines_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // One line under 1 MiB.
+    let line: String = (0..20_000).map(|i| format!("word{} ", i % 50)).collect();
+    std::fs::write(d.join("one_line.txt"), &line).unwrap();
+    // Many lines with invalid UTF-8 bytes (read lossily).
+    let mut bytes = Vec::new();
+    for i in 0..4000 {
+        bytes.extend_from_slice(format!("line {i} with a bad byte ").as_bytes());
+        bytes.extend_from_slice(&[0xff, 0xfe, b'\n']);
+    }
+    std::fs::write(d.join("lossy.txt"), &bytes).unwrap();
+    // A JSONL document of 1.5 MiB.
+    let long = "abc ".repeat(400_000);
+    std::fs::write(
+        d.join("long.jsonl"),
+        format!("{{\"text\": \"{long}\"}}\n{{\"text\": \"short one\"}}\n"),
+    )
+    .unwrap();
+    let script = format!(
+        r#"
+        let tok = tokenizer("bpe", #{{ vocab_size: 300 }});
+        tok.train(corpus({one:?}));
+        for spec in [[{one:?}, #{{}}], [{lossy:?}, #{{ lossy: true }}]] {{
+            let ds = tok.encode(corpus(spec[0], spec[1]), #{{ val_fraction: 0.1 }});
+            let share = ds.len("val") * 100 / (ds.len("train") + ds.len("val"));
+            print(`${{spec[0]}}: val ${{share}}%`);
+        }}
+        let ds = tok.encode(corpus({long:?}), #{{ val_fraction: 0.0 }});
+        print(`long jsonl: ${{ds.len("train")}} tokens`);
+        "#,
+        one = d.join("one_line.txt").display().to_string(),
+        lossy = d.join("lossy.txt").display().to_string(),
+        long = d.join("long.jsonl").display().to_string(),
+    );
+    let output = run_script(d, &script, &[]);
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert!(output.status.success(), "{out}\n{err}");
+    for line in out.lines().filter(|l| l.contains(": val ")) {
+        let share: i64 = line
+            .rsplit("val ")
+            .next()
+            .unwrap()
+            .trim_end_matches('%')
+            .parse()
+            .unwrap();
+        assert!((8..=12).contains(&share), "{line}");
+    }
+    assert!(out.contains("long jsonl:"), "{out}");
+}
