@@ -210,6 +210,17 @@ pub fn default_run_name(script: Option<&Path>) -> String {
     format!("{stem}-{}", utc_timestamp(seconds))
 }
 
+/// `base`, or `base-2`, `base-3`, ... : the first name with no directory under `root` yet.
+pub fn unused_name(root: &Path, base: &str) -> String {
+    if !root.join(base).exists() {
+        return base.to_string();
+    }
+    (2..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|name| !root.join(name).exists())
+        .unwrap_or_else(|| base.to_string())
+}
+
 /// `YYYYmmdd-HHMMSS` for seconds since the epoch (civil-from-days, proleptic Gregorian).
 fn utc_timestamp(seconds: u64) -> String {
     let days = (seconds / 86_400) as i64;
@@ -392,6 +403,15 @@ mod tests {
         assert_eq!(parsed, json!({ "step": 1, "loss": 2.5, "val_loss": null }));
         assert_eq!(run.metrics().history().len(), 1);
         assert!(RunDir::open(root.path(), "../escape", None, &[]).is_err());
+    }
+
+    #[test]
+    fn generated_names_skip_existing_directories() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(unused_name(root.path(), "x-1"), "x-1");
+        std::fs::create_dir(root.path().join("x-1")).unwrap();
+        std::fs::create_dir(root.path().join("x-1-2")).unwrap();
+        assert_eq!(unused_name(root.path(), "x-1"), "x-1-3");
     }
 
     #[test]

@@ -92,6 +92,12 @@ impl Host {
             .overrides
             .setting("runs_dir")
             .map_or_else(|| PathBuf::from("runs"), |d| PathBuf::from(d.to_string()));
+        // A generated name never reuses a directory (two runs started in the same second get
+        // `-2`, `-3`); an explicit `name` is reused on purpose, to resume into it.
+        let name = match self.overrides.setting("name") {
+            Some(_) => name,
+            None => crate::runs::unused_name(&root, &name),
+        };
         let plugins: Vec<(String, String)> = self
             .registry()
             .plugins
