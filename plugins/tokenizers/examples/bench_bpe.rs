@@ -1,18 +1,22 @@
-//! Throughput of the `bpe` component, measured exactly as `../shared/bench/hf_tokenizers.py`
-//! measures Python's `tokenizers`: read the file (invalid UTF-8 replaced), train a byte-level BPE
-//! of VOCAB on its lines, then encode all lines in batches of 4096. Prints one JSON line.
+//! Throughput of the `bpe` component, measured as `bench/hf_tokenizers.py` measures Python's
+//! `tokenizers`: read the file (invalid UTF-8 replaced), train a byte-level BPE of VOCAB on its
+//! lines (split on "\n", newline kept; min_frequency 0, no special tokens), then encode all lines
+//! in batches of 4096 with `Tokenizer::encode_batch`. Threads: RAYON_NUM_THREADS (the runtime's
+//! pool). Prints one JSON line.
 //!
 //! ```text
 //! cargo run --release -p llmlab-tokenizers --example bench_bpe -- CORPUS [--vocab 8192]
+//!     [--save tokenizer.json] [--ids-out ids.u32]
 //! ```
 
 use std::time::Instant;
 
 use llmlab_plugin_api::prelude::*;
 use llmlab_plugin_api::TextSource;
-use llmlab_tokenizers::bpe::Bpe;
+use llmlab_tokenizers::bpe::BpeConfig;
+use llmlab_tokenizers::tokenizer::{HfTokenizer, Recipe};
 
-/// The file's lines (newlines kept), as the Python reference feeds them.
+/// The file's lines (newlines kept).
 struct Lines(Vec<String>);
 
 impl TextSource for Lines {
@@ -29,10 +33,16 @@ impl TextSource for Lines {
 
 fn main() -> std::result::Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: bench_bpe CORPUS [--vocab N]";
+    let usage = "usage: bench_bpe CORPUS [--vocab N] [--save PATH] [--ids-out PATH]";
     let path = args.first().ok_or(usage)?;
-    let vocab: usize = match args.iter().position(|a| a == "--vocab") {
-        Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).ok_or(usage)?,
+    let option = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .map(|i| args.get(i + 1).cloned().ok_or(usage))
+            .transpose()
+    };
+    let vocab: usize = match option("--vocab")? {
+        Some(v) => v.parse().map_err(|_| usage)?,
         None => 8192,
     };
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
@@ -40,29 +50,38 @@ fn main() -> std::result::Result<(), String> {
     let lines: Vec<String> = text.split_inclusive('\n').map(str::to_string).collect();
     let mb = text.len() as f64 / 1e6;
 
-    // min_frequency 0 as in the reference (BpeTrainer's default there).
-    let config = json!({ "vocab_size": vocab, "min_frequency": 0, "special_tokens": [] });
-    let ctx = Context::cpu();
-    let mut tok = match Bpe.create(&config, &ctx).map_err(|e| e.to_string())? {
-        Instance::Tokenizer(t) => t,
-        _ => return Err("bpe did not make a tokenizer".into()),
+    let config = BpeConfig {
+        vocab_size: vocab,
+        min_frequency: 0,
+        special_tokens: vec![],
+        ..BpeConfig::default()
     };
+    let ctx = Context::cpu();
+    let mut tok = HfTokenizer::new(Recipe::Bpe(config)).map_err(|e| e.to_string())?;
     let corpus = Lines(lines);
     let start = Instant::now();
     tok.train(&corpus, &ctx).map_err(|e| e.to_string())?;
     let train_s = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
-    let mut tokens = 0;
+    let mut encoded: Vec<Vec<u32>> = Vec::with_capacity(corpus.0.len());
     for batch in corpus.0.chunks(4096) {
-        tokens += tok
-            .encode_batch(batch)
-            .map_err(|e| e.to_string())?
-            .iter()
-            .map(Vec::len)
-            .sum::<usize>();
+        encoded.extend(tok.encode_batch(batch).map_err(|e| e.to_string())?);
     }
     let encode_s = start.elapsed().as_secs_f64();
+    let tokens: usize = encoded.iter().map(Vec::len).sum();
+    if let Some(save) = option("--save")? {
+        std::fs::write(&save, tok.to_json().map_err(|e| e.to_string())?)
+            .map_err(|e| format!("{save}: {e}"))?;
+    }
+    if let Some(out) = option("--ids-out")? {
+        let raw: Vec<u8> = encoded
+            .iter()
+            .flatten()
+            .flat_map(|id| id.to_le_bytes())
+            .collect();
+        std::fs::write(&out, raw).map_err(|e| format!("{out}: {e}"))?;
+    }
     let round = |x: f64, digits: i32| (x * 10f64.powi(digits)).round() / 10f64.powi(digits);
     println!(
         "{}",
@@ -70,10 +89,10 @@ fn main() -> std::result::Result<(), String> {
             "peer": "llmlab-bpe",
             "vocab": vocab,
             "mb": round(mb, 2),
-            "train_s": round(train_s, 2),
+            "train_s": round(train_s, 3),
             "encode_mb_s": round(mb / encode_s, 2),
             "tokens": tokens,
-            "bytes_per_token": round(mb * 1e6 / tokens as f64, 3),
+            "fast_path": tok.is_fast(),
             "threads": llmlab_plugin_api::rayon::current_num_threads(),
         })
     );
