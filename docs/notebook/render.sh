@@ -22,6 +22,6 @@ if [ -z "$browser" ] && [ -x /usr/lib/chromium/chromium-headless-shell ]; then
   browser=/usr/lib/chromium/chromium-headless-shell
 fi
 [ -n "$browser" ] || { echo "no headless chromium found" >&2; exit 1; }
-"$browser" --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1000,2400 \
+"$browser" --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1000,1960 \
   --screenshot="$PWD/docs/notebook/quickstart.png" "file://$PWD/$out/work/quickstart.html"
 echo "wrote docs/notebook/quickstart.png"
