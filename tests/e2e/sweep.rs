@@ -265,3 +265,39 @@ fn sweep_lr_script_runs_at_ci_size() {
         assert_eq!(lines.len(), 3, "{sweep}: {lines:?}");
     }
 }
+
+#[test]
+fn a_worker_that_dies_is_a_failed_trial_and_the_sweep_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    // Trial 1's worker process ends with an error before it reaches the sweep (as a crash
+    // would: no result message, a failing exit status); its neighbours are unaffected.
+    let (ok, out, err) = run_script(
+        dir.path(),
+        "dies",
+        r#"
+if run_dir().contains("trials/0001") { throw "worker 1 dies before its trial"; }
+let r = sweep(#{ x: uniform(-1.0, 1.0) }, |trial| trial.params.x * trial.params.x,
+              #{ method: "random", trials: 3, parallel: 2, seed: 4, name: "dies", metric: "loss" });
+print(`done: ${r.trials.len()} trials`);
+"#,
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("done: 3 trials"), "{out}");
+    let lines = trial_lines(dir.path(), "dies");
+    let by_number = |n: usize| {
+        lines
+            .iter()
+            .find(|l| l.contains(&format!("\"number\":{n},")))
+            .unwrap_or_else(|| panic!("no trial {n} in {lines:?}"))
+            .clone()
+    };
+    assert!(by_number(0).contains("\"state\":\"complete\""), "{lines:?}");
+    assert!(by_number(2).contains("\"state\":\"complete\""), "{lines:?}");
+    let failed = by_number(1);
+    assert!(
+        failed.contains("\"state\":\"failed\"")
+            && failed.contains("worker process ended")
+            && failed.contains("worker 1 dies before its trial"),
+        "{failed}"
+    );
+}

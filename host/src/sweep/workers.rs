@@ -169,7 +169,16 @@ impl Worker {
     pub fn spawn(spec: &WorkerSpec, events: Sender<Event>) -> Result<Worker> {
         std::fs::create_dir_all(&spec.run_dir).map_err(|e| Error::io(&spec.run_dir, e))?;
         let log = spec.run_dir.join(WORKER_LOG);
-        let stderr = File::create(&log).map_err(|e| Error::io(&log, e))?;
+        // Both the child's stderr and the reader thread's stdout lines append: with a plain
+        // write handle, stderr would overwrite lines appended through the other handle.
+        File::create(&log).map_err(|e| Error::io(&log, e))?;
+        let append = || {
+            OpenOptions::new()
+                .append(true)
+                .open(&log)
+                .map_err(|e| Error::io(&log, e))
+        };
+        let stderr = append()?;
         let exe = std::env::current_exe()
             .map_err(|e| Error::msg(format!("cannot find the llmlab executable: {e}")))?;
         let mut command = Command::new(&exe);
@@ -185,10 +194,7 @@ impl Worker {
             .map_err(|e| Error::msg(format!("cannot start worker {}: {e}", exe.display())))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let stdin = child.stdin.take();
-        let mut log_out = OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .map_err(|e| Error::io(&log, e))?;
+        let mut log_out = append()?;
         let number = spec.number;
         std::thread::spawn(move || {
             let mut result = None;
