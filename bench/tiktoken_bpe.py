@@ -5,12 +5,13 @@ TOKENIZER: every vocabulary token's bytes (byte-level chars mapped back) ranked 
 tokenizer's own split pattern (GPT-2's, or the Split regex of a Llama-3 style file). tiktoken
 merges by the rank of the merged token, tokenizers by the rank of the merge; for a BPE trained
 here both orders coincide, and --check counts the lines whose ids differ from tokenizers'.
-Lines are split on "\\n" only, newline kept; batches of 4096 with encode_ordinary_batch.
+Lines are split on "\\n" only, newline kept; batches of 4096 (see encode_slice for threads).
 Prints one JSON line: encode_mb_s, tokens (and differing_lines with --check).
 
   python tiktoken_bpe.py CORPUS TOKENIZER [--threads N] [--check] [--ids-out ids.u32]
 """
 import argparse, array, json, sys, time
+from concurrent.futures import ThreadPoolExecutor
 import tiktoken
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -55,10 +56,23 @@ lines = [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
 mb = len(text.encode()) / 1e6
 enc = encoding_from(a.tokenizer)
 
+# tiktoken's fastest path: encode_ordinary per line (it releases the GIL), each batch's lines cut
+# into --threads contiguous slices on a thread pool. (encode_ordinary_batch hands every line to
+# the pool separately and was ~6x slower per thread here.)
+def encode_slice(xs):
+    return [enc.encode_ordinary(x) for x in xs]
+
+pool = ThreadPoolExecutor(a.threads) if a.threads > 1 else None
 t0 = time.perf_counter()
 encoded = []
 for i in range(0, len(lines), 4096):
-    encoded.extend(enc.encode_ordinary_batch(lines[i:i + 4096], num_threads=a.threads))
+    batch = lines[i:i + 4096]
+    if pool is None:
+        encoded.extend(encode_slice(batch))
+    else:
+        step = (len(batch) + a.threads - 1) // a.threads
+        for part in pool.map(encode_slice, [batch[j:j + step] for j in range(0, len(batch), step)]):
+            encoded.extend(part)
 enc_s = time.perf_counter() - t0
 n = sum(len(e) for e in encoded)
 out = dict(peer="tiktoken", mb=round(mb, 2), encode_mb_s=round(mb / enc_s, 2), tokens=n,

@@ -31,7 +31,7 @@ struct AddedSet {
 
 impl AddedSet {
     fn new(mut tokens: Vec<(Vec<u8>, u32)>) -> AddedSet {
-        tokens.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        tokens.sort_by_key(|t| std::cmp::Reverse(t.0.len()));
         let mut first = [false; 256];
         for (t, _) in &tokens {
             first[t[0] as usize] = true;
@@ -72,7 +72,7 @@ pub struct FastEncoder {
 
 thread_local! {
     /// (encoder id, pre-token bytes → ids).
-    static CACHE: RefCell<(u64, FxMap<Box<[u8]>, Box<[u32]>>)> = RefCell::new((0, map_with_capacity(0)));
+    static CACHE: RefCell<(u64, PieceCache)> = RefCell::new((0, map_with_capacity(0)));
 }
 
 fn post_processor_is_neutral(v: &Value) -> bool {
