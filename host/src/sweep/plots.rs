@@ -188,6 +188,7 @@ fn panel(
     };
     let values = dim.values().map(<[_]>::to_vec);
     let is_log = dim.is_log();
+    let is_int = matches!(dim, Dimension::IntUniform { .. });
     let x_label = move |x: &f64| -> String {
         if is_log {
             format!("{:.0e}", 10f64.powf(*x))
@@ -201,6 +202,8 @@ fn panel(
             } else {
                 String::new()
             }
+        } else if is_int {
+            format!("{x:.0}")
         } else {
             format!("{x:.3}")
         }
