@@ -6,8 +6,12 @@
 //!
 //! ```text
 //! cargo run --release -p llmlab-tokenizers --example bench_bpe -- CORPUS [--vocab 8192]
-//!     [--save tokenizer.json] [--ids-out ids.u32]
+//!     [--save tokenizer.json] [--ids-out ids.u32] [--profile]
 //! ```
+//!
+//! `--profile` adds where the time goes: counting pre-tokens vs. learning merges (the two
+//! halves of the fast trainer, timed separately), and encoding with the wrapped `tokenizers`
+//! crate itself (`encode_batch_fast`, its regex path) for comparison.
 
 use std::time::Instant;
 
@@ -57,7 +61,7 @@ fn main() -> std::result::Result<(), String> {
         ..BpeConfig::default()
     };
     let ctx = Context::cpu();
-    let mut tok = HfTokenizer::new(Recipe::Bpe(config)).map_err(|e| e.to_string())?;
+    let mut tok = HfTokenizer::new(Recipe::Bpe(config.clone())).map_err(|e| e.to_string())?;
     let corpus = Lines(lines);
     let start = Instant::now();
     tok.train(&corpus, &ctx).map_err(|e| e.to_string())?;
@@ -82,6 +86,37 @@ fn main() -> std::result::Result<(), String> {
             .collect();
         std::fs::write(&out, raw).map_err(|e| format!("{out}: {e}"))?;
     }
+    let mut profile = json!({});
+    if args.iter().any(|a| a == "--profile") {
+        use llmlab_tokenizers::fast_bpe::train::{count_pieces, learn};
+        use llmlab_tokenizers::pretokenize::Splitter;
+        let start = Instant::now();
+        let counts =
+            count_pieces(&corpus, Splitter::GPT2, &ctx, "bpe").map_err(|e| e.to_string())?;
+        let count_s = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let learned = learn(&counts, &llmlab_tokenizers::bpe::fast_settings(&config));
+        let learn_s = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let mut hf_tokens = 0;
+        for batch in corpus.0.chunks(4096) {
+            let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
+            let encodings = tok
+                .inner()
+                .encode_batch_fast(batch, false)
+                .map_err(|e| e.to_string())?;
+            hf_tokens += encodings.iter().map(|e| e.get_ids().len()).sum::<usize>();
+        }
+        let hf_s = start.elapsed().as_secs_f64();
+        profile = json!({
+            "count_s": count_s,
+            "learn_s": learn_s,
+            "distinct_pretokens": counts.len(),
+            "merges": learned.merges.len(),
+            "tokenizers_crate_encode_mb_s": mb / hf_s,
+            "tokenizers_crate_tokens": hf_tokens,
+        });
+    }
     let round = |x: f64, digits: i32| (x * 10f64.powi(digits)).round() / 10f64.powi(digits);
     println!(
         "{}",
@@ -94,6 +129,7 @@ fn main() -> std::result::Result<(), String> {
             "tokens": tokens,
             "fast_path": tok.is_fast(),
             "threads": llmlab_plugin_api::rayon::current_num_threads(),
+            "profile": profile,
         })
     );
     Ok(())
