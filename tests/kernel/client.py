@@ -161,6 +161,17 @@ def main():
         )
         reply, out = run_cell(kc, 't.encode("world hello")')
         check(result_data(out)["text/plain"] == "[2, 1]", "and the session survives it", out)
+
+        # "Run All": cells sent at once; after the failing one the queued rest are aborted.
+        ids = [kc.execute(code) for code in ["let z = 1;", "undefined_fn()", "z = 2;", "z = 3;"]]
+        replies = {}
+        while len(replies) < len(ids):
+            msg = kc.get_shell_msg(timeout=60)
+            replies[msg["parent_header"]["msg_id"]] = msg["content"]["status"]
+        statuses = [replies[i] for i in ids]
+        check(statuses == ["ok", "error", "aborted", "aborted"], "cells queued after an error are aborted", statuses)
+        reply, out = run_cell(kc, "z")
+        check(result_data(out)["text/plain"] == "1", "and did not run", out)
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)

@@ -14,7 +14,7 @@ mod display;
 pub mod install;
 mod progress;
 mod server;
-pub mod wire;
+mod wire;
 mod worker;
 
 use std::path::Path;

@@ -3,6 +3,7 @@
 //! bound, input is not requested), IOPub (PUB: status, streams, results) and heartbeat (REP:
 //! echo). Each message on shell is framed by `busy` and `idle` statuses on IOPub.
 
+use std::collections::VecDeque;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,23 +109,55 @@ pub async fn serve(
         "status",
         json!({ "execution_state": "starting" }),
     ));
+    // After a failed cell with `stop_on_error`, the cells already waiting behind it ("Run All")
+    // are answered `aborted` instead of run, as ipykernel does. They are the requests received
+    // before the failed cell's reply is sent: a client that waits for that reply and then sends
+    // the next cell is served as usual.
+    // Requests waiting behind a failed cell: all to be aborted.
+    let mut backlog: VecDeque<Message> = VecDeque::new();
     loop {
-        let received = shell
-            .recv()
-            .await
-            .map_err(|e| format!("shell socket: {e}"))?;
-        let request = match Message::decode(frames(received), &shared.signer) {
-            Ok(request) => request,
-            Err(error) => {
-                shared
-                    .capture
-                    .log(&format!("shell: message dropped: {error}"));
-                continue;
+        let (request, abort) = match backlog.pop_front() {
+            Some(request) => (request, true),
+            None => {
+                let received = shell
+                    .recv()
+                    .await
+                    .map_err(|e| format!("shell socket: {e}"))?;
+                match Message::decode(frames(received), &shared.signer) {
+                    Ok(request) => (request, false),
+                    Err(error) => {
+                        shared
+                            .capture
+                            .log(&format!("shell: message dropped: {error}"));
+                        continue;
+                    }
+                }
             }
         };
         shared.status(&request, "busy");
-        let reply = shared.handle_shell(&request).await;
+        let reply = if abort && request.msg_type() == "execute_request" {
+            Some(request.reply(json!({ "status": "aborted", "execution_count": null })))
+        } else {
+            shared.handle_shell(&request).await
+        };
         if let Some(reply) = &reply {
+            if reply.msg_type() == "execute_reply"
+                && reply.content["status"] == "error"
+                && request.content["stop_on_error"].as_bool().unwrap_or(true)
+            {
+                // tokio's timeout polls the receive once before looking at the clock: this takes
+                // exactly the requests already waiting.
+                while let Ok(Ok(received)) =
+                    tokio::time::timeout(Duration::ZERO, shell.recv()).await
+                {
+                    match Message::decode(frames(received), &shared.signer) {
+                        Ok(waiting) => backlog.push_back(waiting),
+                        Err(error) => shared
+                            .capture
+                            .log(&format!("shell: message dropped: {error}")),
+                    }
+                }
+            }
             if let Err(error) = shell.send(reply.encode(&shared.signer)).await {
                 shared.capture.log(&format!("shell send failed: {error}"));
             }
