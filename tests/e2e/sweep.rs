@@ -301,3 +301,66 @@ print(`done: ${r.trials.len()} trials`);
         "{failed}"
     );
 }
+
+#[test]
+fn ctrl_c_stops_the_running_trial_with_its_checkpoint_and_keeps_finished_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    // Trial 0 finishes at once; trial 1 trains "forever" until the SIGINT.
+    let script = dir.path().join("interrupt.rhai");
+    std::fs::write(
+        &script,
+        format!(
+            "{PREFIX}\n{}",
+            r#"
+let r = sweep(#{ lr: grid([3e-3, 2e-3]) }, |trial| {
+    if trial.number == 0 { return 1.0; }
+    let gpt = model("gpt", #{ vocab_size: tok.vocab_size(), n_layer: 1, n_head: 2, d_model: 16, ctx: 16 });
+    trainer("lm", #{ steps: 1000000, batch_size: 4, lr: trial.params.lr, eval_every: 0,
+                     checkpoint_every: 0, trial: trial }).fit(gpt, ds)
+}, #{ method: "grid", name: "int", metric: "loss" });
+print("not reached");
+"#
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(llmlab_binary())
+        .args(["run", script.to_str().unwrap()])
+        .args(["--set", &format!("runs_dir={}", dir.path().display())])
+        .current_dir(repo_root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until trial 1's trainer has logged steps.
+    let metrics = dir.path().join("int/trials/0001/metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&metrics).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(started.elapsed().as_secs() < 120, "trial 1 never trained");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert!(!output.status.success(), "{out}\n{err}");
+    assert!(!out.contains("not reached"), "{out}");
+    assert!(
+        err.contains("sweep int interrupted: 1 finished trials kept"),
+        "{err}"
+    );
+    let lines = trial_lines(dir.path(), "int");
+    assert_eq!(
+        lines.len(),
+        1,
+        "only the finished trial is recorded: {lines:?}"
+    );
+    assert!(lines[0].contains("\"number\":0,") || lines[0].contains("\"number\":0}"));
+    let checkpoint = dir.path().join("int/trials/0001/checkpoint/trainer.json");
+    assert!(
+        checkpoint.exists(),
+        "no checkpoint for the interrupted trial"
+    );
+}
