@@ -508,13 +508,11 @@ fn resuming_on_different_data_is_refused() {
     );
 }
 
-/// Item 11. The split of a running text (a text file) is decided per piece, so a file of one
-/// line gets no validation tokens and `lossy` (U+FFFD is 3 bytes for 1 bad byte) moves the split
-/// forward; a JSONL line over 1 MiB is cut and refused as "EOF ... column 1048576". The fix
-/// belongs in `host/src/data` (dataset_writer.rs, text_file.rs), outside this change's scope:
-/// these tests are ready for it (`cargo test -p llmlab-e2e --test hardening_input -- --ignored`).
+/// Item 11. The split of a running text was decided per piece, so a file of one line got no
+/// validation tokens and `lossy` (U+FFFD is 3 bytes for 1 bad byte) moved the split forward; a
+/// JSONL line over 1 MiB was cut and refused as "EOF ... column 1048576". Now the validation
+/// tail is counted in tokens and JSONL lines are read whole.
 #[test]
-#[ignore = "issue 29 item 11: the fix is in host/src/data (dataset_writer.rs / text_file.rs)"]
 fn val_fraction_is_honoured_for_text_files_and_long_jsonl_lines_load() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

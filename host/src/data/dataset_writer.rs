@@ -16,7 +16,9 @@
 //!
 //! The validation split is chosen deterministically: for separate documents every
 //! `1/val_fraction`-th document; for one running text (a text file) its last `val_fraction` of
-//! bytes, as nanoGPT does.
+//! tokens, moved from the end of `train.bin` once the whole text is encoded (as nanoGPT splits
+//! its token array). Counting tokens, not pieces or bytes, keeps the share exact whatever the
+//! line lengths (one long line is one piece) or the replacement characters of a lossy read.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -48,52 +50,42 @@ pub struct EncodeOptions {
     pub separate_documents: bool,
 }
 
-/// Decides the split of each document as it streams past.
+/// Decides the split of each document as it streams past. The pieces of a running text all go
+/// to training; its validation tail is cut off afterwards ([`SplitWriter::move_tail_to`]).
 struct SplitChooser {
     val_fraction: f64,
-    /// For a running text: where the validation tail starts, in bytes.
-    val_from_byte: Option<u64>,
+    running_text: bool,
     index: u64,
-    bytes: u64,
 }
 
 impl SplitChooser {
-    fn new(options: &EncodeOptions, total_bytes: Option<u64>) -> Self {
-        let val_from_byte = (!options.separate_documents)
-            .then_some(total_bytes)
-            .flatten()
-            .map(|total| ((1.0 - options.val_fraction) * total as f64).ceil() as u64);
+    fn new(options: &EncodeOptions) -> Self {
         SplitChooser {
             val_fraction: options.val_fraction,
-            val_from_byte,
+            running_text: !options.separate_documents,
             index: 0,
-            bytes: 0,
         }
     }
 
-    fn choose(&mut self, document_bytes: usize) -> Split {
-        let split = match self.val_from_byte {
-            Some(from) => {
-                if self.bytes >= from && self.val_fraction > 0.0 {
-                    Split::Val
-                } else {
-                    Split::Train
-                }
-            }
-            None => {
-                let f = self.val_fraction;
-                let i = self.index as f64;
-                if ((i + 1.0) * f).floor() > (i * f).floor() {
-                    Split::Val
-                } else {
-                    Split::Train
-                }
-            }
-        };
+    fn choose(&mut self) -> Split {
+        let f = self.val_fraction;
+        let i = self.index as f64;
         self.index += 1;
-        self.bytes += document_bytes as u64;
-        split
+        if !self.running_text && ((i + 1.0) * f).floor() > (i * f).floor() {
+            Split::Val
+        } else {
+            Split::Train
+        }
     }
+}
+
+/// Tokens of a running text of `tokens` that go to validation: what is left after the first
+/// `floor(tokens * (1 - val_fraction))`, as nanoGPT's `data[:int(n * 0.9)]` split leaves it.
+fn running_text_val_tokens(tokens: u64, val_fraction: f64) -> u64 {
+    if val_fraction <= 0.0 {
+        return 0;
+    }
+    tokens - ((tokens as f64) * (1.0 - val_fraction)).floor() as u64
 }
 
 /// One split's `.bin` file being written inside the staging directory.
@@ -136,6 +128,40 @@ impl SplitWriter {
             .write_all(&self.scratch)
             .map_err(|e| Error::io(&self.path, e))?;
         self.tokens += ids.len() as u64;
+        Ok(())
+    }
+
+    /// Moves the last `tokens` tokens of this file to the end of `other` (same dtype), in chunks,
+    /// and truncates this file before them.
+    fn move_tail_to(&mut self, other: &mut SplitWriter, tokens: u64) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let tokens = tokens.min(self.tokens);
+        let width = self.dtype.width_bytes() as u64;
+        let keep = (self.tokens - tokens) * width;
+        self.file.flush().map_err(|e| Error::io(&self.path, e))?;
+        let mut reader = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        reader
+            .seek(SeekFrom::Start(keep))
+            .map_err(|e| Error::io(&self.path, e))?;
+        let mut chunk = vec![0u8; (1 << 20) - (1 << 20) % width as usize];
+        let mut left = tokens * width;
+        while left > 0 {
+            let n = (chunk.len() as u64).min(left) as usize;
+            reader
+                .read_exact(&mut chunk[..n])
+                .map_err(|e| Error::io(&self.path, e))?;
+            other
+                .file
+                .write_all(&chunk[..n])
+                .map_err(|e| Error::io(&other.path, e))?;
+            left -= n as u64;
+        }
+        self.file
+            .get_ref()
+            .set_len(keep)
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.tokens -= tokens;
+        other.tokens += tokens;
         Ok(())
     }
 
@@ -385,6 +411,10 @@ pub fn encode_to_dataset(
             &mut train,
             &mut val,
         )?;
+        if !options.separate_documents {
+            let tail = running_text_val_tokens(train.tokens, options.val_fraction);
+            train.move_tail_to(&mut val, tail)?;
+        }
         let train_tokens = train.finish()?;
         let val_tokens = val.finish()?;
         if train_tokens == 0 {
@@ -442,7 +472,7 @@ fn stream(
     let result = std::thread::scope(|scope| -> Result<Option<f64>> {
         let (sender, receiver) = sync_channel::<Result<Batch>>(2);
         scope.spawn(move || {
-            let mut chooser = SplitChooser::new(options, total_bytes);
+            let mut chooser = SplitChooser::new(options);
             let mut batch = Batch::new();
             for (index, document) in source.documents().enumerate() {
                 if ctx.cancel.is_cancelled() {
@@ -451,7 +481,7 @@ fn stream(
                 }
                 match document {
                     Ok(text) => {
-                        let split = chooser.choose(text.len());
+                        let split = chooser.choose();
                         if split == Split::Train {
                             batch.train_nats = batch
                                 .train_nats
@@ -718,6 +748,29 @@ mod tests {
             "{val}"
         );
         assert!(text(all(&ds, Split::Train)).ends_with("line 89\n"));
+    }
+
+    #[test]
+    fn a_running_text_of_one_piece_still_gets_its_validation_share() {
+        // One line is one piece: a split by pieces (or bytes) gave it no validation tokens.
+        let dir = tempfile::tempdir().unwrap();
+        let one_piece = Docs {
+            docs: vec!["ab".repeat(500)],
+            ..docs(0)
+        };
+        let ds = encode_to_dataset(
+            &BYTES,
+            &one_piece,
+            &options(dir.path(), false),
+            &Context::cpu(),
+        )
+        .unwrap();
+        assert_eq!(ds.header().train_tokens, 900);
+        assert_eq!(ds.header().val_tokens, 100);
+        assert_eq!(all(&ds, Split::Val).len(), 100);
+        assert_eq!(running_text_val_tokens(10, 0.1), 1);
+        assert_eq!(running_text_val_tokens(10, 0.0), 0);
+        assert_eq!(running_text_val_tokens(3, 0.5), 2);
     }
 
     #[test]

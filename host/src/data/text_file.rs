@@ -4,7 +4,8 @@
 //!   at a newline (or at [`MAX_PIECE_BYTES`], cut on a character boundary). The pieces are parts
 //!   of one text, not separate documents: a token dataset puts no end-of-text token between them.
 //! - **JSONL** (`.jsonl`, `.ndjson`, or any file when `field` is given): one document per
-//!   non-blank line, the string at `field` (default `"text"`).
+//!   non-blank line, the string at `field` (default `"text"`). A line is read whole, up to
+//!   [`MAX_JSONL_LINE_BYTES`]; a longer one is an error naming the file, line and limit.
 //!
 //! Invalid UTF-8 is an error naming the file, byte offset and line, unless `lossy` asks for
 //! U+FFFD replacement characters instead.
@@ -18,6 +19,9 @@ use llmlab_plugin_api::{Error, Result, TextSource};
 
 /// Longest piece of a text file handed out at once (a file without newlines still streams).
 pub const MAX_PIECE_BYTES: usize = 1 << 20;
+
+/// Longest JSONL line (one document, held in memory whole) read before refusing the file.
+pub const MAX_JSONL_LINE_BYTES: usize = 256 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Format {
@@ -130,16 +134,26 @@ fn incomplete_tail(bytes: &[u8]) -> usize {
 }
 
 impl Pieces<'_> {
-    /// The next raw line (with its newline), at most [`MAX_PIECE_BYTES`]; a longer line is cut
-    /// and a character split by the cut is carried over whole to the next piece.
-    fn next_raw(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+    /// The next raw line (with its newline). In a text file at most [`MAX_PIECE_BYTES`]: a
+    /// longer line is cut and a character split by the cut is carried over whole to the next
+    /// piece. In a JSONL file the whole line, refused past [`MAX_JSONL_LINE_BYTES`].
+    fn next_raw(&mut self) -> Result<Option<Vec<u8>>> {
+        let jsonl = matches!(self.file.format, Format::Jsonl { .. });
+        let limit = if jsonl {
+            MAX_JSONL_LINE_BYTES
+        } else {
+            MAX_PIECE_BYTES
+        };
         let mut piece = std::mem::take(&mut self.carry);
         loop {
-            let buffer = self.reader.fill_buf()?;
+            let buffer = self
+                .reader
+                .fill_buf()
+                .map_err(|e| Error::io(&self.file.path, e))?;
             if buffer.is_empty() {
                 break;
             }
-            let room = MAX_PIECE_BYTES - piece.len();
+            let room = limit - piece.len();
             let window = &buffer[..buffer.len().min(room)];
             if let Some(newline) = window.iter().position(|&b| b == b'\n') {
                 piece.extend_from_slice(&window[..=newline]);
@@ -149,7 +163,17 @@ impl Pieces<'_> {
             let take = window.len();
             piece.extend_from_slice(window);
             self.reader.consume(take);
-            if piece.len() == MAX_PIECE_BYTES {
+            if piece.len() == limit {
+                if jsonl {
+                    return Err(Error::Data(format!(
+                        "{}: line {} (byte {}) is longer than {} MiB, the longest JSONL document \
+                         read; split it or use a text file",
+                        self.file.path.display(),
+                        self.line,
+                        self.offset,
+                        MAX_JSONL_LINE_BYTES >> 20
+                    )));
+                }
                 let keep = piece.len() - incomplete_tail(&piece);
                 self.carry = piece.split_off(keep);
                 break;
@@ -233,9 +257,9 @@ impl Iterator for Pieces<'_> {
                     self.done = true;
                     return None;
                 }
-                Err(e) => {
+                Err(error) => {
                     self.done = true;
-                    return Some(Err(Error::io(&self.file.path, e)));
+                    return Some(Err(error));
                 }
             };
             let len = raw.len() as u64;
@@ -295,6 +319,19 @@ mod tests {
         assert!(pieces.len() >= 2);
         assert!(pieces.iter().all(|p| p.len() <= MAX_PIECE_BYTES));
         assert_eq!(pieces.concat(), text);
+    }
+
+    #[test]
+    fn jsonl_lines_longer_than_a_text_piece_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "abc ".repeat(MAX_PIECE_BYTES / 2);
+        let text = format!("{{\"text\": \"{long}\"}}\n{{\"text\": \"short\"}}\n");
+        let path = write(&dir, "long.jsonl", text.as_bytes());
+        let format = Format::Jsonl {
+            field: "text".into(),
+        };
+        let documents = all(&TextFile::open(&path, format, false).unwrap()).unwrap();
+        assert_eq!(documents, vec![long, "short".to_string()]);
     }
 
     #[test]
