@@ -323,7 +323,7 @@ print("not reached");
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(llmlab_binary())
+    let child = std::process::Command::new(llmlab_binary())
         .args(["run", script.to_str().unwrap()])
         .args(["--set", &format!("runs_dir={}", dir.path().display())])
         .current_dir(repo_root())
