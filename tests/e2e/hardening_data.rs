@@ -5,7 +5,7 @@
 //! a checkpoint over `ulimit -f` fails with EFBIG (not a silent SIGXFSZ death) and keeps the
 //! previous checkpoint.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -113,8 +113,12 @@ fn metric_steps(dir: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// The step of the checkpoint a resume would use: `checkpoint/`, or `.checkpoint.old/` when a
+/// kill landed between the two renames of a checkpoint write.
 fn checkpoint_step(dir: &Path) -> u64 {
-    let text = std::fs::read_to_string(dir.join("checkpoint/trainer.json")).unwrap();
+    let text = std::fs::read_to_string(dir.join("checkpoint/trainer.json"))
+        .or_else(|_| std::fs::read_to_string(dir.join(".checkpoint.old/trainer.json")))
+        .unwrap();
     let value: llmlab_plugin_api::serde_json::Value =
         llmlab_plugin_api::serde_json::from_str(&text).unwrap();
     value["step"].as_u64().unwrap()
@@ -258,9 +262,21 @@ fn resume_after_kill_9_rewinds_metrics_and_cleans_temps_and_ulimit_keeps_the_che
     let saved = checkpoint_step(&dir);
     let logged = *metric_steps(&dir).last().unwrap();
     assert!(
-        saved >= 10 && logged > saved,
+        saved >= 10 && logged >= saved,
         "checkpoint {saved}, logged {logged}"
     );
+    // Metrics are recorded before the checkpoint of the same step, so the log is never behind
+    // it. The kill can land right after a checkpoint; then add what a later kill leaves: records
+    // past the checkpoint and a torn last line.
+    let mut metrics = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("metrics.jsonl"))
+        .unwrap();
+    if logged == saved {
+        writeln!(metrics, "{{\"step\": {}, \"loss\": 1.0}}", saved + 1).unwrap();
+    }
+    write!(metrics, "{{\"step\": {}, \"lo", logged + 1).unwrap();
+    drop(metrics);
     // What a kill -9 in the middle of writing leaves behind.
     let dead = dead_pid();
     let stale: Vec<PathBuf> = vec![

@@ -101,12 +101,14 @@ pub fn write_atomically(
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    }
     if dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
         std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
     }
+    // With no `dir` (a previous write was interrupted between its renames), `old` is the only
+    // good checkpoint: it goes only once the new one is in place.
     std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         sync_dir(parent)?;

@@ -176,7 +176,11 @@ impl<O: Objective> TrainLoop<O> {
             )));
         }
         // The cursor and RNG position the run in *its* data; on other data they mean nothing.
-        if let Some(why) = m.data.as_ref().and_then(|saved| saved.difference(&run.data)) {
+        if let Some(why) = m
+            .data
+            .as_ref()
+            .and_then(|saved| saved.difference(&run.data))
+        {
             return Err(Error::Data(format!(
                 "{}: this checkpoint was trained on different data ({why}); resume with the \
                  dataset it was trained on, or start a fresh run (resume: null) to train on this one",
@@ -418,10 +422,19 @@ impl<O: Objective> TrainLoop<O> {
                 metrics.insert("val_ppl".into(), eval.ppl);
             }
         }
-        if config.checkpoint_every > 0 && run.step.is_multiple_of(config.checkpoint_every) {
+        Ok(metrics)
+    }
+
+    /// The periodic checkpoint, taken after the step's metrics are recorded: a process killed
+    /// between the two then never leaves a checkpoint ahead of `metrics.jsonl` (the resumed run
+    /// would never write the records in between), only records ahead of the checkpoint, which
+    /// the resume drops.
+    fn checkpoint_if_due(&mut self, model: &dyn Model, ctx: &Context) -> Result<()> {
+        let (every, step) = (self.config.checkpoint_every, self.steps_done());
+        if every > 0 && step > 0 && step.is_multiple_of(every) {
             self.save_checkpoint(model, ctx)?;
         }
-        Ok(metrics)
+        Ok(())
     }
 }
 
@@ -454,7 +467,9 @@ impl<O: Objective> Trainer for TrainLoop<O> {
         data: TrainData<'_>,
         ctx: &Context,
     ) -> Result<StepMetrics> {
-        self.one_step(model, data, ctx)
+        let metrics = self.one_step(model, data, ctx)?;
+        self.checkpoint_if_due(model, ctx)?;
+        Ok(metrics)
     }
 
     fn fit(
@@ -490,6 +505,10 @@ impl<O: Objective> Trainer for TrainLoop<O> {
             }
             ctx.progress("train", step, Some(total), progress_message(&metrics));
             last = metrics;
+            if let Err(e) = self.checkpoint_if_due(model, ctx) {
+                ctx.progress.finish("train");
+                return Err(e);
+            }
         }
         let run_step = self.steps_done();
         if self
