@@ -194,7 +194,10 @@ pub fn rhai_config(data: &[u8]) -> bool {
         .set_max_call_levels(8);
     let mut accepted = false;
     let mut lines = text.lines();
-    if let Some(Ok(value)) = lines.next().map(|l| engine.eval_expression::<rhai::Dynamic>(l)) {
+    if let Some(Ok(value)) = lines
+        .next()
+        .map(|l| engine.eval_expression::<rhai::Dynamic>(l))
+    {
         if let Ok(json) = llmlab::script::dynamic_to_json(value) {
             let model = llmlab_gpt::GptConfig::from_json("gpt", &json).is_ok();
             let trainer = llmlab_lm_trainer::TrainConfig::from_json("lm", &json).is_ok();

@@ -13,22 +13,45 @@ use proptest::test_runner::{Config, TestRunner};
 /// One edit of a seed.
 #[derive(Debug, Clone)]
 enum Mutation {
-    Flip { at: usize, bit: u8 },
-    Set { at: usize, value: u8 },
-    Insert { at: usize, bytes: Vec<u8> },
-    Delete { at: usize, len: usize },
-    Truncate { at: usize },
+    Flip {
+        at: usize,
+        bit: u8,
+    },
+    Set {
+        at: usize,
+        value: u8,
+    },
+    Insert {
+        at: usize,
+        bytes: Vec<u8>,
+    },
+    Delete {
+        at: usize,
+        len: usize,
+    },
+    Truncate {
+        at: usize,
+    },
     /// A copy of another region of the input: the mutation that makes lengths and offsets lie.
-    Splice { from: usize, to: usize, len: usize },
+    Splice {
+        from: usize,
+        to: usize,
+        len: usize,
+    },
 }
 
 /// Values that sit on the edges of integer parsers and length fields.
-const INTERESTING: &[u8] = &[0, 1, 0x7f, 0x80, 0xff, b'"', b'{', b'}', b'[', b'9', b'-', b'\n'];
+const INTERESTING: &[u8] = &[
+    0, 1, 0x7f, 0x80, 0xff, b'"', b'{', b'}', b'[', b'9', b'-', b'\n',
+];
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     let at = any::<prop::sample::Index>();
     prop_oneof![
-        (at.clone(), 0u8..8).prop_map(|(at, bit)| Mutation::Flip { at: at.index(usize::MAX), bit }),
+        (at.clone(), 0u8..8).prop_map(|(at, bit)| Mutation::Flip {
+            at: at.index(usize::MAX),
+            bit
+        }),
         (at.clone(), prop::sample::select(INTERESTING)).prop_map(|(at, value)| Mutation::Set {
             at: at.index(usize::MAX),
             value
@@ -95,7 +118,10 @@ fn fuzz(name: &str, default_cases: u32) {
     let seeds = seeds(name, None);
     assert!(!seeds.is_empty(), "{name}: no seeds");
     for (i, seed) in seeds.iter().enumerate() {
-        assert!(run(seed), "{name}: seed {i} is refused, so the fuzzing would only test refusals");
+        assert!(
+            run(seed),
+            "{name}: seed {i} is refused, so the fuzzing would only test refusals"
+        );
     }
     let mut runner = TestRunner::new(Config {
         cases: cases(default_cases),
