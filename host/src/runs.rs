@@ -221,25 +221,48 @@ pub fn unused_name(root: &Path, base: &str) -> String {
         .unwrap_or_else(|| base.to_string())
 }
 
-/// `YYYYmmdd-HHMMSS` for seconds since the epoch (civil-from-days, proleptic Gregorian).
+/// `YYYYmmdd-HHMMSS` for seconds since the epoch.
 fn utc_timestamp(seconds: u64) -> String {
-    let days = (seconds / 86_400) as i64;
-    let rem = seconds % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let t = UtcTime::from_epoch_seconds(seconds);
     format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
+        "{:04}{:02}{:02}-{:02}{:02}{:02}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     )
+}
+
+/// A UTC calendar time: run names and the kernel's message dates need one, and no date crate
+/// is worth a dependency for it.
+pub struct UtcTime {
+    pub year: i64,
+    pub month: i64,
+    pub day: i64,
+    pub hour: u64,
+    pub minute: u64,
+    pub second: u64,
+}
+
+impl UtcTime {
+    /// Civil date from days since the epoch (Howard Hinnant's algorithm, proleptic Gregorian).
+    pub fn from_epoch_seconds(seconds: u64) -> UtcTime {
+        let days = (seconds / 86_400) as i64;
+        let rem = seconds % 86_400;
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        UtcTime {
+            year: yoe + era * 400 + i64::from(month <= 2),
+            month,
+            day,
+            hour: rem / 3600,
+            minute: rem / 60 % 60,
+            second: rem % 60,
+        }
+    }
 }
 
 /// Metrics as JSON lines (`{"step": 10, "loss": 3.2, ...}`), flushed per record, and kept in

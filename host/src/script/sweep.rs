@@ -184,6 +184,10 @@ impl MetricsSink for TrialSink {
             self.trial.report(step, *v);
         }
     }
+
+    fn rewind(&self, step: u64) {
+        self.inner.rewind(step);
+    }
 }
 
 /// Runs a trainer call for `trial` (when given): its metrics reach the trial, and the trial's
