@@ -105,6 +105,7 @@ pub fn load(path: &Path, ctx: &Context) -> Result<Gpt> {
         .map_err(|e| fail(format!("`{CONFIG_KEY}`: {e}")))?;
     let config = GptConfig::from_json("gpt", &json).map_err(|e| fail(e.to_string()))?;
     let scheme = text(QUANTIZATION_KEY)?;
+    check_tensor_extents(&content, &file, &fail)?;
 
     let mut dense: HashMap<String, Tensor> = HashMap::new();
     let mut quantized: BTreeMap<String, Arc<QTensor>> = BTreeMap::new();
@@ -136,4 +137,45 @@ pub fn load(path: &Path, ctx: &Context) -> Result<Gpt> {
             .map_err(|e| fail(e.to_string()))?;
     }
     Ok(model)
+}
+
+/// Every tensor's data must lie inside the file: a shape read from the file whose element count
+/// overflows, or needs more bytes than the file holds, is refused before anything is allocated
+/// for it (found by fuzzing: candle's dequantize allocated `elements x 4` bytes and panicked on
+/// capacity overflow; docs/reliability.md).
+fn check_tensor_extents(
+    content: &gguf_file::Content,
+    file: &std::fs::File,
+    fail: &dyn Fn(String) -> Error,
+) -> Result<()> {
+    let file_len = file
+        .metadata()
+        .map_err(|e| fail(format!("cannot read its size: {e}")))?
+        .len();
+    for (name, info) in &content.tensor_infos {
+        let elements = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        let block = info.ggml_dtype.block_size() as u64;
+        let bytes = elements
+            .filter(|n| n % block == 0)
+            .and_then(|n| (n / block).checked_mul(info.ggml_dtype.type_size() as u64));
+        let end = bytes.and_then(|b| {
+            content
+                .tensor_data_offset
+                .checked_add(info.offset)?
+                .checked_add(b)
+        });
+        if end.is_none_or(|end| end > file_len) {
+            return Err(fail(format!(
+                "tensor `{name}` of shape {:?} ({:?}) does not fit in the file's {file_len} bytes; \
+                 the file is truncated or corrupt",
+                info.shape.dims(),
+                info.ggml_dtype
+            )));
+        }
+    }
+    Ok(())
 }
