@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
 use llmlab_e2e::*;
 
@@ -63,23 +63,6 @@ fn version_prints_the_fingerprint() {
         out.contains("candle_features=") && out.contains("rustc="),
         "{out}"
     );
-}
-
-/// `llmlab` with raw bytes on stdin, in `cwd` (run directories land there, not in the repository).
-fn llmlab_in(cwd: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(llmlab_binary())
-        .args(args)
-        .current_dir(cwd)
-        .env("LLMLAB_HISTORY", cwd.join(".history"))
-        .env_remove("LLMLAB_PLUGIN_PATH")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn llmlab");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().expect("llmlab runs")
 }
 
 /// A tokenizer and an untrained one-layer model, small enough for CI.

@@ -39,9 +39,19 @@ pub fn llmlab_binary() -> PathBuf {
 /// is always searched too). History goes to a temp file so tests never touch `~`.
 pub fn llmlab(args: &[&str], stdin: &str) -> Output {
     let history = std::env::temp_dir().join(format!("llmlab-test-history-{}", std::process::id()));
+    run_llmlab(&repo_root(), &history, args, stdin.as_bytes())
+}
+
+/// `llmlab` with raw bytes on stdin, in `cwd` (run directories land there, not in the
+/// repository), history in `cwd/.history`.
+pub fn llmlab_in(cwd: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    run_llmlab(cwd, &cwd.join(".history"), args, stdin)
+}
+
+fn run_llmlab(cwd: &Path, history: &Path, args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(llmlab_binary())
         .args(args)
-        .current_dir(repo_root())
+        .current_dir(cwd)
         .env("LLMLAB_HISTORY", history)
         .env_remove("LLMLAB_PLUGIN_PATH")
         .env_remove("RUST_LOG")
@@ -53,9 +63,9 @@ pub fn llmlab(args: &[&str], stdin: &str) -> Output {
     child
         .stdin
         .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+        .expect("piped stdin")
+        .write_all(stdin)
+        .expect("write llmlab's stdin");
     child.wait_with_output().expect("llmlab runs")
 }
 
