@@ -9,7 +9,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use serde_json::Value;
 
-use crate::{Error, GenerateOptions, Quantizer, Result};
+use crate::{Error, GenerateOptions, Quantizer, Result, Tokenizer};
 
 /// What a forward pass should return besides logits.
 #[derive(Debug, Clone, Copy, Default)]
@@ -35,6 +35,10 @@ pub trait KvCache: Send {
     fn seq_len(&self) -> usize;
     fn reset(&mut self);
     fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// Bytes the cached keys and values occupy (serving reports it); 0 when unknown.
+    fn memory_bytes(&self) -> usize {
+        0
+    }
 }
 
 pub trait Model: Send + Sync {
@@ -52,6 +56,27 @@ pub trait Model: Send + Sync {
     fn new_cache(&self, batch: usize) -> Result<Box<dyn KvCache>>;
     /// Forward over the next `ids` `(batch, new)`, appending to `cache`; logits for the new tokens.
     fn forward_cached(&self, ids: &Tensor, cache: &mut dyn KvCache) -> Result<ForwardOutput>;
+    /// One decoding step over independent sequences, each with its own cache (made by
+    /// `new_cache(1)`) holding any number of tokens: continuous batching, where sequences join
+    /// and leave the batch between steps. `tokens[i]` is appended to `caches[i]`; returns
+    /// `(n, vocab)` logits of each sequence's next token. The default runs the sequences one at
+    /// a time; a model that can, batches them into one forward pass.
+    fn decode_step(&self, tokens: &[u32], caches: &mut [&mut dyn KvCache]) -> Result<Tensor> {
+        if tokens.len() != caches.len() || tokens.is_empty() {
+            return Err(Error::msg(format!(
+                "decode_step: {} tokens for {} caches (one token per cache, at least one)",
+                tokens.len(),
+                caches.len()
+            )));
+        }
+        let mut rows = Vec::with_capacity(tokens.len());
+        for (&token, cache) in tokens.iter().zip(caches.iter_mut()) {
+            let ids = Tensor::new(&[[token]], self.device())?;
+            let logits = self.forward_cached(&ids, &mut **cache)?.logits;
+            rows.push(logits.reshape((1, self.vocab_size()))?);
+        }
+        Ok(Tensor::cat(&rows, 0)?)
+    }
     /// Continues each prompt; `on_token(sequence, token)` sees tokens as they come and returns
     /// `false` to stop that sequence. Returns the new tokens of each sequence.
     fn generate(
@@ -68,6 +93,19 @@ pub trait Model: Send + Sync {
     }
     /// Writes `model.safetensors` + `config.json` into `dir`, atomically.
     fn save(&self, dir: &Path) -> Result<()>;
+    /// Writes a Hugging Face transformers directory: `config.json` with its `architectures`,
+    /// `model.safetensors` with HF tensor names; with `tokenizer`, its `tokenizer.json` and
+    /// `tokenizer_config.json` too. Models whose options map to no HF architecture refuse.
+    fn save_hf(&self, dir: &Path, tokenizer: Option<&dyn Tokenizer>) -> Result<()> {
+        let _ = (dir, tokenizer);
+        Err(Error::unsupported(self.name(), "Hugging Face export"))
+    }
+    /// Writes one GGUF file for llama.cpp: its architecture name, tensor names and metadata
+    /// keys, with `tokenizer`'s vocabulary, merges and special tokens (`tokenizer.ggml.*`).
+    fn save_llama_cpp_gguf(&self, path: &Path, tokenizer: Option<&dyn Tokenizer>) -> Result<()> {
+        let _ = (path, tokenizer);
+        Err(Error::unsupported(self.name(), "llama.cpp GGUF export"))
+    }
     /// An independent copy with its own weights (reference models for DPO/PPO).
     fn frozen_copy(&self) -> Result<Box<dyn Model>>;
     /// The same model with linear weights quantized by `quantizer`, except names matching `skip`.

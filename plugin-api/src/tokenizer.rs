@@ -42,6 +42,16 @@ pub trait Tokenizer: Send + Sync {
     fn save(&self, path: &Path) -> Result<()> {
         crate::files::write_atomic(path, self.to_json()?.as_bytes())
     }
+    /// The Jinja chat template of a Hugging Face tokenizer (`chat_template` in the
+    /// `tokenizer_config.json` loaded beside `tokenizer.json`); `None` when there is none.
+    fn chat_template(&self) -> Option<String> {
+        None
+    }
+    /// The `tokenizer_config.json` loaded beside `tokenizer.json` (special token strings,
+    /// `chat_template`, ...), or the one to write beside it on export; `None` when unknown.
+    fn tokenizer_config(&self) -> Option<Value> {
+        None
+    }
     /// A new, independent copy (scripts may keep both).
     fn clone_box(&self) -> Box<dyn Tokenizer>;
 }
