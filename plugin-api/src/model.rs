@@ -128,6 +128,35 @@ pub trait Model: Send + Sync {
     fn fake_quant(&self) -> Option<String> {
         None
     }
+    /// Non-trainable state that training changes and that checkpoints must keep for a resumed
+    /// run to continue bit-exactly (MoE: each router's load-balancing selection bias), by name.
+    /// Default: none.
+    fn state(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+    /// Sets the state tensor `name` (one of [`Model::state`]) from a checkpoint.
+    fn set_state(&self, name: &str, value: &Tensor) -> Result<()> {
+        let _ = value;
+        Err(Error::msg(format!(
+            "{}: the model has no state tensor `{name}`",
+            self.name()
+        )))
+    }
+    /// Statistics gathered by training forward passes since the last call, as metrics for
+    /// `metrics.jsonl` (MoE: per-layer expert load, dropped tokens, router entropy, aux and
+    /// z losses); the call empties them. Default: none.
+    fn take_train_metrics(&self) -> Vec<(String, f64)> {
+        Vec::new()
+    }
+    /// Router statistics of one forward pass over `ids` `(batch, seq)` (mixture-of-experts
+    /// models): per MoE layer the expert loads, dropped fraction, router entropy and losses.
+    fn router_stats(&self, ids: &Tensor) -> Result<Value> {
+        let _ = ids;
+        Err(Error::unsupported(
+            self.name(),
+            "router statistics (the model has no mixture-of-experts layers)",
+        ))
+    }
     /// One training forward and backward: `loss` turns the forward output into the scalar to
     /// minimise; the gradients of the parameters come back in the parameters' own dtype.
     /// `compute` is the forward pass's dtype: the parameters' dtype for plain training, or
