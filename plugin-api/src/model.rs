@@ -73,7 +73,7 @@ pub trait Model: Send + Sync {
         for (&token, cache) in tokens.iter().zip(caches.iter_mut()) {
             let ids = Tensor::new(&[[token]], self.device())?;
             let logits = self.forward_cached(&ids, &mut **cache)?.logits;
-            rows.push(logits.reshape((1, self.vocab_size()))?);
+            rows.push(logits.flatten_all()?.unsqueeze(0)?);
         }
         Ok(Tensor::cat(&rows, 0)?)
     }
