@@ -28,11 +28,15 @@ pub fn cast(gpt: &Gpt, dtype: DType) -> Result<Gpt> {
             format!("mixed-precision training of a {scheme}-quantized model"),
         ));
     }
-    let tensors = gpt
+    let mut tensors = gpt
         .parameters()
         .into_iter()
         .map(|(name, var)| Ok((name, var.as_tensor().to_dtype(dtype)?)))
         .collect::<Result<HashMap<_, _>>>()?;
+    // MoE state stays f32 and is the parent's own variables: the pass updates them in place.
+    for (name, var) in gpt.state_vars() {
+        tensors.insert(name.clone(), var.as_tensor().clone());
+    }
     let mut shadow = Gpt::new(
         gpt.gpt_config().clone(),
         Source::Cast(tensors),

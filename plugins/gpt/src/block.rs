@@ -7,7 +7,7 @@ use crate::attention::Attention;
 use crate::cache::{GptCache, Positions};
 use crate::config::GptConfig;
 use crate::linear::Linear;
-use crate::mlp::Mlp;
+use crate::moe::{FeedForward, MoeAux, Pass};
 use crate::norm::Norm;
 use crate::rope::Rope;
 
@@ -16,11 +16,12 @@ pub struct Block {
     ln_1: Norm,
     attn: Attention,
     ln_2: Norm,
-    mlp: Mlp,
+    mlp: FeedForward,
 }
 
 impl Block {
-    pub fn new(config: &GptConfig, vb: VarBuilder) -> Result<Block> {
+    /// Block `index` (from 0): its feed-forward is MoE when the config's `moe` selects it.
+    pub fn new(config: &GptConfig, index: usize, vb: VarBuilder) -> Result<Block> {
         let norm = |name: &str| {
             Norm::new(
                 config.norm,
@@ -35,7 +36,7 @@ impl Block {
             ln_1: norm("ln_1")?,
             attn: Attention::new(config, vb.pp("attn"))?,
             ln_2: norm("ln_2")?,
-            mlp: Mlp::new(config, vb.pp("mlp"))?,
+            mlp: FeedForward::new(config, index, vb.pp("mlp"))?,
         })
     }
 
@@ -60,6 +61,11 @@ impl Block {
         attn.chain(mlp).collect()
     }
 
+    /// The feed-forward layer (dense or MoE).
+    pub fn feed_forward(&self) -> &FeedForward {
+        &self.mlp
+    }
+
     pub fn forward(
         &self,
         x: &Tensor,
@@ -69,11 +75,31 @@ impl Block {
         cache: Option<(&mut GptCache, usize)>,
         train: bool,
     ) -> Result<Tensor> {
-        let a = self
-            .attn
-            .forward(&self.ln_1.forward(x)?, rope, positions, mask, cache, train)?;
+        let pass = Pass::from_train(train);
+        Ok(self.forward_routed(x, rope, positions, mask, cache, pass)?.0)
+    }
+
+    /// [`Block::forward`] with the kind of pass spelled out, returning the MoE layer's aux loss
+    /// terms and router statistics (`None` for a dense feed-forward).
+    pub fn forward_routed(
+        &self,
+        x: &Tensor,
+        rope: Option<&Rope>,
+        positions: &Positions,
+        mask: Option<&Tensor>,
+        cache: Option<(&mut GptCache, usize)>,
+        pass: Pass,
+    ) -> Result<(Tensor, Option<MoeAux>)> {
+        let a = self.attn.forward(
+            &self.ln_1.forward(x)?,
+            rope,
+            positions,
+            mask,
+            cache,
+            pass.train(),
+        )?;
         let x = (x + a)?;
-        let m = self.mlp.forward(&self.ln_2.forward(&x)?, train)?;
-        x + m
+        let (m, aux) = self.mlp.forward(&self.ln_2.forward(&x)?, pass)?;
+        Ok(((x + m)?, aux))
     }
 }

@@ -15,6 +15,12 @@
 //!    output is exactly `g`: the block's parameter gradients, and the new `g` for its input;
 //! 4. the embedding segment the same way, from `g` of the first block's input.
 //!
+//! MoE blocks add aux loss terms that depend on the block's input. Step 1 sums them (values
+//! only) and hands the sum to the loss as a fresh variable; its gradient `a` (how the loss
+//! scales the aux loss) comes back from the head segment, and each recomputed block
+//! backpropagates `sum(output · g) + a · aux_i`. Recomputation runs as `Pass::Recompute`: the
+//! routing repeats the first pass (same selection bias), and statistics are recorded once.
+//!
 //! The parameters' gradients of each segment are added into one store (a tied embedding/head
 //! gets both of its contributions); the rest of each segment's store is dropped with it. Recomputation must repeat the forward exactly, so dropout must be 0 (checked
 //! by the config); everything else in a block is deterministic.
@@ -26,6 +32,7 @@ use llmlab_plugin_api::{Error, ForwardOptions, ForwardOutput, Model, Result};
 use crate::autocast;
 use crate::cache::Positions;
 use crate::model::Gpt;
+use crate::moe::Pass;
 
 /// The loss the trainer puts on the forward output.
 pub type LossFn<'a> = dyn FnMut(&ForwardOutput) -> Result<Tensor> + 'a;
@@ -95,35 +102,39 @@ fn checkpointed(
         None
     };
     let positions = Positions::Offset(0);
-    let block = |i: usize, x: &Tensor| {
-        stages.blocks[i].forward(
-            x,
-            stages.rope,
-            &positions,
-            mask.as_ref(),
-            None,
-            options.train,
-        )
+    let block = |i: usize, x: &Tensor, pass: Pass| {
+        stages.blocks[i].forward_routed(x, stages.rope, &positions, mask.as_ref(), None, pass)
+    };
+    let first_pass = Pass::from_train(options.train);
+    let recompute = if options.train {
+        Pass::Recompute
+    } else {
+        Pass::Eval
     };
 
-    // 1. Forward, keeping only block inputs.
+    // 1. Forward, keeping only block inputs (and the aux loss's value).
     let embedded = stages.embed(ids)?;
     let mut inputs = Vec::with_capacity(stages.blocks.len());
     let mut x = embedded.detach();
+    let mut aux_value = None;
     for i in 0..stages.blocks.len() {
-        let y = block(i, &x)?.detach();
-        inputs.push(std::mem::replace(&mut x, y));
+        let (y, aux) = block(i, &x, first_pass)?;
+        if let Some(term) = aux.and_then(|a| a.loss) {
+            aux_value = crate::moe::add_loss(aux_value, Some(term.detach()))?;
+        }
+        inputs.push(std::mem::replace(&mut x, y.detach()));
     }
 
     // 2. Head segment.
     let last = Var::from_tensor(&x)?;
     drop(x);
+    let aux_var = aux_value.map(|v| Var::from_tensor(&v)).transpose()?;
     let hidden = stages.ln_f.forward(last.as_tensor())?;
     let logits = stages.lm_head.forward(&hidden)?;
     let out = to_dtype(
         ForwardOutput {
             logits,
-            aux_loss: None,
+            aux_loss: aux_var.as_ref().map(|v| v.as_tensor().clone()),
             hidden: options.hidden_states.then_some(hidden),
         },
         out_dtype,
@@ -131,14 +142,22 @@ fn checkpointed(
     let mut segment = loss(&out)?.backward()?;
     drop(out);
     let mut upstream = take_input_grad(&mut segment, &last)?;
+    // How the caller's loss scales the aux loss (none when it leaves the aux loss out).
+    let aux_scale = aux_var.and_then(|v| segment.remove(v.as_tensor()));
     let mut grads = empty_store()?;
     merge(&mut grads, segment, params)?;
 
     // 3. Blocks, last to first, each recomputed from its input.
     for (i, input) in inputs.into_iter().enumerate().rev() {
         let input = Var::from_tensor(&input)?;
-        let y = block(i, input.as_tensor())?;
-        let mut segment = (y * &upstream)?.sum_all()?.backward()?;
+        let (y, aux) = block(i, input.as_tensor(), recompute)?;
+        let mut objective = (y * &upstream)?.sum_all()?;
+        if let (Some(term), Some(scale)) = (aux.and_then(|a| a.loss), &aux_scale) {
+            let scale = scale.to_dtype(term.dtype())?;
+            let term = (term * scale)?;
+            objective = (objective.to_dtype(term.dtype())? + term)?;
+        }
+        let mut segment = objective.backward()?;
         upstream = take_input_grad(&mut segment, &input)?;
         merge(&mut grads, segment, params)?;
     }

@@ -101,6 +101,8 @@ impl TypedConfig for GptConfig {
     const DOCS: &'static [(&'static str, &'static str)] = &[
         (
             "vocab_size",
+    /// Mixture-of-experts feed-forward (`moe/`); `None` = dense.
+    pub moe: Option<crate::moe::MoeConfig>,
             "number of token ids (the tokenizer's vocab_size)",
         ),
         ("n_layer", "transformer blocks"),
@@ -129,6 +131,7 @@ impl TypedConfig for GptConfig {
             "\"learned\" position embeddings (GPT-2) or \"rope\" (rotary)",
         ),
         ("rope_theta", "RoPE base frequency (pos: \"rope\")"),
+            moe: None,
         (
             "mlp",
             "\"gelu\" (GPT-2) or \"swiglu\" (gated SiLU, hidden width 2/3 of gelu's)",
@@ -206,6 +209,7 @@ impl TypedConfig for GptConfig {
             ));
         }
         Ok(())
+        ("moe", crate::moe::config::MOE_DOC),
     }
 }
 
@@ -252,6 +256,9 @@ mod tests {
     fn defaults_are_valid_and_documented() {
         let keys = GptConfig::keys();
         assert_eq!(keys.len(), GptConfig::DOCS.len());
+        if let Some(moe) = &self.moe {
+            moe.validate(self.checkpoint_activations)?;
+        }
         let serialized = GptConfig::default().to_json();
         let object = serialized.as_object().unwrap();
         assert_eq!(object.len(), keys.len(), "every field has a doc line");

@@ -79,6 +79,7 @@ pub fn config_from_hf(hf: &Value) -> Result<GptConfig> {
         seed: Some(0),
         checkpoint_activations: false,
         kernels: Default::default(),
+        moe: None,
     };
     use llmlab_plugin_api::config::TypedConfig;
     config

@@ -3,7 +3,7 @@
 //! generation (sampling, beam search, batches), safetensors checkpoints and Hugging Face GPT-2
 //! import. One file per concept: `config`, `params` (init and checkpoint weights), `linear`,
 //! `norm`, `rope`, `attention`, `mlp`, `block`, `model`, `cache`, `sampling`, `generate`,
-//! `beam`, `checkpoint`, `hf`, `quantize` (rebuilding with quantized linear weights) and
+//! `beam`, `checkpoint`, `hf`, `moe` (mixture-of-experts feed-forward), `quantize` (rebuilding with quantized linear weights) and
 //! `gguf` (quantized or dense models in one GGUF file); `checkpointing` (the training pass:
 //! activation checkpointing) with `autocast` (bf16/f16 compute over f32 weights).
 //!
@@ -26,6 +26,7 @@ pub mod memory;
 pub mod mlp;
 pub mod model;
 pub mod norm;
+pub mod moe;
 pub mod params;
 pub mod quantize;
 pub mod rng;

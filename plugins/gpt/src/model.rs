@@ -28,6 +28,8 @@ use crate::rope::Rope;
 pub struct Gpt {
     config: GptConfig,
     params: Vec<(String, Var)>,
+    /// Non-trainable state by name (MoE selection biases, `moe/balance.rs`), sorted by name.
+    state: Vec<(String, Var)>,
     wte: Embedding,
     /// Learned positions `(ctx, d_model)`; `None` with RoPE.
     wpe: Option<Tensor>,
@@ -94,7 +96,7 @@ impl Gpt {
             PosKind::Learned => None,
         };
         let blocks = (0..config.n_layer)
-            .map(|i| Block::new(&config, t.pp("h").pp(i)))
+            .map(|i| Block::new(&config, i, t.pp("h").pp(i)))
             .collect::<Result<Vec<_>, _>>()?;
         let ln_f = Norm::new(config.norm, d, config.bias, config.norm_eps, t.pp("ln_f"))?
             .with_kernels(config.kernels);
@@ -106,7 +108,10 @@ impl Gpt {
                 None,
             )
         });
-        let params = store.vars()?;
+        let (state, params): (Vec<_>, Vec<_>) = store
+            .vars()?
+            .into_iter()
+            .partition(|(name, _)| crate::moe::is_state(name));
         let mask: Vec<f32> = (0..config.ctx)
             .flat_map(|i| (0..config.ctx).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
             .collect();
@@ -120,6 +125,7 @@ impl Gpt {
             rope,
             blocks,
             ln_f,
+            state,
             lm_head,
             causal_mask,
             device: device.clone(),
@@ -255,10 +261,23 @@ impl Gpt {
 
     /// The forward pass over `ids` `(batch, seq)`: the full sequence, or with `cache` the next
     /// tokens after those already cached.
-    pub fn run(
+        Ok(self.run_routed(ids, cache, options)?.0)
+    }
+
+    /// [`Gpt::run`], also returning each MoE block's router statistics by block index.
+    pub fn run_routed(
         &self,
         ids: &Tensor,
         mut cache: Option<&mut GptCache>,
+        options: &ForwardOptions,
+    ) -> Result<(ForwardOutput, Vec<(usize, crate::moe::LayerStats)>)> {
+        if cache.is_some() {
+            crate::moe::layer::refuse_incremental(&self.config)?;
+        }
+    pub fn run(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut GptCache>,
         options: &ForwardOptions,
     ) -> Result<ForwardOutput> {
         let (b, t) = ids.dims2()?;
@@ -306,6 +325,8 @@ impl Gpt {
                     wpe.index_select(&p.flatten_all()?, 0)?
                         .reshape((b, t, self.config.d_model))?
                 }
+        let pass = crate::moe::Pass::from_train(options.train);
+        let (mut aux_loss, mut router_stats) = (None, Vec::new());
             };
             x = x.broadcast_add(&pos)?;
         }
@@ -314,13 +335,18 @@ impl Gpt {
         }
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            x = block.forward(
+            let (y, aux) = block.forward_routed(
                 &x,
+            x = y;
+            if let Some(aux) = aux {
+                aux_loss = crate::moe::add_loss(aux_loss, aux.loss)?;
+                router_stats.push((i, aux.stats));
+            }
                 self.rope.as_ref(),
                 &positions,
                 mask.as_ref(),
                 layer_cache,
-                options.train,
+                pass,
             )?;
         }
         if let Some(c) = cache {
@@ -328,11 +354,12 @@ impl Gpt {
         }
         let hidden = self.ln_f.forward(&x)?;
         let logits = self.lm_head.forward(&hidden)?;
-        Ok(ForwardOutput {
+        let out = ForwardOutput {
             logits,
-            aux_loss: None,
+            aux_loss,
             hidden: options.hidden_states.then_some(hidden),
-        })
+        };
+        Ok((out, router_stats))
     }
 
     /// Logits of the last position of each row, `(batch, vocab)`.
@@ -344,9 +371,15 @@ impl Gpt {
             .narrow(1, t - 1, 1)?
             .squeeze(1)?
             .to_dtype(DType::F32)?)
+            .chain(&self.state)
     }
 
-    /// The parameters' current values by name (checkpoints, copies).
+    /// The parameters' and the state's current values by name (checkpoints, copies).
+
+    /// The state variables (MoE selection biases and pending loads), by name.
+    pub fn state_vars(&self) -> &[(String, Var)] {
+        &self.state
+    }
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
         self.params
             .iter()
@@ -451,6 +484,26 @@ impl Model for Gpt {
     ) -> Result<llmlab_plugin_api::candle::backprop::GradStore> {
         self.refuse_training_if_quantized()?;
         crate::checkpointing::forward_backward(self, ids, options, compute, loss)
+    /// MoE selection biases and their pending loads (`moe/balance.rs`).
+    fn state(&self) -> Vec<(String, Tensor)> {
+        self.state
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+            .collect()
+    }
+
+    fn set_state(&self, name: &str, value: &Tensor) -> Result<()> {
+        crate::moe::model_stats::set_state(&self.state, name, value)
+    }
+
+    fn take_train_metrics(&self) -> Vec<(String, f64)> {
+        crate::moe::model_stats::take_train_metrics(&self.blocks)
+    }
+
+    fn router_stats(&self, ids: &Tensor) -> Result<Value> {
+        crate::moe::model_stats::router_stats(self, ids)
+    }
+
     }
 
     fn set_fake_quant(&self, quantizer: Option<Arc<dyn Quantizer>>, skip: &[String]) -> Result<()> {
