@@ -3,6 +3,7 @@
 //! `main.rs` is only the command line around these.
 
 pub mod bench;
+pub mod chat;
 pub mod cli;
 pub mod data;
 pub mod device;
