@@ -207,11 +207,19 @@ impl<O: Objective> TrainLoop<O> {
             }
             var.set(&saved.to_device(var.device())?.to_dtype(var.dtype())?)?;
         }
-        if let Some(extra) = ckpt
-            .weights
-            .keys()
-            .find(|k| !params.iter().any(|(n, _)| n == *k))
-        {
+        let state = model.state();
+        for (name, _) in &state {
+            let saved = ckpt.weights.get(name).ok_or_else(|| {
+                Error::Data(format!(
+                    "{}: no state tensor `{name}` (the model's routing state); the checkpoint is of a different model",
+                    weights_file.display()
+                ))
+            })?;
+            model.set_state(name, saved)?;
+        }
+        if let Some(extra) = ckpt.weights.keys().find(|k| {
+            !params.iter().any(|(n, _)| n == *k) && !state.iter().any(|(n, _)| n == *k)
+        }) {
             return Err(Error::Data(format!(
                 "{}: parameter `{extra}` is not in the model; the checkpoint is of a different model",
                 weights_file.display()
@@ -260,9 +268,11 @@ impl<O: Objective> TrainLoop<O> {
             return Ok(());
         };
         let params = model.parameters();
+        // The model's non-trainable state (MoE selection biases) rides along with the weights.
         let weights: Vec<(String, Tensor)> = params
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .chain(model.state())
             .collect();
         let moments = run.optimizer.moments_to_tensors(&params)?;
         let manifest = Manifest {
@@ -404,6 +414,8 @@ impl<O: Objective> TrainLoop<O> {
         if has_aux {
             metrics.insert("aux_loss".into(), aux_sum / config.grad_accum as f64);
         }
+        // What the model gathered in this step's passes (MoE: expert load, router entropy).
+        metrics.extend(model.take_train_metrics());
         if let Some(scaler) = &run.scaler {
             metrics.insert("loss_scale".into(), scaler.scale);
             metrics.insert(
