@@ -3,7 +3,9 @@
 //! One fused projection `c_attn` gives queries (`n_head` heads) and keys and values
 //! (`n_kv_head` heads each); each group of `n_head / n_kv_head` query heads shares one key/value
 //! head. Scores are `q·kᵀ / sqrt(head_dim)` plus the causal mask, softmax, weighted sum of
-//! values, `c_proj`.
+//! values, `c_proj`. A head's width is `head_dim` (`d_model / n_head` unless set), the query/key/
+//! value biases follow `qkv_bias` (Qwen2), and with `qk_norm` each query and key head is
+//! RMS-normalised (weights `q_norm`, `k_norm` of `head_dim`) before RoPE (Qwen3).
 //!
 //! A full causal sequence without dropout (training, scoring, the first step of generation) runs
 //! the fused kernel `llmlab_plugin_api::ops::causal_attention_packed` on the `c_attn` output as
@@ -16,9 +18,10 @@ use llmlab_plugin_api::candle_nn::VarBuilder;
 use llmlab_plugin_api::ops;
 
 use crate::cache::{GptCache, Positions};
-use crate::config::{GptConfig, Kernels};
+use crate::config::{GptConfig, Kernels, NormKind};
 use crate::dropout::Dropout;
 use crate::linear::{linear, Linear, INIT_STD};
+use crate::norm::Norm;
 use crate::rope::Rope;
 
 #[derive(Debug, Clone)]
@@ -28,6 +31,8 @@ pub struct Attention {
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
+    /// Per-head RMSNorm of queries and keys (`qk_norm`).
+    qk_norm: Option<(Norm, Norm)>,
     /// On the attention weights.
     attn_dropout: Dropout,
     /// On the output projection (the residual branch).
@@ -55,12 +60,27 @@ fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
 
 impl Attention {
     pub fn new(config: &GptConfig, vb: VarBuilder) -> Result<Attention> {
-        let (d, hd) = (config.d_model, config.head_dim());
+        let (d, hd, q_dim) = (config.d_model, config.head_dim(), config.attn_dim());
         let kv_dim = config.kv_heads() * hd;
+        let qk_norm = if config.qk_norm {
+            let norm = |name: &str| {
+                Norm::new(NormKind::Rms, hd, false, config.norm_eps, vb.pp(name))
+                    .map(|n| n.with_kernels(config.kernels))
+            };
+            Some((norm("q_norm")?, norm("k_norm")?))
+        } else {
+            None
+        };
         Ok(Attention {
-            c_attn: linear(d, d + 2 * kv_dim, config.bias, INIT_STD, vb.pp("c_attn"))?,
-            c_proj: linear(
+            c_attn: linear(
                 d,
+                q_dim + 2 * kv_dim,
+                config.qkv_bias(),
+                INIT_STD,
+                vb.pp("c_attn"),
+            )?,
+            c_proj: linear(
+                q_dim,
                 d,
                 config.bias,
                 config.residual_init_std(),
@@ -69,6 +89,7 @@ impl Attention {
             n_head: config.n_head,
             n_kv_head: config.kv_heads(),
             head_dim: hd,
+            qk_norm,
             attn_dropout: Dropout::new(
                 config.dropout,
                 config.seed.unwrap_or(0),
@@ -102,8 +123,9 @@ impl Attention {
         cache: Option<(&mut GptCache, usize)>,
         train: bool,
     ) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
+        let (b, t, _) = x.dims3()?;
         let (h, kv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
+        let d = h * hd;
         let qkv = self.c_attn.forward(x)?;
         let fused = self.kernels == Kernels::Fused;
         // Without a cache the mask is the plain causal one (`Gpt::run`), which the kernel builds in.
@@ -112,6 +134,11 @@ impl Attention {
             && mask.is_none_or(|m| m.dims() == [t, t]);
         if fused && whole_sequence && !(train && self.attn_dropout.is_active()) {
             let mut qkv = qkv.reshape((b, t, h + 2 * kv, hd))?;
+            if let Some((q_norm, k_norm)) = &self.qk_norm {
+                let q = q_norm.forward(&qkv.narrow(2, 0, h)?)?;
+                let k = k_norm.forward(&qkv.narrow(2, h, kv)?)?;
+                qkv = Tensor::cat(&[q, k, qkv.narrow(2, h + kv, kv)?], 2)?;
+            }
             if let Some(rope) = rope {
                 qkv = rope.apply_packed(&qkv, h + kv)?;
             }
@@ -125,6 +152,10 @@ impl Attention {
                 .contiguous()
         };
         let (mut q, mut k, v) = (heads(0, h)?, heads(d, kv)?, heads(d + kv * hd, kv)?);
+        if let Some((q_norm, k_norm)) = &self.qk_norm {
+            q = q_norm.forward(&q)?;
+            k = k_norm.forward(&k)?;
+        }
         if let Some(rope) = rope {
             q = rope.apply(&q, positions)?;
             k = rope.apply(&k, positions)?;

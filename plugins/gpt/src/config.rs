@@ -45,6 +45,27 @@ pub enum Kernels {
     Reference,
 }
 
+/// How RoPE frequencies are stretched for contexts beyond pretraining (HF `rope_scaling`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(
+    crate = "llmlab_plugin_api::serde",
+    tag = "type",
+    rename_all = "lowercase",
+    deny_unknown_fields
+)]
+pub enum RopeScaling {
+    /// Position interpolation (Chen et al. 2023): every frequency divided by `factor`.
+    Linear { factor: f64 },
+    /// Llama 3.1's: long wavelengths divided by `factor`, short ones kept, a smooth ramp
+    /// between (`low_freq_factor`, `high_freq_factor`, over `original_max_position_embeddings`).
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(crate = "llmlab_plugin_api::serde", default, deny_unknown_fields)]
 pub struct GptConfig {
@@ -61,8 +82,18 @@ pub struct GptConfig {
     pub norm_eps: f64,
     pub pos: PosKind,
     pub rope_theta: f64,
+    /// RoPE frequency scaling; `None` = plain RoPE.
+    pub rope_scaling: Option<RopeScaling>,
+    /// Width of one attention head; `None` = `d_model / n_head` (Qwen3 sets it independently).
+    pub head_dim: Option<usize>,
+    /// Biases on the query/key/value projection; `None` = `bias` (Qwen2: true with bias false).
+    pub qkv_bias: Option<bool>,
+    /// RMSNorm over each query and key head before RoPE (Qwen3).
+    pub qk_norm: bool,
     pub mlp: MlpKind,
     pub ffn_mult: f64,
+    /// MLP hidden width; `None` = from `ffn_mult` (HF `intermediate_size`).
+    pub ffn_hidden: Option<usize>,
     pub tie_embeddings: bool,
     /// Init seed; `None` = the session seed.
     pub seed: Option<u64>,
@@ -70,6 +101,8 @@ pub struct GptConfig {
     pub kernels: Kernels,
     /// Keep only block inputs in training and recompute each block in backward (`checkpointing.rs`).
     pub checkpoint_activations: bool,
+    /// Mixture-of-experts feed-forward (`moe/`); `None` = dense.
+    pub moe: Option<crate::moe::MoeConfig>,
 }
 
 impl Default for GptConfig {
@@ -87,12 +120,18 @@ impl Default for GptConfig {
             norm_eps: 1e-5,
             pos: PosKind::Learned,
             rope_theta: 10_000.0,
+            rope_scaling: None,
+            head_dim: None,
+            qkv_bias: None,
+            qk_norm: false,
             mlp: MlpKind::Gelu,
             ffn_mult: 4.0,
+            ffn_hidden: None,
             tie_embeddings: true,
             seed: None,
             kernels: Kernels::Fused,
             checkpoint_activations: false,
+            moe: None,
         }
     }
 }
@@ -101,8 +140,6 @@ impl TypedConfig for GptConfig {
     const DOCS: &'static [(&'static str, &'static str)] = &[
         (
             "vocab_size",
-    /// Mixture-of-experts feed-forward (`moe/`); `None` = dense.
-    pub moe: Option<crate::moe::MoeConfig>,
             "number of token ids (the tokenizer's vocab_size)",
         ),
         ("n_layer", "transformer blocks"),
@@ -131,7 +168,22 @@ impl TypedConfig for GptConfig {
             "\"learned\" position embeddings (GPT-2) or \"rope\" (rotary)",
         ),
         ("rope_theta", "RoPE base frequency (pos: \"rope\")"),
-            moe: None,
+        (
+            "rope_scaling",
+            "RoPE frequency scaling: unset, #{type: \"linear\", factor} or #{type: \"llama3\", factor, low_freq_factor, high_freq_factor, original_max_position_embeddings}",
+        ),
+        (
+            "head_dim",
+            "width of one attention head; unset = d_model / n_head",
+        ),
+        (
+            "qkv_bias",
+            "biases on the query/key/value projection; unset = bias (Qwen2: true with bias false)",
+        ),
+        (
+            "qk_norm",
+            "RMSNorm over each query and key head before RoPE (Qwen3)",
+        ),
         (
             "mlp",
             "\"gelu\" (GPT-2) or \"swiglu\" (gated SiLU, hidden width 2/3 of gelu's)",
@@ -139,6 +191,10 @@ impl TypedConfig for GptConfig {
         (
             "ffn_mult",
             "MLP hidden width = ffn_mult * d_model (swiglu: 2/3 of it, rounded up to 8)",
+        ),
+        (
+            "ffn_hidden",
+            "MLP hidden width, overriding ffn_mult (HF intermediate_size); unset = from ffn_mult",
         ),
         (
             "tie_embeddings",
@@ -153,6 +209,7 @@ impl TypedConfig for GptConfig {
             "checkpoint_activations",
             "training keeps only each block's input and recomputes the block in backward: less memory, ~1/3 more compute (needs dropout 0)",
         ),
+        ("moe", crate::moe::config::MOE_DOC),
     ];
 
     fn validate(&self) -> Result<(), String> {
@@ -166,7 +223,10 @@ impl TypedConfig for GptConfig {
         if let Some((key, _)) = counts.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{key} must be at least 1"));
         }
-        if !self.d_model.is_multiple_of(self.n_head) {
+        if self.head_dim == Some(0) || self.ffn_hidden == Some(0) {
+            return Err("head_dim and ffn_hidden must be at least 1 when set".into());
+        }
+        if self.head_dim.is_none() && !self.d_model.is_multiple_of(self.n_head) {
             return Err(format!(
                 "d_model ({}) must be divisible by n_head ({})",
                 self.d_model, self.n_head
@@ -181,10 +241,10 @@ impl TypedConfig for GptConfig {
         }
         if self.pos == PosKind::Rope && !self.head_dim().is_multiple_of(2) {
             return Err(format!(
-                "pos \"rope\" needs an even head size, but d_model / n_head = {} / {} = {}",
+                "pos \"rope\" needs an even head size, but the head size is {} (head_dim, or d_model {} / n_head {})",
+                self.head_dim(),
                 self.d_model,
-                self.n_head,
-                self.head_dim()
+                self.n_head
             ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
@@ -196,11 +256,39 @@ impl TypedConfig for GptConfig {
                 self.dropout
             ));
         }
+        if let Some(moe) = &self.moe {
+            moe.validate(self.checkpoint_activations)?;
+        }
         if !positive(self.norm_eps) {
             return Err(format!("norm_eps must be > 0, got {}", self.norm_eps));
         }
         if !positive(self.rope_theta) {
             return Err(format!("rope_theta must be > 0, got {}", self.rope_theta));
+        }
+        match self.rope_scaling {
+            Some(RopeScaling::Linear { factor }) if factor.is_nan() || factor < 1.0 => {
+                return Err(format!("rope_scaling: factor must be >= 1, got {factor}"));
+            }
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) if factor.is_nan()
+                || factor < 1.0
+                || low_freq_factor.is_nan()
+                || low_freq_factor <= 0.0
+                || high_freq_factor.is_nan()
+                || high_freq_factor <= low_freq_factor
+                || original_max_position_embeddings == 0 =>
+            {
+                return Err(format!(
+                    "rope_scaling llama3: needs factor >= 1, 0 < low_freq_factor < high_freq_factor \
+                     and original_max_position_embeddings > 0, got {factor}, {low_freq_factor}, \
+                     {high_freq_factor}, {original_max_position_embeddings}"
+                ));
+            }
+            _ => {}
         }
         if !positive(self.ffn_mult) || self.ffn_hidden() == 0 {
             return Err(format!(
@@ -209,7 +297,6 @@ impl TypedConfig for GptConfig {
             ));
         }
         Ok(())
-        ("moe", crate::moe::config::MOE_DOC),
     }
 }
 
@@ -220,7 +307,17 @@ fn positive(x: f64) -> bool {
 
 impl GptConfig {
     pub fn head_dim(&self) -> usize {
-        self.d_model / self.n_head
+        self.head_dim.unwrap_or(self.d_model / self.n_head)
+    }
+
+    /// Width of all query heads together (`d_model` unless `head_dim` is set).
+    pub fn attn_dim(&self) -> usize {
+        self.n_head * self.head_dim()
+    }
+
+    /// Whether the query/key/value projection has biases.
+    pub fn qkv_bias(&self) -> bool {
+        self.qkv_bias.unwrap_or(self.bias)
     }
 
     pub fn kv_heads(&self) -> usize {
@@ -229,6 +326,9 @@ impl GptConfig {
 
     /// The MLP's hidden width.
     pub fn ffn_hidden(&self) -> usize {
+        if let Some(width) = self.ffn_hidden {
+            return width;
+        }
         let gelu = (self.ffn_mult * self.d_model as f64).round() as usize;
         match self.mlp {
             MlpKind::Gelu => gelu,
@@ -256,9 +356,6 @@ mod tests {
     fn defaults_are_valid_and_documented() {
         let keys = GptConfig::keys();
         assert_eq!(keys.len(), GptConfig::DOCS.len());
-        if let Some(moe) = &self.moe {
-            moe.validate(self.checkpoint_activations)?;
-        }
         let serialized = GptConfig::default().to_json();
         let object = serialized.as_object().unwrap();
         assert_eq!(object.len(), keys.len(), "every field has a doc line");

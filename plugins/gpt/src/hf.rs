@@ -77,9 +77,7 @@ pub fn config_from_hf(hf: &Value) -> Result<GptConfig> {
         ffn_mult: n_inner as f64 / d_model.max(1) as f64,
         tie_embeddings: flag("tie_word_embeddings", true),
         seed: Some(0),
-        checkpoint_activations: false,
-        kernels: Default::default(),
-        moe: None,
+        ..GptConfig::default()
     };
     use llmlab_plugin_api::config::TypedConfig;
     config

@@ -21,12 +21,13 @@ pub mod dropout;
 pub mod generate;
 pub mod gguf;
 pub mod hf;
+pub mod hf_llama;
 pub mod linear;
 pub mod memory;
 pub mod mlp;
 pub mod model;
-pub mod norm;
 pub mod moe;
+pub mod norm;
 pub mod params;
 pub mod quantize;
 pub mod rng;
@@ -74,10 +75,14 @@ impl Factory for GptFactory {
     fn create(&self, config: &Value, ctx: &Context) -> Result<Instance> {
         Ok(Instance::Model(Box::new(GptFactory::build(config, ctx)?)))
     }
-    /// A directory saved by `save` (or a Hugging Face GPT-2 one), or a `.gguf` file.
+    /// A directory saved by `save`, a Hugging Face GPT-2 or Llama-family one (`hf_llama.rs`), or
+    /// a `.gguf` file.
     fn load(&self, path: &Path, ctx: &Context) -> Result<Instance> {
         if gguf::is_gguf_path(path) {
             return Ok(Instance::Model(Box::new(gguf::load(path, ctx)?)));
+        }
+        if let Some(model) = hf_llama::try_load(path, ctx)? {
+            return Ok(Instance::Model(Box::new(model)));
         }
         Ok(Instance::Model(Box::new(checkpoint::load(path, ctx)?)))
     }

@@ -86,13 +86,7 @@ impl Gpt {
             PosKind::Rope => None,
         };
         let rope = match config.pos {
-            PosKind::Rope => Some(Rope::new(
-                config.head_dim(),
-                config.ctx,
-                config.rope_theta,
-                dtype,
-                device,
-            )?),
+            PosKind::Rope => Some(Rope::for_config(&config, dtype, device)?),
             PosKind::Learned => None,
         };
         let blocks = (0..config.n_layer)

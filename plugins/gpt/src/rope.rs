@@ -9,6 +9,7 @@
 use llmlab_plugin_api::candle::{DType, Device, Result, Tensor, D};
 
 use crate::cache::Positions;
+use crate::config::{GptConfig, RopeScaling};
 
 #[derive(Debug, Clone)]
 pub struct Rope {
@@ -17,7 +18,41 @@ pub struct Rope {
     sin: Tensor,
 }
 
+/// Llama 3.1's frequency scaling, as transformers' `_compute_llama3_parameters` does it.
+fn llama3_scaled(
+    inv_freq: f64,
+    factor: f64,
+    low_freq_factor: f64,
+    high_freq_factor: f64,
+    original_ctx: usize,
+) -> f64 {
+    let original_ctx = original_ctx as f64;
+    let wavelen = 2.0 * std::f64::consts::PI / inv_freq;
+    let low_freq_wavelen = original_ctx / low_freq_factor;
+    let high_freq_wavelen = original_ctx / high_freq_factor;
+    if wavelen > low_freq_wavelen {
+        inv_freq / factor
+    } else if wavelen < high_freq_wavelen {
+        inv_freq
+    } else {
+        let smooth = (original_ctx / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+        (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
+    }
+}
+
 impl Rope {
+    /// The tables for `config`'s head size, context, `rope_theta` and `rope_scaling`.
+    pub fn for_config(config: &GptConfig, dtype: DType, device: &Device) -> Result<Rope> {
+        Rope::scaled(
+            config.head_dim(),
+            config.ctx,
+            config.rope_theta,
+            config.rope_scaling.as_ref(),
+            dtype,
+            device,
+        )
+    }
+
     pub fn new(
         head_dim: usize,
         ctx: usize,
@@ -25,9 +60,41 @@ impl Rope {
         dtype: DType,
         device: &Device,
     ) -> Result<Rope> {
+        Rope::scaled(head_dim, ctx, theta, None, dtype, device)
+    }
+
+    fn scaled(
+        head_dim: usize,
+        ctx: usize,
+        theta: f64,
+        scaling: Option<&RopeScaling>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Rope> {
         let half = head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
-            .map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32)
+            .map(|i| {
+                // transformers computes the base frequencies in f32; so do we, to match it.
+                let f = 1.0 / (theta as f32).powf(2.0 * i as f32 / head_dim as f32);
+                let f = f as f64;
+                let scaled = match scaling {
+                    None => f,
+                    Some(RopeScaling::Linear { factor }) => f / factor,
+                    Some(RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_max_position_embeddings,
+                    }) => llama3_scaled(
+                        f,
+                        *factor,
+                        *low_freq_factor,
+                        *high_freq_factor,
+                        *original_max_position_embeddings,
+                    ),
+                };
+                scaled as f32
+            })
             .collect();
         let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
         let t = Tensor::arange(0u32, ctx as u32, device)?
