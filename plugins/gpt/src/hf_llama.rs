@@ -91,10 +91,9 @@ impl HfKeys<'_> {
     fn int(&self, key: &str) -> Result<Option<usize>> {
         match self.hf.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| self.fail(format!("`{key}` must be a non-negative integer, got {v}"))),
+            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+                self.fail(format!("`{key}` must be a non-negative integer, got {v}"))
+            }),
         }
     }
 
@@ -212,7 +211,9 @@ fn rope_parameters<'a>(keys: &HfKeys<'a>) -> Option<&'a Value> {
 fn rope_theta(keys: &HfKeys) -> Result<f64> {
     match rope_parameters(keys).and_then(|p| p.get("rope_theta")) {
         Some(theta) => theta.as_f64().ok_or_else(|| {
-            keys.fail(format!("`rope_parameters.rope_theta` must be a number, got {theta}"))
+            keys.fail(format!(
+                "`rope_parameters.rope_theta` must be a number, got {theta}"
+            ))
         }),
         None => keys.float("rope_theta", 10_000.0),
     }
@@ -244,8 +245,7 @@ fn rope_scaling(keys: &HfKeys) -> Result<Option<RopeScaling>> {
             factor: number("factor")?,
             low_freq_factor: number("low_freq_factor")?,
             high_freq_factor: number("high_freq_factor")?,
-            original_max_position_embeddings: number("original_max_position_embeddings")?
-                as usize,
+            original_max_position_embeddings: number("original_max_position_embeddings")? as usize,
         }),
         other => {
             return Err(keys.fail(format!(
@@ -266,10 +266,7 @@ pub fn read_hf_weights(dir: &Path, ctx: &Context) -> Result<HashMap<String, Tens
             .get("weight_map")
             .and_then(Value::as_object)
             .ok_or_else(|| {
-                Error::msg(format!(
-                    "{}: no `weight_map` object",
-                    index_path.display()
-                ))
+                Error::msg(format!("{}: no `weight_map` object", index_path.display()))
             })?;
         let files: BTreeSet<String> = map
             .values()
@@ -382,7 +379,11 @@ pub fn tensors_from_hf(
         }
         Some(_) => {} // a tied head saved anyway is `embed_tokens`
         None if config.tie_embeddings => {}
-        None => return Err(Error::msg("missing tensor `lm_head.weight` (tie_word_embeddings is false)")),
+        None => {
+            return Err(Error::msg(
+                "missing tensor `lm_head.weight` (tie_word_embeddings is false)",
+            ))
+        }
     }
     // Old checkpoints carry RoPE's frequency buffers; they follow from the config.
     tensors.retain(|name, _| !name.ends_with(".rotary_emb.inv_freq"));
@@ -413,8 +414,12 @@ pub fn try_load(dir: &Path, ctx: &Context) -> Result<Option<Gpt>> {
         return Ok(None);
     };
     let tensors = read_hf_weights(dir, ctx)?;
-    let tensors = tensors_from_hf(tensors, &config)
-        .map_err(|e| in_dir(Error::msg(format!("{} checkpoint: {e}", family.architecture()))))?;
+    let tensors = tensors_from_hf(tensors, &config).map_err(|e| {
+        in_dir(Error::msg(format!(
+            "{} checkpoint: {e}",
+            family.architecture()
+        )))
+    })?;
     Gpt::new(
         config,
         Source::Tensors(tensors),
@@ -423,7 +428,12 @@ pub fn try_load(dir: &Path, ctx: &Context) -> Result<Option<Gpt>> {
         ctx.cancel.clone(),
     )
     .map(Some)
-    .map_err(|e| in_dir(Error::msg(format!("{} checkpoint: {e}", family.architecture()))))
+    .map_err(|e| {
+        in_dir(Error::msg(format!(
+            "{} checkpoint: {e}",
+            family.architecture()
+        )))
+    })
 }
 
 #[cfg(test)]
@@ -444,7 +454,10 @@ mod tests {
     fn llama_config_maps_key_by_key() {
         let (family, c) = config_from_hf(&llama()).unwrap().unwrap();
         assert_eq!(family, Family::Llama);
-        assert_eq!((c.d_model, c.n_head, c.kv_heads(), c.ffn_hidden()), (32, 4, 2, 80));
+        assert_eq!(
+            (c.d_model, c.n_head, c.kv_heads(), c.ffn_hidden()),
+            (32, 4, 2, 80)
+        );
         assert_eq!((c.norm_eps, c.rope_theta, c.ctx), (1e-5, 500000.0, 64));
         assert!(!c.bias && !c.tie_embeddings && !c.qk_norm);
         assert_eq!(c.head_dim(), 8);
@@ -459,12 +472,17 @@ mod tests {
         let mut hf = llama();
         hf["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0});
         let err = config_from_hf(&hf).unwrap_err().to_string();
-        assert!(err.contains("rope_scaling") && err.contains("yarn"), "{err}");
+        assert!(
+            err.contains("rope_scaling") && err.contains("yarn"),
+            "{err}"
+        );
         let mut hf = llama();
         hf["attention_bias"] = json!(true);
         let err = config_from_hf(&hf).unwrap_err().to_string();
         assert!(err.contains("attention_bias"), "{err}");
-        assert!(config_from_hf(&json!({"model_type": "gpt2"})).unwrap().is_none());
+        assert!(config_from_hf(&json!({"model_type": "gpt2"}))
+            .unwrap()
+            .is_none());
     }
 
     #[test]
@@ -476,7 +494,10 @@ mod tests {
         assert_eq!(c.ctx, 16);
         hf["model_type"] = json!("qwen2");
         let (_, c) = config_from_hf(&hf).unwrap().unwrap();
-        assert_eq!(c.ctx, 64, "Qwen2 ignores the window unless use_sliding_window");
+        assert_eq!(
+            c.ctx, 64,
+            "Qwen2 ignores the window unless use_sliding_window"
+        );
         assert!(c.qkv_bias() && !c.bias);
         hf["model_type"] = json!("qwen3");
         hf["head_dim"] = json!(16);

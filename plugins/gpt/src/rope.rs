@@ -35,7 +35,8 @@ fn llama3_scaled(
     } else if wavelen < high_freq_wavelen {
         inv_freq
     } else {
-        let smooth = (original_ctx / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+        let smooth =
+            (original_ctx / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
         (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
     }
 }

@@ -62,7 +62,10 @@ fn worst_logit_difference(model: &dyn Model, expected: &Value) -> f64 {
             }
         }
     }
-    assert!(largest > 1.0, "logits too small to mean anything: {largest}");
+    assert!(
+        largest > 1.0,
+        "logits too small to mean anything: {largest}"
+    );
     worst
 }
 

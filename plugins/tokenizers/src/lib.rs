@@ -7,6 +7,7 @@
 
 pub mod bpe;
 pub mod fast_bpe;
+pub mod hf_config;
 pub mod pretokenize;
 pub mod special;
 pub mod tokenizer;

@@ -116,6 +116,9 @@ pub struct HfTokenizer {
     /// The hand-written encoder when `inner`'s configuration is one it reproduces exactly
     /// (byte-level BPE with GPT-2 or Llama-3 splitting); `None` uses `inner` itself.
     fast: Option<Arc<FastEncoder>>,
+    /// The `tokenizer_config.json` loaded beside the file (`hf_config.rs`): special token roles
+    /// and the chat template.
+    hf_config: Option<Arc<Value>>,
 }
 
 impl HfTokenizer {
@@ -127,12 +130,15 @@ impl HfTokenizer {
             inner,
             trained: false,
             fast: None,
+            hf_config: None,
         })
     }
 
-    /// Loads `tokenizer.json` for component `component`; refuses a file whose model is another
-    /// component's (the host then tries the next tokenizer component).
+    /// Loads `tokenizer.json` (or `dir/tokenizer.json`) for component `component`, with the
+    /// `tokenizer_config.json` beside it when there is one; refuses a file whose model is
+    /// another component's (the host then tries the next tokenizer component).
     pub fn load(path: &Path, component: &str) -> Result<HfTokenizer> {
+        let path = &crate::hf_config::tokenizer_file(path);
         // Only a regular file, and no more than any real tokenizer.json (the largest published
         // ones are tens of MB): `/dev/zero` or a FIFO must not hang or fill memory.
         let bytes = llmlab_plugin_api::files::read_regular_file(path, 1 << 30, "tokenizer.json")?;
@@ -160,11 +166,13 @@ impl HfTokenizer {
                 ))
             })?;
         let fast = FastEncoder::from_tokenizer(&inner).map(Arc::new);
+        let hf_config = crate::hf_config::read_beside(path)?.map(Arc::new);
         Ok(HfTokenizer {
             recipe,
             inner,
             trained: true,
             fast,
+            hf_config,
         })
     }
 
@@ -238,6 +246,8 @@ impl Tokenizer for HfTokenizer {
         self.fast = FastEncoder::from_tokenizer(&fresh).map(Arc::new);
         self.inner = fresh;
         self.trained = true;
+        // A loaded config's token roles and template were for the old vocabulary.
+        self.hf_config = None;
         Ok(())
     }
 
@@ -296,6 +306,15 @@ impl Tokenizer for HfTokenizer {
     }
 
     fn special_token(&self, role: SpecialToken) -> Option<u32> {
+        // The model's own config says which token ends a turn or pads (Llama 3: `<|eot_id|>`).
+        let configured = self.hf_config.as_deref().and_then(|config| {
+            let key = crate::hf_config::role_key(role)?;
+            self.inner
+                .token_to_id(&crate::hf_config::token_text(config, key)?)
+        });
+        if configured.is_some() {
+            return configured;
+        }
         if role == SpecialToken::Unknown {
             let unk = match self.inner.get_model() {
                 ModelWrapper::WordPiece(wp) => self.inner.token_to_id(&wp.unk_token),
@@ -317,6 +336,16 @@ impl Tokenizer for HfTokenizer {
         self.inner
             .to_string(true)
             .map_err(|e| self.hf_error("serialise", e))
+    }
+
+    fn chat_template(&self) -> Option<String> {
+        crate::hf_config::chat_template(self.hf_config.as_deref()?)
+            .ok()
+            .flatten()
+    }
+
+    fn tokenizer_config(&self) -> Option<Value> {
+        self.hf_config.as_deref().cloned()
     }
 
     fn clone_box(&self) -> Box<dyn Tokenizer> {
