@@ -18,7 +18,6 @@ pub struct AlignJob<'a> {
     pub tokenizer: &'a dyn Tokenizer,
     pub examples: &'a dyn ExampleSource,
     pub reward: Option<&'a dyn RewardFn>,
-    pub reward_model: Option<&'a dyn Model>,
 }
 
 pub trait Aligner: Send {

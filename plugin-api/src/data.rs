@@ -50,6 +50,15 @@ pub struct Example {
     pub rejected: Option<String>,
 }
 
+/// A piece of an example's text in training order: `trainable` pieces are what the model learns
+/// to say (a chat's assistant turns), the others only condition it (system and user turns,
+/// template markup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextSegment {
+    pub text: String,
+    pub trainable: bool,
+}
+
 /// Prompt/answer examples, optionally with a checker for verifiable tasks.
 pub trait ExampleSource: Send + Sync {
     fn name(&self) -> String;
@@ -58,6 +67,12 @@ pub trait ExampleSource: Send + Sync {
         self.len() == 0
     }
     fn get(&self, index: usize) -> Example;
+    /// For multi-turn (chat) data: example `index` as rendered segments, trained on where
+    /// `trainable` (SFT masks the rest). `None` (the default): train on `prompt` → `answer`.
+    fn segments(&self, index: usize) -> Option<Vec<TextSegment>> {
+        let _ = index;
+        None
+    }
     /// `Some(correct)` when the task can check answers (arithmetic, sorting).
     fn check(&self, prompt: &str, answer: &str) -> Option<bool> {
         let _ = (prompt, answer);

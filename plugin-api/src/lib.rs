@@ -51,7 +51,7 @@ pub use aligner::{AlignJob, Aligner, RewardFn};
 pub use component::{Factory, Instance, Kind, Registrar, Registration};
 pub use config::{ConfigKey, TypedConfig};
 pub use context::{CancelFlag, Context, MetricsSink, ProgressSink, ProgressUpdate};
-pub use data::{Example, ExampleSource, Split, TextSource, TokenData};
+pub use data::{Example, ExampleSource, Split, TextSegment, TextSource, TokenData};
 pub use declaration::{Fingerprint, FINGERPRINT};
 pub use error::{Error, Result};
 pub use generation::GenerateOptions;

@@ -14,12 +14,9 @@ use llmlab_plugin_api::Result;
 use super::message::Message;
 use super::template::ChatTemplate;
 
-/// A piece of the rendered conversation: `trainable` pieces are the assistant's replies.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Segment {
-    pub text: String,
-    pub trainable: bool,
-}
+/// A piece of the rendered conversation: `trainable` pieces are the assistant's replies. The
+/// plugin contract's type, so chat examples reach `trainer("sft")` as they are.
+pub use llmlab_plugin_api::TextSegment as Segment;
 
 impl ChatTemplate {
     /// The conversation rendered as [`ChatTemplate::render`]`(messages, false)` does, cut into

@@ -135,7 +135,6 @@ fn run_job(
         tokenizer: tokenizer.as_ref(),
         examples: examples.as_ref(),
         reward,
-        reward_model: None,
     };
     let mut a = lock(&aligner.0);
     let name = a.name().to_string();

@@ -47,6 +47,7 @@ pub struct RewardConfig {
     /// Fine-tune the body too; `false` trains the head only.
     pub train_body: bool,
     pub head: RewardHead,
+    pub resume: Option<String>,
 }
 
 /// What the reward reads from the body.
@@ -77,17 +78,13 @@ impl Default for RewardConfig {
             ctx: None,
             train_body: true,
             head: RewardHead::Last,
+            resume: None,
         }
     }
 }
 
-/// The DPO loss: `"sigmoid"` (Rafailov et al. 2023) or `"ipo"` (Azar et al. 2023).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(crate = "llmlab_plugin_api::serde", rename_all = "lowercase")]
-pub enum DpoLoss {
-    Sigmoid,
-    Ipo,
-}
+/// The preference loss (`"sigmoid"`, `"ipo"`, `"kto"`, `"orpo"`, `"simpo"`).
+pub use crate::preference_loss::PreferenceLoss as DpoLoss;
 
 /// `rl("dpo", ..)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +106,10 @@ pub struct DpoConfig {
     pub label_smoothing: f64,
     pub loss: DpoLoss,
     pub nll_weight: f64,
+    pub gamma: f64,
+    pub desirable_weight: f64,
+    pub undesirable_weight: f64,
+    pub resume: Option<String>,
 }
 
 impl Default for DpoConfig {
@@ -130,6 +131,10 @@ impl Default for DpoConfig {
             label_smoothing: 0.0,
             loss: DpoLoss::Sigmoid,
             nll_weight: 0.0,
+            gamma: 0.5,
+            desirable_weight: 1.0,
+            undesirable_weight: 1.0,
+            resume: None,
         }
     }
 }
@@ -203,6 +208,7 @@ impl TypedConfig for RewardConfig {
     const DOCS: &'static [(&'static str, &'static str)] = docs! {
         "train_body" => "fine-tune the body as well as the scalar head; false = head only",
         "head" => "\"last\": w.h + b on the last token's hidden state; \"tokens\": the body's log-likelihood of the answer (see docs/rl.md)",
+        "resume" => "run directory (or its checkpoint/) to continue from, bit-exactly; null = fresh",
     };
 
     fn validate(&self) -> Result<(), String> {
@@ -227,8 +233,12 @@ impl TypedConfig for DpoConfig {
     const DOCS: &'static [(&'static str, &'static str)] = docs! {
         "beta" => "strength of the anchor to the reference: the implicit reward is beta * log-ratio",
         "label_smoothing" => "probability that a pair's preference label is flipped (conservative DPO); 0 = off",
-        "loss" => "\"sigmoid\" (DPO) or \"ipo\" (squared loss towards 1 / (2 beta))",
+        "loss" => "\"sigmoid\" (DPO), \"ipo\" (squared loss towards 1 / (2 beta)), \"kto\" (unpaired desirable/undesirable), \"orpo\" (SFT + beta * odds-ratio term, no reference), \"simpo\" (length-normalised, margin gamma, no reference)",
         "nll_weight" => "weight of the chosen answers' per-token NLL added to the loss (RPO); keeps their likelihood up; 0 = off",
+        "gamma" => "simpo: the target margin between length-normalised log-probabilities",
+        "desirable_weight" => "kto: weight of the desirable (chosen) answers' loss",
+        "undesirable_weight" => "kto: weight of the undesirable (rejected) answers' loss",
+        "resume" => "run directory (or its checkpoint/) to continue from, bit-exactly; null = fresh",
     };
 
     fn validate(&self) -> Result<(), String> {
@@ -251,11 +261,15 @@ impl TypedConfig for DpoConfig {
                 self.label_smoothing
             ));
         }
-        if !(self.nll_weight.is_finite() && self.nll_weight >= 0.0) {
-            return Err(format!(
-                "`nll_weight` must be a number >= 0, got {}",
-                self.nll_weight
-            ));
+        for (key, value) in [
+            ("nll_weight", self.nll_weight),
+            ("gamma", self.gamma),
+            ("desirable_weight", self.desirable_weight),
+            ("undesirable_weight", self.undesirable_weight),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(format!("`{key}` must be a number >= 0, got {value}"));
+            }
         }
         Ok(())
     }

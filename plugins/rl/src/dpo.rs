@@ -1,6 +1,8 @@
 //! The `dpo` aligner: direct preference optimisation (Rafailov et al. 2023) of the policy given
 //! to `fit`, in place, against a frozen reference: an independent copy of the policy
-//! (`frozen_copy()`) taken at the first step, never optimised.
+//! (`frozen_copy()`) taken at the first step, never optimised. With `loss` `"kto"`, `"orpo"` or
+//! `"simpo"` (or the components of those names) it trains the offline preference losses of
+//! [`crate::preference_loss`] instead; ORPO and SimPO take no reference copy.
 //!
 //! With sequence log-probabilities summed over answer tokens only (the prompt is masked),
 //! `h = [log π(c) − log π_ref(c)] − [log π(r) − log π_ref(r)]` per pair, and the loss is
@@ -19,27 +21,31 @@
 //! Metrics: `loss`, `accuracy` (`h > 0`), `reward_margin` (mean `β h`), `chosen_reward`,
 //! `rejected_reward` (`β` times each log-ratio), `chosen_logp`, `rejected_logp`; on the held-out
 //! pairs the same with `val_`, plus `val_logp_accuracy` (`log π(c) > log π(r)`, needs no
-//! reference). At the end the policy's weights and optimiser moments are written to
-//! `<run dir>/checkpoint` (atomically, checksummed).
+//! reference). At the end (and on Ctrl-C) the policy, reference, optimiser moments and RNG are
+//! written to `<run dir>/checkpoint` ([`policy_checkpoint`]); `resume` continues from there.
 
 use std::collections::BTreeMap;
 
-use llmlab_plugin_api::candle::Tensor;
+use llmlab_plugin_api::candle::{DType, Tensor};
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::prelude::*;
-use llmlab_plugin_api::train::{checkpoint, loss, SplitMix64};
+use llmlab_plugin_api::train::{loss, SplitMix64};
 
 use crate::config::{DpoConfig, DpoLoss};
-use crate::fit::{self, PairAligner};
+use crate::fit::{self, SteppedAligner};
 use crate::optimizer::Optimizer;
+use crate::policy_checkpoint::{self, Saved};
 use crate::preference_batch::{self, PairBatch, Split};
+use crate::preference_loss::{self, LossSettings, Sequences};
+use crate::resume;
 use crate::reward::check_vocab;
 
-pub const CHECKPOINT_DIR: &str = "checkpoint";
-pub const CHECKPOINT_MANIFEST: &str = "aligner.json";
+pub const CHECKPOINT_DIR: &str = policy_checkpoint::DIR;
+pub const CHECKPOINT_MANIFEST: &str = policy_checkpoint::MANIFEST;
 
 struct Run {
-    reference: Box<dyn Model>,
+    /// `None` for the reference-free losses (ORPO, SimPO).
+    reference: Option<Box<dyn Model>>,
     optimizer: Optimizer,
     rng: SplitMix64,
     seed: u64,
@@ -48,12 +54,40 @@ struct Run {
 
 pub struct Dpo {
     config: DpoConfig,
+    /// `dpo`, or `kto` / `orpo` / `simpo` when made by that name.
+    name: &'static str,
     run: Option<Run>,
 }
 
 pub fn new_dpo(config: &Value) -> Result<Dpo> {
+    let config = DpoConfig::from_json("dpo", config)?;
     Ok(Dpo {
-        config: DpoConfig::from_json("dpo", config)?,
+        name: config.loss.component(),
+        config,
+        run: None,
+    })
+}
+
+/// `rl("kto" | "orpo" | "simpo", ..)`: `dpo` with that loss (a `loss` key, if given, must agree).
+pub fn new_preset(loss: DpoLoss, config: &Value) -> Result<Dpo> {
+    let name = loss.component();
+    let mut config = match config {
+        Value::Null => json!({}),
+        other => other.clone(),
+    };
+    let wanted = serde_json::to_value(loss)?;
+    match config.get("loss") {
+        Some(given) if *given != wanted => {
+            return Err(Error::invalid_config(
+                name,
+                format!("`loss` is {wanted} for {name} (got {given}); use rl(\"dpo\", #{{ loss: {given} }})"),
+            ))
+        }
+        _ => config["loss"] = wanted,
+    }
+    Ok(Dpo {
+        config: DpoConfig::from_json(name, &config)?,
+        name,
         run: None,
     })
 }
@@ -84,6 +118,15 @@ fn fraction(xs: impl Iterator<Item = bool>) -> f64 {
 
 /// Summed answer log-probabilities `(2n,)` of every row of `batch` under `model`.
 fn log_probs(model: &dyn Model, batch: &PairBatch, train: bool) -> Result<Tensor> {
+    Ok(log_probs_with_aux(model, batch, train)?.0)
+}
+
+/// [`log_probs`] and the model's aux loss (MoE load balancing), which the policy's loss adds.
+fn log_probs_with_aux(
+    model: &dyn Model,
+    batch: &PairBatch,
+    train: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     let out = model.forward(
         &batch.rows.tokens,
         &ForwardOptions {
@@ -91,20 +134,21 @@ fn log_probs(model: &dyn Model, batch: &PairBatch, train: bool) -> Result<Tensor
             hidden_states: false,
         },
     )?;
-    loss::sequence_log_probs(&out.logits, &batch.rows.targets, &batch.rows.mask)
+    let lp = loss::sequence_log_probs(&out.logits, &batch.rows.targets, &batch.rows.mask)?;
+    Ok((lp, out.aux_loss))
 }
 
 impl Dpo {
     /// The frozen reference, once the first step has taken it.
     pub fn reference(&self) -> Option<&dyn Model> {
-        self.run.as_ref().map(|r| r.reference.as_ref())
+        self.run.as_ref().and_then(|r| r.reference.as_deref())
     }
 
     fn ctx_len(&self, policy: &dyn Model) -> Result<usize> {
         let ctx_len = self.config.ctx.unwrap_or(policy.ctx_len());
         if ctx_len > policy.ctx_len() {
             return Err(Error::invalid_config(
-                "dpo",
+                self.name,
                 format!(
                     "`ctx` = {ctx_len} exceeds the model's context length {}",
                     policy.ctx_len()
@@ -122,17 +166,46 @@ impl Dpo {
         let ctx_len = self.ctx_len(job.policy)?;
         let seed = self.config.seed.unwrap_or(ctx.seed);
         Split::new(job.examples, self.config.val_fraction, seed)?;
-        self.run = Some(Run {
-            reference: job.policy.frozen_copy()?,
+        let mut run = Run {
+            reference: None,
             optimizer: Optimizer::new(self.config.optim()),
             rng: SplitMix64::new(seed),
             seed,
             ctx: ctx_len,
-        });
+        };
+        let needs_reference = self.config.loss.needs_reference();
+        match &self.config.resume {
+            Some(path) => {
+                let saved = resume::open(self.name, path)?;
+                saved.restore_model(job.policy)?;
+                if needs_reference {
+                    run.reference = Some(saved.restore_reference(job.policy)?);
+                }
+                saved.restore_optimizer(&mut run.optimizer, &job.policy.parameters())?;
+                run.rng = SplitMix64::from_state(saved.rng_state);
+                ctx.metrics.rewind(saved.step);
+            }
+            None if needs_reference => run.reference = Some(job.policy.frozen_copy()?),
+            None => {}
+        }
+        self.run = Some(run);
         Ok(())
     }
 
-    /// The DPO terms of `batch`; `reference` `None` means the policy is its own reference.
+    fn loss_settings(&self) -> LossSettings {
+        let c = &self.config;
+        LossSettings {
+            loss: c.loss,
+            beta: c.beta,
+            label_smoothing: c.label_smoothing,
+            gamma: c.gamma,
+            desirable_weight: c.desirable_weight,
+            undesirable_weight: c.undesirable_weight,
+        }
+    }
+
+    /// The loss terms of `batch`. For the reference-based losses, `reference` `None` means the
+    /// policy is its own reference (before the first step).
     fn terms(
         &self,
         policy: &dyn Model,
@@ -141,46 +214,54 @@ impl Dpo {
         train: bool,
     ) -> Result<PairTerms> {
         let n = batch.pairs;
-        let lp = log_probs(policy, batch, train)?;
-        let ref_lp = log_probs(reference.unwrap_or(policy), batch, false)?.detach();
-        let ratio = (&lp - &ref_lp)?;
-        let (chosen, rejected) = (ratio.narrow(0, 0, n)?, ratio.narrow(0, n, n)?);
-        let h = (&chosen - &rejected)?;
-        let beta = self.config.beta;
-        let loss = match self.config.loss {
-            DpoLoss::Sigmoid => {
-                let eps = self.config.label_smoothing;
-                let bh = h.affine(beta, 0.0)?;
-                let agree = loss::log_sigmoid(&bh)?.affine(-(1.0 - eps), 0.0)?;
-                if eps > 0.0 {
-                    (agree + loss::log_sigmoid(&bh.neg()?)?.affine(-eps, 0.0)?)?
-                } else {
-                    agree
-                }
-            }
-            DpoLoss::Ipo => h.affine(1.0, -1.0 / (2.0 * beta))?.sqr()?,
-        }
-        .mean_all()?;
+        let (lp, aux) = log_probs_with_aux(policy, batch, train)?;
+        let tokens = batch
+            .rows
+            .mask
+            .to_dtype(DType::F32)?
+            .sum(1)?
+            .clamp(1f32, f32::MAX)?;
+        let ref_lp = if self.config.loss.needs_reference() {
+            Some(log_probs(reference.unwrap_or(policy), batch, false)?.detach())
+        } else {
+            None
+        };
+        let (chosen, rejected) = (lp.narrow(0, 0, n)?, lp.narrow(0, n, n)?);
+        let ref_sides = match &ref_lp {
+            Some(r) => Some((r.narrow(0, 0, n)?, r.narrow(0, n, n)?)),
+            None => None,
+        };
+        let (chosen_tokens, rejected_tokens) = (tokens.narrow(0, 0, n)?, tokens.narrow(0, n, n)?);
+        let out = preference_loss::pair_loss(
+            &self.loss_settings(),
+            &Sequences {
+                chosen: &chosen,
+                rejected: &rejected,
+                reference: ref_sides.as_ref().map(|(c, r)| (c, r)),
+                chosen_tokens: &chosen_tokens,
+                rejected_tokens: &rejected_tokens,
+            },
+        )?;
         let loss = if self.config.nll_weight > 0.0 {
             // Per-token NLL of the chosen answers, so the weight means the same for short and
             // long answers.
-            let chosen_tokens = batch
-                .rows
-                .mask
-                .narrow(0, 0, n)?
-                .sum(1)?
-                .clamp(1f32, f32::MAX)?;
-            let nll = (lp.narrow(0, 0, n)?.neg()? / chosen_tokens)?.mean_all()?;
-            (loss + nll.affine(self.config.nll_weight, 0.0)?)?
+            let nll = (chosen.neg()? / &chosen_tokens)?.mean_all()?;
+            (out.loss + nll.affine(self.config.nll_weight, 0.0)?)?
         } else {
-            loss
+            out.loss
+        };
+        let loss = crate::policy_loss::with_aux(loss, aux)?;
+        // The implicit rewards: β × log-ratio with a reference, β × mean token log-prob without.
+        let (chosen_reward, rejected_reward) = match &ref_sides {
+            Some((rc, rr)) => ((&chosen - rc)?, (&rejected - rr)?),
+            None => ((&chosen / &chosen_tokens)?, (&rejected / &rejected_tokens)?),
         };
         let lp_values: Vec<f32> = lp.to_vec1()?;
         Ok(PairTerms {
             loss,
-            h: h.to_vec1()?,
-            chosen_ratio: chosen.to_vec1()?,
-            rejected_ratio: rejected.to_vec1()?,
+            h: out.margin.to_vec1()?,
+            chosen_ratio: chosen_reward.to_vec1()?,
+            rejected_ratio: rejected_reward.to_vec1()?,
             chosen_logp: lp_values[..n].to_vec(),
             rejected_logp: lp_values[n..].to_vec(),
         })
@@ -203,9 +284,9 @@ impl Dpo {
     }
 }
 
-impl PairAligner for Dpo {
+impl SteppedAligner for Dpo {
     fn label(&self) -> &'static str {
-        "dpo"
+        self.name
     }
     fn total_steps(&self) -> u64 {
         self.config.steps
@@ -235,11 +316,11 @@ impl PairAligner for Dpo {
                 run.ctx,
                 job.policy.device(),
             )?;
-            let terms = self.terms(job.policy, Some(run.reference.as_ref()), &batch, true)?;
+            let terms = self.terms(job.policy, run.reference.as_deref(), &batch, true)?;
             let loss = terms.loss.to_scalar::<f32>()? as f64;
             let applied = run
                 .optimizer
-                .step("dpo", &terms.loss, &job.policy.parameters())?;
+                .step(self.name, &terms.loss, &job.policy.parameters())?;
             let mut m = self.report(&terms, loss, "");
             m.insert("lr".into(), applied.lr);
             m.insert("grad_norm".into(), applied.grad_norm);
@@ -259,7 +340,7 @@ impl PairAligner for Dpo {
             Some(r) => r.ctx,
             None => self.ctx_len(job.policy)?,
         };
-        let reference = self.run.as_ref().map(|r| r.reference.as_ref());
+        let reference = self.run.as_ref().and_then(|r| r.reference.as_deref());
         let mut all = PairTerms {
             loss: Tensor::zeros(
                 (),
@@ -307,39 +388,27 @@ impl PairAligner for Dpo {
         let (Some(run_dir), Some(run)) = (&ctx.run_dir, &self.run) else {
             return Ok(());
         };
-        let params = job.policy.parameters();
-        let weights: Vec<(String, Tensor)> = params
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect();
-        let moments = run.optimizer.moments(&params)?;
-        let manifest = |files| {
-            Ok(serde_json::to_vec_pretty(&json!({
-                "format": "llmlab-aligner-checkpoint",
-                "version": 1,
-                "aligner": "dpo",
-                "step": run.optimizer.step,
-                "rng_state": checkpoint::format_rng_state(run.rng.state()),
-                "config": self.config.to_json(),
-                "model": { "name": job.policy.name(), "config": job.policy.config() },
-                "files": files,
-            }))?)
-        };
-        checkpoint::write_atomically(
-            &run_dir.join(CHECKPOINT_DIR),
-            &[
-                ("model.safetensors", &weights),
-                ("optimizer.safetensors", &moments),
-            ],
-            CHECKPOINT_MANIFEST,
-            manifest,
+        policy_checkpoint::write(
+            run_dir,
+            job.policy,
+            &run.optimizer,
+            &job.policy.parameters(),
+            Saved {
+                aligner: self.name,
+                config: self.config.to_json(),
+                step: run.optimizer.step,
+                rng_state: run.rng.state(),
+                extra: None,
+                reference: run.reference.as_deref(),
+                state: Value::Null,
+            },
         )
     }
 }
 
 impl Aligner for Dpo {
     fn name(&self) -> &str {
-        "dpo"
+        self.name
     }
     fn config(&self) -> Value {
         self.config.to_json()
@@ -355,22 +424,34 @@ impl Aligner for Dpo {
     }
 }
 
-pub struct DpoFactory;
+/// `rl("dpo")`, and with `loss` preset, `rl("kto")`, `rl("orpo")`, `rl("simpo")`.
+pub struct DpoFactory {
+    pub loss: DpoLoss,
+}
 
 impl Factory for DpoFactory {
     fn name(&self) -> &'static str {
-        "dpo"
+        self.loss.component()
     }
     fn kind(&self) -> Kind {
         Kind::Aligner
     }
     fn about(&self) -> &'static str {
-        "direct preference optimisation against a frozen reference copy: beta, label smoothing, sigmoid or IPO loss"
+        match self.loss {
+            DpoLoss::Sigmoid | DpoLoss::Ipo => "direct preference optimisation against a frozen reference copy: beta, label smoothing; loss sigmoid, ipo, kto, orpo or simpo",
+            DpoLoss::Kto => "KTO: desirable/undesirable answers against a frozen reference (dpo with loss \"kto\")",
+            DpoLoss::Orpo => "ORPO: SFT plus an odds-ratio preference term, no reference model (dpo with loss \"orpo\")",
+            DpoLoss::Simpo => "SimPO: length-normalised log-probability margin gamma, no reference model (dpo with loss \"simpo\")",
+        }
     }
     fn config_keys(&self) -> Vec<ConfigKey> {
         DpoConfig::keys()
     }
     fn create(&self, config: &Value, _: &Context) -> Result<Instance> {
-        Ok(Instance::Aligner(Box::new(new_dpo(config)?)))
+        let dpo = match self.loss {
+            DpoLoss::Sigmoid | DpoLoss::Ipo => new_dpo(config)?,
+            preset => new_preset(preset, config)?,
+        };
+        Ok(Instance::Aligner(Box::new(dpo)))
     }
 }

@@ -1,10 +1,13 @@
-//! The run both aligners share: steps up to `steps`, metrics every `log_every` steps, held-out
+//! The run every aligner shares: steps up to `steps`, metrics every `log_every` steps, held-out
 //! evaluation every `eval_every` steps and at the end, progress bars, Ctrl-C, and the aligner's
-//! own save at the end. What a step does is the aligner's ([`PairAligner`]).
+//! own save at the end (also on Ctrl-C, so the run can resume). What a step does is the
+//! aligner's ([`SteppedAligner`]).
 
 use llmlab_plugin_api::{AlignJob, Context, Error, Result, StepMetrics};
 
-pub trait PairAligner {
+/// An aligner [`fit`] drives one optimisation step at a time: the preference aligners (`reward`,
+/// `dpo` and its offline variants) and the online ones (`grpo`, `ppo`).
+pub trait SteppedAligner {
     fn label(&self) -> &'static str;
     fn total_steps(&self) -> u64;
     fn steps_done(&self) -> u64;
@@ -33,7 +36,7 @@ fn message(m: &StepMetrics) -> String {
     }
 }
 
-pub fn fit<A: PairAligner>(a: &mut A, job: &AlignJob<'_>, ctx: &Context) -> Result<StepMetrics> {
+pub fn fit<A: SteppedAligner>(a: &mut A, job: &AlignJob<'_>, ctx: &Context) -> Result<StepMetrics> {
     let label = a.label();
     let total = a.total_steps();
     let mut last = StepMetrics::new();

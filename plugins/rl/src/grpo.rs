@@ -11,8 +11,13 @@
 //! over completions (`loss_aggregation: "sequence"`) or over all tokens (`"token"`). No value
 //! function: the group is the baseline.
 //!
+//! `loss_type` and `importance` choose the variants DAPO, RLOO, REINFORCE++ and GSPO
+//! ([`grpo_variant`]).
+//!
 //! Metrics per step: `reward_mean`, `reward_max`, `reward_std`, `flat_groups` (fraction of
-//! groups with one reward for all: no signal), `completion_len`, `loss`, `kl`, `ratio`,
+//! groups with one reward for all: no signal), `kept_groups` (groups learned from per
+//! `batch_size`: below 1 when dynamic sampling ran out of tries), `rollout_batches`,
+//! `completion_len`, `loss`, `kl`, `ratio`,
 //! `clip_fraction`, `lr`, `grad_norm`, `rollout_tokens_per_s`, `update_tokens_per_s`,
 //! `score_s` (seconds spent in the reward function). At the end of `fit` the policy and
 //! optimiser state go to `<run dir>/checkpoint` ([`policy_checkpoint`]).
@@ -23,7 +28,8 @@ use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::prelude::*;
 
 use crate::advantage;
-use crate::fit::{self, PairAligner};
+use crate::fit::{self, SteppedAligner};
+use crate::grpo_variant;
 use crate::online::{self, OnlineRun, UpdateStats};
 use crate::online_config::{Aggregation, GrpoConfig};
 use crate::policy_checkpoint::{self, Saved};
@@ -32,6 +38,21 @@ use crate::rollout::{self, Sample, SequenceBatch};
 
 /// Added to a group's standard deviation before dividing by it.
 const STD_EPS: f32 = 1e-4;
+
+/// The completions a step learns from, and what sampling them cost.
+#[derive(Default)]
+struct Groups {
+    /// Whole groups, prompt-major; rewards shaped (overlong penalty).
+    samples: Vec<Sample>,
+    /// The task's rewards of everything sampled this step (for the metrics).
+    task_rewards: Vec<f32>,
+    /// Fraction of flat groups in the first rollout batch.
+    flat_groups: f64,
+    batches: usize,
+    sampled_tokens: usize,
+    generate_s: f64,
+    score_s: f64,
+}
 
 pub struct Grpo {
     config: GrpoConfig,
@@ -51,23 +72,68 @@ impl Grpo {
         self.run.as_ref().and_then(|r| r.reference.as_deref())
     }
 
-    fn step_once(&self, run: &mut OnlineRun, job: &AlignJob<'_>) -> Result<StepMetrics> {
+    /// Samples and scores the step's groups: one rollout batch, or with dynamic sampling, up to
+    /// `1 + max_resample` of them, keeping only groups whose rewards differ.
+    fn sample_groups(&self, run: &mut OnlineRun, job: &AlignJob<'_>) -> Result<Groups> {
         let c = self.config.common();
         let reward = rollout::reward_of("grpo", job.reward)?;
-        let prompts = online::next_prompts(run, job, self.config.batch_size);
-        let mut rollouts = rollout::generate(
-            job.policy,
-            job.tokenizer,
-            &prompts,
-            self.config.group_size,
-            online::sampling(&c),
-            &mut run.rng,
-        )?;
-        let scoring = Instant::now();
-        rollout::score(&mut rollouts.samples, reward)?;
-        let score_s = scoring.elapsed().as_secs_f64();
-        let rewards: Vec<f32> = rollouts.samples.iter().map(|s| s.reward).collect();
-        let advantages = advantage::group_normalized(
+        let g = self.config.group_size;
+        let wanted = self.config.batch_size * g;
+        let (buffer, penalty) = (self.config.overlong_buffer(), self.config.overlong_penalty);
+        let mut out = Groups::default();
+        for attempt in 0..=self.config.max_resample {
+            let prompts = online::next_prompts(run, job, self.config.batch_size);
+            let mut rollouts = rollout::generate(
+                job.policy,
+                job.tokenizer,
+                &prompts,
+                g,
+                online::sampling(&c),
+                &mut run.rng,
+            )?;
+            let scoring = Instant::now();
+            rollout::score(&mut rollouts.samples, reward)?;
+            out.score_s += scoring.elapsed().as_secs_f64();
+            out.generate_s += rollouts.generate_s;
+            out.sampled_tokens += rollouts.completion_tokens();
+            out.batches += 1;
+            let task: Vec<f32> = rollouts.samples.iter().map(|s| s.reward).collect();
+            if attempt == 0 {
+                out.flat_groups = advantage::flat_group_fraction(&task, g);
+            }
+            out.task_rewards.extend(&task);
+            for s in rollouts.samples.iter_mut() {
+                s.reward += grpo_variant::overlong_penalty(
+                    s.completion_len(),
+                    c.max_tokens,
+                    buffer,
+                    penalty,
+                );
+            }
+            if !self.config.dynamic_sampling() {
+                out.samples = rollouts.samples;
+                break;
+            }
+            let shaped: Vec<f32> = rollouts.samples.iter().map(|s| s.reward).collect();
+            for group in grpo_variant::informative_groups(&shaped, g) {
+                if out.samples.len() < wanted {
+                    out.samples
+                        .extend_from_slice(&rollouts.samples[group * g..(group + 1) * g]);
+                }
+            }
+            if out.samples.len() >= wanted {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn step_once(&self, run: &mut OnlineRun, job: &AlignJob<'_>) -> Result<StepMetrics> {
+        let c = self.config.common();
+        let groups = self.sample_groups(run, job)?;
+        let rewards: Vec<f32> = groups.samples.iter().map(|s| s.reward).collect();
+        let advantages = grpo_variant::advantages(
+            self.config.loss_type,
             &rewards,
             self.config.group_size,
             self.config.scale_rewards,
@@ -75,7 +141,7 @@ impl Grpo {
         );
 
         let updating = Instant::now();
-        let samples = &rollouts.samples;
+        let samples = &groups.samples;
         let rows = samples.len();
         let chunk = c.minibatch(rows);
         let device = job.policy.device();
@@ -96,19 +162,22 @@ impl Grpo {
         let mut passes_tokens = passes * samples.iter().map(|s| s.ids.len()).sum::<usize>();
         let mut stats = UpdateStats::default();
         let params = job.policy.parameters();
-        for _ in 0..self.config.epochs {
+        // Dynamic sampling can leave no group with a signal: then the step makes no update.
+        let epochs = if rows == 0 { 0 } else { self.config.epochs };
+        for _ in 0..epochs {
             let order = run.rng.permutation(rows);
             for mb in order.chunks(chunk) {
                 let picked: Vec<&Sample> = mb.iter().map(|&i| &samples[i]).collect();
                 let batch = SequenceBatch::new(&picked, job.tokenizer, device)?;
                 let kept = batch.completion_tokens();
-                let (logp, _) = rollout::token_log_probs(job.policy, &batch, false)?;
-                let surrogate = policy_loss::clipped_surrogate(
+                let (logp, _, aux) = rollout::policy_log_probs(job.policy, &batch, false)?;
+                let surrogate = policy_loss::clipped_surrogate_with(
                     &logp,
                     &batch.grid(&old, mb, device)?,
                     &batch.grid(&token_advantages, mb, device)?,
                     &batch.mask,
-                    self.config.clip_eps,
+                    self.config.clip_range(),
+                    self.config.importance,
                 )?;
                 let mut per_token = surrogate.per_token;
                 let mut kl_value = 0.0;
@@ -118,10 +187,11 @@ impl Grpo {
                         .to_scalar::<f32>()? as f64;
                     per_token = (per_token + kl.affine(self.config.kl_coef, 0.0)?)?;
                 }
-                let loss = match self.config.loss_aggregation {
+                let loss = match self.config.aggregation() {
                     Aggregation::Sequence => policy_loss::sequence_mean(&per_token, &batch.mask)?,
                     Aggregation::Token => policy_loss::masked_mean(&per_token, &batch.mask, kept)?,
                 };
+                let loss = policy_loss::with_aux(loss, aux)?;
                 let applied = run.optimizer.step("grpo", &loss, &params)?;
                 stats.updates += 1;
                 stats.loss += loss.to_scalar::<f32>()? as f64;
@@ -137,24 +207,27 @@ impl Grpo {
         let update_s = updating.elapsed().as_secs_f64();
         run.steps += 1;
 
+        let task = &groups.task_rewards;
         let mut m = StepMetrics::new();
-        m.insert("reward_mean".into(), online::mean(&rewards));
-        m.insert("reward_max".into(), online::max(&rewards));
-        m.insert("reward_std".into(), online::std(&rewards));
+        m.insert("reward_mean".into(), online::mean(task));
+        m.insert("reward_max".into(), online::max(task));
+        m.insert("reward_std".into(), online::std(task));
+        m.insert("flat_groups".into(), groups.flat_groups);
         m.insert(
-            "flat_groups".into(),
-            advantage::flat_group_fraction(&rewards, self.config.group_size),
+            "kept_groups".into(),
+            (rows / self.config.group_size) as f64 / self.config.batch_size as f64,
         );
+        m.insert("rollout_batches".into(), groups.batches as f64);
         m.insert(
             "completion_len".into(),
-            rollouts.completion_tokens() as f64 / rows.max(1) as f64,
+            groups.sampled_tokens as f64 / task.len().max(1) as f64,
         );
-        m.insert("score_s".into(), score_s);
+        m.insert("score_s".into(), groups.score_s);
         stats.report(&mut m, false);
         online::throughput(
             &mut m,
-            rollouts.completion_tokens(),
-            rollouts.generate_s,
+            groups.sampled_tokens,
+            groups.generate_s,
             passes_tokens,
             update_s,
         );
@@ -162,7 +235,7 @@ impl Grpo {
     }
 }
 
-impl PairAligner for Grpo {
+impl SteppedAligner for Grpo {
     fn label(&self) -> &'static str {
         "grpo"
     }
@@ -182,7 +255,13 @@ impl PairAligner for Grpo {
     fn one_step(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<StepMetrics> {
         let mut run = match self.run.take() {
             Some(run) => run,
-            None => online::start("grpo", &self.config.common(), job, ctx)?,
+            None => {
+                let mut run = online::start("grpo", &self.config.common(), job, ctx)?;
+                if let Some(path) = &self.config.resume {
+                    online::resume("grpo", path, &mut run, job, &job.policy.parameters(), ctx)?;
+                }
+                run
+            }
         };
         let result = self.step_once(&mut run, job);
         self.run = Some(run);
@@ -212,6 +291,8 @@ impl PairAligner for Grpo {
                 step: run.steps,
                 rng_state: run.rng.state(),
                 extra: None,
+                reference: run.reference.as_deref(),
+                state: online::saved_state(run),
             },
         )
     }

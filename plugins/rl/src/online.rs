@@ -8,6 +8,7 @@ use llmlab_plugin_api::train::SplitMix64;
 
 use crate::online_config::Common;
 use crate::optimizer::Optimizer;
+use crate::resume::{self, AlignerCheckpoint};
 use crate::reward::check_vocab;
 use crate::rollout::{self, PromptOrder, Sample, Sampling, SequenceBatch};
 use crate::value_head::{no_hidden, ValueHead};
@@ -49,6 +50,50 @@ pub fn start(who: &str, c: &Common, job: &AlignJob<'_>, ctx: &Context) -> Result
         order,
         steps: 0,
     })
+}
+
+/// Continues `run` from the checkpoint at `path`: the policy, the reference, the optimiser
+/// (over `trained`), the RNG, the prompt order and the step count; the metrics log is rewound to
+/// the checkpoint's step. The checkpoint is returned for what the aligner keeps besides.
+pub fn resume(
+    who: &str,
+    path: &str,
+    run: &mut OnlineRun,
+    job: &AlignJob<'_>,
+    trained: &[(String, Var)],
+    ctx: &Context,
+) -> Result<AlignerCheckpoint> {
+    let saved = resume::open(who, path)?;
+    saved.restore_model(job.policy)?;
+    if run.reference.is_some() {
+        run.reference = Some(saved.restore_reference(job.policy)?);
+    }
+    saved.restore_optimizer(&mut run.optimizer, trained)?;
+    run.rng = SplitMix64::from_state(saved.rng_state);
+    let order: Option<Vec<usize>> = serde_json::from_value(saved.state["order"].clone()).ok();
+    let next = saved.state["next"].as_u64();
+    match (order, next) {
+        (Some(order), Some(next)) if order.len() == job.examples.len() => {
+            run.order.order = order;
+            run.order.next = next as usize;
+        }
+        _ => {
+            return Err(Error::Data(format!(
+                "{}: the saved prompt order does not fit {} ({} prompts); resume with the data the run was trained on",
+                saved.dir.display(),
+                job.examples.name(),
+                job.examples.len()
+            )))
+        }
+    }
+    run.steps = saved.step;
+    ctx.metrics.rewind(saved.step);
+    Ok(saved)
+}
+
+/// The run state [`resume`] reads back: the prompt order.
+pub fn saved_state(run: &OnlineRun) -> Value {
+    json!({ "order": run.order.order, "next": run.order.next })
 }
 
 pub fn sampling(c: &Common) -> Sampling {

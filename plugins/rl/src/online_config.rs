@@ -7,6 +7,7 @@
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::serde::{Deserialize, Serialize};
 
+use crate::grpo_variant::{Importance, LossType};
 use crate::optimizer::OptimSettings;
 
 /// Declares the doc list of a config: the keys both aligners share, then its own.
@@ -30,6 +31,7 @@ macro_rules! docs {
             ("eval_n", "prompts `evaluate` answers greedily (the first ones of the data)"),
             ("log_every", "report metrics every N steps"),
             ("seed", "seed of prompt order and sampling; null = the session seed"),
+            ("resume", "run directory (or its checkpoint/) to continue from, bit-exactly; null = fresh"),
             $(($key, $doc)),*
         ]
     };
@@ -69,6 +71,14 @@ pub struct GrpoConfig {
     pub group_size: usize,
     pub scale_rewards: bool,
     pub loss_aggregation: Aggregation,
+    pub loss_type: LossType,
+    pub importance: Importance,
+    pub clip_eps_high: Option<f64>,
+    pub dynamic_sampling: Option<bool>,
+    pub max_resample: usize,
+    pub overlong_buffer: Option<usize>,
+    pub overlong_penalty: f64,
+    pub resume: Option<String>,
 }
 
 impl Default for GrpoConfig {
@@ -94,6 +104,14 @@ impl Default for GrpoConfig {
             group_size: 8,
             scale_rewards: true,
             loss_aggregation: Aggregation::Sequence,
+            loss_type: LossType::Grpo,
+            importance: Importance::Token,
+            clip_eps_high: None,
+            dynamic_sampling: None,
+            max_resample: 3,
+            overlong_buffer: None,
+            overlong_penalty: 1.0,
+            resume: None,
         }
     }
 }
@@ -127,6 +145,7 @@ pub struct PpoConfig {
     pub whiten_advantages: bool,
     pub reward_norm: bool,
     pub reward_clip: f64,
+    pub resume: Option<String>,
 }
 
 impl Default for PpoConfig {
@@ -157,6 +176,7 @@ impl Default for PpoConfig {
             whiten_advantages: true,
             reward_norm: true,
             reward_clip: 5.0,
+            resume: None,
         }
     }
 }
@@ -274,6 +294,41 @@ macro_rules! common {
 }
 
 impl GrpoConfig {
+    fn is_dapo(&self) -> bool {
+        self.loss_type == LossType::Dapo
+    }
+
+    /// The ratio's clip range `(low, high)`: DAPO raises the upper end to 0.28 unless set.
+    pub fn clip_range(&self) -> (f64, f64) {
+        let high = self
+            .clip_eps_high
+            .unwrap_or(if self.is_dapo() { 0.28 } else { self.clip_eps });
+        (self.clip_eps, high)
+    }
+
+    /// Learn only from groups whose rewards differ (on for DAPO unless set).
+    pub fn dynamic_sampling(&self) -> bool {
+        self.dynamic_sampling.unwrap_or(self.is_dapo())
+    }
+
+    /// The overlong-penalty buffer in tokens: DAPO's default is a quarter of `max_tokens`.
+    pub fn overlong_buffer(&self) -> usize {
+        self.overlong_buffer.unwrap_or(if self.is_dapo() {
+            self.max_tokens / 4
+        } else {
+            0
+        })
+    }
+
+    /// DAPO averages over all tokens; the others as `loss_aggregation` says.
+    pub fn aggregation(&self) -> Aggregation {
+        if self.is_dapo() {
+            Aggregation::Token
+        } else {
+            self.loss_aggregation
+        }
+    }
+
     /// Completions per rollout batch.
     pub fn rows(&self) -> usize {
         self.batch_size * self.group_size
@@ -298,11 +353,37 @@ impl TypedConfig for GrpoConfig {
     const DOCS: &'static [(&'static str, &'static str)] = docs! {
         "group_size" => "completions sampled per prompt; advantages compare a completion with its group (>= 2)",
         "scale_rewards" => "divide group-centred rewards by the group's std; false = centre only (Dr. GRPO)",
-        "loss_aggregation" => "\"sequence\" (mean per completion, then over completions) or \"token\" (mean over all tokens)",
+        "loss_aggregation" => "\"sequence\" (mean per completion, then over completions) or \"token\" (mean over all tokens); dapo always uses token",
+        "loss_type" => "\"grpo\", \"dapo\" (token-level, clip-higher, dynamic sampling, overlong penalty), \"rloo\" (leave-one-out baseline) or \"reinforce_pp\" (REINFORCE++: batch-normalised rewards)",
+        "importance" => "\"token\" (per-token ratio) or \"sequence\" (GSPO: one length-normalised ratio per completion)",
+        "clip_eps_high" => "upper clip of the ratio, 1 + clip_eps_high; null = clip_eps (dapo: 0.28)",
+        "dynamic_sampling" => "learn only from groups whose rewards differ, sampling more prompts to fill the batch; null = on for dapo only",
+        "max_resample" => "dynamic sampling: extra rollout batches at most per step to fill it",
+        "overlong_buffer" => "soft overlong penalty over the last N tokens before max_tokens; null = off (dapo: max_tokens / 4)",
+        "overlong_penalty" => "the overlong penalty at max_tokens (reward − overlong_penalty)",
     };
 
     fn validate(&self) -> Result<(), String> {
         self.common().validate()?;
+        let (low, high) = self.clip_range();
+        if !(high > 0.0 && high.is_finite()) || low <= 0.0 {
+            return Err(format!(
+                "`clip_eps_high` must be a positive number, got {high}"
+            ));
+        }
+        if self.overlong_buffer() > self.max_tokens {
+            return Err(format!(
+                "`overlong_buffer` ({}) must be at most `max_tokens` ({})",
+                self.overlong_buffer(),
+                self.max_tokens
+            ));
+        }
+        if !(self.overlong_penalty.is_finite() && self.overlong_penalty >= 0.0) {
+            return Err(format!(
+                "`overlong_penalty` must be a number >= 0, got {}",
+                self.overlong_penalty
+            ));
+        }
         if self.group_size < 2 {
             return Err(format!(
                 "`group_size` must be at least 2 (advantages compare completions of one prompt), got {}",

@@ -78,6 +78,18 @@ impl Optimizer {
         Ok(Applied { lr, grad_norm })
     }
 
+    /// Restores a checkpoint's moments after `steps` updates (the schedule continues from there).
+    pub fn load(
+        &mut self,
+        steps: u64,
+        moments: &std::collections::HashMap<String, Tensor>,
+        params: &[(String, Var)],
+    ) -> Result<()> {
+        self.adamw.load(steps, moments, params)?;
+        self.step = steps;
+        Ok(())
+    }
+
     /// The optimiser's moments as named tensors (for a checkpoint).
     pub fn moments(&self, params: &[(String, Var)]) -> Result<Vec<(String, Tensor)>> {
         self.adamw.moments_to_tensors(params)

@@ -23,7 +23,8 @@
 //! (after normalisation and clipping), `completion_len`, `loss`, `kl`, `ratio`,
 //! `clip_fraction`, `value_loss`, `lr`, `grad_norm`, `rollout_tokens_per_s`,
 //! `update_tokens_per_s`, `score_s`. At the end of `fit` the policy, value head and optimiser
-//! state go to `<run dir>/checkpoint` (`value_head.safetensors` beside the model).
+//! state go to `<run dir>/checkpoint` (`value_head.safetensors` beside the model), and
+//! `resume` continues from there bit-exactly (running score statistics included).
 
 use std::time::Instant;
 
@@ -31,7 +32,7 @@ use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::prelude::*;
 
 use crate::advantage;
-use crate::fit::{self, PairAligner};
+use crate::fit::{self, SteppedAligner};
 use crate::gae::gae;
 use crate::online::{self, OnlineRun, UpdateStats};
 use crate::online_config::PpoConfig;
@@ -65,7 +66,21 @@ impl RunningStats {
             (self.m2 / self.count).sqrt()
         }
     }
+    /// For checkpoints (JSON numbers round-trip f64 exactly).
+    pub fn to_json(&self) -> Value {
+        json!({ "count": self.count, "mean": self.mean, "m2": self.m2 })
+    }
+    pub fn from_json(v: &Value) -> Option<RunningStats> {
+        Some(RunningStats {
+            count: v["count"].as_f64()?,
+            mean: v["mean"].as_f64()?,
+            m2: v["m2"].as_f64()?,
+        })
+    }
 }
+
+/// The value head's file in the checkpoint.
+pub const VALUE_HEAD_FILE: &str = "value_head.safetensors";
 
 struct PpoRun {
     online: OnlineRun,
@@ -201,7 +216,7 @@ impl Ppo {
                 let picked: Vec<&Sample> = mb.iter().map(|&i| &samples[i]).collect();
                 let batch = SequenceBatch::new(&picked, job.tokenizer, &device)?;
                 let kept = batch.completion_tokens();
-                let (logp, hidden) = rollout::token_log_probs(job.policy, &batch, true)?;
+                let (logp, hidden, aux) = rollout::policy_log_probs(job.policy, &batch, true)?;
                 let hidden = hidden.ok_or_else(|| no_hidden(job.policy))?;
                 let values = run.head.values(&hidden)?;
                 let surrogate = policy_loss::clipped_surrogate(
@@ -226,6 +241,7 @@ impl Ppo {
                 let policy_loss =
                     policy_loss::masked_mean(&surrogate.per_token, &batch.mask, kept)?;
                 let loss = (policy_loss + value_loss.affine(self.config.vf_coef, 0.0)?)?;
+                let loss = crate::policy_loss::with_aux(loss, aux)?;
                 let kl_value = match &t.ref_logp {
                     Some(r) => {
                         let ref_grid = batch.grid(r, mb, &device)?;
@@ -272,7 +288,7 @@ impl Ppo {
     }
 }
 
-impl PairAligner for Ppo {
+impl SteppedAligner for Ppo {
     fn label(&self) -> &'static str {
         "ppo"
     }
@@ -292,11 +308,27 @@ impl PairAligner for Ppo {
     fn one_step(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<StepMetrics> {
         let mut run = match self.run.take() {
             Some(run) => run,
-            None => PpoRun {
-                online: online::start("ppo", &self.config.common(), job, ctx)?,
-                head: ValueHead::new(job.policy)?,
-                scores: RunningStats::default(),
-            },
+            None => {
+                let mut run = PpoRun {
+                    online: online::start("ppo", &self.config.common(), job, ctx)?,
+                    head: ValueHead::new(job.policy)?,
+                    scores: RunningStats::default(),
+                };
+                if let Some(path) = &self.config.resume {
+                    let mut trained = job.policy.parameters();
+                    trained.extend(run.head.parameters());
+                    let saved = online::resume("ppo", path, &mut run.online, job, &trained, ctx)?;
+                    saved.restore_vars(VALUE_HEAD_FILE, &run.head.parameters())?;
+                    run.scores =
+                        RunningStats::from_json(&saved.state["scores"]).ok_or_else(|| {
+                            Error::Data(format!(
+                                "{}: no running score statistics in the checkpoint",
+                                saved.dir.display()
+                            ))
+                        })?;
+                }
+                run
+            }
         };
         let result = self.step_once(&mut run, job);
         self.run = Some(run);
@@ -327,7 +359,13 @@ impl PairAligner for Ppo {
                 config: self.config.to_json(),
                 step: run.online.steps,
                 rng_state: run.online.rng.state(),
-                extra: Some(("value_head.safetensors", run.head.tensors())),
+                extra: Some((VALUE_HEAD_FILE, run.head.tensors())),
+                reference: run.online.reference.as_deref(),
+                state: {
+                    let mut state = online::saved_state(&run.online);
+                    state["scores"] = run.scores.to_json();
+                    state
+                },
             },
         )
     }

@@ -12,7 +12,8 @@
 //! Preference accuracy (`r_chosen > r_rejected`) is measured on a held-out split. `save(dir)`
 //! writes `dir/head.safetensors` (`head.weight`, `head.bias`; empty for `"tokens"`),
 //! `dir/reward.json` and the body as a model directory `dir/body`; a run's reward model is saved
-//! into `<run dir>/reward_model` at the end of `fit`.
+//! into `<run dir>/reward_model` at the end of `fit`, and the training state (body, head,
+//! optimiser, RNG) into `<run dir>/checkpoint`, from which `resume` continues bit-exactly.
 
 use std::path::Path;
 
@@ -22,9 +23,11 @@ use llmlab_plugin_api::prelude::*;
 use llmlab_plugin_api::train::{loss, SplitMix64};
 
 use crate::config::{RewardConfig, RewardHead};
-use crate::fit::{self, PairAligner};
+use crate::fit::{self, SteppedAligner};
 use crate::optimizer::Optimizer;
+use crate::policy_checkpoint::{self, Saved};
 use crate::preference_batch::{self, PairBatch, Rows, Split};
+use crate::resume;
 
 pub const HEAD_FILE: &str = "head.safetensors";
 pub const MANIFEST: &str = "reward.json";
@@ -194,11 +197,22 @@ impl RewardModel {
         }
         if self.run.is_none() {
             let seed = self.config.seed.unwrap_or(ctx.seed);
-            self.run = Some(Run {
+            let mut run = Run {
                 optimizer: Optimizer::new(self.config.optim()),
                 rng: SplitMix64::new(seed),
                 seed,
-            });
+            };
+            if let (Some(path), Some(scorer)) = (&self.config.resume, &self.scorer) {
+                let saved = resume::open("reward", path)?;
+                saved.restore_model(scorer.body.as_ref())?;
+                if !scorer.head().is_empty() {
+                    saved.restore_vars(HEAD_FILE, &scorer.head())?;
+                }
+                saved.restore_optimizer(&mut run.optimizer, &self.trained())?;
+                run.rng = SplitMix64::from_state(saved.rng_state);
+                ctx.metrics.rewind(saved.step);
+            }
+            self.run = Some(run);
         }
         Ok(())
     }
@@ -236,7 +250,7 @@ pub fn check_vocab(job: &AlignJob<'_>) -> Result<()> {
     Ok(())
 }
 
-impl PairAligner for RewardModel {
+impl SteppedAligner for RewardModel {
     fn label(&self) -> &'static str {
         "reward"
     }
@@ -314,10 +328,31 @@ impl PairAligner for RewardModel {
     }
 
     fn finish(&mut self, _: &AlignJob<'_>, ctx: &Context) -> Result<()> {
-        match &ctx.run_dir {
-            Some(dir) if self.scorer.is_some() => self.save(&dir.join(RUN_SUBDIR)),
-            _ => Ok(()),
-        }
+        let (Some(dir), Some(scorer), Some(run)) = (&ctx.run_dir, &self.scorer, &self.run) else {
+            return Ok(());
+        };
+        self.save(&dir.join(RUN_SUBDIR))?;
+        // The training state besides the model, for `resume`.
+        let head = scorer
+            .head()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect();
+        policy_checkpoint::write(
+            dir,
+            scorer.body.as_ref(),
+            &run.optimizer,
+            &self.trained(),
+            Saved {
+                aligner: "reward",
+                config: self.config.to_json(),
+                step: run.optimizer.step,
+                rng_state: run.rng.state(),
+                extra: Some((HEAD_FILE, head)),
+                reference: None,
+                state: Value::Null,
+            },
+        )
     }
 }
 

@@ -24,8 +24,10 @@ use llmlab_plugin_api::{
 /// Prompts in a shuffled order, reshuffled after each pass over the data.
 #[derive(Debug, Clone)]
 pub struct PromptOrder {
-    order: Vec<usize>,
-    next: usize,
+    /// The current pass's order of example indices (saved in checkpoints).
+    pub order: Vec<usize>,
+    /// How many of `order` were taken.
+    pub next: usize,
 }
 
 impl PromptOrder {
@@ -276,6 +278,17 @@ pub fn token_log_probs(
     batch: &SequenceBatch,
     hidden_states: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
+    let (logp, hidden, _) = policy_log_probs(model, batch, hidden_states)?;
+    Ok((logp, hidden))
+}
+
+/// [`token_log_probs`] plus the model's aux loss (MoE load balancing), which a policy update
+/// adds to its loss as every trainer does.
+pub fn policy_log_probs(
+    model: &dyn Model,
+    batch: &SequenceBatch,
+    hidden_states: bool,
+) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
     let out = model.forward(
         &batch.tokens,
         &ForwardOptions {
@@ -286,5 +299,5 @@ pub fn token_log_probs(
     let logp = loss::token_nll(&out.logits, &batch.targets)?
         .neg()?
         .reshape((batch.rows(), batch.seq))?;
-    Ok((logp, out.hidden))
+    Ok((logp, out.hidden, out.aux_loss))
 }

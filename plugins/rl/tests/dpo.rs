@@ -5,7 +5,7 @@ mod common;
 
 use common::{job, merged, Chars, Pairs, PrefixMean};
 use llmlab_plugin_api::prelude::*;
-use llmlab_rl::new_dpo;
+use llmlab_rl::{new_dpo, new_preset};
 
 #[test]
 fn loss_starts_at_ln2_falls_and_reference_stays_put() {
@@ -128,4 +128,45 @@ fn nll_weight_adds_the_chosen_nll_and_keeps_chosen_likelihood_up() {
         anchored_last["chosen_logp"]
     );
     assert!(anchored_last["val_accuracy"] > 0.9, "{anchored_last:?}");
+}
+
+#[test]
+fn kto_orpo_and_simpo_train_and_simpo_orpo_take_no_reference() {
+    for (name, config) in [
+        ("kto", json!({ "beta": 0.5 })),
+        ("orpo", json!({ "beta": 0.5 })),
+        ("simpo", json!({ "beta": 2.0, "gamma": 0.5 })),
+    ] {
+        let loss: llmlab_rl::config::DpoLoss = serde_json::from_value(json!(name)).unwrap();
+        let policy = PrefixMean::new(8);
+        let data = Pairs::separable(40);
+        let full = merged(
+            json!({ "steps": 30, "batch_size": 8, "lr": 0.02, "warmup": 0, "seed": 3 }),
+            config.clone(),
+        );
+        let mut aligner = new_preset(loss, &full).unwrap();
+        assert_eq!(aligner.name(), name);
+        let j = job(&policy, &Chars, &data);
+        let first = aligner.step(&j, &Context::cpu()).unwrap();
+        assert_eq!(
+            aligner.reference().is_some(),
+            name == "kto",
+            "{name}: reference copy"
+        );
+        let last = aligner.fit(&j, &Context::cpu()).unwrap();
+        assert!(last["loss"] < first["loss"], "{name}: {first:?} → {last:?}");
+        assert!(last["val_logp_accuracy"] > 0.9, "{name}: {last:?}");
+        // The same loss through `dpo`'s own `loss` key.
+        let via_dpo = new_dpo(&merged(full, json!({ "loss": name }))).unwrap();
+        assert_eq!(via_dpo.name(), name);
+    }
+}
+
+#[test]
+fn a_preset_refuses_another_loss() {
+    let err = new_preset(llmlab_rl::config::DpoLoss::Simpo, &json!({ "loss": "ipo" }))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("simpo") && err.contains("ipo"), "{err}");
 }

@@ -194,3 +194,66 @@ fn fit_writes_a_checkpoint_into_the_run_directory() {
     );
     assert!(dir.path().join("checkpoint/model.safetensors").is_file());
 }
+
+#[test]
+fn every_variant_learns_the_toy_task() {
+    for variant in [
+        json!({ "loss_type": "dapo" }),
+        json!({ "loss_type": "rloo" }),
+        json!({ "loss_type": "reinforce_pp" }),
+        json!({ "importance": "sequence", "clip_eps": 0.05 }),
+    ] {
+        let policy = PrefixMean::new(8);
+        let data = Pairs::separable(20);
+        let mut grpo = new_grpo(&config(merged(
+            json!({ "steps": 30, "epochs": 2, "minibatch_size": 12 }),
+            variant.clone(),
+        )))
+        .unwrap();
+        let j = job_with_reward(&policy, &Chars, &data, &LowFirstDigit);
+        let ctx = Context::cpu();
+        let first = grpo.step(&j, &ctx).unwrap();
+        for key in ["reward_mean", "loss", "kl", "ratio", "kept_groups"] {
+            assert!(first[key].is_finite(), "{variant}: {key}: {first:?}");
+        }
+        let mut late = Vec::new();
+        for _ in 1..30 {
+            late.push(grpo.step(&j, &ctx).unwrap()["reward_mean"]);
+        }
+        let late_mean = late[late.len() - 5..].iter().sum::<f64>() / 5.0;
+        assert!(
+            late_mean > first["reward_mean"] + 0.2,
+            "{variant}: reward {} -> {late:?}",
+            first["reward_mean"]
+        );
+    }
+}
+
+#[test]
+fn dapo_dynamic_sampling_learns_only_from_groups_with_a_signal() {
+    // A constant reward: every group is flat, so dynamic sampling finds nothing to learn from,
+    // tries `max_resample` more batches, and makes no update.
+    struct Constant;
+    impl RewardFn for Constant {
+        fn score(&self, _: &str, _: &str) -> Result<f64> {
+            Ok(1.0)
+        }
+    }
+    let policy = PrefixMean::new(8);
+    let start = PrefixMean::snapshot(&policy);
+    let data = Pairs::separable(20);
+    let mut grpo = new_grpo(&config(json!({ "loss_type": "dapo", "max_resample": 2 }))).unwrap();
+    let m = grpo
+        .step(
+            &job_with_reward(&policy, &Chars, &data, &Constant),
+            &Context::cpu(),
+        )
+        .unwrap();
+    assert_eq!(m["kept_groups"], 0.0, "{m:?}");
+    assert_eq!(m["rollout_batches"], 3.0, "{m:?}");
+    assert_eq!(
+        PrefixMean::snapshot(&policy),
+        start,
+        "no update without a signal"
+    );
+}

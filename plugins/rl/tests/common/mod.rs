@@ -141,8 +141,16 @@ impl Model for PrefixMean {
             ("wte.weight".into(), self.wte.clone()),
         ]
     }
-    fn save(&self, _: &Path) -> Result<()> {
-        Err(Error::unsupported("prefix-mean", "save"))
+    /// Its parameters as `model.safetensors` (enough for a reward model's `reward_model/`).
+    fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let tensors: std::collections::HashMap<String, Tensor> = self
+            .parameters()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect();
+        llmlab_plugin_api::candle::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+        Ok(())
     }
     fn frozen_copy(&self) -> Result<Box<dyn Model>> {
         let copy = |v: &Var| Var::from_tensor(&v.as_tensor().copy()?).map_err(Error::from);
@@ -271,7 +279,6 @@ pub fn job<'a>(
         tokenizer: tok,
         examples: data,
         reward: None,
-        reward_model: None,
     }
 }
 
