@@ -7,6 +7,7 @@
 //! from [`batches`]; mixed precision (bf16, f16 with loss scaling) is [`precision`].
 
 pub mod batches;
+pub mod chat_encoding;
 pub mod checkpoint;
 pub mod config;
 pub mod data_identity;

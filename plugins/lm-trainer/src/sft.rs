@@ -2,7 +2,8 @@
 //! `prompt + answer + <end-of-text>` tokens; the loss counts only the predictions of answer and
 //! end-of-text tokens (prompt and padding positions are masked out). Examples are visited in a
 //! seeded shuffled order, epoch after epoch; the data cursor (epoch, position) makes resume exact.
-//! When evaluation is on, the last examples (up to `eval_batches × batch_size`, at most a tenth)
+//! Chat data (examples with rendered segments) trains on the assistant turns only
+//! ([`crate::chat_encoding`]). When evaluation is on, the last examples (up to `eval_batches × batch_size`, at most a tenth)
 //! are held out and never trained on.
 
 use llmlab_plugin_api::candle::{Device, Tensor};
@@ -10,16 +11,19 @@ use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::prelude::*;
 
 use crate::batches::{Batch, DataCursor};
+use crate::chat_encoding::encode_example;
 use crate::config::TrainConfig;
 use crate::rng::SplitMix64;
 use crate::train_loop::{Objective, Setup, TrainLoop};
 
 /// One tokenized example: `ids` = prompt + answer + eot (cut to `ctx + 1` from the left), and the
-/// index in `ids` of the first answer token.
+/// index in `ids` of the first answer token; for chat examples, which ids are targets
+/// ([`crate::chat_encoding`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
     pub ids: Vec<u32>,
     pub answer_start: usize,
+    pub trainable: Option<Vec<bool>>,
 }
 
 /// Padding id: the tokenizer's pad token, else end-of-text (padding is masked either way).
@@ -40,7 +44,11 @@ pub fn encode(example: &Example, tokenizer: &dyn Tokenizer, ctx: usize) -> Resul
         ids.drain(..cut);
         answer_start = answer_start.saturating_sub(cut);
     }
-    Ok(Encoded { ids, answer_start })
+    Ok(Encoded {
+        ids,
+        answer_start,
+        trainable: None,
+    })
 }
 
 /// A padded batch: row `r` predicts `ids[j + 1]` from `ids[..=j]`; the mask is 1 where `ids[j + 1]`
@@ -60,7 +68,7 @@ pub fn batch(rows: &[Encoded], pad: u32, device: &Device) -> Result<Batch> {
         for j in 0..row.ids.len().saturating_sub(1) {
             inputs[base + j] = row.ids[j];
             targets[base + j] = row.ids[j + 1];
-            if j + 1 >= row.answer_start {
+            if row.is_target(j + 1) {
                 mask[base + j] = 1.0;
                 kept += 1;
             }
@@ -155,7 +163,7 @@ impl Objective for Sft {
             let index = self.epoch_order(setup.seed, cursor.epoch)[cursor.position as usize];
             cursor.position += 1;
             cursor.drawn += 1;
-            rows.push(encode(&examples.get(index), tokenizer, setup.ctx)?);
+            rows.push(encode_example(examples, index, tokenizer, setup.ctx)?);
         }
         batch(&rows, pad, device)
     }
@@ -172,7 +180,7 @@ impl Objective for Sft {
             .map(|chunk| {
                 let rows = chunk
                     .iter()
-                    .map(|&i| encode(&examples.get(i), tokenizer, setup.ctx))
+                    .map(|&i| encode_example(examples, i, tokenizer, setup.ctx))
                     .collect::<Result<Vec<_>>>()?;
                 batch(&rows, pad, device)
             })
@@ -218,10 +226,12 @@ mod tests {
             Encoded {
                 ids: vec![10, 11, 12, 20, 21, 0],
                 answer_start: 3,
+                trainable: None,
             },
             Encoded {
                 ids: vec![13, 22, 0],
                 answer_start: 1,
+                trainable: None,
             },
         ];
         let b = batch(&rows, 99, &Device::Cpu).unwrap();
