@@ -406,12 +406,168 @@ pub fn load_checked(path: &Path, checked: Checked) -> Result<LoadedPlugin, LoadE
             message: panic_message(&*payload),
         },
     )?;
+    // `register` selects the process-wide inventory by crate name; another library whose crate
+    // has the same name (two authors' `charlstm`) would hand over those entries too. Keep only
+    // the registrations that live in this library's own image.
+    let own = own_registrations(header as *const DeclarationHeader as *const u8, collect.0);
     Ok(LoadedPlugin {
         path: path.into(),
         fingerprint,
         sha256,
-        registrations: collect.0,
+        registrations: own,
     })
+}
+
+/// The registrations whose statics lie in the same loaded object as `anchor` (an address inside
+/// it: its declaration, or a function of the host for built-ins).
+pub fn own_registrations(
+    anchor: *const u8,
+    registrations: Vec<&'static Registration>,
+) -> Vec<&'static Registration> {
+    let Some(home) = object_base(anchor) else {
+        return registrations;
+    };
+    registrations
+        .into_iter()
+        .filter(|r| object_base(*r as *const Registration as *const u8) == Some(home))
+        .collect()
+}
+
+/// Base address of the loaded object (executable or shared library) that contains `address`.
+#[cfg(unix)]
+fn object_base(address: *const u8) -> Option<usize> {
+    // SAFETY: dladdr only reads the dynamic linker's tables; `info` is plain data.
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        (libc::dladdr(address.cast(), &mut info) != 0).then_some(info.dli_fbase as usize)
+    }
+}
+
+#[cfg(not(unix))]
+fn object_base(_: *const u8) -> Option<usize> {
+    None
+}
+
+/// The file of the loaded object that contains `address`.
+#[cfg(unix)]
+fn object_path(address: *const u8) -> Option<PathBuf> {
+    // SAFETY: as in `object_base`; `dli_fname` is a NUL-terminated string owned by the loader.
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if libc::dladdr(address.cast(), &mut info) == 0 || info.dli_fname.is_null() {
+            return None;
+        }
+        let name = std::ffi::CStr::from_ptr(info.dli_fname).to_string_lossy();
+        Some(PathBuf::from(name.into_owned()))
+    }
+}
+
+#[cfg(not(unix))]
+fn object_path(_: *const u8) -> Option<PathBuf> {
+    None
+}
+
+/// Whether the runtime library this process loaded (`libllmlab_plugin_api.so`) is the one the
+/// host was built against. Its file name has no hash, so a build of another plugin-api (another
+/// checkout, Cargo.lock or feature set) into the same directory silently replaces it; the host
+/// then runs on code it was not compiled for. `None` when they match, else what is wrong.
+pub fn runtime_problem() -> Option<String> {
+    let host = llmlab_plugin_api::FINGERPRINT;
+    let runtime = llmlab_plugin_api::declaration::runtime_fingerprint();
+    if host == runtime {
+        return None;
+    }
+    let path = object_path(llmlab_plugin_api::declaration::runtime_fingerprint as *const u8)
+        .map_or_else(|| "the runtime".to_string(), |p| p.display().to_string());
+    let (host_fp, runtime_fp) = (Fingerprint::parse(host), Fingerprint::parse(runtime));
+    let differences = match (host_fp, runtime_fp) {
+        (Ok(h), Ok(r)) => fingerprint_rows(&r, Some(&h))
+            .into_iter()
+            .filter(|row| row.host.is_some())
+            .map(|row| {
+                format!(
+                    "{} {} (host built against {})",
+                    row.label,
+                    row.value,
+                    row.host.unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => format!("runtime declares {runtime:?}"),
+    };
+    Some(format!(
+        "stale or foreign runtime: {path} is not the build of libllmlab_plugin_api this host was \
+         compiled against ({differences}); it was replaced by another build (another plugin-api \
+         source, Cargo.lock or feature set). Rebuild host and plugins together: \
+         cargo build --release --workspace (out-of-tree plugins: llmlab plugin build)"
+    ))
+}
+
+/// One line of a readable fingerprint: what, the value, and the host's value when it differs.
+pub struct FingerprintRow {
+    pub label: &'static str,
+    pub value: String,
+    /// The host's value, only where it differs from `value`.
+    pub host: Option<String>,
+}
+
+/// The fields of `fingerprint` in reading order, each compared with `host` when given.
+pub fn fingerprint_rows(
+    fingerprint: &Fingerprint,
+    host: Option<&Fingerprint>,
+) -> Vec<FingerprintRow> {
+    let row = |label, value: &str, host_value: Option<&str>| FingerprintRow {
+        label,
+        value: value.to_string(),
+        host: host_value.filter(|h| *h != value).map(str::to_string),
+    };
+    let mut rows = Vec::new();
+    if let Some(plugin) = &fingerprint.plugin {
+        let version = fingerprint.plugin_version.as_deref().unwrap_or("?");
+        rows.push(row("plugin", &format!("{plugin} {version}"), None));
+    }
+    rows.extend([
+        row("plugin API", &fingerprint.api, host.map(|h| h.api.as_str())),
+        row(
+            "plugin-api hash",
+            &fingerprint.api_hash,
+            host.map(|h| h.api_hash.as_str()),
+        ),
+        row("rustc", &fingerprint.rustc, host.map(|h| h.rustc.as_str())),
+        row(
+            "candle",
+            &fingerprint.candle,
+            host.map(|h| h.candle.as_str()),
+        ),
+        row(
+            "candle features",
+            &fingerprint.candle_features,
+            host.map(|h| h.candle_features.as_str()),
+        ),
+        row(
+            "declaration format",
+            &fingerprint.format,
+            host.map(|h| h.format.as_str()),
+        ),
+    ]);
+    rows
+}
+
+/// `fingerprint` as aligned lines for people (`llmlab plugin check`): each field, and next to
+/// any that differs from this host's, the host's value.
+pub fn describe_fingerprint(fingerprint: &Fingerprint) -> String {
+    let host = Fingerprint::current();
+    fingerprint_rows(fingerprint, Some(&host))
+        .into_iter()
+        .map(|row| match row.host {
+            None => format!("  {:<19} {}\n", row.label, row.value),
+            Some(host) => format!(
+                "  {:<19} {}   <- differs: this host has {host}\n",
+                row.label, row.value
+            ),
+        })
+        .collect()
 }
 
 #[cfg(unix)]

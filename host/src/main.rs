@@ -158,7 +158,11 @@ fn check_plugin(file: &std::path::Path, trusted: Option<&TrustedPlugins>) -> Exi
             // Show the declaration of a library refused for its fingerprint: what to rebuild.
             if let loader::LoadError::Mismatch { .. } = error {
                 if let Ok(fingerprint) = loader::read_declaration(file) {
-                    println!("declaration of {}:\n{fingerprint:#?}", file.display());
+                    println!(
+                        "declaration of {}:\n{}",
+                        file.display(),
+                        loader::describe_fingerprint(&fingerprint)
+                    );
                 }
             }
             eprintln!("error: {error}");
@@ -166,10 +170,10 @@ fn check_plugin(file: &std::path::Path, trusted: Option<&TrustedPlugins>) -> Exi
         }
     };
     println!(
-        "declaration of {} (sha256 {}):\n{:#?}",
+        "declaration of {} (sha256 {}):\n{}",
         file.display(),
         checked.sha256,
-        checked.fingerprint
+        loader::describe_fingerprint(&checked.fingerprint)
     );
     match loader::load_checked(file, checked) {
         Ok(plugin) => {

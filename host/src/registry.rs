@@ -41,6 +41,12 @@ pub struct Registry {
     pub plugins: Vec<LoadedPlugin>,
     /// Libraries refused and components rejected, with why: what `llmlab plugins` reports.
     pub problems: Vec<String>,
+    /// The libraries among `problems` refused whole (at start-up or by `load_plugin`): named
+    /// when a script asks for a component nobody provides, since one of them may have.
+    pub refused_libraries: Vec<String>,
+    /// Set when the loaded runtime library is not the one the host was built against
+    /// ([`loader::runtime_problem`]).
+    pub runtime_problem: Option<String>,
     /// The allow-list (`--trusted-plugins`) every library must be on, `load_plugin` included.
     trusted: Option<TrustedPlugins>,
 }
@@ -59,7 +65,9 @@ impl Registry {
         let mut registry = Registry::default();
         let mut built = Built(Vec::new());
         register_crate(env!("CARGO_CRATE_NAME"), &mut built);
-        for registration in built.0 {
+        // Only the host's own: a plugin crate that happens to be named `llmlab` is not built in.
+        let anchor = Registry::with_builtins as fn() -> Registry as *const u8;
+        for registration in loader::own_registrations(anchor, built.0) {
             registry.add(registration.factory, Provider::BuiltIn);
         }
         registry
@@ -74,9 +82,11 @@ impl Registry {
     /// without a list); later `load_plugin` calls are held to the same list.
     pub fn discover_trusted(dirs: &[PathBuf], trusted: Option<TrustedPlugins>) -> Registry {
         let mut registry = Registry::with_builtins();
+        registry.runtime_problem = loader::runtime_problem();
         let scan = loader::scan(dirs, trusted.as_ref());
         registry.trusted = trusted;
         for refusal in scan.refused {
+            registry.refused_libraries.push(refusal.to_string());
             registry.problems.push(refusal.to_string());
         }
         for plugin in scan.loaded {
@@ -92,6 +102,7 @@ impl Registry {
     pub fn load_plugin(&mut self, path: &std::path::Path) -> Result<Vec<String>, String> {
         let refuse = |registry: &mut Registry, error: String| {
             registry.problems.push(error.clone());
+            registry.refused_libraries.push(error.clone());
             Err(error)
         };
         let checked = match loader::check_trusted(path, self.trusted.as_ref()) {
@@ -186,9 +197,30 @@ impl Registry {
                 } else {
                     available.join(", ")
                 };
-                Err(format!("unknown {kind} `{name}`; available: {available}"))
+                Err(format!(
+                    "unknown {kind} `{name}`; available: {available}{}",
+                    self.why_missing()
+                ))
             }
         }
+    }
+
+    /// For "unknown component" errors: the libraries that were refused (one of them may be the
+    /// plugin the script expects) and a stale runtime, each with the reason; empty when none.
+    pub fn why_missing(&self) -> String {
+        let mut out = String::new();
+        if !self.refused_libraries.is_empty() {
+            out.push_str("\n  libraries refused at start-up (one may provide it):");
+            for refusal in &self.refused_libraries {
+                out.push_str("\n    ");
+                out.push_str(without_refused(refusal));
+            }
+        }
+        if let Some(problem) = &self.runtime_problem {
+            out.push_str("\n  ");
+            out.push_str(problem);
+        }
+        out
     }
 
     pub fn names(&self, kind: Kind) -> Vec<&'static str> {
@@ -207,6 +239,9 @@ impl Registry {
     pub fn report(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
+        if let Some(problem) = &self.runtime_problem {
+            let _ = writeln!(out, "warning: {problem}");
+        }
         let builtins: Vec<_> = self
             .entries()
             .filter(|e| e.provider == Provider::BuiltIn)
@@ -238,8 +273,13 @@ impl Registry {
             }
         }
         for problem in &self.problems {
-            let _ = writeln!(out, "refused: {problem}");
+            let _ = writeln!(out, "refused: {}", without_refused(problem));
         }
         out
     }
+}
+
+/// A refusal's text without its own leading "refused " (printed after "refused: ").
+fn without_refused(problem: &str) -> &str {
+    problem.strip_prefix("refused ").unwrap_or(problem)
 }

@@ -10,9 +10,11 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::{Aligner, ConfigKey, Context, Error, Model, Quantizer, Result, Tokenizer, Trainer};
+use crate::{
+    Aligner, ConfigKey, Context, Corpus, Error, Model, Quantizer, Result, Tokenizer, Trainer,
+};
 
-/// The five kinds of component.
+/// The kinds of component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Tokenizer,
@@ -20,15 +22,17 @@ pub enum Kind {
     Trainer,
     Aligner,
     Quantizer,
+    Corpus,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Tokenizer,
         Kind::Model,
         Kind::Trainer,
         Kind::Aligner,
         Kind::Quantizer,
+        Kind::Corpus,
     ];
 
     /// The Rhai constructor that makes components of this kind (`tokenizer("bpe", ...)`).
@@ -39,6 +43,7 @@ impl Kind {
             Kind::Trainer => "trainer",
             Kind::Aligner => "rl",
             Kind::Quantizer => "quantizer",
+            Kind::Corpus => "corpus",
         }
     }
 }
@@ -51,6 +56,7 @@ impl fmt::Display for Kind {
             Kind::Trainer => "trainer",
             Kind::Aligner => "aligner",
             Kind::Quantizer => "quantizer",
+            Kind::Corpus => "corpus",
         };
         f.write_str(name)
     }
@@ -63,6 +69,7 @@ pub enum Instance {
     Trainer(Box<dyn Trainer>),
     Aligner(Box<dyn Aligner>),
     Quantizer(Box<dyn Quantizer>),
+    Corpus(Box<dyn Corpus>),
 }
 
 impl Instance {
@@ -73,6 +80,7 @@ impl Instance {
             Instance::Trainer(_) => Kind::Trainer,
             Instance::Aligner(_) => Kind::Aligner,
             Instance::Quantizer(_) => Kind::Quantizer,
+            Instance::Corpus(_) => Kind::Corpus,
         }
     }
 }

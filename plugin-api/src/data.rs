@@ -59,6 +59,17 @@ pub struct TextSegment {
     pub trainable: bool,
 }
 
+/// The text of a prompt followed by its answer, as documents of prompt/answer data read: no
+/// space after a prompt ending in a bare `=` (`12+345=357`), one space otherwise
+/// (`sort 3 1 2 = 1 2 3`).
+pub fn join(prompt: &str, answer: &str) -> String {
+    if prompt.ends_with('=') && !prompt.ends_with(" =") {
+        format!("{prompt}{answer}")
+    } else {
+        format!("{prompt} {answer}")
+    }
+}
+
 /// Prompt/answer examples, optionally with a checker for verifiable tasks.
 pub trait ExampleSource: Send + Sync {
     fn name(&self) -> String;

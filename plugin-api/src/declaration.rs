@@ -53,6 +53,16 @@ pub const FINGERPRINT: &str = fingerprint_text!("cuda");
 #[cfg(not(feature = "cuda"))]
 pub const FINGERPRINT: &str = fingerprint_text!("cpu");
 
+/// The fingerprint of the runtime library actually loaded in this process. [`FINGERPRINT`] is a
+/// constant, copied into each binary at *its* compile time; this function runs inside
+/// `libllmlab_plugin_api.so`, so a host comparing the two finds out when the runtime next to it
+/// was rebuilt from another plugin-api or Cargo.lock (the file name has no hash, so such a build
+/// silently replaces it).
+#[inline(never)]
+pub fn runtime_fingerprint() -> &'static str {
+    FINGERPRINT
+}
+
 /// The function a plugin exports to hand its components to the host.
 pub type RegisterFn = fn(&mut dyn Registrar);
 

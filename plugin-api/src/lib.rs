@@ -2,9 +2,10 @@
 //!
 //! This crate owns the plugin declaration and its fingerprint ([`declaration`]), the component
 //! traits every plugin implements ([`Tokenizer`], [`Model`], [`Trainer`], [`Aligner`],
-//! [`Quantizer`]), typed configuration from JSON ([`config`]), and the [`Context`] the host passes
-//! to every call, and the optimisation pieces trainers share ([`train`]: AdamW, schedule,
-//! clipping, losses, checkpoint files). It knows nothing of the host: no Rhai, no REPL, no loader.
+//! [`Quantizer`], [`Corpus`]), typed configuration from JSON ([`config`]), and the [`Context`]
+//! the host passes to every call, and the optimisation pieces trainers share ([`train`]: AdamW,
+//! schedule, clipping, losses, checkpoint files). It knows nothing of the host: no Rhai, no
+//! REPL, no loader.
 //!
 //! It is built as a Rust `dylib` that the host and all plugins link, so there is exactly one copy
 //! of candle, serde_json, tracing and inventory in a process (DESIGN.md §8). Plugins use those
@@ -24,6 +25,7 @@ pub mod aligner;
 pub mod component;
 pub mod config;
 pub mod context;
+pub mod corpus;
 pub mod data;
 pub mod declaration;
 pub mod error;
@@ -51,6 +53,7 @@ pub use aligner::{AlignJob, Aligner, RewardFn};
 pub use component::{Factory, Instance, Kind, Registrar, Registration};
 pub use config::{ConfigKey, TypedConfig};
 pub use context::{CancelFlag, Context, MetricsSink, ProgressSink, ProgressUpdate};
+pub use corpus::Corpus;
 pub use data::{Example, ExampleSource, Split, TextSegment, TextSource, TokenData};
 pub use declaration::{Fingerprint, FINGERPRINT};
 pub use error::{Error, Result};

@@ -11,6 +11,11 @@ use serde_json::Value;
 
 use crate::{Error, GenerateOptions, Quantizer, Result, Tokenizer};
 
+/// The `config.json` key a saved model directory names its component with
+/// (`"llmlab_model": "gpt"`): `model_load(dir)` hands the directory to that component's
+/// factory. `Model::save` implementations write it.
+pub const MODEL_MARKER_KEY: &str = "llmlab_model";
+
 /// What a forward pass should return besides logits.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ForwardOptions {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use llmlab_plugin_api::serde_json::{self, Value};
 use llmlab_plugin_api::{Error, Example, ExampleSource, Result, TextSource};
 
-use super::tasks::join;
+use llmlab_plugin_api::data::join;
 
 #[derive(Debug, Clone)]
 pub struct PreferenceFile {

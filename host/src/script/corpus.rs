@@ -1,30 +1,30 @@
-//! The built-in corpora at the script edge: `corpus("stories", #{ bytes, seed })` and
-//! `corpus("arithmetic" | "sort" | "copy" | "reverse", #{ n, digits, seed })`, their options
-//! (typed, unknown keys refused), and the methods only they have: `entropy_floor()`,
-//! `check(prompt, answer)`, `examples(n)`. Preference data: `task_corpus.preferences(#{ n, seed })`
-//! (each example with a plausible wrong answer as `rejected`) and `preferences(path)` (a JSONL file
-//! with `prompt`, `chosen`, `rejected`). Rewards: `task_corpus.reward(#{ correct, well_formed })`,
-//! the task's checker as a reward function for `grpo`/`ppo` ([`TaskReward`]).
+//! The methods of corpora at the script edge: `entropy_floor()`, `check(prompt, answer)`,
+//! `examples(n)`, `len()`. The corpora themselves are `corpus` components (the corpora plugin's
+//! `stories` and tasks, or a third party's), opened by `corpus(name, #{..})` in `data.rs`.
+//! Preference data: `task_corpus.preferences(#{ n, seed })` (the component's pairs, each example
+//! with a plausible wrong answer as `rejected`) and `preferences(path)` (a JSONL file with
+//! `prompt`, `chosen`, `rejected`). Rewards: `task_corpus.reward(#{ correct, well_formed })`, the
+//! task's checker as a reward function for `grpo`/`ppo` ([`TaskReward`]).
 
 use std::sync::Arc;
 
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::serde::{Deserialize, Serialize};
-use llmlab_plugin_api::{Error, Example, ExampleSource, RewardFn};
+use llmlab_plugin_api::{Corpus, Error, Example, ExampleSource, RewardFn};
 use rhai::{Array, Dynamic, Engine, Map, FLOAT, INT};
 
 use super::data::{CorpusHandle, DatasetHandle};
-use super::{dynamic_to_json, script_error, ScriptResult};
+use super::{dynamic_to_json, plugin_call, script_error, ScriptResult};
 use crate::data::preferences::PreferenceFile;
-use crate::data::stories::Stories;
-use crate::data::tasks::{TaskKind, TaskPreferences, Tasks};
 
 /// `corpus(..).reward(#{ correct, well_formed })`: a task's checker as a reward function:
 /// `correct` (1.0) for the right answer, `well_formed` (0.1) for a wrong answer of the right form
-/// (digits for arithmetic, numbers for sort, letters for copy/reverse), 0 otherwise.
+/// (the corpus decides: digits for arithmetic, numbers for sort, letters for copy/reverse),
+/// 0 otherwise.
 #[derive(Clone)]
 pub struct TaskReward {
     examples: Arc<dyn ExampleSource>,
+    corpus: Option<Arc<dyn Corpus>>,
     options: RewardOptions,
 }
 
@@ -54,26 +54,22 @@ impl TypedConfig for RewardOptions {
     ];
 }
 
-/// Whether `answer` has the form of an answer to a `kind` task.
-fn well_formed(kind: TaskKind, answer: &str) -> bool {
-    let a = answer.trim();
-    !a.is_empty()
-        && match kind {
-            TaskKind::Arithmetic => a.bytes().all(|b| b.is_ascii_digit()),
-            TaskKind::Sort => a.split(' ').all(|n| n.parse::<u64>().is_ok()),
-            TaskKind::Copy | TaskKind::Reverse => a.bytes().all(|b| b.is_ascii_lowercase()),
-        }
-}
-
 impl RewardFn for TaskReward {
     fn score(&self, prompt: &str, completion: &str) -> llmlab_plugin_api::Result<f64> {
         let o = &self.options;
         match self.examples.check(prompt, completion) {
             Some(true) => Ok(o.correct),
-            Some(false) => Ok(match TaskKind::of_prompt(prompt) {
-                Some(kind) if well_formed(kind, completion) => o.well_formed,
-                _ => 0.0,
-            }),
+            Some(false) => {
+                let well_formed = self
+                    .corpus
+                    .as_ref()
+                    .and_then(|c| c.well_formed(prompt, completion));
+                Ok(if well_formed == Some(true) {
+                    o.well_formed
+                } else {
+                    0.0
+                })
+            }
             None => Err(Error::Data(format!(
                 "{}.reward(): cannot check the prompt {prompt:?} (not one of its task's prompts)",
                 self.examples.name()
@@ -86,59 +82,11 @@ fn task_reward(c: &CorpusHandle, options: Map) -> ScriptResult<TaskReward> {
     let examples = examples_of(c)?.clone();
     let json = dynamic_to_json(Dynamic::from(options))?;
     let options = RewardOptions::from_json("reward", &json).map_err(script_error)?;
-    Ok(TaskReward { examples, options })
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(crate = "llmlab_plugin_api::serde", default, deny_unknown_fields)]
-struct StoriesOptions {
-    bytes: usize,
-    seed: u64,
-}
-
-impl Default for StoriesOptions {
-    fn default() -> Self {
-        StoriesOptions {
-            bytes: 2_000_000,
-            seed: 0,
-        }
-    }
-}
-
-impl TypedConfig for StoriesOptions {
-    const DOCS: &'static [(&'static str, &'static str)] = &[
-        ("bytes", "generate stories until this many bytes of text"),
-        ("seed", "same seed, same stories"),
-    ];
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(crate = "llmlab_plugin_api::serde", default, deny_unknown_fields)]
-struct TaskOptions {
-    n: usize,
-    digits: usize,
-    seed: u64,
-}
-
-impl Default for TaskOptions {
-    fn default() -> Self {
-        TaskOptions {
-            n: 10_000,
-            digits: 2,
-            seed: 0,
-        }
-    }
-}
-
-impl TypedConfig for TaskOptions {
-    const DOCS: &'static [(&'static str, &'static str)] = &[
-        ("n", "number of examples"),
-        (
-            "digits",
-            "digits per addend (arithmetic) or sequence length (sort, copy, reverse)",
-        ),
-        ("seed", "same seed, same examples"),
-    ];
+    Ok(TaskReward {
+        examples,
+        corpus: c.corpus.clone(),
+        options,
+    })
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -161,16 +109,17 @@ impl TypedConfig for PreferenceOptions {
 
 /// `corpus.preferences(#{ n, seed })`: the corpus's examples with rejected answers.
 fn task_preferences(c: &CorpusHandle, options: Map) -> ScriptResult<CorpusHandle> {
-    let examples = examples_of(c)?;
     let json = dynamic_to_json(Dynamic::from(options))?;
     let o = PreferenceOptions::from_json("preferences", &json).map_err(script_error)?;
-    let prefs = Arc::new(
-        TaskPreferences::from_examples(examples.as_ref(), o.n.unwrap_or(examples.len()), o.seed)
-            .map_err(script_error)?,
-    );
-    let mut handle = CorpusHandle::documents(prefs.clone());
-    handle.examples = Some(prefs);
-    Ok(handle)
+    let corpus = c.corpus.as_ref().ok_or_else(|| {
+        script_error(format!(
+            "{} cannot make preference pairs (only task corpora can; for other data write a \
+             JSONL file and use preferences(path))",
+            c.source.name()
+        ))
+    })?;
+    let pairs = plugin_call(&corpus.name(), || corpus.preferences(o.n, o.seed))?;
+    Ok(CorpusHandle::of_component(Arc::from(pairs)))
 }
 
 /// `preferences(path)`: pairs from a JSONL file, checked line by line.
@@ -181,55 +130,11 @@ fn file_preferences(path: &str) -> ScriptResult<CorpusHandle> {
     Ok(handle)
 }
 
-/// The built-in corpus `name`, or `None` when `name` is not one (then it is a file path).
-pub fn builtin(name: &str, options: &Map) -> Option<ScriptResult<CorpusHandle>> {
-    let json = match dynamic_to_json(Dynamic::from(options.clone())) {
-        Ok(json) => json,
-        Err(e) => return Some(Err(e)),
-    };
-    let what = format!("corpus(\"{name}\")");
-    if name == "stories" {
-        return Some((|| {
-            let o = StoriesOptions::from_json(&what, &json).map_err(script_error)?;
-            if o.bytes == 0 {
-                return Err(script_error(format!("{what}: bytes must be at least 1")));
-            }
-            // Stories are generated up front and held in memory (text plus per-story bookkeeping).
-            check_fits(
-                &what,
-                &format!("`bytes` = {}", o.bytes),
-                o.bytes as f64 * STORY_OVERHEAD,
-            )?;
-            Ok(CorpusHandle::documents(Arc::new(Stories::generate(
-                o.bytes, o.seed,
-            ))))
-        })());
-    }
-    let kind = TaskKind::from_name(name)?;
-    Some((|| {
-        let o = TaskOptions::from_json(&what, &json).map_err(script_error)?;
-        check_fits(
-            &what,
-            &format!("`n` = {}", o.n),
-            o.n as f64 * TASK_EXAMPLE_BYTES,
-        )?;
-        let tasks = Arc::new(Tasks::generate(kind, o.n, o.digits, o.seed).map_err(script_error)?);
-        let mut handle = CorpusHandle::documents(tasks.clone());
-        handle.examples = Some(tasks);
-        Ok(handle)
-    })())
-}
-
-/// Memory per byte of generated stories: the text and each story's `String` and probability.
-const STORY_OVERHEAD: f64 = 1.1;
-/// At least what one generated task example holds: prompt and answer `String`s and their text.
-const TASK_EXAMPLE_BYTES: f64 = 96.0;
 /// At least what one example costs as a script map (`#{ prompt, answer }`).
 const EXAMPLE_MAP_BYTES: f64 = 256.0;
 
-/// Refuses generating or copying out about `bytes` that cannot fit in memory, naming the call and
-/// the key (`corpus("arithmetic")`, `` `n` = 1000000000000 ``): these used to abort the process
-/// or grow until the machine gave out.
+/// Refuses copying out about `bytes` that cannot fit in memory, naming the call and the key:
+/// these used to abort the process or grow until the machine gave out.
 fn check_fits(call: &str, key: &str, bytes: f64) -> ScriptResult<()> {
     llmlab_plugin_api::memory::check_fits(&format!("{call}: {key}"), bytes, "ask for less")
         .map_err(script_error)

@@ -4,13 +4,14 @@
 //! (`ds.len()`, `ds.sample(batch, ctx)`, `dataset_load(path)`).
 //!
 //! A [`CorpusHandle`] wraps any `TextSource`; [`open_corpus`] is the one place that decides
-//! what `corpus(name_or_path, options)` means (a built-in generator or a file).
+//! what `corpus(name_or_path, options)` means: a `corpus` component (the corpora plugin's
+//! `stories` and tasks, or a third party's) or a file.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use llmlab_plugin_api::{ExampleSource, Split, TextSource, TokenData, Tokenizer};
+use llmlab_plugin_api::{Corpus, ExampleSource, Instance, Kind, Split, TextSource, TokenData, Tokenizer};
 use rhai::{Array, Dynamic, Engine, Map, FLOAT, INT};
 
 use super::tokenizer::{ids_to_array, TokenizerHandle};
@@ -27,6 +28,8 @@ pub struct CorpusHandle {
     pub separate_documents: bool,
     /// Prompt/answer pairs, for corpora that have them (task corpora): what SFT trains on.
     pub examples: Option<Arc<dyn ExampleSource>>,
+    /// The component behind a `corpus("name")`: rewards' well-formedness, preference pairs.
+    pub corpus: Option<Arc<dyn Corpus>>,
 }
 
 impl CorpusHandle {
@@ -36,6 +39,17 @@ impl CorpusHandle {
             source,
             separate_documents: true,
             examples: None,
+            corpus: None,
+        }
+    }
+
+    /// A corpus component's documents and examples.
+    pub fn of_component(corpus: Arc<dyn Corpus>) -> Self {
+        CorpusHandle {
+            source: corpus.documents(),
+            separate_documents: corpus.separate_documents(),
+            examples: corpus.examples(),
+            corpus: Some(corpus),
         }
     }
 
@@ -45,6 +59,7 @@ impl CorpusHandle {
             source,
             separate_documents: false,
             examples: None,
+            corpus: None,
         }
     }
 }
@@ -72,11 +87,24 @@ impl DatasetHandle {
     }
 }
 
-/// What `corpus(spec, options)` names: the one place deciding between built-in corpora and files.
-pub fn open_corpus(spec: &str, options: &Map) -> ScriptResult<CorpusHandle> {
-    // Built-in generated corpora ("stories", ...) are matched here, before paths.
-    if let Some(builtin) = super::corpus::builtin(spec, options) {
-        return builtin;
+/// What `corpus(spec, options)` names: the one place deciding between corpus components and
+/// files. A component's name wins over a file of that name; a name that is neither a component
+/// nor an existing path is reported as an unknown corpus (listing the corpora, and libraries
+/// refused at start-up), not as a missing file.
+pub fn open_corpus(host: &Host, spec: &str, options: &Map) -> ScriptResult<CorpusHandle> {
+    let is_component = host
+        .registry()
+        .get(spec)
+        .is_some_and(|e| e.factory.kind() == Kind::Corpus);
+    let looks_like_a_name = !spec.contains(['/', '.']) && !Path::new(spec).exists();
+    if is_component || looks_like_a_name {
+        return match host.create(Kind::Corpus, spec, Dynamic::from(options.clone()))? {
+            Instance::Corpus(corpus) => Ok(CorpusHandle::of_component(Arc::from(corpus))),
+            other => Err(script_error(format!(
+                "corpus(\"{spec}\"): the component made a {}, not a corpus",
+                other.kind()
+            ))),
+        };
     }
     file_corpus(Path::new(spec), options)
 }
@@ -274,9 +302,11 @@ pub fn register(engine: &mut Engine, host: &Arc<Host>) {
     engine.register_type_with_name::<CorpusHandle>("Corpus");
     engine.register_type_with_name::<DatasetHandle>("Dataset");
 
-    engine.register_fn("corpus", |spec: &str| open_corpus(spec, &Map::new()));
-    engine.register_fn("corpus", |spec: &str, options: Map| {
-        open_corpus(spec, &options)
+    let h = host.clone();
+    engine.register_fn("corpus", move |spec: &str| open_corpus(&h, spec, &Map::new()));
+    let h = host.clone();
+    engine.register_fn("corpus", move |spec: &str, options: Map| {
+        open_corpus(&h, spec, &options)
     });
     engine.register_fn("to_string", |c: &mut CorpusHandle| {
         let bytes = c

@@ -25,6 +25,7 @@ mod trainer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
+use llmlab_plugin_api::model::MODEL_MARKER_KEY;
 use llmlab_plugin_api::{Aligner, Context, Instance, Kind, Quantizer, Trainer};
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
 
@@ -48,16 +49,35 @@ pub fn script_error(message: impl std::fmt::Display) -> Box<EvalAltResult> {
     EvalAltResult::ErrorRuntime(message.to_string().into(), Position::NONE).into()
 }
 
-/// Calls plugin code: its errors and panics become script errors naming `what`.
+/// Calls plugin code: its errors and panics become script errors naming `what` (unless the
+/// message names it already: "charlstm does not support ...", not "charlstm: charlstm ...").
 pub fn plugin_call<T>(
     what: &str,
     f: impl FnOnce() -> llmlab_plugin_api::Result<T>,
 ) -> ScriptResult<T> {
     match guard(what, f) {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(script_error(format!("{what}: {error}"))),
+        Ok(Err(error)) => {
+            let message = error.to_string();
+            if mentions(&message, what) {
+                Err(script_error(message))
+            } else {
+                Err(script_error(format!("{what}: {message}")))
+            }
+        }
         Err(panic) => Err(script_error(panic)),
     }
+}
+
+/// Whether `message` contains `name` as a whole word (not inside `film` for `lm`).
+fn mentions(message: &str, name: &str) -> bool {
+    if name.is_empty() {
+        return true;
+    }
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '-');
+    message.match_indices(name).any(|(at, _)| {
+        !word(message[..at].chars().next_back()) && !word(message[at + name.len()..].chars().next())
+    })
 }
 
 /// State shared by every function registered in the engine.
@@ -164,9 +184,24 @@ impl Host {
         }
     }
 
-    /// Loads a saved component with the first factory of `kind` that accepts `path`.
+    /// Loads a saved component. A model directory whose `config.json` names its component
+    /// (`"llmlab_model": "gpt"`, [`MODEL_MARKER_KEY`]) goes to that component's factory, and
+    /// only to it. Without a marker (a Hugging Face directory, a `.gguf` file, a tokenizer file)
+    /// each factory of `kind` is asked in turn and the first that accepts `path` wins; every
+    /// refusal is reported when none does.
     pub fn load(&self, kind: Kind, path: &str) -> ScriptResult<Instance> {
         let registry = self.registry();
+        if kind == Kind::Model {
+            if let Some(name) = model_marker(Path::new(path))? {
+                let entry = registry.find(kind, &name).map_err(|e| {
+                    script_error(format!(
+                        "cannot load {path}: its config.json says \"{MODEL_MARKER_KEY}\": \"{name}\", \
+                         but {e}"
+                    ))
+                })?;
+                return plugin_call(&name, || entry.factory.load(Path::new(path), &self.context));
+            }
+        }
         let mut failures = Vec::new();
         for name in registry.names(kind) {
             let entry = registry.get(name).expect("listed names exist");
@@ -177,13 +212,37 @@ impl Host {
         }
         if failures.is_empty() {
             return Err(script_error(format!(
-                "cannot load {path}: no {kind} components are loaded"
+                "cannot load {path}: no {kind} components are loaded{}",
+                registry.why_missing()
             )));
         }
         Err(script_error(format!(
             "cannot load {kind} from {path}:\n  {}",
             failures.join("\n  ")
         )))
+    }
+}
+
+/// The component a saved model directory names in its `config.json` ([`MODEL_MARKER_KEY`]);
+/// `None` for anything else (a file, a directory without config.json or without the key). A
+/// config.json that is not JSON is an error naming it.
+fn model_marker(path: &Path) -> ScriptResult<Option<String>> {
+    let config = path.join("config.json");
+    if !path.is_dir() || !config.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&config)
+        .map_err(|e| script_error(format!("cannot read {}: {e}", config.display())))?;
+    let json: llmlab_plugin_api::serde_json::Value =
+        llmlab_plugin_api::serde_json::from_str(&text)
+            .map_err(|e| script_error(format!("{}: not JSON: {e}", config.display())))?;
+    match json.get(MODEL_MARKER_KEY) {
+        None => Ok(None),
+        Some(llmlab_plugin_api::serde_json::Value::String(name)) => Ok(Some(name.clone())),
+        Some(other) => Err(script_error(format!(
+            "{}: \"{MODEL_MARKER_KEY}\" must be a component name (a string), not {other}",
+            config.display()
+        ))),
     }
 }
 
@@ -365,7 +424,8 @@ impl Session {
 }
 
 fn register_session_functions(engine: &mut Engine, host: &Arc<Host>) {
-    for kind in Kind::ALL {
+    // `corpus(name_or_path)` also opens files: `data.rs` registers it.
+    for kind in Kind::ALL.into_iter().filter(|&k| k != Kind::Corpus) {
         let create = move |h: &Host, name: &str, config: Dynamic| match kind {
             Kind::Trainer => h.create_trainer(name, config),
             _ => h.create(kind, name, config).map(instance_to_dynamic),
@@ -425,6 +485,7 @@ pub fn instance_to_dynamic(instance: Instance) -> Dynamic {
         Instance::Trainer(t) => Dynamic::from(TrainerHandle(Arc::new(Mutex::new(t)), None, None)),
         Instance::Aligner(a) => Dynamic::from(AlignerHandle(Arc::new(Mutex::new(a)))),
         Instance::Quantizer(q) => Dynamic::from(QuantizerHandle(Arc::from(q))),
+        Instance::Corpus(c) => Dynamic::from(data::CorpusHandle::of_component(Arc::from(c))),
     }
 }
 

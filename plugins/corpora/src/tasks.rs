@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use llmlab_plugin_api::data::join;
 use llmlab_plugin_api::{Error, Example, ExampleSource, Result, TextSource};
 
 use llmlab_plugin_api::rng::SplitMix64;
@@ -101,6 +102,20 @@ impl TaskKind {
         ]
         .into_iter()
         .find(|&kind| solve(kind, prompt).is_some())
+    }
+}
+
+impl TaskKind {
+    /// Whether `answer` has the form of an answer to this task, right or wrong: digits for
+    /// arithmetic, numbers for sort, lowercase letters for copy and reverse.
+    pub fn well_formed(self, answer: &str) -> bool {
+        let a = answer.trim();
+        !a.is_empty()
+            && match self {
+                TaskKind::Arithmetic => a.bytes().all(|b| b.is_ascii_digit()),
+                TaskKind::Sort => a.split(' ').all(|n| n.parse::<u64>().is_ok()),
+                TaskKind::Copy | TaskKind::Reverse => a.bytes().all(|b| b.is_ascii_lowercase()),
+            }
     }
 }
 
@@ -357,15 +372,6 @@ fn bytes_of(examples: &[Example]) -> u64 {
         .iter()
         .map(|e| e.prompt.len() + e.answer.len() + 1)
         .sum::<usize>() as u64
-}
-
-/// The text of a prompt followed by its answer.
-pub fn join(prompt: &str, answer: &str) -> String {
-    if prompt.ends_with('=') && !prompt.ends_with(" =") {
-        format!("{prompt}{answer}")
-    } else {
-        format!("{prompt} {answer}")
-    }
 }
 
 #[cfg(test)]
