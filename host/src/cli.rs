@@ -33,6 +33,8 @@ pub struct Common {
     pub trusted_plugins: Option<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub metrics: crate::serve::cli::MetricsArgs,
 }
 
 /// Resource limits for scripts (default: none, expression depth 256), for shared or served use.
@@ -90,6 +92,9 @@ pub enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Serve a model: OpenAI-compatible API with continuous batching, /metrics and a web
+    /// playground at / (docs/serving.md).
+    Serve(crate::serve::cli::ServeArgs),
     /// List loaded plugins and their components, and libraries refused with the reason.
     Plugins,
     /// Benchmarks printing one JSON line per measurement.
@@ -146,6 +151,9 @@ pub enum SweepCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Load test of a server on this machine: tokens/s, p50/p99 latency and time to first
+    /// token per concurrency level (docs/serving.md).
+    Serve(crate::serve::cli::BenchServeArgs),
     /// Train and forward tokens/s of `gpt` + `lm` on the shapes of shared/bench/torch_gpt.py.
     Train {
         /// tiny, small or gpt2; several separated by commas.

@@ -17,6 +17,7 @@ pub mod repl;
 pub mod run_history;
 pub mod runs;
 pub mod script;
+pub mod serve;
 pub mod sweep;
 pub mod term_plot;
 pub mod trust;

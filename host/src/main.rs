@@ -35,6 +35,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let trusted = cli.common.trusted_plugins()?;
     let discover = || Registry::discover_trusted(&dirs, trusted.clone());
     let limits = cli.common.limits.limits();
+    cli.common.metrics.start()?;
     match cli.command {
         Some(Command::Plugin {
             command: PluginCommand::Check { file },
@@ -55,6 +56,18 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             command: SweepCommand::Status { name, runs_dir },
         }) => {
             print!("{}", llmlab::sweep::status(&runs_dir, &name)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Serve(args)) => {
+            let session = Session::new(discover(), context(&cli.common)?, Overrides::default());
+            llmlab::serve::cli::serve(&session, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Bench {
+            command: BenchCommand::Serve(args),
+        }) => {
+            let session = Session::new(discover(), context(&cli.common)?, Overrides::default());
+            llmlab::serve::cli::bench(&session, &args)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Plugins) => {

@@ -17,6 +17,7 @@ mod model;
 mod qat;
 mod quant;
 mod run_dir;
+mod serve;
 mod sweep;
 mod tensor;
 mod tokenizer;
@@ -284,6 +285,7 @@ impl Session {
         qat::register(&mut engine, &host);
         sweep::register(&mut engine, &host);
         image::register(&mut engine, &host);
+        serve::register(&mut engine);
         let mut scope = Scope::new();
         scope.push_constant("SETTINGS", host.overrides.settings_map());
         Session {

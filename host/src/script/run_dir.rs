@@ -32,7 +32,7 @@ pub fn in_run_dir<T>(
     }
     let ctx = Context {
         run_dir: Some(run.path.clone()),
-        metrics: run.metrics_sink(),
+        metrics: crate::serve::metrics::training_sink(run.metrics_sink()),
         ..host.context.clone()
     };
     let result = plugin_call(name, || call(&ctx)).map_err(|error| {

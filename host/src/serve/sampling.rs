@@ -1,0 +1,156 @@
+//! Choosing each sequence's next token from its logits: temperature, top-k, top-p (nucleus),
+//! greedy at temperature 0, from a per-sequence seeded generator (same `seed`, same text, alone
+//! or in a batch), and the log probabilities OpenAI's `logprobs` reports (the model's own
+//! distribution, before temperature and truncation, as vLLM reports them).
+
+use llmlab_plugin_api::rng::SplitMix64;
+
+#[derive(Debug, Clone)]
+pub struct SamplingParams {
+    pub temperature: f64,
+    /// 0 = off.
+    pub top_k: usize,
+    /// 1 = off.
+    pub top_p: f64,
+    /// Alternatives to report per token; `None` = no log probabilities.
+    pub logprobs: Option<usize>,
+}
+
+/// One chosen token with its log probability and the most likely alternatives.
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+    let log_sum = sum.ln() + max;
+    logits.iter().map(|&l| l - log_sum).collect()
+}
+
+/// Indices of `values` from largest to smallest (ties by index, so the order is deterministic).
+fn descending(values: &[f32], keep: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    let by_value = |a: &usize, b: &usize| values[*b].total_cmp(&values[*a]).then(a.cmp(b));
+    if keep < order.len() {
+        order.select_nth_unstable_by(keep, by_value);
+        order.truncate(keep);
+    }
+    order.sort_by(by_value);
+    order
+}
+
+pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SplitMix64) -> Sampled {
+    let logprobs = log_softmax(logits);
+    let token = if params.temperature == 0.0 {
+        descending(logits, 1)[0]
+    } else {
+        let keep = match params.top_k {
+            0 => logits.len(),
+            k => k.min(logits.len()),
+        };
+        let candidates = descending(logits, keep);
+        let scaled: Vec<f64> = candidates
+            .iter()
+            .map(|&i| logits[i] as f64 / params.temperature)
+            .collect();
+        let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = scaled.iter().map(|s| (s - max).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        // Nucleus: the smallest prefix (most likely first) holding top_p of the probability.
+        let mut nucleus = weights.len();
+        if params.top_p < 1.0 {
+            let mut mass = 0.0;
+            for (i, w) in weights.iter().enumerate() {
+                mass += w / total;
+                if mass >= params.top_p {
+                    nucleus = i + 1;
+                    break;
+                }
+            }
+        }
+        let kept: f64 = weights[..nucleus].iter().sum();
+        let mut draw = rng.next_unit() * kept;
+        let mut chosen = candidates[nucleus - 1];
+        for (i, w) in weights[..nucleus].iter().enumerate() {
+            if draw < *w {
+                chosen = candidates[i];
+                break;
+            }
+            draw -= w;
+        }
+        chosen
+    };
+    let top = match params.logprobs {
+        Some(n) if n > 0 => descending(&logprobs, n)
+            .into_iter()
+            .map(|i| (i as u32, logprobs[i]))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Sampled {
+        token: token as u32,
+        logprob: logprobs[token],
+        top,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(temperature: f64, top_k: usize, top_p: f64) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            logprobs: Some(2),
+        }
+    }
+
+    #[test]
+    fn greedy_takes_the_largest_and_reports_its_logprob() {
+        let mut rng = SplitMix64::new(0);
+        let s = sample(&[0.0, 2.0, 1.0], &params(0.0, 0, 1.0), &mut rng);
+        assert_eq!(s.token, 1);
+        let expected = 2.0 - (1f32 + 2f32.exp() + 1f32.exp()).ln();
+        assert!((s.logprob - expected).abs() < 1e-5);
+        assert_eq!(s.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_top_p_keeps_the_nucleus() {
+        let logits = [0.0, 5.0, 4.9, -3.0];
+        for seed in 0..50 {
+            let mut rng = SplitMix64::new(seed);
+            assert_eq!(sample(&logits, &params(1.0, 1, 1.0), &mut rng).token, 1);
+            let t = sample(&logits, &params(1.0, 0, 0.5), &mut rng).token;
+            assert!(
+                t == 1,
+                "top_p 0.5 keeps only the most likely token here, got {t}"
+            );
+            let t = sample(&logits, &params(1.0, 0, 0.9), &mut rng).token;
+            assert!(t == 1 || t == 2, "top_p 0.9 keeps two tokens, got {t}");
+        }
+    }
+
+    #[test]
+    fn same_seed_same_draws_and_sampling_follows_the_distribution() {
+        let logits = [0.0f32, (3f32).ln()];
+        let draw = |seed| {
+            let mut rng = SplitMix64::new(seed);
+            (0..2000)
+                .map(|_| sample(&logits, &params(1.0, 0, 1.0), &mut rng).token)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(3), draw(3));
+        let ones = draw(3).iter().filter(|&&t| t == 1).count() as f64 / 2000.0;
+        assert!(
+            (ones - 0.75).abs() < 0.04,
+            "p(1) should be 0.75, got {ones}"
+        );
+    }
+}

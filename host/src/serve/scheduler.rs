@@ -1,0 +1,356 @@
+//! Continuous batching: one thread owns the model and decodes every running sequence together,
+//! one token per step, while sequences join and leave between steps.
+//!
+//! Each step first admits waiting sequences up to `max_batch` (their prompts run through the
+//! model into a fresh per-sequence KV cache: the prefill, which also gives the first token), then
+//! runs one [`Model::decode_step`] over all running sequences, whose caches may hold any number
+//! of tokens. A sequence leaves when it ends (end-of-text or a stop token, `max_tokens`) or when
+//! nobody listens any more (the client disconnected, or a stop string ended it on the HTTP side):
+//! its slot and its cache are free for the next waiting sequence at the next step.
+//!
+//! Waiting sequences sit in a bounded [`Queue`]; a request whose sequences do not all fit is
+//! refused whole (429) and nothing of it runs. Closing the queue (shutdown) refuses new work but
+//! lets everything queued and running finish; then the thread ends.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use llmlab_plugin_api::candle::{DType, Tensor};
+use llmlab_plugin_api::rng::SplitMix64;
+use llmlab_plugin_api::{KvCache, Model};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::errors::ApiError;
+use super::metrics;
+use super::openai::FinishReason;
+use super::sampling::{sample, Sampled, SamplingParams};
+use crate::panics::guard;
+
+/// What a sequence's listener hears.
+#[derive(Debug)]
+pub enum SeqEvent {
+    Token(Sampled),
+    Finished(FinishReason),
+    Failed(String),
+}
+
+/// One sequence to generate: a prompt, its decoding parameters, and where its tokens go.
+pub struct Sequence {
+    /// The choice this sequence is, within its request.
+    pub index: usize,
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub seed: u64,
+    /// Tokens that end the sequence (end-of-text); not sent.
+    pub stop_tokens: Vec<u32>,
+    pub events: UnboundedSender<(usize, SeqEvent)>,
+    /// Set by the listener when it needs no more tokens (a stop string appeared).
+    pub stopped: Arc<AtomicBool>,
+}
+
+impl Sequence {
+    fn send(&self, event: SeqEvent) -> bool {
+        self.events.send((self.index, event)).is_ok()
+    }
+
+    /// Whether anyone still wants this sequence's tokens.
+    fn wanted(&self) -> bool {
+        !self.events.is_closed() && !self.stopped.load(Ordering::SeqCst)
+    }
+}
+
+struct QueueState {
+    waiting: VecDeque<Sequence>,
+    closed: bool,
+}
+
+/// The bounded queue of sequences waiting for a batch slot.
+pub struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+    capacity: usize,
+}
+
+impl Queue {
+    pub fn new(capacity: usize) -> Queue {
+        Queue {
+            state: Mutex::new(QueueState {
+                waiting: VecDeque::new(),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues all of `sequences` or none: 429 when they do not fit, 503 after shutdown began.
+    pub fn submit(&self, sequences: Vec<Sequence>) -> Result<(), ApiError> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(ApiError::shutting_down());
+        }
+        if state.waiting.len() + sequences.len() > self.capacity {
+            return Err(ApiError::queue_full(self.capacity));
+        }
+        state.waiting.extend(sequences);
+        metrics::queue_length(state.waiting.len());
+        drop(state);
+        self.ready.notify_all();
+        Ok(())
+    }
+
+    /// No new work; what is queued still runs.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().waiting.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Up to `n` waiting sequences; with `wait`, blocks until there is one or the queue is
+    /// closed. `None`: closed and empty.
+    fn take(&self, n: usize, wait: bool) -> Option<Vec<Sequence>> {
+        let mut state = self.lock();
+        while wait && state.waiting.is_empty() && !state.closed {
+            state = self
+                .ready
+                .wait_timeout(state, Duration::from_millis(500))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        if state.waiting.is_empty() && state.closed {
+            return None;
+        }
+        let n = n.min(state.waiting.len());
+        let taken: Vec<Sequence> = state.waiting.drain(..n).collect();
+        metrics::queue_length(state.waiting.len());
+        Some(taken)
+    }
+}
+
+/// A sequence in the batch.
+struct Running {
+    seq: Sequence,
+    cache: Box<dyn KvCache>,
+    rng: SplitMix64,
+    /// The token to feed at the next step.
+    last: u32,
+    generated: usize,
+}
+
+impl Running {
+    /// Sends `sampled` (or ends the sequence on a stop token); `false` when the sequence is over.
+    fn emit(&mut self, sampled: Sampled) -> bool {
+        if self.seq.stop_tokens.contains(&sampled.token) {
+            self.seq.send(SeqEvent::Finished(FinishReason::Stop));
+            return false;
+        }
+        self.last = sampled.token;
+        self.generated += 1;
+        metrics::generated_tokens(1);
+        if !self.seq.send(SeqEvent::Token(sampled)) {
+            metrics::cancelled();
+            return false;
+        }
+        if self.generated >= self.seq.max_tokens {
+            self.seq.send(SeqEvent::Finished(FinishReason::Length));
+            return false;
+        }
+        true
+    }
+}
+
+/// Decoding throughput over about a second, for the tokens/s gauge.
+struct Throughput {
+    since: Instant,
+    tokens: usize,
+}
+
+impl Throughput {
+    fn add(&mut self, tokens: usize) {
+        self.tokens += tokens;
+        let elapsed = self.since.elapsed().as_secs_f64();
+        if elapsed >= 1.0 {
+            metrics::tokens_per_second(self.tokens as f64 / elapsed);
+            self.since = Instant::now();
+            self.tokens = 0;
+        }
+    }
+}
+
+pub struct Scheduler {
+    pub model: Arc<dyn Model>,
+    pub queue: Arc<Queue>,
+    pub max_batch: usize,
+    /// For caches that do not report their size: bytes per cached token from the model's
+    /// config ([`kv_bytes_per_token`]).
+    pub kv_bytes_per_token: usize,
+}
+
+/// Keys and values of one token in every layer, f32, from a GPT-style config (`n_layer`,
+/// `d_model`, `n_head`, `n_kv_head`); 0 when the config has no such keys.
+pub fn kv_bytes_per_token(config: &llmlab_plugin_api::serde_json::Value) -> usize {
+    let get = |k: &str| config.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+    let (Some(layers), Some(d_model), Some(heads)) =
+        (get("n_layer"), get("d_model"), get("n_head"))
+    else {
+        return 0;
+    };
+    let kv_heads = get("n_kv_head").filter(|&h| h > 0).unwrap_or(heads);
+    layers * 2 * kv_heads * (d_model / heads.max(1)) * std::mem::size_of::<f32>()
+}
+
+impl Scheduler {
+    /// The batching loop; returns once the queue is closed and every sequence has finished.
+    pub fn run(self) {
+        let mut running: Vec<Running> = Vec::new();
+        let mut throughput = Throughput {
+            since: Instant::now(),
+            tokens: 0,
+        };
+        loop {
+            let room = self.max_batch.saturating_sub(running.len());
+            let admitted = if room > 0 {
+                self.queue.take(room, running.is_empty())
+            } else {
+                Some(Vec::new())
+            };
+            let admitted = match admitted {
+                Some(admitted) => admitted,
+                None if running.is_empty() => break,
+                None => Vec::new(),
+            };
+            for seq in admitted {
+                if !seq.wanted() {
+                    metrics::cancelled();
+                    continue;
+                }
+                if let Some(r) = self.prefill(seq) {
+                    running.push(r);
+                }
+            }
+            running.retain(|r| {
+                let listening = r.seq.wanted();
+                if !listening {
+                    metrics::cancelled();
+                }
+                listening
+            });
+            self.report(&running);
+            if running.is_empty() {
+                if self.queue.is_closed() && self.queue.is_empty() {
+                    break;
+                }
+                metrics::tokens_per_second(0.0);
+                continue;
+            }
+            let n = running.len();
+            self.step(&mut running);
+            throughput.add(n);
+            self.report(&running);
+        }
+        self.report(&running);
+        metrics::tokens_per_second(0.0);
+    }
+
+    fn report(&self, running: &[Running]) {
+        metrics::running_batch_size(running.len());
+        let bytes = running
+            .iter()
+            .map(|r| match r.cache.memory_bytes() {
+                0 => r.cache.seq_len() * self.kv_bytes_per_token,
+                known => known,
+            })
+            .sum();
+        metrics::kv_cache_bytes(bytes);
+    }
+
+    /// The prompt into a fresh cache, and the first token; `None` when the sequence already
+    /// ended (or failed: its listener was told).
+    fn prefill(&self, seq: Sequence) -> Option<Running> {
+        let model = self.model.as_ref();
+        let prompt_len = seq.prompt.len();
+        let result = guard(model.name(), || {
+            let mut cache = model.new_cache(1)?;
+            let ids = Tensor::new(seq.prompt.as_slice(), model.device())?.unsqueeze(0)?;
+            let logits = model.forward_cached(&ids, cache.as_mut())?.logits;
+            let last: Vec<f32> = logits
+                .get(0)?
+                .get(prompt_len - 1)?
+                .to_dtype(DType::F32)?
+                .to_vec1()?;
+            Ok::<_, llmlab_plugin_api::Error>((cache, last))
+        });
+        let (cache, logits) = match result {
+            Ok(Ok(done)) => done,
+            Ok(Err(error)) => {
+                seq.send(SeqEvent::Failed(format!("{}: {error}", model.name())));
+                return None;
+            }
+            Err(panic) => {
+                seq.send(SeqEvent::Failed(panic));
+                return None;
+            }
+        };
+        metrics::prompt_tokens(prompt_len);
+        let mut running = Running {
+            rng: SplitMix64::new(seq.seed),
+            seq,
+            cache,
+            last: 0,
+            generated: 0,
+        };
+        let sampled = sample(&logits, &running.seq.sampling, &mut running.rng);
+        running.emit(sampled).then_some(running)
+    }
+
+    /// One token for every running sequence, in one batched model call.
+    fn step(&self, running: &mut Vec<Running>) {
+        let model = self.model.as_ref();
+        let tokens: Vec<u32> = running.iter().map(|r| r.last).collect();
+        let result = guard(model.name(), || {
+            let mut caches: Vec<&mut dyn KvCache> = Vec::with_capacity(running.len());
+            for r in running.iter_mut() {
+                caches.push(r.cache.as_mut());
+            }
+            let logits = model.decode_step(&tokens, &mut caches)?;
+            Ok::<_, llmlab_plugin_api::Error>(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+        });
+        let rows = match result {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(error)) => return fail_all(running, format!("{}: {error}", model.name())),
+            Err(panic) => return fail_all(running, panic),
+        };
+        let mut keep = Vec::with_capacity(running.len());
+        for (mut r, row) in running.drain(..).zip(rows) {
+            let sampled = sample(&row, &r.seq.sampling, &mut r.rng);
+            if r.emit(sampled) {
+                keep.push(r);
+            }
+        }
+        *running = keep;
+    }
+}
+
+fn fail_all(running: &mut Vec<Running>, message: String) {
+    for r in running.drain(..) {
+        r.seq.send(SeqEvent::Failed(message.clone()));
+    }
+}
