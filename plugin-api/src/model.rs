@@ -189,4 +189,39 @@ pub trait Model: Send + Sync {
         let out = self.forward(ids, options)?;
         Ok(loss(&out)?.backward()?)
     }
+    /// LoRA (issue 22): with `Some(config)` (`rank`, `alpha`, `dropout`, `targets`) wraps the
+    /// chosen linear layers with low-rank adapters, from then on the only trainable parameters
+    /// (the base is frozen); `None` removes them. Returns a summary (trainable and total
+    /// parameters, the wrapped layers).
+    fn set_lora(&self, config: Option<&Value>) -> Result<Value> {
+        let _ = config;
+        Err(Error::unsupported(self.name(), "LoRA adapters"))
+    }
+    /// Adds the adapters' product into the base weights (`true`) or takes it out again (`false`).
+    fn lora_merge(&self, merged: bool) -> Result<()> {
+        let _ = merged;
+        Err(Error::unsupported(self.name(), "LoRA adapters"))
+    }
+    /// Writes the adapters alone in PEFT's layout: `adapter_config.json` and
+    /// `adapter_model.safetensors` with PEFT's tensor names.
+    fn save_lora(&self, dir: &Path) -> Result<()> {
+        let _ = dir;
+        Err(Error::unsupported(self.name(), "LoRA adapters"))
+    }
+    /// Loads PEFT-layout adapters from `dir` onto this (base) model; returns as `set_lora`.
+    fn load_lora(&self, dir: &Path) -> Result<Value> {
+        let _ = dir;
+        Err(Error::unsupported(self.name(), "LoRA adapters"))
+    }
+    /// Pruning (issue 22), in place: `config` names `method`, `sparsity`, `pattern` and `skip`;
+    /// `calibration` holds `(batch, seq)` token batches for activation-aware methods (Wanda).
+    /// Returns the per-layer report.
+    fn prune(&self, config: &Value, calibration: &[Tensor]) -> Result<Value> {
+        let _ = (config, calibration);
+        Err(Error::unsupported(self.name(), "pruning"))
+    }
+    /// Per prunable layer: its zero weights, total weights and sparsity.
+    fn sparsity_report(&self) -> Result<Value> {
+        Err(Error::unsupported(self.name(), "sparsity reports"))
+    }
 }

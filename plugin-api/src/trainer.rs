@@ -38,4 +38,13 @@ pub trait Trainer: Send {
         -> Result<StepMetrics>;
     /// Steps taken so far.
     fn steps_done(&self) -> u64;
+    /// The teacher of a distillation trainer (issue 22), handed over by the host from the
+    /// trainer's `teacher` key before `fit`/`step`. Other trainers refuse one.
+    fn set_teacher(&mut self, teacher: std::sync::Arc<dyn Model>) -> Result<()> {
+        let _ = teacher;
+        Err(crate::Error::unsupported(
+            self.name(),
+            "a `teacher` (only the `distill` trainer takes one)",
+        ))
+    }
 }

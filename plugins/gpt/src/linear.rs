@@ -21,6 +21,9 @@ use llmlab_plugin_api::candle::quantized::{QMatMul, QTensor};
 use llmlab_plugin_api::candle::{DType, Module, Result, Tensor, D};
 use llmlab_plugin_api::candle_nn::{self, Init, VarBuilder};
 
+use crate::lora::Adapter;
+use crate::prune::Pruning;
+
 /// GPT-2's init for every weight matrix and embedding.
 pub const INIT_STD: f64 = 0.02;
 
@@ -39,6 +42,11 @@ pub type FakeQuantSlot = Arc<RwLock<Option<Arc<dyn Quantizer>>>>;
 pub struct DenseLinear {
     inner: candle_nn::Linear,
     fake_quant: FakeQuantSlot,
+    /// LoRA (`lora.rs`): when set, the layer is the adapter's frozen base plus its update.
+    adapter: Option<Arc<Adapter>>,
+    /// Pruning (`prune.rs`): the weight's keep-mask and the calibration recorder, shared by the
+    /// layer's clones.
+    pruning: Arc<RwLock<Pruning>>,
 }
 
 impl std::fmt::Debug for DenseLinear {
@@ -58,6 +66,8 @@ impl DenseLinear {
         DenseLinear {
             inner: candle_nn::Linear::new(weight, bias),
             fake_quant: FakeQuantSlot::default(),
+            adapter: None,
+            pruning: Arc::default(),
         }
     }
 
@@ -77,13 +87,34 @@ impl DenseLinear {
             .clone()
     }
 
+    /// The pruning state: keep-mask and calibration statistics (`prune.rs`).
+    pub fn pruning(&self) -> &Arc<RwLock<Pruning>> {
+        &self.pruning
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let Some(quantizer) = self.fake_quantizer() else {
-            return self.inner.forward(x);
+        let mask = {
+            let pruning = self.pruning.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(record) = &pruning.recorder {
+                record.add(x)?;
+            }
+            pruning.mask.clone()
         };
-        let weight = quantizer
-            .fake_quantize(self.inner.weight())
-            .map_err(|e| llmlab_plugin_api::candle::Error::Msg(e.to_string()))?;
+        let quantizer = self.fake_quantizer();
+        if mask.is_none() && quantizer.is_none() {
+            return self.inner.forward(x);
+        }
+        // Masked, a pruned weight stays zero in the product and gets no gradient, so further
+        // training keeps the sparsity.
+        let mut weight = self.inner.weight().clone();
+        if let Some(mask) = mask {
+            weight = weight.mul(&mask.to_dtype(weight.dtype())?)?;
+        }
+        if let Some(quantizer) = quantizer {
+            weight = quantizer
+                .fake_quantize(&weight)
+                .map_err(|e| llmlab_plugin_api::candle::Error::Msg(e.to_string()))?;
+        }
         candle_nn::Linear::new(weight, self.inner.bias().cloned()).forward(x)
     }
 }
@@ -96,6 +127,8 @@ pub struct QuantizedLinear {
     bias: Option<Tensor>,
     /// The layer's input width (the weight's unpadded row length).
     in_dim: usize,
+    /// QLoRA (`lora.rs`): the adapter over this frozen quantized weight.
+    adapter: Option<Arc<Adapter>>,
 }
 
 impl QuantizedLinear {
@@ -113,7 +146,12 @@ impl QuantizedLinear {
             weight,
             bias,
             in_dim,
+            adapter: None,
         })
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
     }
 
     pub fn weight(&self) -> &Arc<QTensor> {
@@ -122,6 +160,22 @@ impl QuantizedLinear {
 }
 
 impl Linear {
+    /// The LoRA adapter wrapping this layer, if any.
+    pub fn adapter(&self) -> Option<&Arc<Adapter>> {
+        match self {
+            Linear::Dense(l) => l.adapter.as_ref(),
+            Linear::Quantized(q) => q.adapter.as_ref(),
+        }
+    }
+
+    /// Wraps the layer with `adapter` (`None`: the plain layer again).
+    pub fn set_adapter(&mut self, adapter: Option<Arc<Adapter>>) {
+        match self {
+            Linear::Dense(l) => l.adapter = adapter,
+            Linear::Quantized(q) => q.adapter = adapter,
+        }
+    }
+
     /// The bias, dense in both forms.
     pub fn bias(&self) -> Option<&Tensor> {
         match self {
@@ -141,6 +195,9 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(adapter) = self.adapter() {
+            return adapter.forward(x);
+        }
         match self {
             Linear::Dense(l) => l.forward(x),
             Linear::Quantized(q) => {

@@ -53,6 +53,8 @@ pub struct Gpt {
     /// The dense linear layers by parameter prefix, sharing their fake-quant switch (QAT) with
     /// the layers inside the blocks.
     dense_layers: Vec<(String, DenseLinear)>,
+    /// LoRA adapters and the frozen twin they sit in (`lora.rs`); passes go through it.
+    lora: crate::lora::LoraSlot,
 }
 
 impl Gpt {
@@ -131,6 +133,7 @@ impl Gpt {
             scheme: None,
             quantized_params: 0,
             dense_layers: Vec::new(),
+            lora: Default::default(),
         };
         gpt.refresh_dense_layers();
         Ok(gpt)
@@ -404,6 +407,9 @@ impl Model for Gpt {
     }
 
     fn forward(&self, ids: &Tensor, options: &ForwardOptions) -> Result<ForwardOutput> {
+        if let Some(lora) = self.lora.get() {
+            return lora.forward(ids, options);
+        }
         if options.train {
             self.refuse_training_if_quantized()?;
         }
@@ -421,6 +427,9 @@ impl Model for Gpt {
             .ok_or_else(|| {
                 Error::msg("gpt: forward_cached needs a cache made by this model's new_cache")
             })?;
+        if let Some(lora) = self.lora.get() {
+            return lora.forward_cached(ids, cache);
+        }
         self.run(ids, Some(cache), &ForwardOptions::default())
     }
 
@@ -430,18 +439,23 @@ impl Model for Gpt {
         options: &GenerateOptions,
         on_token: &mut dyn FnMut(usize, u32) -> bool,
     ) -> Result<Vec<Vec<u32>>> {
+        if let Some(lora) = self.lora.get() {
+            return crate::generate::generate(&lora.twin, prompts, options, on_token);
+        }
         crate::generate::generate(self, prompts, options, on_token)
     }
 
     /// The dense parameters; a quantized model's quantized weights are not trainable.
     fn parameters(&self) -> Vec<(String, Var)> {
-        self.params.clone()
+        match self.lora.get() {
+            Some(lora) => lora.params.clone(),
+            None => self.params.clone(),
+        }
     }
 
     /// Counts quantized weights too (unpadded), so a model and its quantized copy agree.
     fn num_params(&self) -> usize {
-        let dense: usize = self.params.iter().map(|(_, v)| v.elem_count()).sum();
-        dense + self.quantized_params
+        self.base_params_count() + self.lora.get().map_or(0, |l| l.trainable())
     }
 
     /// A directory of safetensors + config.json, or with a path ending in `.gguf` one GGUF file
@@ -461,10 +475,19 @@ impl Model for Gpt {
     }
 
     fn frozen_copy(&self) -> Result<Box<dyn Model>> {
-        Ok(Box::new(self.copy()?))
+        let copy = self.copy()?;
+        if let Some(lora) = self.lora.get() {
+            crate::lora::copy_onto(&lora, &copy, &copy.lora)?;
+        }
+        Ok(Box::new(copy))
     }
 
     fn quantized(&self, quantizer: &dyn Quantizer, skip: &[String]) -> Result<Box<dyn Model>> {
+        if self.lora.get().is_some() {
+            return Err(Error::msg(
+                "gpt: quantize the base before adding LoRA adapters (QLoRA), not a model with them",
+            ));
+        }
         Ok(Box::new(crate::quantize::quantized(self, quantizer, skip)?))
     }
 
@@ -476,6 +499,9 @@ impl Model for Gpt {
         compute: DType,
         loss: &mut dyn FnMut(&ForwardOutput) -> Result<Tensor>,
     ) -> Result<llmlab_plugin_api::candle::backprop::GradStore> {
+        if let Some(lora) = self.lora.get() {
+            return lora.forward_backward(ids, options, compute, loss);
+        }
         self.refuse_training_if_quantized()?;
         crate::checkpointing::forward_backward(self, ids, options, compute, loss)
     /// MoE selection biases and their pending loads (`moe/balance.rs`).
@@ -504,6 +530,30 @@ impl Model for Gpt {
         crate::quantize::set_fake_quant(self, quantizer, skip)
     }
 
+    fn set_lora(&self, config: Option<&Value>) -> Result<Value> {
+        crate::lora::set_lora(self, &self.lora, config)
+    }
+
+    fn lora_merge(&self, merged: bool) -> Result<()> {
+        crate::lora::merge(self, &self.lora, merged)
+    }
+
+    fn save_lora(&self, dir: &Path) -> Result<()> {
+        crate::lora::save(&self.lora, dir)
+    }
+
+    fn load_lora(&self, dir: &Path) -> Result<Value> {
+        crate::lora::load(self, &self.lora, dir)
+    }
+
+    fn prune(&self, config: &Value, calibration: &[Tensor]) -> Result<Value> {
+        crate::prune::prune(self, config, calibration)
+    }
+
+    fn sparsity_report(&self) -> Result<Value> {
+        crate::prune::sparsity_report(self)
+    }
+
     fn fake_quant(&self) -> Option<String> {
         self.dense_layers
             .iter()
@@ -513,6 +563,22 @@ impl Model for Gpt {
 }
 
 impl Gpt {
+    /// Weights of the model itself, dense and quantized (unpadded), without adapters.
+    pub fn base_params_count(&self) -> usize {
+        let dense: usize = self.params.iter().map(|(_, v)| v.elem_count()).sum();
+        dense + self.quantized_params
+    }
+
+    /// The model's own weights by name (with adapters on too; `parameters()` then lists those).
+    pub fn parameters_by_name(&self) -> std::collections::HashMap<String, Var> {
+        self.params.iter().cloned().collect()
+    }
+
+    /// The adapters, if any (`lora.rs`).
+    pub fn lora(&self) -> Option<Arc<crate::lora::LoraModel>> {
+        self.lora.get()
+    }
+
     /// Training a quantized model would "succeed" with a flat loss: its quantized weights have no
     /// gradient (candle's quantized matmul has no backward), so only norms and embeddings could
     /// move. Every training pass (forward in training mode, forward_backward) asks this first.

@@ -56,6 +56,32 @@ pub trait Objective: Send {
     ) -> Result<Batch>;
     /// The fixed evaluation set (may be empty: no val data).
     fn eval_batches(&mut self, data: TrainData<'_>, device: &Device) -> Result<Vec<Batch>>;
+    /// A training micro-batch's loss from the model's f32 logits. Default: cross-entropy on
+    /// the batch's targets (masked when it has a mask).
+    fn loss(&mut self, logits: &Tensor, batch: &Batch) -> Result<Tensor> {
+        hard_label_loss(logits, batch)
+    }
+    /// Before a micro-batch's pass, with the model being trained: may replace the batch
+    /// (distillation's on-policy batches are continuations the student samples itself).
+    fn prepare_batch(&mut self, model: &dyn Model, batch: Batch) -> Result<Batch> {
+        let _ = model;
+        Ok(batch)
+    }
+    /// A distillation teacher; only the `distill` objective takes one.
+    fn set_teacher(&mut self, teacher: std::sync::Arc<dyn Model>) -> Result<()> {
+        let _ = teacher;
+        Err(Error::msg(
+            "this trainer takes no `teacher` (distillation is trainer(\"distill\", #{ teacher: t, .. }))",
+        ))
+    }
+}
+
+/// Cross-entropy of `logits` on the batch's targets, over the mask's positions when it has one.
+pub fn hard_label_loss(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
+    match &batch.mask {
+        None => loss::cross_entropy(logits, &batch.targets),
+        Some(mask) => loss::masked_cross_entropy(logits, &batch.targets, mask, batch.loss_tokens),
+    }
 }
 
 /// A trainer's state once it has seen its model: everything a checkpoint holds besides weights.
@@ -332,21 +358,14 @@ impl<O: Objective> TrainLoop<O> {
             let batch = self
                 .objective
                 .next_batch(data, &mut run.rng, &mut run.cursor, &device)?;
+            let batch = self.objective.prepare_batch(model, batch)?;
             let (mut micro_loss, mut micro_aux) = (0f64, None);
             // The model runs forward and backward (in `compute`, maybe checkpointed); this closure
             // is the loss on its output: f32 logits, aux loss added, averaged over micro-batches
             // and multiplied by the f16 loss scale.
             let mut objective = |out: &ForwardOutput| -> Result<Tensor> {
                 let logits = out.logits.to_dtype(DType::F32)?;
-                let mut total = match &batch.mask {
-                    None => loss::cross_entropy(&logits, &batch.targets)?,
-                    Some(mask) => loss::masked_cross_entropy(
-                        &logits,
-                        &batch.targets,
-                        mask,
-                        batch.loss_tokens,
-                    )?,
-                };
+                let mut total = self.objective.loss(&logits, &batch)?;
                 micro_loss = total.to_scalar::<f32>()? as f64;
                 if let Some(aux) = &out.aux_loss {
                     let aux = aux.to_dtype(total.dtype())?;
@@ -536,5 +555,9 @@ impl<O: Objective> Trainer for TrainLoop<O> {
 
     fn steps_done(&self) -> u64 {
         self.run.as_ref().map_or(0, |r| r.step)
+    }
+
+    fn set_teacher(&mut self, teacher: std::sync::Arc<dyn Model>) -> Result<()> {
+        self.objective.set_teacher(teacher)
     }
 }
