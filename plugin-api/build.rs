@@ -1,6 +1,11 @@
 //! Computes the facts that go into the plugin fingerprint at compile time: the exact rustc,
 //! the locked versions of the crates whose types cross the plugin boundary, and a hash of this
 //! crate's own source (a trait method added without a version bump must still change it).
+//!
+//! This crate is the contract alone, so only its own `src/` is hashed: the building blocks
+//! (`llmlab-nn`, `llmlab-train`) are rlibs linked into the plugins that use them and are not
+//! inputs here. The list of hashed files is published (`LLMLAB_API_HASH_INPUTS`) so a test can
+//! show what a change does and does not refuse.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,6 +50,19 @@ fn main() {
         );
         source_hash.write(&std::fs::read(file).unwrap_or_default());
     }
+    let inputs: Vec<String> = files
+        .iter()
+        .map(|f| {
+            format!(
+                "plugin-api/{}",
+                f.strip_prefix(&manifest_dir).unwrap().to_string_lossy()
+            )
+        })
+        .collect();
+    println!(
+        "cargo:rustc-env=LLMLAB_API_HASH_INPUTS={}",
+        inputs.join(",")
+    );
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=Cargo.toml");
 

@@ -12,10 +12,10 @@ use std::time::Instant;
 use llmlab_plugin_api::candle::Tensor;
 use llmlab_plugin_api::rng::SplitMix64;
 use llmlab_plugin_api::serde_json::{json, Value};
-use llmlab_plugin_api::train::{loss, AdamW, AdamWSettings};
 use llmlab_plugin_api::{
-    Context, Error, ForwardOptions, Instance, Kind, Result, Split, TokenData, TrainData,
+    Context, Error, ForwardOptions, Instance, Kind, Result, Split, TokenData, TrainJob,
 };
+use llmlab_train::{loss, AdamW, AdamWSettings};
 
 use crate::registry::Registry;
 
@@ -100,12 +100,12 @@ pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Re
         ..ctx.clone()
     };
     for _ in 0..warmup {
-        trainer.step(model.as_ref(), TrainData::Tokens(&data), &quiet)?;
+        trainer.step(model.as_ref(), &TrainJob::tokens(&data), &quiet)?;
     }
     let start = Instant::now();
     let mut last = BTreeMap::new();
     for _ in 0..steps {
-        last = trainer.step(model.as_ref(), TrainData::Tokens(&data), &quiet)?;
+        last = trainer.step(model.as_ref(), &TrainJob::tokens(&data), &quiet)?;
     }
     let train_s = start.elapsed().as_secs_f64() / steps as f64;
 

@@ -29,6 +29,9 @@ pub const CANDLE_FEATURES: &str = "cuda";
 pub const CANDLE_FEATURES: &str = "cpu";
 /// Hash of this crate's source and the crossing crates' locked versions.
 pub const API_HASH: &str = env!("LLMLAB_API_HASH");
+/// The source files [`API_HASH`] covers (repository paths, comma-separated): this crate's
+/// `src/` alone; the building blocks (`nn/`, `train/`) are not in it (plugin-api/build.rs).
+pub const API_HASH_INPUTS: &str = env!("LLMLAB_API_HASH_INPUTS");
 
 macro_rules! fingerprint_text {
     ($features:literal) => {

@@ -3,9 +3,10 @@
 //! This crate owns the plugin declaration and its fingerprint ([`declaration`]), the component
 //! traits every plugin implements ([`Tokenizer`], [`Model`], [`Trainer`], [`Aligner`],
 //! [`Quantizer`], [`Corpus`]), typed configuration from JSON ([`config`]), and the [`Context`]
-//! the host passes to every call, and the optimisation pieces trainers share ([`train`]: AdamW,
-//! schedule, clipping, losses, checkpoint files). It knows nothing of the host: no Rhai, no
-//! REPL, no loader.
+//! the host passes to every call. It is the contract alone: the building blocks models and
+//! trainers share live in `llmlab-nn` (kernels, layers, generation) and `llmlab-train` (AdamW,
+//! losses, the step loop), rlibs outside this runtime and outside its fingerprint
+//! (docs/architecture.md). It knows nothing of the host: no Rhai, no REPL, no loader.
 //!
 //! It is built as a Rust `dylib` that the host and all plugins link, so there is exactly one copy
 //! of candle, serde_json, tracing and inventory in a process (DESIGN.md §8). Plugins use those
@@ -33,15 +34,15 @@ pub mod files;
 pub mod generation;
 pub mod memory;
 pub mod model;
-pub mod ops;
 pub mod quantizer;
 pub mod rng;
 pub mod tokenizer;
-pub mod train;
 pub mod trainer;
 
 pub use candle_core as candle;
 pub use candle_nn;
+/// The gemm candle links, for kernels that call it directly (`llmlab-nn`'s fused attention).
+pub use gemm;
 pub use inventory;
 pub use rayon;
 pub use safetensors;
@@ -61,7 +62,7 @@ pub use generation::GenerateOptions;
 pub use model::{ForwardOptions, ForwardOutput, KvCache, Model};
 pub use quantizer::Quantizer;
 pub use tokenizer::{SpecialToken, Tokenizer};
-pub use trainer::{StepMetrics, TrainData, Trainer};
+pub use trainer::{StepMetrics, TrainJob, Trainer};
 
 /// Everything a plugin's `lib.rs` usually needs.
 pub mod prelude {

@@ -203,3 +203,170 @@ fn unknown_config_key_names_the_key_and_the_accepted_keys() {
         "{err}"
     );
 }
+
+/// `llmlab-nn` and `llmlab-train` are rlibs linked into each plugin that uses them, so every such
+/// plugin carries its own copy. That is safe only because none of the process-wide state lives in
+/// them: the rayon pool, candle's tensor-id counter (autograd), the tracing dispatcher and the
+/// component registry are the runtime's, defined once in `libllmlab_plugin_api.so`. A plugin
+/// library that defined one of these itself would hold a second copy.
+#[test]
+fn building_blocks_carry_no_process_global_of_their_own() {
+    let globals = [
+        "rayon_core::registry::THE_REGISTRY",
+        "candle_core::tensor::TensorId::new::COUNTER",
+        "tracing_core::dispatcher::GLOBAL_DISPATCH",
+    ];
+    let defined = |library: &str| -> String {
+        let path = target_dir().join(library);
+        assert!(
+            path.is_file(),
+            "{} is missing: build the workspace first",
+            path.display()
+        );
+        let nm = std::process::Command::new("nm")
+            .args(["--defined-only", "--demangle"])
+            .arg(&path)
+            .output()
+            .expect("nm (binutils) runs");
+        assert!(
+            nm.status.success(),
+            "nm {}: {}",
+            path.display(),
+            stderr(&nm)
+        );
+        stdout(&nm)
+    };
+    let runtime = defined("libllmlab_plugin_api.so");
+    for global in globals {
+        assert!(
+            runtime.contains(global),
+            "the runtime should define {global}"
+        );
+    }
+    for plugin in [
+        "libllmlab_gpt.so",
+        "libllmlab_lm_trainer.so",
+        "libllmlab_rl.so",
+    ] {
+        let symbols = defined(plugin);
+        assert!(
+            symbols.contains("llmlab_nn::"),
+            "{plugin} should hold llmlab-nn statically"
+        );
+        for global in globals {
+            assert!(
+                !symbols.contains(global),
+                "{plugin} defines its own {global}: a second copy of a process-wide global"
+            );
+        }
+    }
+}
+
+/// Autograd across plugins with the building blocks linked into each: gpt's forward runs its
+/// copy of the fused kernels, lm-trainer's loss and AdamW run its own copy, and backward walks
+/// through both (tensor ids from the one runtime). Gradients arrive and the loss falls.
+#[test]
+fn a_model_from_one_plugin_trains_under_a_trainer_from_another() {
+    let runs = tempfile::tempdir().unwrap();
+    let script = runs.path().join("cross.rhai");
+    std::fs::write(
+        &script,
+        r#"let data = corpus("stories", #{ bytes: 30000, seed: 3 });
+let tok = tokenizer("bpe", #{ vocab_size: 300 });
+tok.train(data);
+let ds = tok.encode(data, #{ val_fraction: 0.1 });
+let gpt = model("gpt", #{ vocab_size: tok.vocab_size(), n_layer: 1, n_head: 2, d_model: 32,
+    ctx: 32, norm: "rms", pos: "rope", mlp: "swiglu" });
+let lm = trainer("lm", #{ steps: 40, batch_size: 8, lr: 1e-2, warmup: 2, eval_every: 0 });
+let first = lm.step(gpt, ds);
+let last = lm.fit(gpt, ds);
+print(`first ${first.loss} ${first.grad_norm} last ${last.loss}`);
+"#,
+    )
+    .unwrap();
+    let output = llmlab(
+        &[
+            "run",
+            script.to_str().unwrap(),
+            "--set",
+            &format!("runs_dir={}", runs.path().display()),
+        ],
+        "",
+    );
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert!(output.status.success(), "{out}\n{err}");
+    let line = out.lines().find(|l| l.starts_with("first ")).expect(&out);
+    let numbers: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [first, grad_norm, last] = numbers[..] else {
+        panic!("{line}")
+    };
+    assert!(
+        grad_norm > 0.0,
+        "no gradient reached gpt's parameters: {line}"
+    );
+    assert!(last < first - 0.5, "the loss did not fall: {line}");
+}
+
+/// The fingerprint hashes the contract alone: plugin-api's own source. The building blocks are
+/// not inputs, and the tokenizers plugin does not link them, so changing a kernel or AdamW
+/// rebuilds gpt, lm-trainer and rl but neither changes the fingerprint nor touches a built
+/// tokenizers library, which stays loadable.
+#[test]
+fn changing_a_kernel_leaves_the_tokenizers_plugin_loadable() {
+    let inputs: Vec<&str> = llmlab_plugin_api::declaration::API_HASH_INPUTS
+        .split(',')
+        .collect();
+    assert!(
+        inputs.contains(&"plugin-api/src/declaration.rs")
+            && inputs.contains(&"plugin-api/src/model.rs"),
+        "{inputs:?}"
+    );
+    for input in &inputs {
+        assert!(input.starts_with("plugin-api/src/"), "hashed: {input}");
+    }
+    let root = repo_root();
+    assert!(root.join("nn/src/ops/gelu.rs").is_file() && root.join("train/src/adamw.rs").is_file());
+
+    let tree = |package: &str| -> String {
+        let output = std::process::Command::new(env!("CARGO"))
+            .args([
+                "tree",
+                "--offline",
+                "--edges",
+                "normal",
+                "--prefix",
+                "none",
+                "-p",
+                package,
+            ])
+            .current_dir(&root)
+            .output()
+            .expect("cargo tree runs");
+        assert!(
+            output.status.success(),
+            "cargo tree -p {package}: {}",
+            stderr(&output)
+        );
+        stdout(&output)
+    };
+    let tokenizers = tree("llmlab-tokenizers");
+    assert!(tokenizers.contains("llmlab-plugin-api"), "{tokenizers}");
+    assert!(
+        !tokenizers.contains("llmlab-nn") && !tokenizers.contains("llmlab-train"),
+        "tokenizers links a building block, so a kernel change would rebuild it:\n{tokenizers}"
+    );
+    assert!(tree("llmlab-plugin-api")
+        .lines()
+        .all(|l| !l.starts_with("llmlab-nn") && !l.starts_with("llmlab-train")));
+    assert!(tree("llmlab-gpt").contains("llmlab-nn"));
+
+    let listing = llmlab(&["plugins"], "");
+    let out = stdout(&listing);
+    assert!(
+        out.lines().any(|l| l.contains("tokenizers")) && !out.contains("refused"),
+        "{out}"
+    );
+}

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use llmlab_plugin_api::{Context, ExampleSource, StepMetrics, TrainData};
+use llmlab_plugin_api::{Context, ExampleSource, StepMetrics, TrainJob};
 use rhai::{Engine, Map};
 
 use super::data::{CorpusHandle, DatasetHandle};
@@ -64,7 +64,7 @@ pub fn register(engine: &mut Engine, host: &Arc<Host>) {
         move |tr: &mut TrainerHandle, model: ModelHandle, ds: DatasetHandle| -> ScriptResult<Map> {
             let floor = ds.data().entropy_floor_nats_per_token();
             let metrics = in_run(&h, tr, &model, floor, |t, ctx| {
-                t.fit(model.0.as_ref(), TrainData::Tokens(ds.data()), ctx)
+                t.fit(model.0.as_ref(), &TrainJob::tokens(ds.data()), ctx)
             })?;
             let run = h.run_dir().map_err(script_error)?;
             println!("{}", summary(&metrics, floor, &run.path));
@@ -76,7 +76,7 @@ pub fn register(engine: &mut Engine, host: &Arc<Host>) {
         "step",
         move |tr: &mut TrainerHandle, model: ModelHandle, ds: DatasetHandle| -> ScriptResult<Map> {
             let metrics = in_run(&h, tr, &model, None, |t, ctx| {
-                t.step(model.0.as_ref(), TrainData::Tokens(ds.data()), ctx)
+                t.step(model.0.as_ref(), &TrainJob::tokens(ds.data()), ctx)
             })?;
             Ok(metrics_map(&metrics))
         },
@@ -96,12 +96,9 @@ pub fn register(engine: &mut Engine, host: &Arc<Host>) {
                 ))
             })?;
             let tokenizer = tok.read();
-            let data = TrainData::Examples {
-                examples: examples.as_ref(),
-                tokenizer: tokenizer.as_ref(),
-            };
+            let job = TrainJob::examples(examples.as_ref(), tokenizer.as_ref());
             let metrics = in_run(&h, tr, &model, None, |t, ctx| {
-                t.fit(model.0.as_ref(), data, ctx)
+                t.fit(model.0.as_ref(), &job, ctx)
             })?;
             let run = h.run_dir().map_err(script_error)?;
             println!("{}", summary(&metrics, None, &run.path));

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use llmlab_gpt::generate::generate_uncached;
+use llmlab_gpt::decoder::generate_uncached;
 use llmlab_plugin_api::candle::{Device, Tensor};
 use llmlab_plugin_api::serde_json::json;
 use llmlab_plugin_api::{Context, ForwardOptions, GenerateOptions, Model};

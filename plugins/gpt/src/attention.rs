@@ -8,21 +8,22 @@
 //! RMS-normalised (weights `q_norm`, `k_norm` of `head_dim`) before RoPE (Qwen3).
 //!
 //! A full causal sequence without dropout (training, scoring, the first step of generation) runs
-//! the fused kernel `llmlab_plugin_api::ops::causal_attention_packed` on the `c_attn` output as
+//! the fused kernel `llmlab_nn::ops::causal_attention_packed` on the `c_attn` output as
 //! it is, rope included, with no head split or merge copies. Cached decoding, attention dropout
 //! and `kernels: "reference"` take the composed path (its softmax fused unless "reference";
 //! candle's own fused softmax has no backward and is never used).
 
 use llmlab_plugin_api::candle::{Module, Result, Tensor, D};
 use llmlab_plugin_api::candle_nn::VarBuilder;
-use llmlab_plugin_api::ops;
+use llmlab_nn::attention::{attention_weights, repeat_kv};
+use llmlab_nn::ops;
 
-use crate::cache::{GptCache, Positions};
+use llmlab_nn::cache::{DecoderCache, Positions};
 use crate::config::{GptConfig, Kernels, NormKind};
-use crate::dropout::Dropout;
-use crate::linear::{linear, Linear, INIT_STD};
-use crate::norm::Norm;
-use crate::rope::Rope;
+use llmlab_nn::dropout::Dropout;
+use llmlab_nn::linear::{linear, Linear, INIT_STD};
+use llmlab_nn::norm::Norm;
+use llmlab_nn::rope::Rope;
 
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -38,24 +39,6 @@ pub struct Attention {
     /// On the output projection (the residual branch).
     resid_dropout: Dropout,
     kernels: Kernels,
-}
-
-/// Softmax over the last dimension from `max`/`exp`/`sum`, so gradients flow.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-}
-
-/// `(b, n_kv, t, hd)` → `(b, n_kv * n_rep, t, hd)`, each kv head repeated for its query group.
-fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x);
-    }
-    let (b, n_kv, t, hd) = x.dims4()?;
-    x.unsqueeze(2)?
-        .broadcast_as((b, n_kv, n_rep, t, hd))?
-        .reshape((b, n_kv * n_rep, t, hd))
 }
 
 impl Attention {
@@ -120,7 +103,7 @@ impl Attention {
         rope: Option<&Rope>,
         positions: &Positions,
         mask: Option<&Tensor>,
-        cache: Option<(&mut GptCache, usize)>,
+        cache: Option<(&mut DecoderCache, usize)>,
         train: bool,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -167,16 +150,7 @@ impl Attention {
         let k = repeat_kv(k, h / kv)?;
         let v = repeat_kv(v, h / kv)?;
 
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut att = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(mask) = mask {
-            att = att.broadcast_add(mask)?;
-        }
-        let mut att = if fused {
-            ops::softmax_last_dim(&att)?
-        } else {
-            softmax_last_dim(&att)?
-        };
+        let mut att = attention_weights(&q, &k, mask, fused)?;
         if train && self.attn_dropout.is_active() {
             att = self.attn_dropout.forward(&att)?;
         }
@@ -195,36 +169,5 @@ impl Attention {
         } else {
             Ok(y)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use llmlab_plugin_api::candle::Device;
-
-    #[test]
-    fn composed_softmax_matches_candle_kernel() {
-        let x = Tensor::new(
-            &[[1f32, -2., 3., 0.5], [100., 101., 99., 100.]],
-            &Device::Cpu,
-        )
-        .unwrap();
-        let ours = softmax_last_dim(&x).unwrap();
-        let fused = llmlab_plugin_api::candle_nn::ops::softmax_last_dim(&x).unwrap();
-        let diff = (ours - fused).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
-    }
-
-    #[test]
-    fn repeat_kv_repeats_each_head_for_its_group() {
-        let x = Tensor::arange(0f32, 4., &Device::Cpu)
-            .unwrap()
-            .reshape((1, 2, 1, 2))
-            .unwrap();
-        let r = repeat_kv(x, 2).unwrap();
-        assert_eq!(r.dims(), &[1, 4, 1, 2]);
-        let v: Vec<f32> = r.flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(v, vec![0., 1., 0., 1., 2., 3., 2., 3.]);
     }
 }

@@ -13,7 +13,7 @@ use llmlab_plugin_api::candle::DType;
 use llmlab_plugin_api::{Error, Model, Result};
 
 use crate::model::Gpt;
-use crate::params::Source;
+use llmlab_nn::params::Source;
 
 /// `gpt` computing in `dtype`, with gradients flowing to `gpt`'s parameters.
 pub fn cast(gpt: &Gpt, dtype: DType) -> Result<Gpt> {

@@ -4,12 +4,12 @@ use llmlab_plugin_api::candle::{Result, Tensor};
 use llmlab_plugin_api::candle_nn::VarBuilder;
 
 use crate::attention::Attention;
-use crate::cache::{GptCache, Positions};
+use llmlab_nn::cache::{DecoderCache, Positions};
 use crate::config::GptConfig;
-use crate::linear::Linear;
+use llmlab_nn::linear::Linear;
 use crate::moe::{FeedForward, MoeAux, Pass};
-use crate::norm::Norm;
-use crate::rope::Rope;
+use llmlab_nn::norm::Norm;
+use llmlab_nn::rope::Rope;
 
 #[derive(Debug, Clone)]
 pub struct Block {
@@ -72,7 +72,7 @@ impl Block {
         rope: Option<&Rope>,
         positions: &Positions,
         mask: Option<&Tensor>,
-        cache: Option<(&mut GptCache, usize)>,
+        cache: Option<(&mut DecoderCache, usize)>,
         train: bool,
     ) -> Result<Tensor> {
         let pass = Pass::from_train(train);
@@ -87,7 +87,7 @@ impl Block {
         rope: Option<&Rope>,
         positions: &Positions,
         mask: Option<&Tensor>,
-        cache: Option<(&mut GptCache, usize)>,
+        cache: Option<(&mut DecoderCache, usize)>,
         pass: Pass,
     ) -> Result<(Tensor, Option<MoeAux>)> {
         let a = self.attn.forward(

@@ -11,18 +11,19 @@
 //! catches it. Directories saved before these records existed still load, unchecked.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use llmlab_plugin_api::candle::safetensors as candle_safetensors;
+use llmlab_nn::weights::{model_dir, read_checked, save_safetensors, FileEntry};
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::files::write_atomic;
 use llmlab_plugin_api::serde_json::{self, Value};
-use llmlab_plugin_api::train::checkpoint::{fnv1a64, read_checked, FileEntry};
 use llmlab_plugin_api::{Context, Error, Result};
+
+pub use llmlab_nn::weights::{read_json, read_weights};
 
 use crate::config::GptConfig;
 use crate::model::Gpt;
-use crate::params::Source;
+use llmlab_nn::params::Source;
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
@@ -36,27 +37,14 @@ const HEADS_METADATA: &str = "llmlab_heads";
 
 pub fn save(model: &Gpt, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tensors = model
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| Ok((n, t.contiguous()?)))
-        .collect::<Result<Vec<_>>>()?;
+    let tensors = model.tensors();
     let config = model.gpt_config();
     let heads = serde_json::json!({ "n_head": config.n_head, "n_kv_head": config.kv_heads() });
     let metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         (HEADS_METADATA.to_string(), heads.to_string()),
     ]);
-    let bytes = llmlab_plugin_api::safetensors::serialize(
-        tensors.iter().map(|(n, t)| (n.as_str(), t)),
-        Some(metadata),
-    )
-    .map_err(|e| Error::msg(format!("{}: {e}", dir.join(WEIGHTS_FILE).display())))?;
-    write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
-    let entry = FileEntry {
-        bytes: bytes.len() as u64,
-        fnv1a64: format!("{:016x}", fnv1a64(&bytes)),
-    };
+    let entry = save_safetensors(&dir.join(WEIGHTS_FILE), &tensors, Some(metadata))?;
     let mut config = serde_json::Map::new();
     config.insert(MARKER_KEY.into(), Value::from(MARKER));
     if let Value::Object(keys) = model.gpt_config().to_json() {
@@ -68,32 +56,6 @@ pub fn save(model: &Gpt, dir: &Path) -> Result<()> {
     );
     let text = serde_json::to_string_pretty(&Value::Object(config))?;
     write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
-}
-
-/// The model directory `path` names: the directory itself, or the one holding a file named.
-fn model_dir(path: &Path) -> PathBuf {
-    if path.is_file() {
-        path.parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-    } else {
-        path.to_path_buf()
-    }
-}
-
-pub fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::msg(format!("{}: {e}", path.display())))
-}
-
-pub fn read_weights(
-    path: &Path,
-    ctx: &Context,
-) -> Result<HashMap<String, llmlab_plugin_api::candle::Tensor>> {
-    if !path.exists() {
-        return Err(Error::msg(format!("{}: no such file", path.display())));
-    }
-    candle_safetensors::load(path, &ctx.device)
-        .map_err(|e| Error::msg(format!("{}: {e}", path.display())))
 }
 
 /// The weights of a directory whose `config.json` records their checksum (`files`): the bytes
@@ -149,7 +111,7 @@ pub fn load(path: &Path, ctx: &Context) -> Result<Gpt> {
             .map_err(|e| Error::msg(format!("{}: {e}", config_path.display())))?;
         let tensors = match files {
             Some(files) => read_checked_weights(&dir, &config_path, files, &config, ctx)?,
-            None => read_weights(&dir.join(WEIGHTS_FILE), ctx)?,
+            None => read_weights(&dir.join(WEIGHTS_FILE), &ctx.device)?,
         };
         return Gpt::new(
             config,

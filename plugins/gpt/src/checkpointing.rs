@@ -30,7 +30,7 @@ use llmlab_plugin_api::candle::{DType, Module, Tensor, Var};
 use llmlab_plugin_api::{Error, ForwardOptions, ForwardOutput, Model, Result};
 
 use crate::autocast;
-use crate::cache::Positions;
+use llmlab_nn::cache::Positions;
 use crate::model::Gpt;
 use crate::moe::Pass;
 

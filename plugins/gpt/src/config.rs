@@ -4,15 +4,8 @@
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::serde::{Deserialize, Serialize};
 
-/// Which normalisation the blocks use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(crate = "llmlab_plugin_api::serde", rename_all = "lowercase")]
-pub enum NormKind {
-    /// LayerNorm (GPT-2): mean and variance, weight and (with `bias`) bias.
-    Layer,
-    /// RMSNorm (Llama): root mean square, weight only.
-    Rms,
-}
+/// Which normalisation the blocks use (`llmlab_nn`'s, shared with other models).
+pub use llmlab_nn::norm::NormKind;
 
 /// How token positions enter the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,15 +28,7 @@ pub enum MlpKind {
 }
 
 /// Which implementation of norms, attention, activations and rope the model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(crate = "llmlab_plugin_api::serde", rename_all = "lowercase")]
-pub enum Kernels {
-    /// The fused CPU kernels of `llmlab_plugin_api::ops` (f32 on CPU; elsewhere they fall back).
-    #[default]
-    Fused,
-    /// Composed from stock candle ops: slower, for debugging and comparison.
-    Reference,
-}
+pub use llmlab_nn::Kernels;
 
 /// How RoPE frequencies are stretched for contexts beyond pretraining (HF `rope_scaling`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -97,7 +82,7 @@ pub struct GptConfig {
     pub tie_embeddings: bool,
     /// Init seed; `None` = the session seed.
     pub seed: Option<u64>,
-    /// Fused training kernels or the composed reference path (`llmlab_plugin_api::ops`).
+    /// Fused training kernels or the composed reference path (`llmlab_nn::ops`).
     pub kernels: Kernels,
     /// Keep only block inputs in training and recompute each block in backward (`checkpointing.rs`).
     pub checkpoint_activations: bool,

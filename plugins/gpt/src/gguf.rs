@@ -24,7 +24,7 @@ use llmlab_plugin_api::{Context, Error, Result};
 
 use crate::config::GptConfig;
 use crate::model::Gpt;
-use crate::params::Source;
+use llmlab_nn::params::Source;
 
 pub const ARCHITECTURE: &str = "llmlab-gpt";
 pub const MODEL_KEY: &str = "llmlab.model";

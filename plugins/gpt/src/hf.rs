@@ -17,7 +17,7 @@ use llmlab_plugin_api::{Context, Error, Result};
 use crate::checkpoint::{read_weights, WEIGHTS_FILE};
 use crate::config::{GptConfig, MlpKind, NormKind, PosKind};
 use crate::model::Gpt;
-use crate::params::Source;
+use llmlab_nn::params::Source;
 
 /// The `gpt` config equivalent to a Hugging Face `GPT2Config`.
 pub fn config_from_hf(hf: &Value) -> Result<GptConfig> {
@@ -130,7 +130,7 @@ pub fn tensors_from_hf(
 pub fn load(dir: &Path, hf_config: &Value, ctx: &Context) -> Result<Gpt> {
     let config =
         config_from_hf(hf_config).map_err(|e| Error::msg(format!("{}: {e}", dir.display())))?;
-    let tensors = read_weights(&dir.join(WEIGHTS_FILE), ctx)?;
+    let tensors = read_weights(&dir.join(WEIGHTS_FILE), &ctx.device)?;
     let tensors = tensors_from_hf(tensors, &config)?;
     Gpt::new(
         config,

@@ -27,7 +27,7 @@ use llmlab_plugin_api::{Context, Error, Result};
 use crate::checkpoint::{read_json, CONFIG_FILE, WEIGHTS_FILE};
 use crate::config::{GptConfig, MlpKind, NormKind, PosKind, RopeScaling};
 use crate::model::Gpt;
-use crate::params::Source;
+use llmlab_nn::params::Source;
 
 /// The index of a sharded checkpoint (`save_pretrained` with `max_shard_size`).
 pub const INDEX_FILE: &str = "model.safetensors.index.json";

@@ -1,44 +1,40 @@
 //! llmlab plugin `gpt`: a decoder-only transformer language model in the GPT-2 / nanoGPT
 //! mould, with the modern options (RMSNorm, RoPE, SwiGLU, grouped-query attention), KV-cache
 //! generation (sampling, beam search, batches), safetensors checkpoints and Hugging Face GPT-2
-//! import. One file per concept: `config`, `params` (init and checkpoint weights), `linear`,
-//! `norm`, `rope`, `attention`, `mlp`, `block`, `model`, `cache`, `sampling`, `generate`,
-//! `beam`, `checkpoint`, `hf`, `moe` (mixture-of-experts feed-forward), `quantize` (rebuilding with quantized linear weights) and
-//! `gguf` (quantized or dense models in one GGUF file); `checkpointing` (the training pass:
+//! and Llama-family import. It is built from `llmlab-nn`'s blocks (kernels, linear, norm, rope,
+//! dropout, parameters, pruning masks, the KV cache, weights files, and the generation engine
+//! it drives as a [`llmlab_nn::Decoder`]); what is gpt's own, one file per concept: `config`,
+//! `attention`, `mlp`, `moe` (mixture-of-experts feed-forward), `block`, `model`, `decoder`
+//! (the engine's view of the model), `checkpoint`, `hf`, `hf_llama`, `lora` and
+//! `frozen_linear` (LoRA/QLoRA adapters), `prune` (magnitude/Wanda pruning), `quantize`
+//! (rebuilding with quantized linear weights), `gguf` (quantized or dense models in one GGUF
+//! file), `memory` (what a config costs), and `checkpointing` (the training pass:
 //! activation checkpointing) with `autocast` (bf16/f16 compute over f32 weights).
 //!
 //! Everything on the training path is built from differentiable candle ops (DESIGN.md §7).
 
 pub mod attention;
 pub mod autocast;
-pub mod beam;
 pub mod block;
-pub mod cache;
 pub mod checkpoint;
 pub mod checkpointing;
 pub mod config;
-pub mod dropout;
+pub mod decoder;
 pub mod frozen_linear;
-pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod hf_llama;
-pub mod linear;
 pub mod lora;
 pub mod memory;
 pub mod mlp;
 pub mod model;
 pub mod moe;
-pub mod norm;
-pub mod params;
 pub mod prune;
 pub mod quantize;
-pub mod rng;
-pub mod rope;
-pub mod sampling;
 
 use std::path::Path;
 
+use llmlab_nn::params;
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::prelude::*;
 

@@ -28,13 +28,13 @@ use llmlab_plugin_api::candle::{DType, Tensor, Var};
 use llmlab_plugin_api::serde_json::{json, Value};
 use llmlab_plugin_api::{Error, ForwardOptions, ForwardOutput, Model, Result};
 
-use crate::cache::GptCache;
-use crate::dropout::Dropout;
+use llmlab_nn::cache::DecoderCache;
+use llmlab_nn::dropout::Dropout;
 use crate::frozen_linear::{self, FrozenWeight};
-use crate::linear::Linear;
+use llmlab_nn::linear::Linear;
 use crate::model::Gpt;
-use crate::params::Source;
-use crate::rng::Rng;
+use llmlab_nn::params::Source;
+use llmlab_nn::rng::Rng;
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -199,6 +199,12 @@ impl std::fmt::Debug for Adapter {
     }
 }
 
+impl llmlab_nn::linear::LinearAdapter for Adapter {
+    fn forward(&self, x: &Tensor) -> llmlab_plugin_api::candle::Result<Tensor> {
+        Adapter::forward(self, x)
+    }
+}
+
 impl Adapter {
     /// The base product plus, unless merged into the base, `scale·B·A·dropout(x)`.
     pub fn forward(&self, x: &Tensor) -> llmlab_plugin_api::candle::Result<Tensor> {
@@ -266,7 +272,7 @@ impl LoraModel {
         self.twin.run(ids, None, options)
     }
 
-    pub fn forward_cached(&self, ids: &Tensor, cache: &mut GptCache) -> Result<ForwardOutput> {
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut DecoderCache) -> Result<ForwardOutput> {
         self.training.store(false, Ordering::Relaxed);
         self.twin.run(ids, Some(cache), &ForwardOptions::default())
     }

@@ -1,14 +1,14 @@
 //! The position-wise feed-forward block: GPT-2's `c_fc` → GELU → `c_proj`, or SwiGLU
 //! (Shazeer 2020): `c_proj(silu(c_gate(x)) * c_fc(x))`. The activation is a fused kernel of
-//! `llmlab_plugin_api::ops` (own backward), or composed with `kernels: "reference"`.
+//! `llmlab_nn::ops` (own backward), or composed with `kernels: "reference"`.
 
+use llmlab_nn::ops;
 use llmlab_plugin_api::candle::{Module, Result, Tensor};
 use llmlab_plugin_api::candle_nn::VarBuilder;
-use llmlab_plugin_api::ops;
 
 use crate::config::{GptConfig, Kernels, MlpKind};
-use crate::dropout::Dropout;
-use crate::linear::{linear, Linear, INIT_STD};
+use llmlab_nn::dropout::Dropout;
+use llmlab_nn::linear::{linear, Linear, INIT_STD};
 
 #[derive(Debug, Clone)]
 pub struct Mlp {

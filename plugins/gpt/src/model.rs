@@ -17,13 +17,13 @@ use llmlab_plugin_api::{
 };
 
 use crate::block::Block;
-use crate::cache::{GptCache, Positions};
+use llmlab_nn::cache::{DecoderCache, Positions};
 use crate::config::{GptConfig, PosKind};
-use crate::dropout::Dropout;
-use crate::linear::{DenseLinear, Linear, INIT_STD};
-use crate::norm::Norm;
-use crate::params::{ParamStore, Source};
-use crate::rope::Rope;
+use llmlab_nn::dropout::Dropout;
+use llmlab_nn::linear::{DenseLinear, Linear, INIT_STD};
+use llmlab_nn::norm::Norm;
+use llmlab_nn::params::{ParamStore, Source};
+use llmlab_nn::rope::Rope;
 
 pub struct Gpt {
     config: GptConfig,
@@ -211,7 +211,7 @@ impl Gpt {
                 )));
             }
             let bias = layer.bias().cloned();
-            *layer = Linear::Quantized(crate::linear::QuantizedLinear::new(
+            *layer = Linear::Quantized(llmlab_nn::linear::QuantizedLinear::new(
                 weight.clone(),
                 bias,
                 in_dim,
@@ -252,8 +252,8 @@ impl Gpt {
     }
 
     /// A fresh cache for `batch` rows.
-    pub fn cache(&self, batch: usize) -> GptCache {
-        GptCache::new(self.config.n_layer, batch)
+    pub fn cache(&self, batch: usize) -> DecoderCache {
+        DecoderCache::new(self.config.n_layer, batch)
     }
 
     /// The forward pass over `ids` `(batch, seq)`: the full sequence, or with `cache` the next
@@ -265,7 +265,7 @@ impl Gpt {
     pub fn run_routed(
         &self,
         ids: &Tensor,
-        mut cache: Option<&mut GptCache>,
+        mut cache: Option<&mut DecoderCache>,
         options: &ForwardOptions,
     ) -> Result<(ForwardOutput, Vec<(usize, crate::moe::LayerStats)>)> {
         if cache.is_some() {
@@ -274,7 +274,7 @@ impl Gpt {
     pub fn run(
         &self,
         ids: &Tensor,
-        cache: Option<&mut GptCache>,
+        cache: Option<&mut DecoderCache>,
         options: &ForwardOptions,
     ) -> Result<ForwardOutput> {
         let (b, t) = ids.dims2()?;
@@ -360,7 +360,7 @@ impl Gpt {
     }
 
     /// Logits of the last position of each row, `(batch, vocab)`.
-    pub fn last_logits(&self, ids: &Tensor, cache: &mut GptCache) -> Result<Tensor> {
+    pub fn last_logits(&self, ids: &Tensor, cache: &mut DecoderCache) -> Result<Tensor> {
         let out = self.run(ids, Some(cache), &ForwardOptions::default())?;
         let t = out.logits.dim(1)?;
         Ok(out
@@ -423,7 +423,7 @@ impl Model for Gpt {
     fn forward_cached(&self, ids: &Tensor, cache: &mut dyn KvCache) -> Result<ForwardOutput> {
         let cache = cache
             .as_any_mut()
-            .downcast_mut::<GptCache>()
+            .downcast_mut::<DecoderCache>()
             .ok_or_else(|| {
                 Error::msg("gpt: forward_cached needs a cache made by this model's new_cache")
             })?;
@@ -440,9 +440,9 @@ impl Model for Gpt {
         on_token: &mut dyn FnMut(usize, u32) -> bool,
     ) -> Result<Vec<Vec<u32>>> {
         if let Some(lora) = self.lora.get() {
-            return crate::generate::generate(&lora.twin, prompts, options, on_token);
+            return llmlab_nn::generate(&lora.twin, prompts, options, on_token);
         }
-        crate::generate::generate(self, prompts, options, on_token)
+        llmlab_nn::generate(self, prompts, options, on_token)
     }
 
     /// The dense parameters; a quantized model's quantized weights are not trainable.

@@ -22,45 +22,10 @@ use llmlab_plugin_api::candle::{DType, Result as CandleResult, Tensor, D};
 use llmlab_plugin_api::serde_json::{json, Value};
 use llmlab_plugin_api::{Error, ForwardOptions, Model, Result};
 
-use crate::linear::DenseLinear;
+use llmlab_nn::linear::DenseLinear;
 use crate::model::Gpt;
 
-/// A dense layer's pruning state.
-#[derive(Default)]
-pub struct Pruning {
-    /// `(out, in)` of 1 (kept) and 0 (pruned).
-    pub mask: Option<Tensor>,
-    /// While calibrating: the sum of squares of each input feature.
-    pub recorder: Option<Arc<Recorder>>,
-}
-
-/// Accumulates `Σ x_j²` over every token a layer sees.
-#[derive(Default)]
-pub struct Recorder(Mutex<Option<Tensor>>);
-
-impl Recorder {
-    pub fn add(&self, x: &Tensor) -> CandleResult<()> {
-        let width = x.dim(D::Minus1)?;
-        let squares = x
-            .detach()
-            .to_dtype(DType::F32)?
-            .reshape(((), width))?
-            .sqr()?
-            .sum(0)?;
-        let mut sum = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *sum = Some(match sum.take() {
-            Some(s) => (s + squares)?,
-            None => squares,
-        });
-        Ok(())
-    }
-
-    fn norms(&self) -> Option<Vec<f32>> {
-        let sum = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        sum.as_ref()
-            .and_then(|s| s.sqrt().ok()?.to_vec1::<f32>().ok())
-    }
-}
+pub use llmlab_nn::pruning::{Pruning, Recorder};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Method {

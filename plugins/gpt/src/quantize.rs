@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use llmlab_plugin_api::{Error, Quantizer, Result};
 
-use crate::linear::Linear;
 use crate::model::Gpt;
+use llmlab_nn::linear::Linear;
 
 /// Whether weight `name` stays dense: it contains one of the `skip` substrings. One rule for
 /// `quantized` and `set_fake_quant`, so QAT trains exactly the layers quantization rounds.

@@ -9,8 +9,8 @@ use common::{option_sets, tiny};
 use llmlab_plugin_api::candle::{DType, Device, Tensor};
 use llmlab_plugin_api::rng::SplitMix64;
 use llmlab_plugin_api::serde_json::{json, Value};
-use llmlab_plugin_api::train::loss;
 use llmlab_plugin_api::{ForwardOptions, Model};
+use llmlab_train::loss;
 
 const SEQ: usize = 24;
 

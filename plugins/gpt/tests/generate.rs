@@ -4,8 +4,8 @@
 mod common;
 
 use common::{ids, max_abs_diff, option_sets, tiny};
-use llmlab_gpt::generate::generate_uncached;
-use llmlab_gpt::sampling::log_softmax;
+use llmlab_gpt::decoder::generate_uncached;
+use llmlab_nn::sampling::log_softmax;
 use llmlab_plugin_api::candle::Tensor;
 use llmlab_plugin_api::serde_json::json;
 use llmlab_plugin_api::{ForwardOptions, GenerateOptions, Model};
@@ -76,7 +76,7 @@ fn one_beam_equals_greedy() {
         };
         // num_beams = 1 is the sampling path; force the beam code with the module directly.
         let via_beam =
-            llmlab_gpt::beam::beam_search(&model, 0, &prompt, &beam, &mut |_, _| true).unwrap();
+            llmlab_nn::beam::beam_search(&model, 0, &prompt, &beam, &mut |_, _| true).unwrap();
         assert_eq!(
             via_beam,
             gen(&model, std::slice::from_ref(&prompt), &greedy(10))[0],
@@ -90,7 +90,7 @@ fn one_beam_equals_greedy() {
             ..greedy(10)
         };
         let via_beam =
-            llmlab_gpt::beam::beam_search(&model, 0, &prompt, &opts, &mut |_, _| true).unwrap();
+            llmlab_nn::beam::beam_search(&model, 0, &prompt, &opts, &mut |_, _| true).unwrap();
         assert_eq!(
             via_beam,
             gen(&model, std::slice::from_ref(&prompt), &opts)[0],

@@ -265,7 +265,7 @@ impl Distillation {
 }
 
 impl Objective for Distillation {
-    fn prepare(&mut self, data: TrainData<'_>, setup: &Setup) -> Result<()> {
+    fn prepare(&mut self, data: &TrainJob<'_>, setup: &Setup) -> Result<()> {
         let teacher = self.teacher()?;
         if teacher.vocab_size() != setup.model_vocab_size {
             return Err(Error::invalid_config(
@@ -294,7 +294,7 @@ impl Objective for Distillation {
 
     fn next_batch(
         &mut self,
-        data: TrainData<'_>,
+        data: &TrainJob<'_>,
         rng: &mut SplitMix64,
         cursor: &mut DataCursor,
         device: &Device,
@@ -302,7 +302,7 @@ impl Objective for Distillation {
         self.windows.next_batch(data, rng, cursor, device)
     }
 
-    fn eval_batches(&mut self, data: TrainData<'_>, device: &Device) -> Result<Vec<Batch>> {
+    fn eval_batches(&mut self, data: &TrainJob<'_>, device: &Device) -> Result<Vec<Batch>> {
         self.windows.eval_batches(data, device)
     }
 

@@ -1,26 +1,22 @@
-//! llmlab plugin `lm-trainer`: the `lm` trainer (pretraining on token streams), the `sft`
-//! trainer (prompt/answer pairs, loss on answer tokens only) and the `distill` trainer
-//! (knowledge distillation from a teacher model, [`distill`]). They share one loop
-//! ([`train_loop`]) with evaluation ([`evaluate`]) and checkpoints that resume bit-exactly
-//! ([`checkpoint`]: what a trainer checkpoint holds). The optimisation pieces (AdamW, schedule,
-//! clipping, losses, the seeded RNG, atomic checkpoint files) live in the shared runtime,
-//! `llmlab_plugin_api::train`, and are re-exported here under their old paths; batches come
-//! from [`batches`]; mixed precision (bf16, f16 with loss scaling) is [`precision`].
+//! llmlab plugin `lm-trainer`: the `lm` trainer (pretraining on token streams, [`lm`]), the
+//! `sft` trainer (prompt/answer pairs, loss on answer tokens only, [`sft`]; chat examples
+//! through [`chat_encoding`]) and the `distill` trainer (knowledge distillation from a teacher
+//! model, [`distill`]). Each is one [`llmlab_train::Objective`] (where batches come from, and
+//! for `distill` its loss) on `llmlab-train`'s step loop, which owns everything else: AdamW,
+//! schedule, clipping, losses, evaluation, mixed precision and checkpoints that resume
+//! bit-exactly. Those modules are re-exported here under the paths they had when they lived in
+//! this crate.
 
-pub mod batches;
 pub mod chat_encoding;
-pub mod checkpoint;
-pub mod config;
-pub mod data_identity;
 pub mod distill;
-pub mod evaluate;
 pub mod lm;
-pub mod memory;
-pub mod precision;
 pub mod sft;
-pub mod train_loop;
 
-pub use llmlab_plugin_api::train::{adamw, clip, loss, rng, schedule};
+pub use llmlab_train::trainer_checkpoint as checkpoint;
+pub use llmlab_train::{
+    adamw, batches, clip, config, data_identity, evaluate, loss, memory, precision, rng, schedule,
+    train_loop,
+};
 
 pub use config::TrainConfig;
 pub use lm::{new_lm_trainer, LmTrainer};

@@ -18,17 +18,17 @@ pub struct Pretraining {
     setup: Option<Setup>,
 }
 
-fn token_data(data: TrainData<'_>) -> Result<&dyn TokenData> {
-    match data {
-        TrainData::Tokens(tokens) => Ok(tokens),
-        TrainData::Examples { .. } => Err(Error::Data(
-            "the lm trainer learns from a token dataset (tok.encode(corpus)); for prompt/answer examples use trainer(\"sft\", ..)".into(),
-        )),
-    }
+fn token_data<'a>(job: &TrainJob<'a>) -> Result<&'a dyn TokenData> {
+    job.tokens.ok_or_else(|| {
+        Error::Data(format!(
+            "the lm trainer learns from a token dataset (tok.encode(corpus)), the job has {}; for prompt/answer examples use trainer(\"sft\", ..)",
+            job.describe()
+        ))
+    })
 }
 
 impl Objective for Pretraining {
-    fn prepare(&mut self, data: TrainData<'_>, setup: &Setup) -> Result<()> {
+    fn prepare(&mut self, data: &TrainJob<'_>, setup: &Setup) -> Result<()> {
         let tokens = token_data(data)?;
         if tokens.vocab_size() > setup.model_vocab_size {
             return Err(Error::Data(format!(
@@ -46,7 +46,7 @@ impl Objective for Pretraining {
 
     fn next_batch(
         &mut self,
-        data: TrainData<'_>,
+        data: &TrainJob<'_>,
         rng: &mut SplitMix64,
         cursor: &mut DataCursor,
         device: &Device,
@@ -58,7 +58,7 @@ impl Objective for Pretraining {
         sampler.next(token_data(data)?, rng, cursor, device)
     }
 
-    fn eval_batches(&mut self, data: TrainData<'_>, device: &Device) -> Result<Vec<Batch>> {
+    fn eval_batches(&mut self, data: &TrainJob<'_>, device: &Device) -> Result<Vec<Batch>> {
         let setup = self.setup.ok_or_else(|| Error::msg("lm: not prepared"))?;
         let tokens = token_data(data)?;
         if tokens.len(Split::Val) < 2 {

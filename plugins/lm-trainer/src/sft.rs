@@ -94,12 +94,16 @@ pub struct Sft {
     order: Option<(u64, Vec<usize>)>,
 }
 
-fn examples(data: TrainData<'_>) -> Result<(&dyn ExampleSource, &dyn Tokenizer)> {
-    match data {
-        TrainData::Examples { examples, tokenizer } => Ok((examples, tokenizer)),
-        TrainData::Tokens(_) => Err(Error::Data(
-            "the sft trainer learns from prompt/answer examples (a task corpus with a tokenizer); for a token dataset use trainer(\"lm\", ..)".into(),
+fn examples<'a>(job: &TrainJob<'a>) -> Result<(&'a dyn ExampleSource, &'a dyn Tokenizer)> {
+    match (job.examples, job.tokenizer) {
+        (Some(examples), Some(tokenizer)) => Ok((examples, tokenizer)),
+        (Some(_), None) => Err(Error::Data(
+            "the sft trainer needs the tokenizer that encodes its examples; the job has none".into(),
         )),
+        (None, _) => Err(Error::Data(format!(
+            "the sft trainer learns from prompt/answer examples (a task corpus with a tokenizer), the job has {}; for a token dataset use trainer(\"lm\", ..)",
+            job.describe()
+        ))),
     }
 }
 
@@ -116,7 +120,7 @@ impl Sft {
 }
 
 impl Objective for Sft {
-    fn prepare(&mut self, data: TrainData<'_>, setup: &Setup) -> Result<()> {
+    fn prepare(&mut self, data: &TrainJob<'_>, setup: &Setup) -> Result<()> {
         let (examples, tokenizer) = examples(data)?;
         tokenizer.end_of_text()?;
         if tokenizer.vocab_size() > setup.model_vocab_size {
@@ -146,7 +150,7 @@ impl Objective for Sft {
 
     fn next_batch(
         &mut self,
-        data: TrainData<'_>,
+        data: &TrainJob<'_>,
         _rng: &mut SplitMix64,
         cursor: &mut DataCursor,
         device: &Device,
@@ -168,7 +172,7 @@ impl Objective for Sft {
         batch(&rows, pad, device)
     }
 
-    fn eval_batches(&mut self, data: TrainData<'_>, device: &Device) -> Result<Vec<Batch>> {
+    fn eval_batches(&mut self, data: &TrainJob<'_>, device: &Device) -> Result<Vec<Batch>> {
         let (examples, tokenizer) = examples(data)?;
         let setup = self.setup.ok_or_else(|| Error::msg("sft: not prepared"))?;
         if self.held_out == 0 {

@@ -108,7 +108,7 @@ fn a_distilled_student_beats_the_same_student_from_scratch_at_equal_steps() {
         .unwrap()
         .fit(
             teacher.as_ref(),
-            TrainData::Tokens(&data),
+            &TrainJob::tokens(&data),
             &context(Arc::new(Recorder::default()), None),
         )
         .unwrap();
@@ -119,7 +119,7 @@ fn a_distilled_student_beats_the_same_student_from_scratch_at_equal_steps() {
         .unwrap()
         .fit(
             &scratch,
-            TrainData::Tokens(&data),
+            &TrainJob::tokens(&data),
             &context(Arc::new(Recorder::default()), None),
         )
         .unwrap()["val_loss"];
@@ -135,7 +135,7 @@ fn a_distilled_student_beats_the_same_student_from_scratch_at_equal_steps() {
         let distilled = trainer
             .fit(
                 &student,
-                TrainData::Tokens(&data),
+                &TrainJob::tokens(&data),
                 &context(recorder.clone(), None),
             )
             .unwrap()["val_loss"];
@@ -207,7 +207,7 @@ fn teachers_with_another_vocabulary_or_none_are_refused_with_the_cause() {
     let student = Bigram::new(4, 32, 1);
     let mut trainer = new_distill_trainer(&lm_config(2)).unwrap();
     let err = trainer
-        .fit(&student, TrainData::Tokens(&data), &ctx)
+        .fit(&student, &TrainJob::tokens(&data), &ctx)
         .unwrap_err()
         .to_string();
     assert!(err.contains("teacher"), "{err}");
@@ -217,7 +217,7 @@ fn teachers_with_another_vocabulary_or_none_are_refused_with_the_cause() {
         .set_teacher(Arc::new(WiderVocab(Bigram::new(4, 32, 0))))
         .unwrap();
     let err = trainer
-        .fit(&student, TrainData::Tokens(&data), &ctx)
+        .fit(&student, &TrainJob::tokens(&data), &ctx)
         .unwrap_err()
         .to_string();
     assert!(

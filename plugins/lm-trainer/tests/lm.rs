@@ -31,7 +31,7 @@ fn loss_falls_on_a_learnable_pattern_and_val_metrics_are_reported() {
     let last = trainer
         .fit(
             &model,
-            TrainData::Tokens(&data),
+            &TrainJob::tokens(&data),
             &context(recorder.clone(), None),
         )
         .unwrap();
@@ -113,7 +113,7 @@ fn every_parameter_gets_a_finite_gradient_and_changes_after_one_step() {
     let before = model.snapshot();
     let mut trainer = new_lm_trainer(&with(base(), json!({ "warmup": 0 }))).unwrap();
     let metrics = trainer
-        .step(&model, TrainData::Tokens(&data), &Context::cpu())
+        .step(&model, &TrainJob::tokens(&data), &Context::cpu())
         .unwrap();
     assert!(metrics["grad_norm"].is_finite() && metrics["grad_norm"] > 0.0);
     assert!(!metrics.contains_key("val_loss"));
@@ -137,7 +137,7 @@ fn gradient_accumulation_and_clipping_still_learn() {
     );
     let mut trainer = new_lm_trainer(&config).unwrap();
     let last = trainer
-        .fit(&model, TrainData::Tokens(&data), &Context::cpu())
+        .fit(&model, &TrainJob::tokens(&data), &Context::cpu())
         .unwrap();
     assert!(last["loss"] < 0.7, "{last:?}");
     assert!(!last.contains_key("val_loss"));
@@ -153,7 +153,7 @@ fn divergence_stops_with_an_error_naming_the_step() {
     );
     let mut trainer = new_lm_trainer(&config).unwrap();
     let err = trainer
-        .fit(&model, TrainData::Tokens(&data), &Context::cpu())
+        .fit(&model, &TrainJob::tokens(&data), &Context::cpu())
         .unwrap_err()
         .to_string();
     assert!(err.contains("diverged at step"), "{err}");
@@ -174,7 +174,7 @@ fn cancellation_writes_a_checkpoint_and_stops() {
     ctx.cancel = flag;
     let mut trainer = new_lm_trainer(&with(base(), json!({ "checkpoint_every": 0 }))).unwrap();
     let err = trainer
-        .fit(&model, TrainData::Tokens(&data), &ctx)
+        .fit(&model, &TrainJob::tokens(&data), &ctx)
         .unwrap_err();
     assert!(matches!(err, Error::Cancelled), "{err}");
     assert_eq!(trainer.steps_done(), 3);
@@ -192,14 +192,7 @@ fn refuses_the_wrong_kind_of_data_and_a_ctx_beyond_the_model() {
     let sums = Sums::new(10);
     let mut trainer = new_lm_trainer(&base()).unwrap();
     let err = trainer
-        .step(
-            &model,
-            TrainData::Examples {
-                examples: &sums,
-                tokenizer: &Chars,
-            },
-            &Context::cpu(),
-        )
+        .step(&model, &TrainJob::examples(&sums, &Chars), &Context::cpu())
         .unwrap_err()
         .to_string();
     assert!(err.contains("sft"), "{err}");
@@ -208,7 +201,7 @@ fn refuses_the_wrong_kind_of_data_and_a_ctx_beyond_the_model() {
     let err = trainer
         .step(
             &model,
-            TrainData::Tokens(&Pattern::new(500, 0)),
+            &TrainJob::tokens(&Pattern::new(500, 0)),
             &Context::cpu(),
         )
         .unwrap_err()
@@ -219,7 +212,7 @@ fn refuses_the_wrong_kind_of_data_and_a_ctx_beyond_the_model() {
     let err = trainer
         .step(
             &model,
-            TrainData::Tokens(&Pattern::new(5, 0)),
+            &TrainJob::tokens(&Pattern::new(5, 0)),
             &Context::cpu(),
         )
         .unwrap_err()

@@ -35,7 +35,7 @@ fn bf16_training_lowers_the_loss_and_keeps_f32_master_weights() {
     let last = trainer
         .fit(
             &model,
-            TrainData::Tokens(&data),
+            &TrainJob::tokens(&data),
             &context(recorder.clone(), None),
         )
         .unwrap();
@@ -63,7 +63,7 @@ fn f16_overflow_halves_the_loss_scale_and_skips_the_update() {
     let ctx = context(Arc::new(Recorder::default()), None);
     let before = model.snapshot();
     let metrics = trainer
-        .step(&model, TrainData::Tokens(&data), &ctx)
+        .step(&model, &TrainJob::tokens(&data), &ctx)
         .unwrap();
     assert_eq!(metrics["skipped"], 1.0, "{metrics:?}");
     assert_eq!(metrics["loss_scale"], start / 2.0, "{metrics:?}");
@@ -79,7 +79,7 @@ fn f16_overflow_halves_the_loss_scale_and_skips_the_update() {
     // after `loss_scale_window` good steps the scale doubles again.
     let recorder = Arc::new(Recorder::default());
     let ctx = context(recorder.clone(), None);
-    trainer.fit(&model, TrainData::Tokens(&data), &ctx).unwrap();
+    trainer.fit(&model, &TrainJob::tokens(&data), &ctx).unwrap();
     let lines = recorder.lines.lock().unwrap().clone();
     let skipped = lines.iter().filter(|(_, m)| m["skipped"] == 1.0).count();
     assert!(skipped >= 5, "only {skipped} skipped steps from 2^39");

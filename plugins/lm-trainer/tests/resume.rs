@@ -32,7 +32,7 @@ fn resume_is_bit_exact() {
         .unwrap()
         .fit(
             &straight_model,
-            TrainData::Tokens(&data),
+            &TrainJob::tokens(&data),
             &context(straight.clone(), None),
         )
         .unwrap();
@@ -46,7 +46,7 @@ fn resume_is_bit_exact() {
     for _ in 0..10 {
         losses.push(
             first
-                .step(&first_model, TrainData::Tokens(&data), &ctx)
+                .step(&first_model, &TrainJob::tokens(&data), &ctx)
                 .unwrap()["loss"],
         );
     }
@@ -59,7 +59,7 @@ fn resume_is_bit_exact() {
     second
         .fit(
             &resumed_model,
-            TrainData::Tokens(&data),
+            &TrainJob::tokens(&data),
             &context(resumed.clone(), Some(dir.path())),
         )
         .unwrap();
@@ -100,7 +100,7 @@ fn trained_checkpoint(dir: &Path) {
         .unwrap()
         .fit(
             &model,
-            TrainData::Tokens(&data),
+            &TrainJob::tokens(&data),
             &context(Arc::new(Recorder::default()), Some(dir)),
         )
         .unwrap();
@@ -111,7 +111,7 @@ fn resume_error(dir: &Path) -> String {
     let data = Pattern::new(3000, 200);
     new_lm_trainer(&resume_config(dir))
         .unwrap()
-        .step(&model, TrainData::Tokens(&data), &Context::cpu())
+        .step(&model, &TrainJob::tokens(&data), &Context::cpu())
         .unwrap_err()
         .to_string()
 }
@@ -121,7 +121,7 @@ fn resumes(dir: &Path) -> u64 {
     let data = Pattern::new(3000, 200);
     let mut trainer = new_lm_trainer(&resume_config(dir)).unwrap();
     trainer
-        .step(&model, TrainData::Tokens(&data), &Context::cpu())
+        .step(&model, &TrainJob::tokens(&data), &Context::cpu())
         .unwrap();
     trainer.steps_done()
 }

@@ -48,10 +48,7 @@ fn loss_counts_answer_tokens_only() {
     let metrics = trainer
         .step(
             &model,
-            TrainData::Examples {
-                examples: &examples,
-                tokenizer: &Chars,
-            },
+            &TrainJob::examples(&examples, &Chars),
             &Context::cpu(),
         )
         .unwrap();
@@ -69,12 +66,9 @@ fn learns_a_task_and_evaluates_on_held_out_examples() {
     let config = json!({ "steps": 80, "batch_size": 16, "lr": 0.05, "min_lr": 0.005, "warmup": 5,
                          "eval_every": 40, "eval_batches": 1, "seed": 2 });
     let mut trainer = new_sft_trainer(&config).unwrap();
-    let data = TrainData::Examples {
-        examples: &examples,
-        tokenizer: &Chars,
-    };
-    let first = trainer.step(&model, data, &Context::cpu()).unwrap();
-    let last = trainer.fit(&model, data, &Context::cpu()).unwrap();
+    let data = TrainJob::examples(&examples, &Chars);
+    let first = trainer.step(&model, &data, &Context::cpu()).unwrap();
+    let last = trainer.fit(&model, &data, &Context::cpu()).unwrap();
     assert_eq!(trainer.steps_done(), 80);
     // The bigram model sees only the previous token (the second digit), so the sum is not
     // learnable exactly; the end-of-text after the answer is. The loss must still fall clearly.
@@ -94,7 +88,7 @@ fn refuses_a_token_dataset() {
     let err = trainer
         .step(
             &model,
-            TrainData::Tokens(&Pattern::new(100, 10)),
+            &TrainJob::tokens(&Pattern::new(100, 10)),
             &Context::cpu(),
         )
         .unwrap_err()
@@ -106,10 +100,7 @@ fn refuses_a_token_dataset() {
 fn resume_is_bit_exact_across_epochs() {
     use std::sync::Arc;
     let examples = Sums::new(20);
-    let data = TrainData::Examples {
-        examples: &examples,
-        tokenizer: &Chars,
-    };
+    let data = TrainJob::examples(&examples, &Chars);
     // batch 8 of 20 examples: epochs wrap mid-batch, before and after the checkpoint.
     let config = json!({ "steps": 12, "batch_size": 8, "lr": 0.02, "warmup": 2, "eval_every": 0,
                          "checkpoint_every": 6, "log_every": 1, "seed": 4 });
@@ -129,7 +120,7 @@ fn resume_is_bit_exact_across_epochs() {
     let first_model = Bigram::new(8, 16, 0);
     let mut first = new_sft_trainer(&config).unwrap();
     let mut losses: Vec<f64> = (0..6)
-        .map(|_| first.step(&first_model, data, &ctx).unwrap()["loss"])
+        .map(|_| first.step(&first_model, &data, &ctx).unwrap()["loss"])
         .collect();
 
     let mut resume = config.clone();

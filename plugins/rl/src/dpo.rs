@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use llmlab_plugin_api::candle::{DType, Tensor};
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::prelude::*;
-use llmlab_plugin_api::train::{loss, SplitMix64};
+use llmlab_train::{loss, SplitMix64};
 
 use crate::config::{DpoConfig, DpoLoss};
 use crate::fit::{self, SteppedAligner};

@@ -11,7 +11,7 @@
 //!
 //! The pair aligners tokenize pairs the same way ([`preference_batch`]) and hold out a split
 //! for preference accuracy. All optimise with the shared runtime's AdamW, schedule and clipping
-//! ([`optimizer`], on `llmlab_plugin_api::train`). Settings: [`config`],
+//! ([`optimizer`], on `llmlab_train`). Settings: [`config`],
 //! [`online_config`].
 
 pub mod advantage;

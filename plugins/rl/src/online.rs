@@ -4,7 +4,7 @@
 //! (and values), greedy evaluation with the reward, and the update statistics they log.
 
 use llmlab_plugin_api::prelude::*;
-use llmlab_plugin_api::train::SplitMix64;
+use llmlab_train::SplitMix64;
 
 use crate::online_config::Common;
 use crate::optimizer::Optimizer;

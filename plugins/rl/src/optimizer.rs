@@ -1,11 +1,11 @@
 //! One optimiser step of an aligner, composed from the shared runtime's pieces
-//! (`llmlab_plugin_api::train`): backward, gradients of the trained parameters, global-norm
+//! (`llmlab_train`): backward, gradients of the trained parameters, global-norm
 //! clipping, AdamW at the scheduled learning rate. A non-finite loss or gradient stops before
 //! the update with an error that says what to change.
 
 use llmlab_plugin_api::candle::{Tensor, Var};
-use llmlab_plugin_api::train::{clip, gradients, AdamW, AdamWSettings, Schedule};
 use llmlab_plugin_api::{Error, Result};
+use llmlab_train::{clip, gradients, AdamW, AdamWSettings, Schedule};
 
 /// The optimisation keys of an aligner's config.
 #[derive(Debug, Clone, Copy, PartialEq)]

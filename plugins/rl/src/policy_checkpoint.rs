@@ -3,14 +3,14 @@
 //! reference's (`reference.safetensors`), the optimiser's moments, any extra trained tensors
 //! (PPO's value head, a reward head) and a manifest `aligner.json` with the step, optimiser
 //! steps, RNG state, the aligner's own run state (prompt order, reward statistics) and configs,
-//! written atomically and checksummed by the shared runtime
-//! (`llmlab_plugin_api::train::checkpoint`). [`crate::resume`] reads it back.
+//! written atomically and checksummed by
+//! `llmlab_train::checkpoint`. [`crate::resume`] reads it back.
 
 use std::path::Path;
 
 use llmlab_plugin_api::candle::Tensor;
 use llmlab_plugin_api::prelude::*;
-use llmlab_plugin_api::train::checkpoint;
+use llmlab_train::checkpoint;
 
 use crate::optimizer::Optimizer;
 

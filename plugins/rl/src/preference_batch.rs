@@ -9,8 +9,8 @@
 //! tail is the held-out set.
 
 use llmlab_plugin_api::candle::{Device, Tensor};
-use llmlab_plugin_api::train::SplitMix64;
 use llmlab_plugin_api::{Error, Example, ExampleSource, Result, SpecialToken, Tokenizer};
+use llmlab_train::SplitMix64;
 
 /// One side of a pair: token ids and the index in `ids` of the first answer token.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,7 +22,7 @@
 
 use llmlab_plugin_api::candle::Tensor;
 use llmlab_plugin_api::serde::{Deserialize, Serialize};
-use llmlab_plugin_api::train::loss::log_sigmoid;
+use llmlab_train::loss::log_sigmoid;
 use llmlab_plugin_api::Result;
 
 /// The loss `rl("dpo", #{ loss })` minimises.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use llmlab_plugin_api::candle::{Tensor, Var};
 use llmlab_plugin_api::prelude::*;
-use llmlab_plugin_api::train::checkpoint::{self, FileEntry};
+use llmlab_train::checkpoint::{self, FileEntry};
 
 use crate::optimizer::Optimizer;
 use crate::policy_checkpoint::{DIR, MANIFEST, MODEL_FILE, OPTIMIZER_FILE, REFERENCE_FILE};

@@ -20,7 +20,7 @@ use std::path::Path;
 use llmlab_plugin_api::candle::{self, DType, Device, Tensor, Var};
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::prelude::*;
-use llmlab_plugin_api::train::{loss, SplitMix64};
+use llmlab_train::{loss, SplitMix64};
 
 use crate::config::{RewardConfig, RewardHead};
 use crate::fit::{self, SteppedAligner};

@@ -15,11 +15,11 @@
 use std::time::Instant;
 
 use llmlab_plugin_api::candle::{DType, Device, Tensor};
-use llmlab_plugin_api::train::{loss, SplitMix64};
 use llmlab_plugin_api::{
     Error, ExampleSource, ForwardOptions, GenerateOptions, Model, Result, RewardFn, SpecialToken,
     Tokenizer,
 };
+use llmlab_train::{loss, SplitMix64};
 
 /// Prompts in a shuffled order, reshuffled after each pass over the data.
 #[derive(Debug, Clone)]

@@ -118,7 +118,7 @@ pub fn dataset_header(data: &[u8]) -> bool {
 
 /// A trainer checkpoint: `trainer.json`, `model.safetensors`, `optimizer.safetensors`.
 pub fn checkpoint_manifest(data: &[u8]) -> bool {
-    use llmlab_lm_trainer::checkpoint as ckpt;
+    use llmlab_train::trainer_checkpoint as ckpt;
     let p = parts(data, 3);
     let dir = scratch(&[
         (ckpt::MANIFEST, p[0]),
@@ -200,7 +200,7 @@ pub fn rhai_config(data: &[u8]) -> bool {
     {
         if let Ok(json) = llmlab::script::dynamic_to_json(value) {
             let model = llmlab_gpt::GptConfig::from_json("gpt", &json).is_ok();
-            let trainer = llmlab_lm_trainer::TrainConfig::from_json("lm", &json).is_ok();
+            let trainer = llmlab_train::TrainConfig::from_json("lm", &json).is_ok();
             let _ = llmlab::script::json_to_dynamic(&json);
             accepted = model || trainer;
         }
@@ -308,7 +308,7 @@ fn seed_dataset() -> Vec<u8> {
 }
 
 fn seed_checkpoint() -> Vec<u8> {
-    use llmlab_lm_trainer::checkpoint as ckpt;
+    use llmlab_train::trainer_checkpoint as ckpt;
     let model = tiny_gpt();
     let weights: Vec<(String, Tensor)> = model
         .parameters()
@@ -329,7 +329,7 @@ fn seed_checkpoint() -> Vec<u8> {
         step: 3,
         optimizer_steps: 3,
         rng_state: ckpt::format_rng_state(42),
-        cursor: llmlab_lm_trainer::batches::DataCursor::default(),
+        cursor: llmlab_train::batches::DataCursor::default(),
         config: json!({}),
         model: ckpt::ModelInfo {
             name: "gpt".to_string(),

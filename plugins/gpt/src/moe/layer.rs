@@ -18,9 +18,9 @@ use super::router::{route, Routing};
 use super::stats::{LayerStats, StatsAccumulator};
 use super::{experts, MoeAux, Pass};
 use crate::config::GptConfig;
-use crate::linear::{Linear, INIT_STD};
+use llmlab_nn::linear::{Linear, INIT_STD};
 use crate::mlp::Mlp;
-use crate::rng::Rng;
+use llmlab_nn::rng::Rng;
 
 /// The state tensors' names end with these (relative to the block's `mlp.`).
 pub const STATE_SUFFIXES: [&str; 2] = ["router.selection_bias", "router.pending_load"];

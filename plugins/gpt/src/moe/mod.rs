@@ -22,7 +22,7 @@ pub use layer::{is_state, Moe};
 pub use stats::LayerStats;
 
 use crate::config::GptConfig;
-use crate::linear::Linear;
+use llmlab_nn::linear::Linear;
 use crate::mlp::Mlp;
 
 /// The kind of forward pass a block runs.

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use llmlab_plugin_api::candle::{DType, Device, Tensor, Var};
 use llmlab_plugin_api::prelude::*;
-use llmlab_plugin_api::train::SplitMix64;
+use llmlab_train::SplitMix64;
 use llmlab_plugin_api::TextSource;
 
 pub const VOCAB: usize = 12;

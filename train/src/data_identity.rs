@@ -7,9 +7,9 @@
 //! `val_fraction`) changes it. Examples: the source's name, count, and a checksum of the first
 //! [`EXAMPLES`] prompt/answer pairs.
 
+use crate::checkpoint::fnv1a64;
 use llmlab_plugin_api::serde::{Deserialize, Serialize};
-use llmlab_plugin_api::train::checkpoint::fnv1a64;
-use llmlab_plugin_api::{Result, Split, TrainData};
+use llmlab_plugin_api::{Error, Result, Split, TrainJob};
 
 /// Tokens per sampled window.
 pub const WINDOW: usize = 4096;
@@ -37,9 +37,10 @@ pub enum DataIdentity {
 }
 
 impl DataIdentity {
-    pub fn of(data: TrainData<'_>) -> Result<DataIdentity> {
-        match data {
-            TrainData::Tokens(tokens) => {
+    /// The identity of what `job` trains on: its token stream, or else its examples.
+    pub fn of(job: &TrainJob<'_>) -> Result<DataIdentity> {
+        match (job.tokens, job.examples) {
+            (Some(tokens), _) => {
                 let len = tokens.len(Split::Train);
                 let window = WINDOW.min(len);
                 let mut bytes = Vec::with_capacity(3 * window * 4);
@@ -55,7 +56,7 @@ impl DataIdentity {
                     sample_fnv1a64: format!("{:016x}", fnv1a64(&bytes)),
                 })
             }
-            TrainData::Examples { examples, .. } => {
+            (None, Some(examples)) => {
                 let mut text = String::new();
                 for i in 0..examples.len().min(EXAMPLES) {
                     let example = examples.get(i);
@@ -70,6 +71,9 @@ impl DataIdentity {
                     sample_fnv1a64: format!("{:016x}", fnv1a64(text.as_bytes())),
                 })
             }
+            (None, None) => Err(Error::Data(
+                "the training job has no data (neither tokens nor examples)".into(),
+            )),
         }
     }
 
@@ -145,7 +149,7 @@ mod tests {
     #[test]
     fn same_tokens_same_identity_any_change_differs() {
         let a: Vec<u32> = (0..20_000).map(|i| i % 97).collect();
-        let id = |t: &Tokens| DataIdentity::of(TrainData::Tokens(t)).unwrap();
+        let id = |t: &Tokens| DataIdentity::of(&TrainJob::tokens(t)).unwrap();
         let base = id(&Tokens(a.clone()));
         assert_eq!(base.difference(&id(&Tokens(a.clone()))), None);
         let mut changed = a.clone();

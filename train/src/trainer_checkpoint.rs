@@ -10,7 +10,7 @@
 //! ```
 //!
 //! This module owns what a trainer checkpoint holds; the files are written and verified by the
-//! shared `llmlab_plugin_api::train::checkpoint`: whole into a hidden sibling directory, every
+//! shared `crate::checkpoint`: whole into a hidden sibling directory, every
 //! file synced, then swapped in with renames (the old one is moved aside first and removed last), so a crash at any point
 //! leaves the previous good checkpoint loadable. `trainer.json` records each file's size and
 //! checksum; a truncated or altered file is refused with its name.
@@ -18,19 +18,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use crate::checkpoint::{load_tensors, parse_rng_state, sibling, write_atomically};
 use llmlab_plugin_api::candle::Tensor;
 use llmlab_plugin_api::serde::{Deserialize, Serialize};
 use llmlab_plugin_api::serde_json::{self, Value};
-use llmlab_plugin_api::train::checkpoint::{
-    load_tensors, parse_rng_state, sibling, write_atomically,
-};
 use llmlab_plugin_api::{Error, Result};
 
 use crate::batches::DataCursor;
 use crate::data_identity::DataIdentity;
 use crate::precision::LossScaler;
 
-pub use llmlab_plugin_api::train::checkpoint::{fnv1a64, format_rng_state, FileEntry};
+pub use crate::checkpoint::{fnv1a64, format_rng_state, FileEntry};
 
 pub const FORMAT: &str = "llmlab-trainer-checkpoint";
 pub const VERSION: u32 = 1;

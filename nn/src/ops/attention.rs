@@ -20,6 +20,7 @@
 use crate::candle::{self, CpuStorage, CustomOp1, Device, Layout, Shape, Storage, Tensor};
 use crate::ops::math::{self, simd_kernel};
 use crate::rayon::prelude::*;
+use llmlab_plugin_api::gemm;
 
 /// Query rows per block.
 const BLOCK: usize = 32;

@@ -2,7 +2,7 @@
 //! GPT-NeoX and Llama: the first and second half of each head are the pair rotated together.
 //!
 //! Precomputed cos/sin tables. Training applies them with the fused kernel of
-//! `llmlab_plugin_api::ops::rope` to the packed q/k/v projection ([`Rope::apply_packed`]);
+//! `crate::ops::rope` to the packed q/k/v projection ([`Rope::apply_packed`]);
 //! cached decoding and `kernels: "reference"` use `narrow`/`cat`/`mul` ([`Rope::apply`]). Both
 //! have a backward (candle's `rotary_emb::rope*` kernels do not, DESIGN.md §7).
 
@@ -114,7 +114,7 @@ impl Rope {
         let t = qkv.dim(1)?;
         let cos = self.cos.narrow(0, 0, t)?;
         let sin = self.sin.narrow(0, 0, t)?;
-        llmlab_plugin_api::ops::rope_packed(qkv, &cos, &sin, rotated)
+        crate::ops::rope_packed(qkv, &cos, &sin, rotated)
     }
 
     /// Rotates `x` `(batch, heads, seq, head_dim)` by the angles of `positions`.

@@ -1,15 +1,24 @@
-//! LayerNorm and RMSNorm over the last dimension: the fused kernels of
-//! `llmlab_plugin_api::ops` (own backward), or with `kernels: "reference"` composed from stock
-//! differentiable ops.
+//! LayerNorm and RMSNorm over the last dimension: the fused kernels of [`crate::ops`] (own
+//! backward), or with [`Kernels::Reference`] composed from stock differentiable ops.
 //!
 //! candle's fused `layer_norm`/`rms_norm` (and `candle_nn::RmsNorm` on contiguous input) have no
 //! backward pass and silently cut gradients (DESIGN.md §7), so they are never used.
 
 use llmlab_plugin_api::candle::{Result, Tensor};
 use llmlab_plugin_api::candle_nn::{Init, VarBuilder};
-use llmlab_plugin_api::ops;
+use llmlab_plugin_api::serde::{Deserialize, Serialize};
 
-use crate::config::{Kernels, NormKind};
+use crate::ops::{self, Kernels};
+
+/// Which normalisation a layer applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(crate = "llmlab_plugin_api::serde", rename_all = "lowercase")]
+pub enum NormKind {
+    /// LayerNorm (GPT-2): mean and variance, weight and (with `bias`) bias.
+    Layer,
+    /// RMSNorm (Llama): root mean square, weight only.
+    Rms,
+}
 
 #[derive(Debug, Clone)]
 pub struct Norm {

@@ -13,13 +13,13 @@ use llmlab_plugin_api::candle::{DType, Device, Tensor, Var};
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::serde_json::Value;
 use llmlab_plugin_api::{
-    tracing, Context, Error, ForwardOptions, ForwardOutput, Model, Result, StepMetrics, TrainData,
+    tracing, Context, Error, ForwardOptions, ForwardOutput, Model, Result, StepMetrics, TrainJob,
     Trainer,
 };
 
 use crate::adamw::{AdamW, AdamWSettings};
 use crate::batches::{Batch, DataCursor};
-use crate::checkpoint::{self, Manifest, ModelInfo};
+use crate::trainer_checkpoint::{self as checkpoint, Manifest, ModelInfo};
 use crate::clip;
 use crate::config::TrainConfig;
 use crate::data_identity::DataIdentity;
@@ -28,7 +28,7 @@ use crate::loss;
 use crate::precision::{LossScaler, Verdict};
 use crate::rng::SplitMix64;
 use crate::schedule::Schedule;
-use llmlab_plugin_api::train::gradients;
+use crate::gradients;
 
 /// What the trainer resolved before its first step.
 #[derive(Debug, Clone, Copy)]
@@ -45,17 +45,17 @@ pub struct Setup {
 /// Where a trainer's batches come from.
 pub trait Objective: Send {
     /// Checks that `data` is the kind this trainer learns from and fits the setup.
-    fn prepare(&mut self, data: TrainData<'_>, setup: &Setup) -> Result<()>;
+    fn prepare(&mut self, data: &TrainJob<'_>, setup: &Setup) -> Result<()>;
     /// The next training micro-batch, advancing `rng` and `cursor`.
     fn next_batch(
         &mut self,
-        data: TrainData<'_>,
+        data: &TrainJob<'_>,
         rng: &mut SplitMix64,
         cursor: &mut DataCursor,
         device: &Device,
     ) -> Result<Batch>;
     /// The fixed evaluation set (may be empty: no val data).
-    fn eval_batches(&mut self, data: TrainData<'_>, device: &Device) -> Result<Vec<Batch>>;
+    fn eval_batches(&mut self, data: &TrainJob<'_>, device: &Device) -> Result<Vec<Batch>>;
     /// A training micro-batch's loss from the model's f32 logits. Default: cross-entropy on
     /// the batch's targets (masked when it has a mask).
     fn loss(&mut self, logits: &Tensor, batch: &Batch) -> Result<Tensor> {
@@ -130,7 +130,7 @@ impl<O: Objective> TrainLoop<O> {
         Ok(())
     }
 
-    fn start(&mut self, model: &dyn Model, data: TrainData<'_>, ctx: &Context) -> Result<()> {
+    fn start(&mut self, model: &dyn Model, data: &TrainJob<'_>, ctx: &Context) -> Result<()> {
         if self.run.is_some() {
             return Ok(());
         }
@@ -332,7 +332,7 @@ impl<O: Objective> TrainLoop<O> {
     fn one_step(
         &mut self,
         model: &dyn Model,
-        data: TrainData<'_>,
+        data: &TrainJob<'_>,
         ctx: &Context,
     ) -> Result<StepMetrics> {
         self.start(model, data, ctx)?;
@@ -495,7 +495,7 @@ impl<O: Objective> Trainer for TrainLoop<O> {
     fn step(
         &mut self,
         model: &dyn Model,
-        data: TrainData<'_>,
+        data: &TrainJob<'_>,
         ctx: &Context,
     ) -> Result<StepMetrics> {
         let metrics = self.one_step(model, data, ctx)?;
@@ -506,7 +506,7 @@ impl<O: Objective> Trainer for TrainLoop<O> {
     fn fit(
         &mut self,
         model: &dyn Model,
-        data: TrainData<'_>,
+        data: &TrainJob<'_>,
         ctx: &Context,
     ) -> Result<StepMetrics> {
         self.start(model, data, ctx)?;

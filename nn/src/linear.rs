@@ -21,8 +21,13 @@ use llmlab_plugin_api::candle::quantized::{QMatMul, QTensor};
 use llmlab_plugin_api::candle::{DType, Module, Result, Tensor, D};
 use llmlab_plugin_api::candle_nn::{self, Init, VarBuilder};
 
-use crate::lora::Adapter;
-use crate::prune::Pruning;
+use crate::pruning::Pruning;
+
+/// What stands in for a layer's product when set: a LoRA adapter (`gpt`'s `lora.rs`) holds the
+/// layer's frozen weight and adds its trained low-rank update.
+pub trait LinearAdapter: Send + Sync + std::fmt::Debug {
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+}
 
 /// GPT-2's init for every weight matrix and embedding.
 pub const INIT_STD: f64 = 0.02;
@@ -42,9 +47,9 @@ pub type FakeQuantSlot = Arc<RwLock<Option<Arc<dyn Quantizer>>>>;
 pub struct DenseLinear {
     inner: candle_nn::Linear,
     fake_quant: FakeQuantSlot,
-    /// LoRA (`lora.rs`): when set, the layer is the adapter's frozen base plus its update.
-    adapter: Option<Arc<Adapter>>,
-    /// Pruning (`prune.rs`): the weight's keep-mask and the calibration recorder, shared by the
+    /// LoRA ([`LinearAdapter`]): when set, the layer is the adapter's frozen base plus its update.
+    adapter: Option<Arc<dyn LinearAdapter>>,
+    /// Pruning ([`crate::pruning`]): the weight's keep-mask and the calibration recorder, shared by the
     /// layer's clones.
     pruning: Arc<RwLock<Pruning>>,
 }
@@ -87,7 +92,7 @@ impl DenseLinear {
             .clone()
     }
 
-    /// The pruning state: keep-mask and calibration statistics (`prune.rs`).
+    /// The pruning state: keep-mask and calibration statistics ([`crate::pruning`]).
     pub fn pruning(&self) -> &Arc<RwLock<Pruning>> {
         &self.pruning
     }
@@ -127,8 +132,8 @@ pub struct QuantizedLinear {
     bias: Option<Tensor>,
     /// The layer's input width (the weight's unpadded row length).
     in_dim: usize,
-    /// QLoRA (`lora.rs`): the adapter over this frozen quantized weight.
-    adapter: Option<Arc<Adapter>>,
+    /// QLoRA ([`LinearAdapter`]): the adapter over this frozen quantized weight.
+    adapter: Option<Arc<dyn LinearAdapter>>,
 }
 
 impl QuantizedLinear {
@@ -161,7 +166,7 @@ impl QuantizedLinear {
 
 impl Linear {
     /// The LoRA adapter wrapping this layer, if any.
-    pub fn adapter(&self) -> Option<&Arc<Adapter>> {
+    pub fn adapter(&self) -> Option<&Arc<dyn LinearAdapter>> {
         match self {
             Linear::Dense(l) => l.adapter.as_ref(),
             Linear::Quantized(q) => q.adapter.as_ref(),
@@ -169,7 +174,7 @@ impl Linear {
     }
 
     /// Wraps the layer with `adapter` (`None`: the plain layer again).
-    pub fn set_adapter(&mut self, adapter: Option<Arc<Adapter>>) {
+    pub fn set_adapter(&mut self, adapter: Option<Arc<dyn LinearAdapter>>) {
         match self {
             Linear::Dense(l) => l.adapter = adapter,
             Linear::Quantized(q) => q.adapter = adapter,

@@ -8,9 +8,9 @@
 //! Tokens reach `on_token` once the search is over (beams change until then).
 
 use llmlab_plugin_api::candle::Tensor;
-use llmlab_plugin_api::{Error, GenerateOptions, Model, Result};
+use llmlab_plugin_api::{GenerateOptions, Result};
 
-use crate::model::Gpt;
+use crate::generate::{check_cancelled, Decoder};
 use crate::sampling::{apply_repetition_penalty, log_softmax};
 
 struct Beam {
@@ -23,8 +23,8 @@ fn normalised(logprob: f64, len: usize, length_penalty: f64) -> f64 {
 }
 
 /// Beam search for one prompt (`index` is its place in the batch, for `on_token`).
-pub fn beam_search(
-    model: &Gpt,
+pub fn beam_search<D: Decoder + ?Sized>(
+    model: &D,
     index: usize,
     prompt: &[u32],
     options: &GenerateOptions,
@@ -32,24 +32,26 @@ pub fn beam_search(
 ) -> Result<Vec<u32>> {
     let n = options.num_beams;
     let device = model.device();
-    crate::memory::ensure_beams_fit(model.gpt_config(), n, model.dtype(), device)?;
-    let mut cache = model.cache(1);
-    let ids = Tensor::new(prompt, device)?.unsqueeze(0)?;
-    let mut logits = model.last_logits(&ids, &mut cache)?;
+    model.check_beams(n)?;
+    let (mut cache, mut logits) = model.prefill(&[prompt.to_vec()])?;
+    // The prompt counts for the repetition penalty only where it is part of the sequence.
+    let context: &[u32] = if model.prompt_in_context() {
+        prompt
+    } else {
+        &[]
+    };
     let mut beams = vec![Beam {
         tokens: Vec::new(),
         logprob: 0.0,
     }];
     let mut finished: Vec<(Vec<u32>, f64)> = Vec::new();
     for step in 0..options.max_tokens {
-        if model.cancel_flag().is_cancelled() {
-            return Err(Error::Cancelled);
-        }
+        check_cancelled(model)?;
         let rows: Vec<Vec<f32>> = logits.to_vec2()?;
         // (score, beam, token), best first; 2n candidates leave n even if n of them stop.
         let mut candidates: Vec<(f64, usize, u32)> = Vec::new();
         for (b, mut row) in rows.into_iter().enumerate() {
-            let seen: Vec<u32> = prompt.iter().chain(&beams[b].tokens).copied().collect();
+            let seen: Vec<u32> = context.iter().chain(&beams[b].tokens).copied().collect();
             apply_repetition_penalty(&mut row, &seen, options.repetition_penalty);
             let lp = log_softmax(&row);
             let mut order: Vec<usize> = (0..lp.len()).collect();
@@ -90,13 +92,13 @@ pub fn beam_search(
         if step + 1 == options.max_tokens {
             break;
         }
-        cache.select_rows(&parents)?;
+        model.select_rows(&mut cache, &parents)?;
         let last: Vec<u32> = beams
             .iter()
             .map(|b| *b.tokens.last().unwrap_or(&0))
             .collect();
         let k = last.len();
-        logits = model.last_logits(&Tensor::from_vec(last, (k, 1), device)?, &mut cache)?;
+        logits = model.step(&Tensor::from_vec(last, (k, 1), device)?, &mut cache)?;
     }
     if finished.len() < n {
         for beam in &beams {

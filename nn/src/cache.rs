@@ -1,4 +1,6 @@
-//! The KV cache for incremental decoding, and the token positions it implies.
+//! The KV cache of a decoder-only transformer for incremental decoding, and the token positions
+//! and padding mask it implies. A model makes one with its layer count and uses it from its
+//! attention layers; the generation engine (`generate.rs`) only passes it along.
 //!
 //! Per layer the keys and values of every token decoded so far, `(batch, n_kv_head, seq,
 //! head_dim)`, before grouped-query heads are repeated. Batched generation left-pads prompts:
@@ -19,7 +21,7 @@ pub enum Positions {
     PerRow(Tensor),
 }
 
-pub struct GptCache {
+pub struct DecoderCache {
     batch: usize,
     layers: Vec<Option<(Tensor, Tensor)>>,
     seq_len: usize,
@@ -27,9 +29,9 @@ pub struct GptCache {
     pad: Vec<usize>,
 }
 
-impl GptCache {
-    pub fn new(n_layer: usize, batch: usize) -> GptCache {
-        GptCache {
+impl DecoderCache {
+    pub fn new(n_layer: usize, batch: usize) -> DecoderCache {
+        DecoderCache {
             batch,
             layers: vec![None; n_layer],
             seq_len: 0,
@@ -139,7 +141,7 @@ impl GptCache {
     }
 }
 
-impl KvCache for GptCache {
+impl KvCache for DecoderCache {
     fn seq_len(&self) -> usize {
         self.seq_len
     }

@@ -9,7 +9,8 @@
 //! have any layout: kernels read strided inputs through [`layout`] (a copy only when needed).
 //!
 //! What this module does not own: matmuls of linear layers (candle's gemm path), the optimizer
-//! (`train::adamw`), and the choice between paths in a model (`gpt`'s `kernels` key).
+//! (`llmlab_train::adamw`); a model chooses between the paths with [`Kernels`] (`gpt`'s
+//! `kernels` key).
 //! Design and measurements: docs/kernels.md.
 
 pub mod attention;
@@ -33,6 +34,18 @@ pub use softmax::softmax_last_dim;
 pub use swiglu::swiglu;
 
 use crate::candle::{DType, Device, Tensor};
+use llmlab_plugin_api::serde::{Deserialize, Serialize};
+
+/// Which implementation of norms, attention, activations and rope a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(crate = "llmlab_plugin_api::serde", rename_all = "lowercase")]
+pub enum Kernels {
+    /// The fused CPU kernels of this module (f32 on CPU; elsewhere they fall back).
+    #[default]
+    Fused,
+    /// Composed from stock candle ops: slower, for debugging and comparison.
+    Reference,
+}
 
 /// Whether `t` takes the fused kernels: f32 on the CPU. Everything else (bf16, CUDA) goes
 /// through the composed reference, which is differentiable on every backend.

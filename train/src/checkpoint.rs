@@ -13,23 +13,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::candle::{safetensors as candle_safetensors, Device, Tensor};
-use crate::serde::{Deserialize, Serialize};
-use crate::{safetensors, Error, Result};
+use crate::{Error, Result};
 
-/// Size and checksum of one file, as the manifest records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(crate = "crate::serde")]
-pub struct FileEntry {
-    pub bytes: u64,
-    pub fnv1a64: String,
-}
-
-/// FNV-1a, 64 bits: catches truncation and flipped bytes; not a cryptographic hash.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+pub use llmlab_nn::weights::{fnv1a64, read_checked, FileEntry};
 
 /// An RNG state as 16 hex digits (JSON numbers lose bits above 2^53).
 pub fn format_rng_state(state: u64) -> String {
@@ -42,9 +28,9 @@ pub fn parse_rng_state(text: &str, what: &str) -> Result<u64> {
         .map_err(|e| Error::Data(format!("{what}: bad rng_state {text:?}: {e}")))
 }
 
+/// The safetensors bytes of `tensors` (no metadata); `file` names the file in errors.
 pub fn serialize_tensors(tensors: &[(String, Tensor)], file: &str) -> Result<Vec<u8>> {
-    safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None)
-        .map_err(|e| Error::msg(format!("serializing {file}: {e}")))
+    llmlab_nn::weights::serialize(tensors, None, file)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -117,40 +103,6 @@ pub fn write_atomically(
         std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
     }
     Ok(())
-}
-
-/// The bytes of `dir/file`, checked against its entry in `files` (from `manifest_file`).
-pub fn read_checked(
-    dir: &Path,
-    file: &str,
-    files: &BTreeMap<String, FileEntry>,
-    manifest_file: &str,
-) -> Result<Vec<u8>> {
-    let path = dir.join(file);
-    let entry = files.get(file).ok_or_else(|| {
-        Error::Data(format!(
-            "{}: not listed in {manifest_file}; the checkpoint is incomplete",
-            path.display()
-        ))
-    })?;
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    if bytes.len() as u64 != entry.bytes {
-        return Err(Error::Data(format!(
-            "{}: truncated or corrupt checkpoint file: {} bytes, {manifest_file} says {}",
-            path.display(),
-            bytes.len(),
-            entry.bytes
-        )));
-    }
-    let sum = format!("{:016x}", fnv1a64(&bytes));
-    if sum != entry.fnv1a64 {
-        return Err(Error::Data(format!(
-            "{}: corrupt checkpoint file: checksum {sum}, {manifest_file} says {}",
-            path.display(),
-            entry.fnv1a64
-        )));
-    }
-    Ok(bytes)
 }
 
 /// The tensors of `dir/file` on the CPU, checked as [`read_checked`] does.

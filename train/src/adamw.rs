@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use crate::candle::{self, CpuStorage, DType, Device, InplaceOp2, Layout, Tensor, Var};
-use crate::error::candle_message;
 use crate::rayon::prelude::*;
 use crate::{Error, Result};
+use llmlab_plugin_api::error::candle_message;
 
 /// The optimiser's hyperparameters (the learning rate comes per step from the schedule).
 #[derive(Debug, Clone, Copy, PartialEq)]
