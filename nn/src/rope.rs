@@ -7,9 +7,30 @@
 //! have a backward (candle's `rotary_emb::rope*` kernels do not, DESIGN.md §7).
 
 use llmlab_plugin_api::candle::{DType, Device, Result, Tensor, D};
+use llmlab_plugin_api::serde::{Deserialize, Serialize};
 
 use crate::cache::Positions;
-use crate::config::{GptConfig, RopeScaling};
+
+/// How RoPE frequencies are stretched for contexts beyond pretraining (HF `rope_scaling`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(
+    crate = "llmlab_plugin_api::serde",
+    tag = "type",
+    rename_all = "lowercase",
+    deny_unknown_fields
+)]
+pub enum RopeScaling {
+    /// Position interpolation (Chen et al. 2023): every frequency divided by `factor`.
+    Linear { factor: f64 },
+    /// Llama 3.1's: long wavelengths divided by `factor`, short ones kept, a smooth ramp
+    /// between (`low_freq_factor`, `high_freq_factor`, over `original_max_position_embeddings`).
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
 
 #[derive(Debug, Clone)]
 pub struct Rope {
@@ -42,18 +63,6 @@ fn llama3_scaled(
 }
 
 impl Rope {
-    /// The tables for `config`'s head size, context, `rope_theta` and `rope_scaling`.
-    pub fn for_config(config: &GptConfig, dtype: DType, device: &Device) -> Result<Rope> {
-        Rope::scaled(
-            config.head_dim(),
-            config.ctx,
-            config.rope_theta,
-            config.rope_scaling.as_ref(),
-            dtype,
-            device,
-        )
-    }
-
     pub fn new(
         head_dim: usize,
         ctx: usize,
@@ -64,7 +73,7 @@ impl Rope {
         Rope::scaled(head_dim, ctx, theta, None, dtype, device)
     }
 
-    fn scaled(
+    pub fn scaled(
         head_dim: usize,
         ctx: usize,
         theta: f64,

@@ -1,4 +1,4 @@
-//! Gradient checks for every fused op in `llmlab_plugin_api::ops` (issue 11), three ways:
+//! Gradient checks for every fused op in `llmlab_nn::ops` (issue 11), three ways:
 //!
 //! 1. f64 central finite differences of the public op on small shapes: f64 takes the composed
 //!    fallback path, so this checks the path CUDA and other dtypes use (tolerance 1e-6 relative).
@@ -11,7 +11,7 @@
 //! The loss is `Σ w ⊙ op(inputs)` with fixed random weights `w`, so every output element matters.
 
 use llmlab_plugin_api::candle::{DType, Device, Result, Tensor, Var};
-use llmlab_plugin_api::ops;
+use llmlab_nn::ops;
 use llmlab_plugin_api::rng::SplitMix64;
 
 type Op<'a> = &'a dyn Fn(&[Tensor]) -> Result<Tensor>;

@@ -31,25 +31,7 @@ pub enum MlpKind {
 pub use llmlab_nn::Kernels;
 
 /// How RoPE frequencies are stretched for contexts beyond pretraining (HF `rope_scaling`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(
-    crate = "llmlab_plugin_api::serde",
-    tag = "type",
-    rename_all = "lowercase",
-    deny_unknown_fields
-)]
-pub enum RopeScaling {
-    /// Position interpolation (Chen et al. 2023): every frequency divided by `factor`.
-    Linear { factor: f64 },
-    /// Llama 3.1's: long wavelengths divided by `factor`, short ones kept, a smooth ramp
-    /// between (`low_freq_factor`, `high_freq_factor`, over `original_max_position_embeddings`).
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position_embeddings: usize,
-    },
-}
+pub use llmlab_nn::rope::RopeScaling;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(crate = "llmlab_plugin_api::serde", default, deny_unknown_fields)]
