@@ -110,7 +110,7 @@ fn resume_is_bit_exact_across_epochs() {
         .unwrap()
         .fit(
             &straight_model,
-            data,
+            &data,
             &common::context(straight.clone(), None),
         )
         .unwrap();
@@ -131,7 +131,7 @@ fn resume_is_bit_exact_across_epochs() {
         .unwrap()
         .fit(
             &resumed_model,
-            data,
+            &data,
             &common::context(resumed.clone(), None),
         )
         .unwrap();
