@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use llmlab_plugin_api::candle::{DType, Tensor, D};
-use llmlab_plugin_api::candle_nn::ops::log_softmax;
-use llmlab_plugin_api::{ForwardOptions, GenerateOptions, Instance, Kind, Model, Split, TokenData};
+use llmlab_plugin_api::{GenerateOptions, Instance, Kind, Model, Split, TokenData};
+use llmlab_train::batches::windows_to_batch;
+use llmlab_train::evaluate::evaluate;
 use rhai::{Dynamic, Engine, Map, FLOAT, INT};
 
 use super::data::DatasetHandle;
@@ -84,7 +84,9 @@ fn size_bytes(path: &Path) -> std::io::Result<u64> {
 }
 
 /// Mean negative log-likelihood in nats per token over the same fixed windows for each model:
-/// `windows` consecutive non-overlapping windows of `ctx + 1` tokens from the validation split.
+/// `windows` consecutive non-overlapping windows of `ctx + 1` tokens from the validation split,
+/// measured by the trainers' own validation loss (`llmlab_train::evaluate`), so `quant_eval`'s
+/// perplexity and a training run's `val_ppl` are the same quantity.
 fn val_nll(
     models: &[&dyn Model],
     data: &dyn TokenData,
@@ -100,35 +102,27 @@ fn val_nll(
         )));
     }
     let windows = windows.min(val / window).max(1);
-    let mut sums = vec![0f64; models.len()];
-    let mut count = 0usize;
+    let device = models[0].device();
+    let mut batches = Vec::new();
     for start in (0..windows).step_by(batch) {
         let rows = batch.min(windows - start);
         let mut tokens = vec![0u32; rows * window];
-        for r in 0..rows {
-            data.read(
-                Split::Val,
-                (start + r) * window,
-                &mut tokens[r * window..(r + 1) * window],
-            )
-            .map_err(script_error)?;
+        for (r, row) in tokens.chunks_exact_mut(window).enumerate() {
+            data.read(Split::Val, (start + r) * window, row)
+                .map_err(script_error)?;
         }
-        let device = models[0].device();
-        let all = Tensor::from_vec(tokens, (rows, window), device).map_err(script_error)?;
-        let inputs = all.narrow(1, 0, window - 1).map_err(script_error)?;
-        let targets = all.narrow(1, 1, window - 1).map_err(script_error)?;
-        for (model, sum) in models.iter().zip(sums.iter_mut()) {
-            let nll = plugin_call(model.name(), || {
-                let logits = model.forward(&inputs, &ForwardOptions::default())?.logits;
-                let log_probs = log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
-                let picked = log_probs.gather(&targets.unsqueeze(2)?.contiguous()?, 2)?;
-                Ok(f64::from(picked.sum_all()?.neg()?.to_scalar::<f32>()?))
-            })?;
-            *sum += nll;
-        }
-        count += rows * (window - 1);
+        batches.push(windows_to_batch(&tokens, window - 1, device).map_err(script_error)?);
     }
-    Ok((sums.iter().map(|s| s / count as f64).collect(), count))
+    let count = batches.iter().map(|b| b.loss_tokens).sum();
+    let nll = models
+        .iter()
+        .map(|model| {
+            plugin_call(model.name(), || {
+                Ok(evaluate(*model, &batches)?.map_or(f64::NAN, |e| e.loss))
+            })
+        })
+        .collect::<ScriptResult<Vec<f64>>>()?;
+    Ok((nll, count))
 }
 
 /// Greedy generation speed in new tokens per second (batch 1, after a short warm-up).
