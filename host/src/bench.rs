@@ -15,18 +15,16 @@ use llmlab_plugin_api::serde_json::{json, Value};
 use llmlab_plugin_api::{
     Context, Error, ForwardOptions, Instance, Kind, Result, Split, TokenData, TrainJob,
 };
+use llmlab_train::benchmark::{forward_seconds, reference_shape};
 use llmlab_train::{loss, AdamW, AdamWSettings};
 
 use crate::registry::Registry;
 
-/// The reference shapes: n_layer, n_head, d_model, ctx, vocab, batch.
+/// The reference shapes: n_layer, n_head, d_model, ctx, vocab, batch (`llmlab_train::benchmark`,
+/// which the gpt plugin's `bench` example uses too).
 pub fn shapes(config: &str) -> Option<[usize; 6]> {
-    Some(match config {
-        "tiny" => [4, 4, 256, 128, 2048, 16],
-        "small" => [6, 6, 384, 256, 4096, 8],
-        "gpt2" => [12, 12, 768, 1024, 50304, 8],
-        _ => return None,
-    })
+    let s = reference_shape(config)?;
+    Some([s.n_layer, s.n_head, s.d_model, s.ctx, s.vocab, s.batch])
 }
 
 /// Uniform random tokens, as the reference trains on.
@@ -114,15 +112,7 @@ pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Re
         (batch, ctx_len),
         model.device(),
     )?;
-    let forward = ForwardOptions::default();
-    for _ in 0..2 {
-        model.forward(&ids, &forward)?;
-    }
-    let start = Instant::now();
-    for _ in 0..steps {
-        model.forward(&ids, &forward)?;
-    }
-    let fwd_s = start.elapsed().as_secs_f64() / steps as f64;
+    let fwd_s = forward_seconds(model.as_ref(), &ids, 2, steps as usize)?;
     let targets = Tensor::from_vec(
         data.tokens[1..batch * ctx_len + 1].to_vec(),
         (batch, ctx_len),

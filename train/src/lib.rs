@@ -10,13 +10,15 @@
 //!   ([`adamw`]), warmup + cosine learning rate ([`schedule`]), global-norm clipping ([`clip`]),
 //!   gradient accumulation ([`gradients`]), losses and sequence log-probabilities ([`loss`]),
 //!   mixed precision with loss scaling ([`precision`]), and atomic, checksummed checkpoint
-//!   directories ([`checkpoint`]).
+//!   directories ([`checkpoint`]);
+//! * the shapes and the timed forward pass every throughput benchmark shares ([`benchmark`]).
 //!
 //! Like `llmlab-nn`, it is an rlib linked statically into each plugin that uses it, holds no
 //! process-global state and is not part of the plugin fingerprint (docs/architecture.md).
 
 pub mod adamw;
 pub mod batches;
+pub mod benchmark;
 pub mod checkpoint;
 pub mod clip;
 pub mod config;

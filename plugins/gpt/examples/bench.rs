@@ -1,5 +1,6 @@
 //! Throughput of the `gpt` plugin, one JSON line per measurement, for the shapes of
-//! `../shared/bench/torch_gpt.py` (`tiny`, `small`): forward tokens/s over a full `(batch, ctx)`
+//! `../shared/bench/torch_gpt.py` (`tiny`, `small`; `llmlab_train::benchmark`, as `llmlab bench
+//! train` uses them): forward tokens/s over a full `(batch, ctx)`
 //! batch, and generation tokens/s for one prompt with and without the KV cache.
 //!
 //!     cargo run --release -p llmlab-gpt --example bench -- [tiny,small] [steps]
@@ -9,37 +10,28 @@ use std::time::Instant;
 use llmlab_gpt::decoder::generate_uncached;
 use llmlab_plugin_api::candle::{Device, Tensor};
 use llmlab_plugin_api::serde_json::json;
-use llmlab_plugin_api::{Context, ForwardOptions, GenerateOptions, Model};
+use llmlab_plugin_api::{Context, GenerateOptions, Model};
+use llmlab_train::benchmark::{forward_seconds, reference_shape};
 
 fn main() -> llmlab_plugin_api::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let configs = args.get(1).map_or("tiny,small", String::as_str).to_string();
     let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
     for name in configs.split(',') {
-        let (n_layer, n_head, d_model, ctx, vocab, batch) = match name {
-            "tiny" => (4, 4, 256, 128, 2048, 16),
-            "small" => (6, 6, 384, 256, 4096, 8),
-            other => {
-                return Err(llmlab_plugin_api::Error::msg(format!(
-                    "unknown config {other}"
-                )))
-            }
-        };
-        let config = json!({ "n_layer": n_layer, "n_head": n_head, "d_model": d_model, "ctx": ctx,
-                             "vocab_size": vocab, "seed": 0 });
+        let shape = reference_shape(name).ok_or_else(|| {
+            llmlab_plugin_api::Error::msg(format!(
+                "unknown config {name}; known: tiny, small, gpt2"
+            ))
+        })?;
+        let (ctx, vocab, batch) = (shape.ctx, shape.vocab, shape.batch);
+        let config = json!({ "n_layer": shape.n_layer, "n_head": shape.n_head,
+                             "d_model": shape.d_model, "ctx": ctx, "vocab_size": vocab, "seed": 0 });
         let model = llmlab_gpt::new_gpt(&config, &Context::cpu())?;
         let ids: Vec<u32> = (0..batch * ctx)
             .map(|i| (i * 7919 % vocab) as u32)
             .collect();
         let ids = Tensor::from_vec(ids, (batch, ctx), &Device::Cpu)?;
-        for _ in 0..2 {
-            model.forward(&ids, &ForwardOptions::default())?;
-        }
-        let t0 = Instant::now();
-        for _ in 0..steps {
-            model.forward(&ids, &ForwardOptions::default())?;
-        }
-        let fwd_s = t0.elapsed().as_secs_f64() / steps as f64;
+        let fwd_s = forward_seconds(&model, &ids, 2, steps)?;
 
         let prompt: Vec<u32> = (0..16).map(|i| (i * 31 % vocab) as u32).collect();
         let new_tokens = ctx / 2;
