@@ -13,13 +13,13 @@
 //! and `kernels: "reference"` take the composed path (its softmax fused unless "reference";
 //! candle's own fused softmax has no backward and is never used).
 
-use llmlab_plugin_api::candle::{Module, Result, Tensor, D};
-use llmlab_plugin_api::candle_nn::VarBuilder;
 use llmlab_nn::attention::{attention_weights, repeat_kv};
 use llmlab_nn::ops;
+use llmlab_plugin_api::candle::{Module, Result, Tensor, D};
+use llmlab_plugin_api::candle_nn::VarBuilder;
 
-use llmlab_nn::cache::{DecoderCache, Positions};
 use crate::config::{GptConfig, Kernels, NormKind};
+use llmlab_nn::cache::{DecoderCache, Positions};
 use llmlab_nn::dropout::Dropout;
 use llmlab_nn::linear::{linear, Linear, INIT_STD};
 use llmlab_nn::norm::Norm;

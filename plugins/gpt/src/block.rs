@@ -4,10 +4,10 @@ use llmlab_plugin_api::candle::{Result, Tensor};
 use llmlab_plugin_api::candle_nn::VarBuilder;
 
 use crate::attention::Attention;
-use llmlab_nn::cache::{DecoderCache, Positions};
 use crate::config::GptConfig;
-use llmlab_nn::linear::Linear;
 use crate::moe::{FeedForward, MoeAux, Pass};
+use llmlab_nn::cache::{DecoderCache, Positions};
+use llmlab_nn::linear::Linear;
 use llmlab_nn::norm::Norm;
 use llmlab_nn::rope::Rope;
 
@@ -76,7 +76,9 @@ impl Block {
         train: bool,
     ) -> Result<Tensor> {
         let pass = Pass::from_train(train);
-        Ok(self.forward_routed(x, rope, positions, mask, cache, pass)?.0)
+        Ok(self
+            .forward_routed(x, rope, positions, mask, cache, pass)?
+            .0)
     }
 
     /// [`Block::forward`] with the kind of pass spelled out, returning the MoE layer's aux loss

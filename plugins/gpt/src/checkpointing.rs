@@ -30,9 +30,9 @@ use llmlab_plugin_api::candle::{DType, Module, Tensor, Var};
 use llmlab_plugin_api::{Error, ForwardOptions, ForwardOutput, Model, Result};
 
 use crate::autocast;
-use llmlab_nn::cache::Positions;
 use crate::model::Gpt;
 use crate::moe::Pass;
+use llmlab_nn::cache::Positions;
 
 /// The loss the trainer puts on the forward output.
 pub type LossFn<'a> = dyn FnMut(&ForwardOutput) -> Result<Tensor> + 'a;

@@ -28,11 +28,11 @@ use llmlab_plugin_api::candle::{DType, Tensor, Var};
 use llmlab_plugin_api::serde_json::{json, Value};
 use llmlab_plugin_api::{Error, ForwardOptions, ForwardOutput, Model, Result};
 
+use crate::frozen_linear::{self, FrozenWeight};
+use crate::model::Gpt;
 use llmlab_nn::cache::DecoderCache;
 use llmlab_nn::dropout::Dropout;
-use crate::frozen_linear::{self, FrozenWeight};
 use llmlab_nn::linear::Linear;
-use crate::model::Gpt;
 use llmlab_nn::params::Source;
 use llmlab_nn::rng::Rng;
 

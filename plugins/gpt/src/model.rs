@@ -17,8 +17,8 @@ use llmlab_plugin_api::{
 };
 
 use crate::block::Block;
-use llmlab_nn::cache::{DecoderCache, Positions};
 use crate::config::{GptConfig, PosKind};
+use llmlab_nn::cache::{DecoderCache, Positions};
 use llmlab_nn::dropout::Dropout;
 use llmlab_nn::linear::{DenseLinear, Linear, INIT_STD};
 use llmlab_nn::norm::Norm;

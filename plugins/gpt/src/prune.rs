@@ -16,14 +16,14 @@
 //! (progressive schedules: a higher `sparsity` between training phases) starts from the masked
 //! weights, whose zeros score lowest, so earlier masks are kept.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use llmlab_plugin_api::candle::{DType, Result as CandleResult, Tensor, D};
+use llmlab_plugin_api::candle::{DType, Tensor};
 use llmlab_plugin_api::serde_json::{json, Value};
 use llmlab_plugin_api::{Error, ForwardOptions, Model, Result};
 
-use llmlab_nn::linear::DenseLinear;
 use crate::model::Gpt;
+use llmlab_nn::linear::DenseLinear;
 
 pub use llmlab_nn::pruning::{Pruning, Recorder};
 
