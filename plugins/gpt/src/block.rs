@@ -76,7 +76,9 @@ impl Block {
         train: bool,
     ) -> Result<Tensor> {
         let pass = Pass::from_train(train);
-        Ok(self.forward_routed(x, rope, positions, mask, cache, pass)?.0)
+        Ok(self
+            .forward_routed(x, rope, positions, mask, cache, pass)?
+            .0)
     }
 
     /// [`Block::forward`] with the kind of pass spelled out, returning the MoE layer's aux loss
