@@ -107,6 +107,8 @@ pub enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Evaluation tasks over a saved model, and comparing runs (docs/eval.md).
+    Eval(crate::eval::cli::EvalArgs),
     /// Hyperparameter sweeps (docs/sweep.md).
     Sweep {
         #[command(subcommand)]

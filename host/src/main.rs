@@ -70,6 +70,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             llmlab::serve::cli::bench(&session, &args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Eval(args)) => {
+            let session = Session::new(discover(), context(&cli.common)?, Overrides::default());
+            install_ctrl_c(&session, true);
+            llmlab::eval::cli::run(&session, args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Plugins) => {
             let registry = discover();
             print!("{}", registry.report());

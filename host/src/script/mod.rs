@@ -10,7 +10,9 @@ mod callback;
 mod config;
 mod corpus;
 mod data;
+mod eval;
 mod evaluate;
+mod examples;
 mod help;
 mod image;
 mod model;
@@ -31,6 +33,7 @@ use llmlab_plugin_api::{Aligner, Context, Instance, Kind, Quantizer, Trainer};
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
 
 pub use callback::ClosureReward;
+pub use eval::{load_model_and_tokenizer, run_evaluation, SessionCorpora};
 pub use config::{dynamic_to_json, json_to_dynamic, positive_int_option, Overrides};
 pub use help::help_text;
 pub use image::ImageHandle;
@@ -279,6 +282,8 @@ impl Session {
         data::register(&mut engine, &host);
         corpus::register(&mut engine);
         evaluate::register(&mut engine);
+        eval::register(&mut engine, &host);
+        examples::register(&mut engine);
         trainer::register(&mut engine, &host);
         align::register(&mut engine, &host);
         quant::register(&mut engine, &host);
