@@ -12,6 +12,7 @@ pub mod kernel;
 pub mod loader;
 pub mod panics;
 pub mod plots;
+pub mod plugin_sdk;
 pub mod progress;
 pub mod registry;
 pub mod repl;
