@@ -94,6 +94,18 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             llmlab::eval::cli::run(&session, args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Serve(args)) => {
+            let session = Session::new(discover(), context(&cli.common)?, Overrides::default());
+            llmlab::serve::cli::serve(&session, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Bench {
+            command: BenchCommand::Serve(args),
+        }) => {
+            let session = Session::new(discover(), context(&cli.common)?, Overrides::default());
+            llmlab::serve::cli::bench(&session, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Plugins) => {
             let registry = discover();
             print!("{}", registry.report());
