@@ -23,8 +23,10 @@ mod conversations;
 mod message;
 mod segments;
 mod template;
+mod tokenizer_template;
 
 pub use conversations::ChatExamples;
 pub use message::{Message, ASSISTANT};
 pub use segments::Segment;
 pub use template::ChatTemplate;
+pub use tokenizer_template::from_tokenizer;

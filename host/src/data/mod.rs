@@ -5,9 +5,11 @@
 //! - [`text_file`]: a UTF-8 text or JSONL file as a `TextSource`, streamed.
 //! - [`token_dataset`]: `train.bin` / `val.bin` + `dataset.json`, read in windows, as `TokenData`.
 //! - [`dataset_writer`]: encoding a corpus into a token dataset, in parallel and streaming.
+//! - [`parquet_source`]: a column of Parquet files (HF datasets) as a `TextSource`, streamed.
 //! - [`preferences`]: preference pairs (`prompt`, `chosen`, `rejected`) from a JSONL file.
 
 pub mod dataset_writer;
+pub mod parquet_source;
 pub mod preferences;
 pub mod text_file;
 pub mod token_dataset;

@@ -15,6 +15,7 @@ mod evaluate;
 mod examples;
 mod help;
 mod image;
+mod interop;
 mod model;
 mod qat;
 mod quant;
@@ -290,6 +291,7 @@ impl Session {
         qat::register(&mut engine, &host);
         sweep::register(&mut engine, &host);
         image::register(&mut engine, &host);
+        interop::register(&mut engine);
         serve::register(&mut engine);
         let mut scope = Scope::new();
         scope.push_constant("SETTINGS", host.overrides.settings_map());
