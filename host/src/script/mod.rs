@@ -7,6 +7,7 @@
 
 mod align;
 mod callback;
+mod compress;
 mod config;
 mod corpus;
 mod data;
@@ -174,17 +175,23 @@ impl Host {
     /// key (a sweep's trial, `sweep.rs`) taken out.
     fn create_trainer(&self, name: &str, mut config: Dynamic) -> ScriptResult<Dynamic> {
         let trial = sweep::take_trial(&mut config)?;
+        let teacher = compress::take_teacher(&mut config)?;
         let mut qat = None;
         let instance = self.create_with(Kind::Trainer, name, config, |json| {
             qat = qat::take_qat(self, json)?;
             Ok(())
         })?;
         match instance {
-            Instance::Trainer(t) => Ok(Dynamic::from(TrainerHandle(
+            Instance::Trainer(mut t) => {
+                if let Some(teacher) = teacher {
+                    plugin_call(name, || t.set_teacher(teacher.0.clone()))?;
+                }
+                Ok(Dynamic::from(TrainerHandle(
                 Arc::new(Mutex::new(t)),
                 qat,
                 trial,
-            ))),
+            )))
+            }
             other => Ok(instance_to_dynamic(other)),
         }
     }
@@ -289,9 +296,9 @@ impl Session {
         align::register(&mut engine, &host);
         quant::register(&mut engine, &host);
         qat::register(&mut engine, &host);
+        compress::register(&mut engine, &host);
         sweep::register(&mut engine, &host);
         image::register(&mut engine, &host);
-        serve::register(&mut engine);
         interop::register(&mut engine);
         serve::register(&mut engine);
         let mut scope = Scope::new();
