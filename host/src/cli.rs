@@ -107,6 +107,8 @@ pub enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Evaluation tasks over a saved model, and comparing runs (docs/eval.md).
+    Eval(crate::eval::cli::EvalArgs),
     /// Hyperparameter sweeps (docs/sweep.md).
     Sweep {
         #[command(subcommand)]
@@ -169,6 +171,34 @@ pub enum BenchCommand {
 pub enum PluginCommand {
     /// Check that a library is a plugin this host can load; prints its declaration.
     Check { file: PathBuf },
+    /// Write a new out-of-tree plugin crate with one working component, a test and a README.
+    New {
+        /// The plugin's name: its crate, plugin and component name (`char-lstm`).
+        name: String,
+        /// The component to start from: model, tokenizer, trainer or corpus.
+        #[arg(long, default_value = "model")]
+        kind: String,
+        /// Where to write the crate (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The llmlab source tree to depend on (default: LLMLAB_SOURCE, else the one this
+        /// llmlab was built from).
+        #[arg(long, value_name = "DIR")]
+        llmlab_source: Option<PathBuf>,
+    },
+    /// Build an out-of-tree plugin crate against this host's runtime (its Cargo.lock,
+    /// toolchain, flags and compiled dependencies), check it and load it.
+    Build {
+        /// The plugin crate (default: the current directory).
+        dir: Option<PathBuf>,
+        /// Also run the crate's tests with the same settings.
+        #[arg(long)]
+        test: bool,
+        /// The llmlab source tree (default: LLMLAB_SOURCE, else the one this llmlab was built
+        /// from).
+        #[arg(long, value_name = "DIR")]
+        llmlab_source: Option<PathBuf>,
+    },
 }
 
 fn long_version() -> &'static str {

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     init_logging(cli.common.verbose);
     // Panics in plugin calls become script errors that carry the message; the location is
     // for `-vv` (the shared runtime means this hook also covers plugin code).
-    std::panic::set_hook(Box::new(|info| tracing::debug!("panic: {info}")));
+    llmlab::panics::install_hook();
     match run(cli) {
         Ok(code) => code,
         Err(message) => {
@@ -40,6 +40,24 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Some(Command::Plugin {
             command: PluginCommand::Check { file },
         }) => Ok(check_plugin(&file, trusted.as_ref())),
+        Some(Command::Plugin {
+            command:
+                PluginCommand::New {
+                    name,
+                    kind,
+                    dir,
+                    llmlab_source,
+                },
+        }) => new_plugin(&name, &kind, dir, llmlab_source.as_deref()),
+        Some(Command::Plugin {
+            command:
+                PluginCommand::Build {
+                    dir,
+                    test,
+                    llmlab_source,
+                },
+        }) => build_plugin(dir, test, llmlab_source),
+
         Some(Command::Bench {
             command: BenchCommand::Train { config, steps },
         }) => {
@@ -56,6 +74,24 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             command: SweepCommand::Status { name, runs_dir },
         }) => {
             print!("{}", llmlab::sweep::status(&runs_dir, &name)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Serve(args)) => {
+            let session = Session::new(discover(), context(&cli.common)?, Overrides::default());
+            llmlab::serve::cli::serve(&session, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Bench {
+            command: BenchCommand::Serve(args),
+        }) => {
+            let session = Session::new(discover(), context(&cli.common)?, Overrides::default());
+            llmlab::serve::cli::bench(&session, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Eval(args)) => {
+            let session = Session::new(discover(), context(&cli.common)?, Overrides::default());
+            install_ctrl_c(&session, true);
+            llmlab::eval::cli::run(&session, args)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Serve(args)) => {
@@ -161,6 +197,53 @@ fn install_kernel(
     let dir = llmlab::kernel::install::spec_dir(user, prefix)?;
     let file = llmlab::kernel::install::write_spec(&dir, &exe, &args)?;
     println!("installed the llmlab kernelspec: {}", file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `llmlab plugin new NAME --kind KIND`.
+fn new_plugin(
+    name: &str,
+    kind: &str,
+    dir: Option<std::path::PathBuf>,
+    llmlab_source: Option<&std::path::Path>,
+) -> Result<ExitCode, String> {
+    use llmlab::plugin_sdk::{build, scaffold};
+    let kind = scaffold::ScaffoldKind::parse(kind)?;
+    let tree = build::source_tree(llmlab_source)?;
+    let dir = dir.unwrap_or_else(|| std::path::PathBuf::from(name));
+    let files = scaffold::scaffold(&dir, name, kind, &tree)?;
+    for file in files {
+        println!("wrote {}", file.display());
+    }
+    println!(
+        "next: llmlab plugin build {0} --test && llmlab --plugin-dir {0}/target/llmlab run {0}/try.rhai",
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `llmlab plugin build [DIR] [--test]`.
+fn build_plugin(
+    dir: Option<std::path::PathBuf>,
+    test: bool,
+    llmlab_source: Option<std::path::PathBuf>,
+) -> Result<ExitCode, String> {
+    let request = llmlab::plugin_sdk::build::BuildRequest {
+        dir: dir.unwrap_or_else(|| std::path::PathBuf::from(".")),
+        llmlab_source,
+        test,
+    };
+    let built = llmlab::plugin_sdk::build::build(&request)?;
+    println!(
+        "ok: built {} (plugin {}), it loads into this host:",
+        built.library.display(),
+        built.plugin
+    );
+    for component in &built.components {
+        println!("  {component}");
+    }
+    let dir = built.library.parent().unwrap_or(std::path::Path::new("."));
+    println!("use it: llmlab --plugin-dir {}", dir.display());
     Ok(ExitCode::SUCCESS)
 }
 

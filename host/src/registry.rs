@@ -68,7 +68,7 @@ impl Registry {
         // Only the host's own: a plugin crate that happens to be named `llmlab` is not built in.
         let anchor = Registry::with_builtins as fn() -> Registry as *const u8;
         for registration in loader::own_registrations(anchor, built.0) {
-            registry.add(registration.factory, Provider::BuiltIn);
+            registry.add_registration(registration, Provider::BuiltIn);
         }
         registry
     }
@@ -161,9 +161,20 @@ impl Registry {
             path: plugin.path.clone(),
         };
         for registration in &plugin.registrations {
-            self.add(registration.factory, provider.clone());
+            self.add_registration(*registration, provider.clone());
         }
         self.plugins.push(plugin);
+    }
+
+    /// Adds a component and tells the panic reports which crate provides it.
+    fn add_registration(&mut self, registration: &'static Registration, provider: Provider) {
+        let factory = registration.factory;
+        crate::panics::know_components([(
+            registration.crate_name.to_string(),
+            factory.kind(),
+            factory.name().to_string(),
+        )]);
+        self.add(factory, provider);
     }
 
     fn add(&mut self, factory: &'static dyn Factory, provider: Provider) {

@@ -220,25 +220,29 @@ fn openai_client_requests_get_the_recorded_response_shapes() {
         let recorded = sse_events(&fixture(stream));
         let ours = sse_events(&server.stream_raw(path, &recorded_request));
         assert_eq!(ours.last().map(String::as_str), Some("[DONE]"));
-        let shapes = |events: &[String]| -> Vec<Value> {
-            let mut s: Vec<Value> = events[..events.len() - 1]
-                .iter()
-                .map(|e| shape(&serde_json::from_str(e).unwrap()))
-                .collect();
-            s.dedup();
-            s
+        // Each chunk's keys, and its first choice's keys (which vary only with what the chunk
+        // carries: the role, text, a finish reason, usage), must be ones the client was recorded
+        // reading.
+        let keys = |event: &String| -> Value {
+            let chunk: Value = serde_json::from_str(event).unwrap();
+            let names = |v: &Value| -> Vec<String> {
+                v.as_object()
+                    .map_or_else(Vec::new, |o| o.keys().cloned().collect())
+            };
+            json!({ "chunk": names(&chunk), "choice": names(&chunk["choices"][0]) })
         };
-        let recorded_shapes = shapes(&recorded);
-        for s in shapes(&ours) {
+        let recorded_keys: Vec<Value> = recorded[..recorded.len() - 1].iter().map(keys).collect();
+        for event in &ours[..ours.len() - 1] {
             assert!(
-                recorded_shapes.contains(&s),
-                "{stream}: a chunk of a shape the client was not recorded reading: {s}"
+                recorded_keys.contains(&keys(event)),
+                "{stream}: a chunk the client was not recorded reading: {event}"
             );
         }
-        // The first and the last chunk have the recorded shapes (chat's role chunk, the finish
-        // chunk, the usage chunk).
-        let first = shape(&serde_json::from_str(&ours[0]).unwrap());
-        assert_eq!(first, recorded_shapes[0], "{stream}: first chunk");
+        assert_eq!(
+            shape(&serde_json::from_str(&ours[0]).unwrap()),
+            shape(&serde_json::from_str(&recorded[0]).unwrap()),
+            "{stream}: the first chunk"
+        );
     }
 }
 
@@ -312,37 +316,38 @@ fn counter(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
 
 #[test]
 fn a_client_disconnect_frees_its_batch_slot() {
-    // One slot: the second request can only run once the first is gone.
+    // One slot: a request can only run once the one before it is gone.
     let server = ServeProcess::start(&["--max-batch", "1"]);
-    let body = json!({ "model": "m", "prompt": "Once", "max_tokens": 250, "temperature": 1.0,
-                       "seed": 1, "stream": true })
-    .to_string();
-    let mut stream = TcpStream::connect(server.addr).unwrap();
-    write!(
-        stream,
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut first = [0u8; 64];
-    let n = stream.read(&mut first).unwrap();
-    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
-    drop(stream);
-    let started = Instant::now();
-    let text = complete(&server, "The cat", 5);
-    assert!(!text.is_empty() || started.elapsed() < Duration::from_secs(30));
+    // An untrained model may end a sequence by end-of-text before the client goes away; a few
+    // seeds make sure one sequence is really cut off.
+    for seed in 1..=4 {
+        let body = json!({ "model": "m", "prompt": "Once", "max_tokens": 250, "temperature": 1.0,
+                           "seed": seed, "stream": true })
+        .to_string();
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        write!(
+            stream,
+            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut first = [0u8; 64];
+        let n = stream.read(&mut first).unwrap();
+        assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+        drop(stream);
+        // The slot is free again: the next request runs and finishes.
+        complete(&server, "The cat", 5);
+        if counter(&server.metrics(), "llmlab_sequences_cancelled_total") >= 1.0 {
+            break;
+        }
+    }
     let metrics = server.metrics();
-    assert_eq!(
-        counter(&metrics, "llmlab_sequences_cancelled_total"),
-        1.0,
-        "the disconnected sequence is counted as cancelled"
-    );
-    let generated = counter(&metrics, "llmlab_generated_tokens_total");
     assert!(
-        generated < 250.0,
-        "the disconnected sequence stopped early: {generated} tokens generated in all"
+        counter(&metrics, "llmlab_sequences_cancelled_total") >= 1.0,
+        "a disconnected sequence is counted as cancelled"
     );
     assert_eq!(counter(&metrics, "llmlab_running_batch_size"), 0.0);
+    assert_eq!(counter(&metrics, "llmlab_kv_cache_bytes"), 0.0);
 }
 
 #[test]
@@ -611,9 +616,13 @@ fn chat_models_health_and_stop_strings() {
     assert_eq!(body["choices"][0]["message"], body["choices"][1]["message"]);
     // A stop string cuts the text before it, and the reason is "stop".
     let text = complete(&server, "Once upon a time", 30);
-    let cut = text.char_indices().nth(5).map_or(text.len(), |(i, _)| i);
-    let stop = &text[cut..(cut + 3).min(text.len())];
-    if !stop.is_empty() && text.is_char_boundary(cut + stop.len()) {
+    // Two ASCII letters from inside the text as the stop string (an untrained model's text has
+    // replacement characters too; they make no good stop strings).
+    let chars: Vec<char> = text.chars().collect();
+    let stop: Option<String> = (3..chars.len().saturating_sub(1))
+        .find(|&i| chars[i].is_ascii_alphabetic() && chars[i + 1].is_ascii_alphabetic())
+        .map(|i| chars[i..i + 2].iter().collect());
+    if let Some(stop) = stop.as_deref() {
         let (_, body, _) = server.post(
             "/v1/completions",
             &json!({ "prompt": "Once upon a time", "max_tokens": 30, "temperature": 0, "stop": stop }),

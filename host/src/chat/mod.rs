@@ -13,14 +13,20 @@
 //!   exactly on what the assistant says (its content and the template's end-of-turn marker), so
 //!   chat SFT masks everything else.
 //!
+//! * [`ChatExamples`]: `messages` JSONL conversations rendered once, as chat SFT data.
+//!
 //! A template feature this renderer does not support (an unknown filter, function or tag such as
 //! HF's `{% generation %}`, a template whose output for a conversation does not extend its output
 //! for the conversation's start) is an error naming the feature, never a silent mis-render.
 
+mod conversations;
 mod message;
 mod segments;
 mod template;
+mod tokenizer_template;
 
+pub use conversations::ChatExamples;
 pub use message::{Message, ASSISTANT};
 pub use segments::Segment;
 pub use template::ChatTemplate;
+pub use tokenizer_template::from_tokenizer;

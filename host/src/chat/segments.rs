@@ -41,6 +41,28 @@ impl ChatTemplate {
         Ok(segments)
     }
 
+    /// What the template writes after an assistant reply (`<|im_end|>` for ChatML, the
+    /// `eos_token` for Llama-style templates), trimmed of whitespace: where generation of a
+    /// reply stops. `None` when the template writes nothing there.
+    pub fn end_of_turn(&self) -> Result<Option<String>> {
+        const REPLY: &str = "\u{1}reply\u{1}";
+        let messages = [
+            Message::new("user", "question"),
+            Message::new(super::ASSISTANT, REPLY),
+        ];
+        let segments = self.render_segments(&messages)?;
+        let reply = segments
+            .iter()
+            .find(|s| s.trainable)
+            .map(|s| s.text.as_str())
+            .unwrap_or("");
+        let after = reply
+            .split_once(REPLY)
+            .map_or("", |(_, after)| after)
+            .trim();
+        Ok((!after.is_empty()).then(|| after.to_string()))
+    }
+
     /// The text `longer` adds after `shorter`, or the error saying the template is not
     /// prefix-stable at turn `index`.
     fn extension(&self, shorter: &str, longer: &str, index: usize, what: &str) -> Result<String> {
@@ -213,6 +235,21 @@ mod tests {
             err.contains("not prefix-stable") && err.contains("message"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn end_of_turn_is_what_follows_a_reply() {
+        assert_eq!(
+            ChatTemplate::chatml().end_of_turn().unwrap().as_deref(),
+            Some("<|im_end|>")
+        );
+        let llama = ChatTemplate::from_source(
+            "{% for m in messages %}{% if m.role == 'user' %}[INST] {{ m.content }} [/INST]\
+             {% else %}{{ m.content }}{{ eos_token }}{% endif %}{% endfor %}",
+        )
+        .unwrap()
+        .with_special_tokens("<s>", "</s>");
+        assert_eq!(llama.end_of_turn().unwrap().as_deref(), Some("</s>"));
     }
 
     #[test]

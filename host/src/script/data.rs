@@ -114,6 +114,9 @@ const FILE_OPTIONS: [&str; 3] = ["field", "lossy", "format"];
 
 /// `corpus(path, #{ field, lossy, format })`: a text or JSONL file.
 pub fn file_corpus(path: &Path, options: &Map) -> ScriptResult<CorpusHandle> {
+    if crate::data::parquet_source::is_parquet(path) {
+        return parquet_corpus(path, options);
+    }
     check_keys("corpus", options, &FILE_OPTIONS)?;
     let field = options
         .get("field")
@@ -159,6 +162,20 @@ pub fn file_corpus(path: &Path, options: &Map) -> ScriptResult<CorpusHandle> {
     } else {
         CorpusHandle::running_text(source)
     })
+}
+
+/// `corpus("x.parquet" | "dir/", #{ field })`: a column of Parquet files, one document per row
+/// (`field` defaults to "text"; a `messages` column gives conversations as JSON).
+fn parquet_corpus(path: &Path, options: &Map) -> ScriptResult<CorpusHandle> {
+    check_keys("corpus (parquet)", options, &["field"])?;
+    let field = options
+        .get("field")
+        .map(|v| string_option("corpus", "field", v))
+        .transpose()?
+        .unwrap_or_else(|| "text".into());
+    let source = crate::data::parquet_source::ParquetSource::open(path, &field)
+        .map_err(|e| script_error(format!("corpus: {e}")))?;
+    Ok(CorpusHandle::documents(Arc::new(source)))
 }
 
 fn check_keys(what: &str, options: &Map, accepted: &[&str]) -> ScriptResult<()> {

@@ -44,6 +44,13 @@ pub fn help_text(registry: &Registry, name: Option<&str>) -> String {
                 "Functions: help(name), plugins(), load_plugin(path), setting(key, default), tensor(array), \
                  zeros(shape), randn(shape, seed)\n",
             );
+            out.push_str(
+                "Evaluation tasks (evaluate(model, tok, [\"name\", ...], #{ limit, batch, seed }), \
+                 `llmlab eval`; docs/eval.md):\n",
+            );
+            for (task, about) in crate::eval::builtin::TASKS {
+                let _ = writeln!(out, "  {task:20} {about}");
+            }
         }
         Some(name) => {
             if let Some(entry) = registry.get(name) {
@@ -84,6 +91,15 @@ pub fn help_text(registry: &Registry, name: Option<&str>) -> String {
                     out,
                     "{kind} components: {}",
                     registry.names(kind).join(", ")
+                );
+            } else if let Some(spec) = crate::eval::builtin::spec(name) {
+                let _ = writeln!(
+                    out,
+                    "evaluation task \"{name}\" (version {}): {}\n  output_type {}, metrics {}",
+                    spec.version,
+                    spec.description,
+                    spec.output_type.name(),
+                    spec.metrics.join(", ")
                 );
             } else {
                 let _ = writeln!(

@@ -7,12 +7,16 @@
 
 mod align;
 mod callback;
+mod compress;
 mod config;
 mod corpus;
 mod data;
+mod eval;
 mod evaluate;
+mod examples;
 mod help;
 mod image;
+mod interop;
 mod model;
 mod qat;
 mod quant;
@@ -31,6 +35,7 @@ use llmlab_plugin_api::{Aligner, Context, Instance, Kind, Quantizer, Trainer};
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
 
 pub use callback::ClosureReward;
+pub use eval::{load_model_and_tokenizer, run_evaluation, SessionCorpora};
 pub use config::{dynamic_to_json, json_to_dynamic, positive_int_option, Overrides};
 pub use help::help_text;
 pub use image::ImageHandle;
@@ -170,17 +175,23 @@ impl Host {
     /// key (a sweep's trial, `sweep.rs`) taken out.
     fn create_trainer(&self, name: &str, mut config: Dynamic) -> ScriptResult<Dynamic> {
         let trial = sweep::take_trial(&mut config)?;
+        let teacher = compress::take_teacher(&mut config)?;
         let mut qat = None;
         let instance = self.create_with(Kind::Trainer, name, config, |json| {
             qat = qat::take_qat(self, json)?;
             Ok(())
         })?;
         match instance {
-            Instance::Trainer(t) => Ok(Dynamic::from(TrainerHandle(
+            Instance::Trainer(mut t) => {
+                if let Some(teacher) = teacher {
+                    plugin_call(name, || t.set_teacher(teacher.0.clone()))?;
+                }
+                Ok(Dynamic::from(TrainerHandle(
                 Arc::new(Mutex::new(t)),
                 qat,
                 trial,
-            ))),
+            )))
+            }
             other => Ok(instance_to_dynamic(other)),
         }
     }
@@ -279,12 +290,16 @@ impl Session {
         data::register(&mut engine, &host);
         corpus::register(&mut engine);
         evaluate::register(&mut engine);
+        eval::register(&mut engine, &host);
+        examples::register(&mut engine);
         trainer::register(&mut engine, &host);
         align::register(&mut engine, &host);
         quant::register(&mut engine, &host);
         qat::register(&mut engine, &host);
+        compress::register(&mut engine, &host);
         sweep::register(&mut engine, &host);
         image::register(&mut engine, &host);
+        interop::register(&mut engine);
         serve::register(&mut engine);
         let mut scope = Scope::new();
         scope.push_constant("SETTINGS", host.overrides.settings_map());

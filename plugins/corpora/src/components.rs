@@ -11,6 +11,7 @@ use llmlab_plugin_api::{
     ConfigKey, Context, Corpus, Error, ExampleSource, Factory, Instance, Kind, Result, TextSource,
 };
 
+use crate::chat::ChatConversations;
 use crate::stories::Stories;
 use crate::tasks::{TaskKind, TaskPreferences, Tasks};
 
@@ -212,5 +213,80 @@ impl Corpus for PreferenceCorpus {
         let n = n.unwrap_or(self.0.len());
         let pairs = TaskPreferences::from_examples(&*self.0, n, seed)?;
         Ok(Box::new(PreferenceCorpus(Arc::new(pairs))))
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(crate = "llmlab_plugin_api::serde", default, deny_unknown_fields)]
+pub struct ChatOptions {
+    pub n: usize,
+    pub turns: usize,
+    pub digits: usize,
+    pub seed: u64,
+}
+
+impl Default for ChatOptions {
+    fn default() -> Self {
+        ChatOptions {
+            n: 5_000,
+            turns: 3,
+            digits: 2,
+            seed: 0,
+        }
+    }
+}
+
+impl TypedConfig for ChatOptions {
+    const DOCS: &'static [(&'static str, &'static str)] = &[
+        ("n", "number of conversations"),
+        (
+            "turns",
+            "at most this many user/assistant exchanges per conversation",
+        ),
+        (
+            "digits",
+            "operand size of the tasks asked (as for the task corpora)",
+        ),
+        ("seed", "same seed, same conversations"),
+    ];
+}
+
+/// `corpus("chat", #{ n, turns, digits, seed })`: multi-turn task conversations as `messages`.
+pub struct ChatFactory;
+
+impl Factory for ChatFactory {
+    fn name(&self) -> &'static str {
+        "chat"
+    }
+    fn kind(&self) -> Kind {
+        Kind::Corpus
+    }
+    fn about(&self) -> &'static str {
+        "multi-turn conversations of task questions and exact answers, as `messages` JSON (chat_data(corpus(\"chat\")))"
+    }
+    fn config_keys(&self) -> Vec<ConfigKey> {
+        ChatOptions::keys()
+    }
+    fn create(&self, config: &Value, _: &Context) -> Result<Instance> {
+        let o = ChatOptions::from_json(self.name(), config)?;
+        check_fits(
+            self.name(),
+            &format!("`n` = {}, `turns` = {}", o.n, o.turns),
+            (o.n * o.turns) as f64 * TASK_EXAMPLE_BYTES * 6.0,
+        )?;
+        let chat = ChatConversations::generate(o.n, o.turns, o.digits, o.seed)?;
+        Ok(Instance::Corpus(Box::new(ChatCorpus(Arc::new(chat)))))
+    }
+}
+
+/// The chat conversations: documents only (rendered by a chat template on the host).
+pub struct ChatCorpus(pub Arc<ChatConversations>);
+
+impl Corpus for ChatCorpus {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    fn documents(&self) -> Arc<dyn TextSource> {
+        self.0.clone()
     }
 }

@@ -5,13 +5,17 @@
 //!   probabilities are known, hence the entropy floor of any model trained on them;
 //! - [`tasks`]: `corpus("arithmetic" | "sort" | "copy" | "reverse", #{ n, digits, seed })`,
 //!   prompt/answer tasks with exact checkers, well-formedness for rewards and preference pairs;
+//! - [`chat`]: `corpus("chat", #{ n, turns, digits, seed })`, multi-turn conversations of task
+//!   questions as `messages` JSON, for chat SFT;
 //! - [`components`]: the factories and the `Corpus` objects they make.
 
+pub mod chat;
 pub mod components;
 pub mod stories;
 pub mod tasks;
 
 llmlab_plugin_api::submit_component!(components::StoriesFactory);
+llmlab_plugin_api::submit_component!(components::ChatFactory);
 llmlab_plugin_api::submit_component!(components::TaskFactory(tasks::TaskKind::Arithmetic));
 llmlab_plugin_api::submit_component!(components::TaskFactory(tasks::TaskKind::Sort));
 llmlab_plugin_api::submit_component!(components::TaskFactory(tasks::TaskKind::Copy));

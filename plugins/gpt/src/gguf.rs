@@ -5,7 +5,10 @@
 //! - `general.architecture` = `"llmlab-gpt"`, `llmlab.model` = `"gpt"` (the marker `model_load`
 //!   checks),
 //! - `llmlab.config` = the resolved config as JSON (the same keys as `config.json`),
-//! - `llmlab.quantization` = the scheme (`"q4_0"`) or `"none"`.
+//! - `llmlab.quantization` = the scheme (`"q4_0"`) or `"none"`,
+//! - with an `moe` config, llama.cpp's MoE keys under the architecture:
+//!   `llmlab-gpt.expert_count`, `llmlab-gpt.expert_used_count`, `llmlab-gpt.expert_shared_count`
+//!   (expert linears are quantized like any linear; the router stays F32).
 //!
 //! A quantized weight keeps its padded shape `(out, in_padded)` (see `linear.rs`), so the file is
 //! for llmlab, not for llama.cpp, whose architectures name their tensors differently anyway.
@@ -30,6 +33,10 @@ pub const ARCHITECTURE: &str = "llmlab-gpt";
 pub const MODEL_KEY: &str = "llmlab.model";
 pub const CONFIG_KEY: &str = "llmlab.config";
 pub const QUANTIZATION_KEY: &str = "llmlab.quantization";
+/// MoE metadata, named as llama.cpp names them (`{arch}.expert_count`, ...).
+pub const EXPERT_COUNT_KEY: &str = "llmlab-gpt.expert_count";
+pub const EXPERT_USED_KEY: &str = "llmlab-gpt.expert_used_count";
+pub const EXPERT_SHARED_KEY: &str = "llmlab-gpt.expert_shared_count";
 
 /// Whether `path` names a GGUF file (by its extension).
 pub fn is_gguf_path(path: &Path) -> bool {
@@ -67,7 +74,28 @@ pub fn save(model: &Gpt, path: &Path) -> Result<()> {
             gguf_file::Value::String(model.scheme().unwrap_or("none").to_string()),
         ),
     ];
-    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let moe_keys: Vec<(String, gguf_file::Value)> = match &model.gpt_config().moe {
+        Some(moe) => vec![
+            (
+                EXPERT_COUNT_KEY.to_string(),
+                gguf_file::Value::U32(moe.experts as u32),
+            ),
+            (
+                EXPERT_USED_KEY.to_string(),
+                gguf_file::Value::U32(moe.top_k as u32),
+            ),
+            (
+                EXPERT_SHARED_KEY.to_string(),
+                gguf_file::Value::U32(moe.shared_experts as u32),
+            ),
+        ],
+        None => Vec::new(),
+    };
+    let metadata: Vec<(&str, &gguf_file::Value)> = metadata
+        .iter()
+        .map(|(k, v)| (*k, v))
+        .chain(moe_keys.iter().map(|(k, v)| (k.as_str(), v)))
+        .collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors
         .iter()
         .map(|(n, q)| (n.as_str(), q.as_ref()))

@@ -481,6 +481,20 @@ impl Model for Gpt {
         crate::checkpoint::save(self, dir)
     }
 
+    /// `hf_export.rs`: GPT-2 or Llama-family layout, by the options.
+    fn save_hf(&self, dir: &Path, tokenizer: Option<&dyn llmlab_plugin_api::Tokenizer>) -> Result<()> {
+        crate::hf_export::save_hf(self, dir, tokenizer)
+    }
+
+    /// `gguf_llama.rs`: llama.cpp's names and keys.
+    fn save_llama_cpp_gguf(
+        &self,
+        path: &Path,
+        tokenizer: Option<&dyn llmlab_plugin_api::Tokenizer>,
+    ) -> Result<()> {
+        crate::gguf_llama::save(self, path, tokenizer)
+    }
+
     fn frozen_copy(&self) -> Result<Box<dyn Model>> {
         let copy = self.copy()?;
         if let Some(lora) = self.lora.get() {

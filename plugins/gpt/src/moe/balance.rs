@@ -25,7 +25,12 @@ pub fn switch_balance(probs: &Tensor, chosen: &[usize]) -> Result<Tensor> {
 /// ST-MoE's router z-loss `mean_t (log Σ_i exp(logits_ti))²`: keeps the logits small.
 pub fn z_loss(logits: &Tensor) -> Result<Tensor> {
     let max = logits.max_keepdim(D::Minus1)?.detach();
-    let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?;
+    let lse = (logits
+        .broadcast_sub(&max)?
+        .exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        + max)?;
     lse.sqr()?.mean_all()
 }
 
@@ -104,8 +109,7 @@ mod tests {
         let b = switch_balance(&uniform, &[1, 1, 1, 1]).unwrap();
         assert!((b.to_scalar::<f32>().unwrap() - 1.0).abs() < 1e-6);
         let collapsed =
-            Tensor::from_vec(vec![1f32, 0., 0., 0., 1., 0., 0., 0.], (2, 4), &Device::Cpu)
-                .unwrap();
+            Tensor::from_vec(vec![1f32, 0., 0., 0., 1., 0., 0., 0.], (2, 4), &Device::Cpu).unwrap();
         let b = switch_balance(&collapsed, &[2, 0, 0, 0]).unwrap();
         assert!((b.to_scalar::<f32>().unwrap() - 4.0).abs() < 1e-6);
     }
@@ -125,7 +129,9 @@ mod tests {
         // Load [6, 3, 3], mean 4.
         clone.apply_pending().unwrap();
         let v = bias.values().unwrap();
-        assert!((v[0] + 0.1).abs() < 1e-7 && (v[1] - 0.1).abs() < 1e-7 && (v[2] - 0.1).abs() < 1e-7);
+        assert!(
+            (v[0] + 0.1).abs() < 1e-7 && (v[1] - 0.1).abs() < 1e-7 && (v[2] - 0.1).abs() < 1e-7
+        );
         // Cleared: a second update without new load changes nothing.
         bias.apply_pending().unwrap();
         assert_eq!(bias.values().unwrap(), v);

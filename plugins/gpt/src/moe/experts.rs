@@ -48,7 +48,12 @@ pub fn grouped(
 
 /// Every expert on every token, weighted by `weights` `(tokens, experts)`: the dense
 /// reference of [`grouped`] (same value and gradients, every expert's cost).
-pub fn dense_reference(experts: &[Mlp], x: &Tensor, weights: &Tensor, train: bool) -> Result<Tensor> {
+pub fn dense_reference(
+    experts: &[Mlp],
+    x: &Tensor,
+    weights: &Tensor,
+    train: bool,
+) -> Result<Tensor> {
     let weights = weights.to_dtype(x.dtype())?;
     let mut sum = x.zeros_like()?;
     for (e, expert) in experts.iter().enumerate() {

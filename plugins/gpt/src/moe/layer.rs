@@ -75,7 +75,8 @@ impl Moe {
                 stdev: INIT_STD,
             },
         )?;
-        let state = |name: &str| router_vb.get_with_hints_dtype(e, name, Init::Const(0.0), DType::F32);
+        let state =
+            |name: &str| router_vb.get_with_hints_dtype(e, name, Init::Const(0.0), DType::F32);
         let bias = SelectionBias::new(
             &state("selection_bias")?,
             &state("pending_load")?,
@@ -170,11 +171,17 @@ impl Moe {
             }
             _ => flat.clone(),
         };
+        // f32 at least (an f64 model keeps f64: the gradient checks compare against it).
+        let router_dtype = if x.dtype() == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
         let logits = router_in
             .matmul(&self.router.t()?)?
-            .to_dtype(DType::F32)?;
+            .to_dtype(router_dtype)?;
         let probs = softmax(&logits)?;
-        let mut scores: Vec<f32> = probs.flatten_all()?.to_vec1()?;
+        let mut scores: Vec<f32> = probs.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
         let entropy = scores
             .iter()
             .filter(|p| **p > 0.0)
@@ -215,13 +222,14 @@ impl Moe {
         let mut loss: Option<Tensor> = None;
         let (mut aux_value, mut z_value) = (0.0, 0.0);
         if self.config.balance == Balance::AuxLoss && self.config.aux_loss_coef > 0.0 {
-            let aux = switch_balance(&probs, &routing.chosen)?.affine(self.config.aux_loss_coef, 0.0)?;
-            aux_value = aux.to_scalar::<f32>()? as f64;
+            let aux =
+                switch_balance(&probs, &routing.chosen)?.affine(self.config.aux_loss_coef, 0.0)?;
+            aux_value = aux.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             loss = Some(aux);
         }
         if self.config.z_loss_coef > 0.0 {
             let z = z_loss(&logits)?.affine(self.config.z_loss_coef, 0.0)?;
-            z_value = z.to_scalar::<f32>()? as f64;
+            z_value = z.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             loss = Some(match loss {
                 Some(aux) => (aux + z)?,
                 None => z,
@@ -249,11 +257,8 @@ impl Moe {
     /// probabilities, renormalised over the chosen experts for `topk` with `normalize_top_k`
     /// (not at `top_k` 1, where every weight would be 1 and the router would get no gradient).
     fn weights(&self, probs: &Tensor, routing: &Routing) -> Result<Tensor> {
-        let mask = Tensor::from_vec(
-            routing.mask.clone(),
-            probs.dims2()?,
-            probs.device(),
-        )?;
+        let mask = Tensor::from_vec(routing.mask.clone(), probs.dims2()?, probs.device())?
+            .to_dtype(probs.dtype())?;
         let chosen = (probs * mask)?;
         let c = &self.config;
         if c.router == RouterKind::Topk && c.normalize_top_k && c.top_k > 1 {
