@@ -162,7 +162,7 @@ impl TextStream {
 }
 
 /// `m.generate(tok, prompts, options)`: one string per prompt.
-fn generate_text(
+pub(super) fn generate_text(
     model: &dyn Model,
     tokenizer: &TokenizerHandle,
     prompts: &[String],
