@@ -121,13 +121,13 @@ impl Gpt {
             rope,
             blocks,
             ln_f,
-            state,
             lm_head,
             causal_mask,
             device: device.clone(),
             dtype,
             cancel,
             params,
+            state,
             config,
             quantized: BTreeMap::new(),
             scheme: None,
@@ -258,6 +258,12 @@ impl Gpt {
 
     /// The forward pass over `ids` `(batch, seq)`: the full sequence, or with `cache` the next
     /// tokens after those already cached.
+    pub fn run(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut GptCache>,
+        options: &ForwardOptions,
+    ) -> Result<ForwardOutput> {
         Ok(self.run_routed(ids, cache, options)?.0)
     }
 
@@ -271,12 +277,6 @@ impl Gpt {
         if cache.is_some() {
             crate::moe::layer::refuse_incremental(&self.config)?;
         }
-    pub fn run(
-        &self,
-        ids: &Tensor,
-        cache: Option<&mut GptCache>,
-        options: &ForwardOptions,
-    ) -> Result<ForwardOutput> {
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.seq_len());
         if t == 0 {
@@ -322,29 +322,29 @@ impl Gpt {
                     wpe.index_select(&p.flatten_all()?, 0)?
                         .reshape((b, t, self.config.d_model))?
                 }
-        let pass = crate::moe::Pass::from_train(options.train);
-        let (mut aux_loss, mut router_stats) = (None, Vec::new());
             };
             x = x.broadcast_add(&pos)?;
         }
         if options.train && self.emb_dropout.is_active() {
             x = self.emb_dropout.forward(&x)?;
         }
+        let pass = crate::moe::Pass::from_train(options.train);
+        let (mut aux_loss, mut router_stats) = (None, Vec::new());
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             let (y, aux) = block.forward_routed(
                 &x,
-            x = y;
-            if let Some(aux) = aux {
-                aux_loss = crate::moe::add_loss(aux_loss, aux.loss)?;
-                router_stats.push((i, aux.stats));
-            }
                 self.rope.as_ref(),
                 &positions,
                 mask.as_ref(),
                 layer_cache,
                 pass,
             )?;
+            x = y;
+            if let Some(aux) = aux {
+                aux_loss = crate::moe::add_loss(aux_loss, aux.loss)?;
+                router_stats.push((i, aux.stats));
+            }
         }
         if let Some(c) = cache {
             c.advance(t);
@@ -368,20 +368,20 @@ impl Gpt {
             .narrow(1, t - 1, 1)?
             .squeeze(1)?
             .to_dtype(DType::F32)?)
-            .chain(&self.state)
     }
 
     /// The parameters' and the state's current values by name (checkpoints, copies).
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .chain(&self.state)
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
+    }
 
     /// The state variables (MoE selection biases and pending loads), by name.
     pub fn state_vars(&self) -> &[(String, Var)] {
         &self.state
-    }
-    pub fn tensors(&self) -> Vec<(String, Tensor)> {
-        self.params
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect()
     }
 }
 
@@ -518,6 +518,12 @@ impl Model for Gpt {
         }
         self.refuse_training_if_quantized()?;
         crate::checkpointing::forward_backward(self, ids, options, compute, loss)
+    }
+
+    fn set_fake_quant(&self, quantizer: Option<Arc<dyn Quantizer>>, skip: &[String]) -> Result<()> {
+        crate::quantize::set_fake_quant(self, quantizer, skip)
+    }
+
     /// MoE selection biases and their pending loads (`moe/balance.rs`).
     fn state(&self) -> Vec<(String, Tensor)> {
         self.state
@@ -536,12 +542,6 @@ impl Model for Gpt {
 
     fn router_stats(&self, ids: &Tensor) -> Result<Value> {
         crate::moe::model_stats::router_stats(self, ids)
-    }
-
-    }
-
-    fn set_fake_quant(&self, quantizer: Option<Arc<dyn Quantizer>>, skip: &[String]) -> Result<()> {
-        crate::quantize::set_fake_quant(self, quantizer, skip)
     }
 
     fn set_lora(&self, config: Option<&Value>) -> Result<Value> {
