@@ -303,7 +303,6 @@ impl Session {
         compress::register(&mut engine, &host);
         sweep::register(&mut engine, &host);
         image::register(&mut engine, &host);
-        serve::register(&mut engine);
         interop::register(&mut engine);
         serve::register(&mut engine);
         let mut scope = Scope::new();
