@@ -4,7 +4,10 @@
 //! each phase of a step (forward + loss, backward, AdamW) measured on the same model.
 //!
 //! A config is `tiny`, `small` or `gpt2`, optionally with the model's kernels after a colon:
-//! `tiny:reference` runs the composed stock-op path instead of the fused kernels (issue 11).
+//! `tiny:reference` runs the composed stock-op path instead of the fused kernels (issue 11), and
+//! `tiny:moe` replaces every MLP by 8 experts, top-2, each half the MLP's width: the active
+//! parameters per token of the dense model (issue 17; the peer is `bench/torch_gpt.py`'s
+//! `tiny_moe`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -64,17 +67,27 @@ fn create(
 
 /// Runs one config: `warmup` untimed steps, then `steps` timed training steps and forward passes.
 pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Result<Value> {
-    let (shape_name, kernels) = config.split_once(':').unwrap_or((config, "fused"));
+    let (shape_name, variant) = config.split_once(':').unwrap_or((config, "fused"));
+    let (kernels, moe) = match variant {
+        "moe" => (
+            "fused",
+            Some(json!({ "experts": 8, "top_k": 2, "expert_ffn_mult": 2.0 })),
+        ),
+        kernels => (kernels, None),
+    };
     let [n_layer, n_head, d_model, ctx_len, vocab, batch] = shapes(shape_name).ok_or_else(|| {
         Error::msg(format!(
-            "unknown bench config {shape_name:?}; known: tiny, small, gpt2 (optionally :fused or :reference)"
+            "unknown bench config {shape_name:?}; known: tiny, small, gpt2 (optionally :fused, :reference or :moe)"
         ))
     })?;
-    let model_config = json!({
+    let mut model_config = json!({
         "vocab_size": vocab, "n_layer": n_layer, "n_head": n_head, "d_model": d_model, "ctx": ctx_len,
         "norm": "layer", "pos": "learned", "mlp": "gelu", "bias": true, "tie_embeddings": true, "dropout": 0.0,
         "kernels": kernels,
     });
+    if let Some(moe) = moe {
+        model_config["moe"] = moe;
+    }
     let Instance::Model(model) = create(registry, Kind::Model, "gpt", model_config, ctx)? else {
         return Err(Error::msg("gpt did not make a model"));
     };

@@ -57,7 +57,6 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     llmlab_source,
                 },
         }) => build_plugin(dir, test, llmlab_source),
-
         Some(Command::Bench {
             command: BenchCommand::Train { config, steps },
         }) => {
@@ -74,18 +73,6 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             command: SweepCommand::Status { name, runs_dir },
         }) => {
             print!("{}", llmlab::sweep::status(&runs_dir, &name)?);
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(Command::Serve(args)) => {
-            let session = Session::new(discover(), context(&cli.common)?, Overrides::default());
-            llmlab::serve::cli::serve(&session, &args)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(Command::Bench {
-            command: BenchCommand::Serve(args),
-        }) => {
-            let session = Session::new(discover(), context(&cli.common)?, Overrides::default());
-            llmlab::serve::cli::bench(&session, &args)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Eval(args)) => {

@@ -1,6 +1,6 @@
 //! Training plots as PNG with `plotters`: `loss.png` (train loss, validation loss, and the data's
-//! entropy floor when known) and `lr.png`. The font is embedded, so no system font libraries are
-//! needed.
+//! entropy floor when known), `lr.png`, and for MoE runs `experts.png` (each expert's load over
+//! the steps). The font is embedded, so no system font libraries are needed.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -158,7 +158,77 @@ pub fn training_plots(
         points: series_of(history, "lr"),
         color: RGBColor(44, 160, 44),
     }];
-    line_plot(&dir.join("lr.png"), "learning rate", "lr", &lr, None)
+    line_plot(&dir.join("lr.png"), "learning rate", "lr", &lr, None)?;
+    experts_plot(dir, history)
+}
+
+/// `experts.png` for an MoE run: each expert's load (fraction of the router's choices) over the
+/// steps, averaged over the MoE blocks, from the `moe.h{block}.load.{expert}` metrics, with the
+/// fair share `1 / experts` as the reference line. Nothing for a dense run.
+pub fn experts_plot(dir: &Path, history: &[(u64, BTreeMap<String, f64>)]) -> Result<()> {
+    let mut experts = BTreeMap::<usize, Vec<String>>::new();
+    for key in history.iter().flat_map(|(_, values)| values.keys()) {
+        let Some(rest) = key.strip_prefix("moe.h") else {
+            continue;
+        };
+        if let Some((_, expert)) = rest.split_once(".load.") {
+            if let Ok(e) = expert.parse::<usize>() {
+                let keys = experts.entry(e).or_default();
+                if !keys.contains(key) {
+                    keys.push(key.clone());
+                }
+            }
+        }
+    }
+    if experts.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = experts.keys().map(|e| format!("expert {e}")).collect();
+    let series: Vec<Series<'_>> = experts
+        .values()
+        .zip(&names)
+        .enumerate()
+        .map(|(i, (keys, name))| {
+            let points = history
+                .iter()
+                .filter_map(|(step, values)| {
+                    let loads: Vec<f64> =
+                        keys.iter().filter_map(|k| values.get(k)).copied().collect();
+                    (!loads.is_empty())
+                        .then(|| (*step as f64, loads.iter().sum::<f64>() / loads.len() as f64))
+                })
+                .collect();
+            let hue = i as f64 / experts.len() as f64;
+            Series {
+                name,
+                points,
+                color: hue_color(hue),
+            }
+        })
+        .collect();
+    let fair = 1.0 / experts.len() as f64;
+    line_plot(
+        &dir.join("experts.png"),
+        "expert load (fraction of routed tokens, mean over MoE blocks)",
+        "load",
+        &series,
+        Some(("fair share", fair)),
+    )
+}
+
+/// A saturated colour at `hue` in [0, 1).
+fn hue_color(hue: f64) -> RGBColor {
+    let h = (hue.fract() * 6.0).max(0.0);
+    let x = (1.0 - ((h % 2.0) - 1.0).abs()) * 200.0;
+    let (r, g, b) = match h as u32 {
+        0 => (200.0, x, 0.0),
+        1 => (x, 200.0, 0.0),
+        2 => (0.0, 200.0, x),
+        3 => (0.0, x, 200.0),
+        4 => (x, 0.0, 200.0),
+        _ => (200.0, 0.0, x),
+    };
+    RGBColor(r as u8, g as u8, b as u8)
 }
 
 #[cfg(test)]
@@ -180,10 +250,36 @@ mod tests {
             })
             .collect();
         training_plots(dir.path(), &history, Some(0.9)).unwrap();
+        assert!(
+            !dir.path().join("experts.png").exists(),
+            "dense run: no expert plot"
+        );
         for name in ["loss.png", "lr.png"] {
             let bytes = std::fs::read(dir.path().join(name)).unwrap();
             assert_eq!(&bytes[1..4], b"PNG", "{name} is a PNG");
             assert!(bytes.len() > 2000, "{name} has content");
         }
+    }
+
+    #[test]
+    fn moe_runs_get_an_expert_load_plot() {
+        let dir = tempfile::tempdir().unwrap();
+        let history: Vec<(u64, BTreeMap<String, f64>)> = (1..=30)
+            .map(|s| {
+                let mut m = BTreeMap::new();
+                m.insert("loss".to_string(), 3.0);
+                for block in [0, 2] {
+                    for e in 0..4 {
+                        let load = if e == 0 { 0.4 } else { 0.2 };
+                        m.insert(format!("moe.h{block}.load.{e}"), load);
+                    }
+                }
+                (s, m)
+            })
+            .collect();
+        training_plots(dir.path(), &history, None).unwrap();
+        let bytes = std::fs::read(dir.path().join("experts.png")).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        assert!(bytes.len() > 2000);
     }
 }

@@ -50,15 +50,6 @@ pub struct Example {
     pub rejected: Option<String>,
 }
 
-/// A piece of an example's text in training order: `trainable` pieces are what the model learns
-/// to say (a chat's assistant turns), the others only condition it (system and user turns,
-/// template markup).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TextSegment {
-    pub text: String,
-    pub trainable: bool,
-}
-
 /// The text of a prompt followed by its answer, as documents of prompt/answer data read: no
 /// space after a prompt ending in a bare `=` (`12+345=357`), one space otherwise
 /// (`sort 3 1 2 = 1 2 3`).
@@ -68,6 +59,15 @@ pub fn join(prompt: &str, answer: &str) -> String {
     } else {
         format!("{prompt} {answer}")
     }
+}
+
+/// A piece of an example's text in training order: `trainable` pieces are what the model learns
+/// to say (a chat's assistant turns), the others only condition it (system and user turns,
+/// template markup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextSegment {
+    pub text: String,
+    pub trainable: bool,
 }
 
 /// Prompt/answer examples, optionally with a checker for verifiable tasks.

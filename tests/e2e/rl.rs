@@ -224,3 +224,31 @@ print("after fit");
         assert!(err.contains(needle), "{needle:?} not in:\n{err}");
     }
 }
+
+#[test]
+fn constitutional_script_labels_pairs_with_its_judge_and_prints_the_table() {
+    let runs = tempfile::tempdir().unwrap();
+    for (judge, name) in [("closure", "cai-closure"), ("lm", "cai-lm")] {
+        let out = run_with(
+            "scripts/constitutional.rhai",
+            name,
+            runs.path(),
+            &[
+                "lm_steps=4",
+                "bytes=100000",
+                "n_prompts=6",
+                "eval_n=6",
+                "dpo_steps=2",
+                "revise=true",
+                &format!("judge={judge}"),
+            ],
+        );
+        assert!(out.contains(&format!("judge: {judge}")), "{out}");
+        assert!(out.contains("before: ") && out.contains("after: "), "{out}");
+        assert!(
+            out.contains("| judge | pairs | held-out follow rate before | after |")
+                && out.contains(&format!("| {judge} | ")),
+            "{out}"
+        );
+    }
+}

@@ -243,9 +243,11 @@ impl<O: Objective> TrainLoop<O> {
             })?;
             model.set_state(name, saved)?;
         }
-        if let Some(extra) = ckpt.weights.keys().find(|k| {
-            !params.iter().any(|(n, _)| n == *k) && !state.iter().any(|(n, _)| n == *k)
-        }) {
+        if let Some(extra) = ckpt
+            .weights
+            .keys()
+            .find(|k| !params.iter().any(|(n, _)| n == *k) && !state.iter().any(|(n, _)| n == *k))
+        {
             return Err(Error::Data(format!(
                 "{}: parameter `{extra}` is not in the model; the checkpoint is of a different model",
                 weights_file.display()

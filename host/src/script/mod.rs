@@ -5,8 +5,10 @@
 //! Each component kind's script surface lives in its own file; this module wires them together
 //! and owns the conversion of plugin errors and panics into script errors.
 
+mod ai_feedback;
 mod align;
 mod callback;
+mod chat;
 mod compress;
 mod config;
 mod corpus;
@@ -286,6 +288,8 @@ impl Session {
         tensor::register(&mut engine);
         tokenizer::register(&mut engine, &host);
         model::register(&mut engine, &host);
+        chat::register(&mut engine);
+        ai_feedback::register(&mut engine);
         callback::register(&mut engine);
         data::register(&mut engine, &host);
         corpus::register(&mut engine);

@@ -1,6 +1,6 @@
 //! The model's script surface: `model("gpt", #{..})`, `m.forward(ids)` (logits as a Tensor),
 //! `m.num_params()`, `m.params()`, `m.param(name)`, `m.param_shapes()`, `m.config()`,
-//! `m.save(dir)`, `model_load(dir)`, `m.frozen_copy()`, and generation:
+//! `m.save(dir)`, `model_load(dir)`, `m.frozen_copy()`, `m.router_stats(ids)` (MoE), and generation:
 //! `m.generate(tok, prompt_or_prompts, #{ max_tokens, temperature, ... })` → text(s) and
 //! `m.generate_ids(ids_or_rows, #{..})` → new token ids.
 //!
@@ -162,7 +162,7 @@ impl TextStream {
 }
 
 /// `m.generate(tok, prompts, options)`: one string per prompt.
-fn generate_text(
+pub(super) fn generate_text(
     model: &dyn Model,
     tokenizer: &TokenizerHandle,
     prompts: &[String],
@@ -338,6 +338,15 @@ pub fn register(engine: &mut Engine, host: &Arc<Host>) {
             } else {
                 Ok(out.first().map(|r| ids_to_array(r)).unwrap_or_default())
             }
+        },
+    );
+    // MoE models: per MoE block the expert loads, dropped fraction, router entropy and the aux
+    // and z losses of one evaluation pass over `ids` (docs/moe.md).
+    engine.register_fn(
+        "router_stats",
+        |m: &mut ModelHandle, ids: Array| -> ScriptResult<Dynamic> {
+            let input = ids_tensor(m.0.as_ref(), &ids)?;
+            plugin_call(m.0.name(), || m.0.router_stats(&input)).map(|v| json_to_dynamic(&v))
         },
     );
     engine.register_fn("save", |m: &mut ModelHandle, dir: &str| {

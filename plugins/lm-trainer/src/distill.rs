@@ -228,7 +228,8 @@ impl Distillation {
         let prompt_len = (ctx / 2).max(1);
         let inputs: Vec<Vec<u32>> = batch.inputs.to_vec2()?;
         let prompts: Vec<Vec<u32>> = inputs.iter().map(|r| r[..prompt_len].to_vec()).collect();
-        let new_tokens = ctx + 1 - prompt_len;
+        // The model's context may equal the window: the last position then has no target.
+        let new_tokens = ctx - prompt_len;
         let mut options = GenerateOptions::from_json(
             "distill",
             &llmlab_plugin_api::serde_json::json!({
