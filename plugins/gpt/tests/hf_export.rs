@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use llmlab_gpt::params::Source;
+use llmlab_nn::params::Source;
 use llmlab_gpt::Gpt;
 use llmlab_plugin_api::candle::{Device, Tensor};
 use llmlab_plugin_api::serde_json::{self, json, Value};

@@ -102,11 +102,14 @@ fn adapters_start_as_identity_and_only_they_train() {
         // embedding is ever made (candle also differentiates untracked operands of tracked
         // binary ops, so activation-shaped gradients of frozen paths exist; none has a
         // weight's shape, with 3·13 positions per batch).
-        let (x, y) = batch();
-        let (x, y) = (x.narrow(1, 0, 13).unwrap(), y.narrow(1, 0, 13).unwrap());
+        let (full_x, full_y) = batch();
+        let (short_x, short_y) = (
+            full_x.narrow(1, 0, 13).unwrap(),
+            full_y.narrow(1, 0, 13).unwrap(),
+        );
         let grads = model
-            .forward_backward(&x, &ForwardOptions::default(), DType::F32, &mut |out| {
-                Ok(llmlab_gpt::model::cross_entropy(&out.logits, &y)?)
+            .forward_backward(&short_x, &ForwardOptions::default(), DType::F32, &mut |out| {
+                Ok(llmlab_gpt::model::cross_entropy(&out.logits, &short_y)?)
             })
             .unwrap();
         let weight_shapes: Vec<Vec<usize>> = model

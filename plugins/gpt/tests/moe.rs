@@ -6,7 +6,7 @@
 mod common;
 
 use common::{ids, max_abs_diff, tiny};
-use llmlab_gpt::generate::generate_uncached;
+use llmlab_gpt::decoder::generate_uncached;
 use llmlab_gpt::model::cross_entropy;
 use llmlab_plugin_api::candle::quantized::{GgmlDType, QTensor};
 use llmlab_plugin_api::candle::{DType, Tensor};

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use llmlab_gpt::config::GptConfig;
 use llmlab_gpt::moe::{Moe, Pass};
-use llmlab_gpt::params::{ParamStore, Source};
+use llmlab_nn::params::{ParamStore, Source};
 use llmlab_plugin_api::candle::{DType, Device, Tensor, Var};
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::serde_json::{json, Value};
