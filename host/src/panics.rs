@@ -66,7 +66,7 @@ pub fn origin_in(backtrace: &str) -> Option<PanicOrigin> {
         let (before, after) = TRAIT_CRATES
             .iter()
             .find_map(|c| line.split_once(&format!(" as {c}")))?;
-        let type_path = before.rsplit_once('<').map_or(before, |(_, t)| t);
+        let type_path = before.split_once('<').map_or(before, |(_, t)| t);
         let type_path = type_path.split(['<', ' ']).next()?.trim_start_matches('&');
         let (trait_path, rest) = after.split_once(">::")?;
         let trait_name = trait_path.rsplit("::").next()?.split('<').next()?;

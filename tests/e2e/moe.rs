@@ -66,7 +66,7 @@ fn moe_stories_script_prints_both_tables_and_draws_expert_load() {
 
 const RESUME_SCRIPT: &str = r#"
 let data = corpus("stories", #{ bytes: 30000, seed: 7 });
-let tok = tokenizer("bpe", #{ vocab_size: 200 });
+let tok = tokenizer("bpe", #{ vocab_size: 300 });
 tok.train(data);
 let ds = tok.encode(data, #{ val_fraction: 0.1, out: run_dir() + "/data" });
 let m = model("gpt", #{ vocab_size: tok.vocab_size(), n_layer: 2, n_head: 2, d_model: 32,
