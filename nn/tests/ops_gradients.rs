@@ -10,8 +10,8 @@
 //!
 //! The loss is `Σ w ⊙ op(inputs)` with fixed random weights `w`, so every output element matters.
 
-use llmlab_plugin_api::candle::{DType, Device, Result, Tensor, Var};
 use llmlab_nn::ops;
+use llmlab_plugin_api::candle::{DType, Device, Result, Tensor, Var};
 use llmlab_plugin_api::rng::SplitMix64;
 
 type Op<'a> = &'a dyn Fn(&[Tensor]) -> Result<Tensor>;

@@ -19,16 +19,16 @@ use llmlab_plugin_api::{
 
 use crate::adamw::{AdamW, AdamWSettings};
 use crate::batches::{Batch, DataCursor};
-use crate::trainer_checkpoint::{self as checkpoint, Manifest, ModelInfo};
 use crate::clip;
 use crate::config::TrainConfig;
 use crate::data_identity::DataIdentity;
 use crate::evaluate::evaluate;
+use crate::gradients;
 use crate::loss;
 use crate::precision::{LossScaler, Verdict};
 use crate::rng::SplitMix64;
 use crate::schedule::Schedule;
-use crate::gradients;
+use crate::trainer_checkpoint::{self as checkpoint, Manifest, ModelInfo};
 
 /// What the trainer resolved before its first step.
 #[derive(Debug, Clone, Copy)]

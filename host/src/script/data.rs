@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use llmlab_plugin_api::{Corpus, ExampleSource, Instance, Kind, Split, TextSource, TokenData, Tokenizer};
+use llmlab_plugin_api::{
+    Corpus, ExampleSource, Instance, Kind, Split, TextSource, TokenData, Tokenizer,
+};
 use rhai::{Array, Dynamic, Engine, Map, FLOAT, INT};
 
 use super::tokenizer::{ids_to_array, TokenizerHandle};
@@ -320,7 +322,9 @@ pub fn register(engine: &mut Engine, host: &Arc<Host>) {
     engine.register_type_with_name::<DatasetHandle>("Dataset");
 
     let h = host.clone();
-    engine.register_fn("corpus", move |spec: &str| open_corpus(&h, spec, &Map::new()));
+    engine.register_fn("corpus", move |spec: &str| {
+        open_corpus(&h, spec, &Map::new())
+    });
     let h = host.clone();
     engine.register_fn("corpus", move |spec: &str, options: Map| {
         open_corpus(&h, spec, &options)

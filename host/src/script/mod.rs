@@ -37,8 +37,8 @@ use llmlab_plugin_api::{Aligner, Context, Instance, Kind, Quantizer, Trainer};
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
 
 pub use callback::ClosureReward;
-pub use eval::{load_model_and_tokenizer, run_evaluation, SessionCorpora};
 pub use config::{dynamic_to_json, json_to_dynamic, positive_int_option, Overrides};
+pub use eval::{load_model_and_tokenizer, run_evaluation, SessionCorpora};
 pub use help::help_text;
 pub use image::ImageHandle;
 pub use model::ModelHandle;
@@ -189,10 +189,10 @@ impl Host {
                     plugin_call(name, || t.set_teacher(teacher.0.clone()))?;
                 }
                 Ok(Dynamic::from(TrainerHandle(
-                Arc::new(Mutex::new(t)),
-                qat,
-                trial,
-            )))
+                    Arc::new(Mutex::new(t)),
+                    qat,
+                    trial,
+                )))
             }
             other => Ok(instance_to_dynamic(other)),
         }
@@ -247,9 +247,8 @@ fn model_marker(path: &Path) -> ScriptResult<Option<String>> {
     }
     let text = std::fs::read_to_string(&config)
         .map_err(|e| script_error(format!("cannot read {}: {e}", config.display())))?;
-    let json: llmlab_plugin_api::serde_json::Value =
-        llmlab_plugin_api::serde_json::from_str(&text)
-            .map_err(|e| script_error(format!("{}: not JSON: {e}", config.display())))?;
+    let json: llmlab_plugin_api::serde_json::Value = llmlab_plugin_api::serde_json::from_str(&text)
+        .map_err(|e| script_error(format!("{}: not JSON: {e}", config.display())))?;
     match json.get(MODEL_MARKER_KEY) {
         None => Ok(None),
         Some(llmlab_plugin_api::serde_json::Value::String(name)) => Ok(Some(name.clone())),

@@ -482,7 +482,11 @@ impl Model for Gpt {
     }
 
     /// `hf_export.rs`: GPT-2 or Llama-family layout, by the options.
-    fn save_hf(&self, dir: &Path, tokenizer: Option<&dyn llmlab_plugin_api::Tokenizer>) -> Result<()> {
+    fn save_hf(
+        &self,
+        dir: &Path,
+        tokenizer: Option<&dyn llmlab_plugin_api::Tokenizer>,
+    ) -> Result<()> {
         crate::hf_export::save_hf(self, dir, tokenizer)
     }
 

@@ -11,8 +11,8 @@
 
 use std::path::{Path, PathBuf};
 
-use llmlab_nn::params::Source;
 use llmlab_gpt::Gpt;
+use llmlab_nn::params::Source;
 use llmlab_plugin_api::candle::{Device, Tensor};
 use llmlab_plugin_api::serde_json::{self, json, Value};
 use llmlab_plugin_api::{Context, ForwardOptions, Model, Tokenizer};

@@ -108,9 +108,12 @@ fn adapters_start_as_identity_and_only_they_train() {
             full_y.narrow(1, 0, 13).unwrap(),
         );
         let grads = model
-            .forward_backward(&short_x, &ForwardOptions::default(), DType::F32, &mut |out| {
-                Ok(llmlab_gpt::model::cross_entropy(&out.logits, &short_y)?)
-            })
+            .forward_backward(
+                &short_x,
+                &ForwardOptions::default(),
+                DType::F32,
+                &mut |out| Ok(llmlab_gpt::model::cross_entropy(&out.logits, &short_y)?),
+            )
             .unwrap();
         let weight_shapes: Vec<Vec<usize>> = model
             .tensors()

@@ -22,8 +22,8 @@
 
 use llmlab_plugin_api::candle::Tensor;
 use llmlab_plugin_api::serde::{Deserialize, Serialize};
-use llmlab_train::loss::log_sigmoid;
 use llmlab_plugin_api::Result;
+use llmlab_train::loss::log_sigmoid;
 
 /// The loss `rl("dpo", #{ loss })` minimises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,8 +18,8 @@ use super::router::{route, Routing};
 use super::stats::{LayerStats, StatsAccumulator};
 use super::{experts, MoeAux, Pass};
 use crate::config::GptConfig;
-use llmlab_nn::linear::{Linear, INIT_STD};
 use crate::mlp::Mlp;
+use llmlab_nn::linear::{Linear, INIT_STD};
 use llmlab_nn::rng::Rng;
 
 /// The state tensors' names end with these (relative to the block's `mlp.`).

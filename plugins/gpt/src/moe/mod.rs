@@ -22,8 +22,8 @@ pub use layer::{is_state, Moe};
 pub use stats::LayerStats;
 
 use crate::config::GptConfig;
-use llmlab_nn::linear::Linear;
 use crate::mlp::Mlp;
+use llmlab_nn::linear::Linear;
 
 /// The kind of forward pass a block runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
