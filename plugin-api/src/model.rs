@@ -220,6 +220,14 @@ pub trait Model: Send + Sync {
         let _ = (config, calibration);
         Err(Error::unsupported(self.name(), "pruning"))
     }
+    /// Structured pruning (issue 22): a new, smaller model with whole units removed (attention
+    /// heads and feed-forward channels for `pattern: "structured"`, the least-used experts of
+    /// mixture-of-experts layers for `pattern: "experts"`) and the report. Shapes change, so
+    /// unlike [`Model::prune`] this cannot work in place; `self` is left as it is.
+    fn pruned(&self, config: &Value, calibration: &[Tensor]) -> Result<(Box<dyn Model>, Value)> {
+        let _ = (config, calibration);
+        Err(Error::unsupported(self.name(), "structured pruning"))
+    }
     /// Per prunable layer: its zero weights, total weights and sparsity.
     fn sparsity_report(&self) -> Result<Value> {
         Err(Error::unsupported(self.name(), "sparsity reports"))
