@@ -3,7 +3,8 @@
 //! This crate owns the plugin declaration and its fingerprint ([`declaration`]), the component
 //! traits every plugin implements ([`Tokenizer`], [`Model`], [`Trainer`], [`Aligner`],
 //! [`Quantizer`], [`Corpus`]), typed configuration from JSON ([`config`]), and the [`Context`]
-//! the host passes to every call. It is the contract alone: the building blocks models and
+//! the host passes to every call, and the collective world data-parallel training runs in
+//! ([`collective`]). It is the contract alone: the building blocks models and
 //! trainers share live in `llmlab-nn` (kernels, layers, generation) and `llmlab-train` (AdamW,
 //! losses, the step loop), rlibs outside this runtime and outside its fingerprint
 //! (docs/architecture.md). It knows nothing of the host: no Rhai, no REPL, no loader.
@@ -23,6 +24,7 @@
 //! ```
 
 pub mod aligner;
+pub mod collective;
 pub mod component;
 pub mod config;
 pub mod context;
@@ -51,15 +53,19 @@ pub use serde_json;
 pub use tracing;
 
 pub use aligner::{AlignJob, Aligner, RewardFn};
+pub use collective::{world, Collective, ReduceOp};
 pub use component::{Factory, Instance, Kind, Registrar, Registration};
 pub use config::{ConfigKey, TypedConfig};
 pub use context::{CancelFlag, Context, MetricsSink, ProgressSink, ProgressUpdate};
 pub use corpus::Corpus;
-pub use data::{Example, ExampleSource, Split, TextSegment, TextSource, TokenData};
+pub use data::{
+    Example, ExampleSource, Label, LabelledSource, LabelledText, Split, TextSegment, TextSource,
+    TokenData,
+};
 pub use declaration::{Fingerprint, FINGERPRINT};
 pub use error::{Error, Result};
 pub use generation::GenerateOptions;
-pub use model::{ForwardOptions, ForwardOutput, KvCache, Model};
+pub use model::{ForwardInputs, ForwardOptions, ForwardOutput, KvCache, Model};
 pub use quantizer::Quantizer;
 pub use tokenizer::{SpecialToken, Tokenizer};
 pub use trainer::{StepMetrics, TrainJob, Trainer};
