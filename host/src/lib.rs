@@ -7,6 +7,7 @@ pub mod chat;
 pub mod cli;
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod eval;
 pub mod kernel;
 pub mod loader;

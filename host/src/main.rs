@@ -21,13 +21,26 @@ fn main() -> ExitCode {
     // Panics in plugin calls become script errors that carry the message; the location is
     // for `-vv` (the shared runtime means this hook also covers plugin code).
     llmlab::panics::install_hook();
-    match run(cli) {
+    // Started by mpirun as one of several ranks: join the job first (docs/distributed.md).
+    let launch = match llmlab::distributed::init() {
+        Ok(launch) => launch,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match run(cli) {
         Ok(code) => code,
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
+    };
+    // A failed rank ends the whole job at once; the others would wait for it until timeout.
+    if code == ExitCode::FAILURE {
+        launch.fail(1);
     }
+    code
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {

@@ -40,6 +40,13 @@ pub struct TrainConfig {
     pub loss_scale: f64,
     /// f16 only: overflow-free steps before the loss scale doubles.
     pub loss_scale_window: u64,
+    /// Train on this rank's share of each global batch, gradients summed over the ranks
+    /// (`data_parallel.rs`, docs/distributed.md).
+    pub data_parallel: bool,
+    /// ZeRO stage with `data_parallel`: 0 off, 1 sharded moments, 2 also sharded gradients.
+    pub zero: u8,
+    /// Gradient megabytes per all-reduce.
+    pub bucket_mb: f64,
 }
 
 impl Default for TrainConfig {
@@ -66,6 +73,9 @@ impl Default for TrainConfig {
             precision: Precision::F32,
             loss_scale: 65536.0,
             loss_scale_window: 1000,
+            data_parallel: false,
+            zero: 0,
+            bucket_mb: 25.0,
         }
     }
 }
@@ -126,6 +136,18 @@ impl TypedConfig for TrainConfig {
             "loss_scale_window",
             "f16: overflow-free steps before the loss scale doubles",
         ),
+        (
+            "data_parallel",
+            "train as one of the ranks `mpirun` started: each draws its share of the global batch_size, gradients are summed over ranks, rank 0 writes metrics and checkpoints",
+        ),
+        (
+            "zero",
+            "with data_parallel: ZeRO stage 0 (off), 1 (AdamW moments sharded over ranks) or 2 (gradients too)",
+        ),
+        (
+            "bucket_mb",
+            "with data_parallel: megabytes of gradients per all-reduce",
+        ),
     ];
 
     fn validate(&self) -> Result<(), String> {
@@ -168,6 +190,18 @@ impl TypedConfig for TrainConfig {
             if !(value.is_finite() && value >= 0.0) {
                 return Err(format!("`{key}` must be a number >= 0, got {value}"));
             }
+        }
+        if self.zero > 2 {
+            return Err(format!("`zero` must be 0, 1 or 2, got {}", self.zero));
+        }
+        if self.zero > 0 && !self.data_parallel {
+            return Err("`zero` shards over data-parallel ranks: set `data_parallel: true`".into());
+        }
+        if !(self.bucket_mb.is_finite() && self.bucket_mb > 0.0) {
+            return Err(format!(
+                "`bucket_mb` must be a positive number, got {}",
+                self.bucket_mb
+            ));
         }
         if !(self.loss_scale.is_finite() && self.loss_scale >= 1.0) {
             return Err(format!(

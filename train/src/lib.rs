@@ -6,6 +6,7 @@
 //!   batches ([`batches`]), validation loss ([`evaluate`]), the memory estimate ([`memory`]),
 //!   and resumable checkpoints ([`trainer_checkpoint`]: what they hold; [`data_identity`]: the
 //!   data they were trained on);
+//! * data-parallel training over the ranks of a job, with ZeRO 1/2 ([`data_parallel`]);
 //! * the optimisation pieces every trainer and aligner shares: AdamW with decoupled weight decay
 //!   ([`adamw`]), warmup + cosine learning rate ([`schedule`]), global-norm clipping ([`clip`]),
 //!   gradient accumulation ([`gradients`]), losses and sequence log-probabilities ([`loss`]),
@@ -23,6 +24,7 @@ pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod data_identity;
+pub mod data_parallel;
 pub mod evaluate;
 pub mod gradients;
 pub mod loss;

@@ -22,6 +22,7 @@ use crate::batches::{Batch, DataCursor};
 use crate::clip;
 use crate::config::TrainConfig;
 use crate::data_identity::DataIdentity;
+use crate::data_parallel::{self, DataParallel};
 use crate::evaluate::evaluate;
 use crate::gradients;
 use crate::loss;
@@ -97,6 +98,8 @@ struct Run {
     scaler: Option<LossScaler>,
     /// What the run trains on, recorded in checkpoints and checked on resume.
     data: DataIdentity,
+    /// With `data_parallel`: this rank's share of the job (`data_parallel.rs`).
+    dp: Option<DataParallel>,
 }
 
 pub struct TrainLoop<O: Objective> {
@@ -178,11 +181,23 @@ impl<O: Objective> TrainLoop<O> {
                 .scales_loss()
                 .then(|| LossScaler::new(c.loss_scale, c.loss_scale_window)),
             data: DataIdentity::of(data)?,
+            dp: DataParallel::new(self.name, c)?,
         };
+        if let Some(dp) = &run.dp {
+            dp.check_same_start(&data_parallel::start_summary(
+                self.name,
+                &self.config.to_json(),
+                model,
+                &run.data,
+            )?)?;
+        }
         if let Some(path) = &c.resume {
             self.resume(&mut run, model, PathBuf::from(path))?;
             // Records a killed process wrote after this checkpoint are written again from here.
             ctx.metrics.rewind(run.step);
+        }
+        if let Some(dp) = run.dp.as_mut() {
+            dp.sync_params(&model.parameters())?;
         }
         self.run = Some(run);
         Ok(())
@@ -253,8 +268,13 @@ impl<O: Objective> TrainLoop<O> {
                 weights_file.display()
             )));
         }
+        // ZeRO: this rank keeps the moments of the parameters it owns.
+        let owned = match run.dp.as_mut() {
+            Some(dp) => dp.owned(&params),
+            None => params.clone(),
+        };
         run.optimizer
-            .load(m.optimizer_steps, &ckpt.moments, &params)?;
+            .load(m.optimizer_steps, &ckpt.moments, &owned)?;
         run.step = m.step;
         run.rng = SplitMix64::from_state(m.rng_state()?);
         run.cursor = m.cursor;
@@ -269,6 +289,9 @@ impl<O: Objective> TrainLoop<O> {
             "log_every",
             "eval_every",
             "eval_batches",
+            "data_parallel",
+            "zero",
+            "bucket_mb",
         ];
         if let (Value::Object(saved), Value::Object(now)) = (&m.config, self.config.to_json()) {
             for (key, value) in &now {
@@ -302,7 +325,15 @@ impl<O: Objective> TrainLoop<O> {
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .chain(model.state())
             .collect();
-        let moments = run.optimizer.moments_to_tensors(&params)?;
+        // ZeRO: every rank takes part in gathering the moments; rank 0 alone writes.
+        let moments = match run.dp.as_mut() {
+            Some(dp) => dp.moments(&run.optimizer, &params)?,
+            None => run.optimizer.moments_to_tensors(&params)?,
+        };
+        if !data_parallel::writes(run.dp.as_ref()) {
+            run.last_checkpoint = Some(run.step);
+            return Ok(());
+        }
         let manifest = Manifest {
             format: checkpoint::FORMAT.into(),
             version: checkpoint::VERSION,
@@ -361,6 +392,11 @@ impl<O: Objective> TrainLoop<O> {
                 .objective
                 .next_batch(data, &mut run.rng, &mut run.cursor, &device)?;
             let batch = self.objective.prepare_batch(model, batch)?;
+            // Data parallel: this rank's rows, and its loss's weight in the global loss.
+            let (batch, share) = match run.dp.as_ref() {
+                Some(dp) => dp.shard(batch)?,
+                None => (batch, 1.0),
+            };
             let (mut micro_loss, mut micro_aux) = (0f64, None);
             // The model runs forward and backward (in `compute`, maybe checkpointed); this closure
             // is the loss on its output: f32 logits, aux loss added, averaged over micro-batches
@@ -374,7 +410,7 @@ impl<O: Objective> TrainLoop<O> {
                     micro_aux = Some(aux.to_scalar::<f32>()? as f64);
                     total = (total + aux)?;
                 }
-                let factor = scale / config.grad_accum as f64;
+                let factor = scale * share / config.grad_accum as f64;
                 Ok(if factor != 1.0 {
                     total.affine(factor, 0.0)?
                 } else {
@@ -384,12 +420,17 @@ impl<O: Objective> TrainLoop<O> {
             let mut store =
                 model.forward_backward(&batch.inputs, &options, compute, &mut objective)?;
             gradients::accumulate(&mut grads, &mut store, &params)?;
-            loss_sum += micro_loss;
+            loss_sum += micro_loss * share;
             if let Some(aux) = micro_aux {
-                aux_sum += aux;
+                aux_sum += aux * share;
                 has_aux = true;
             }
             tokens += batch.tokens;
+        }
+        if let Some(dp) = run.dp.as_mut() {
+            let mut sums = [loss_sum, aux_sum, tokens as f64];
+            dp.reduce(&params, &mut grads, &mut sums)?;
+            (loss_sum, aux_sum, tokens) = (sums[0], sums[1], sums[2].round() as usize);
         }
         if scale != 1.0 {
             for grad in grads.iter_mut().flatten() {
@@ -397,7 +438,10 @@ impl<O: Objective> TrainLoop<O> {
             }
         }
         let loss = loss_sum / config.grad_accum as f64;
-        let grad_norm = clip::global_norm(grads.iter().flatten())?;
+        let grad_norm = match run.dp.as_mut() {
+            Some(dp) => dp.global_norm(&grads)?,
+            None => clip::global_norm(grads.iter().flatten())?,
+        };
         let step_number = run.step + 1;
         let finite = loss.is_finite() && grad_norm.is_finite();
         let verdict = match run.scaler.as_mut() {
@@ -411,18 +455,21 @@ impl<O: Objective> TrainLoop<O> {
             }
         };
         if verdict == Verdict::Apply {
-            run.optimizer.step(
-                &params,
-                &grads,
-                lr,
-                clip::clip_scale(grad_norm, config.grad_clip),
-            )?;
+            let clip_scale = clip::clip_scale(grad_norm, config.grad_clip);
+            match run.dp.as_mut() {
+                Some(dp) => dp.step(&mut run.optimizer, &params, &grads, lr, clip_scale)?,
+                None => run.optimizer.step(&params, &grads, lr, clip_scale)?,
+            }
         } else {
             tracing::info!(
                 "{name}: step {step_number} skipped: f16 gradients overflowed (loss {loss}, gradient norm {grad_norm}); loss scale halved to {}",
                 run.scaler.map_or(1.0, |s| s.scale)
             );
         }
+        let dp_metrics = match run.dp.as_mut() {
+            Some(dp) => dp.take_metrics(&params, &grads),
+            None => StepMetrics::new(),
+        };
         drop(grads);
         run.step = step_number;
         let elapsed_s = started.elapsed().as_secs_f64();
@@ -437,6 +484,7 @@ impl<O: Objective> TrainLoop<O> {
         }
         // What the model gathered in this step's passes (MoE: expert load, router entropy).
         metrics.extend(model.take_train_metrics());
+        metrics.extend(dp_metrics);
         if let Some(scaler) = &run.scaler {
             metrics.insert("loss_scale".into(), scaler.scale);
             metrics.insert(
@@ -456,6 +504,11 @@ impl<O: Objective> TrainLoop<O> {
             }
         }
         Ok(metrics)
+    }
+
+    /// Whether this process writes metrics and checkpoints (rank 0 under data parallel).
+    fn writes(&self) -> bool {
+        data_parallel::writes(self.run.as_ref().and_then(|r| r.dp.as_ref()))
     }
 
     /// The periodic checkpoint, taken after the step's metrics are recorded: a process killed
@@ -533,10 +586,14 @@ impl<O: Objective> Trainer for TrainLoop<O> {
                 || step == total
                 || metrics.contains_key("val_loss")
             {
-                ctx.metrics.record(step, &metrics);
+                if self.writes() {
+                    ctx.metrics.record(step, &metrics);
+                }
                 tracing::debug!("{} step {step}: {}", self.name, progress_message(&metrics));
             }
-            ctx.progress("train", step, Some(total), progress_message(&metrics));
+            if self.writes() {
+                ctx.progress("train", step, Some(total), progress_message(&metrics));
+            }
             last = metrics;
             if let Err(e) = self.checkpoint_if_due(model, ctx) {
                 ctx.progress.finish("train");

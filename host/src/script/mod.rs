@@ -28,6 +28,7 @@ mod sweep;
 mod tensor;
 mod tokenizer;
 mod trainer;
+mod world;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
@@ -132,6 +133,9 @@ impl Host {
             .iter()
             .map(|p| (p.name().to_string(), format!("{:?}", p.fingerprint)))
             .collect();
+        // Under mpirun: the ranks' plugins must agree; rank 0's name; ranks other than 0 write
+        // beside it (docs/distributed.md).
+        let (root, name) = crate::distributed::rank_run_dir(root, name, &plugins)?;
         let opened = Arc::new(RunDir::open(&root, &name, script.as_deref(), &plugins)?);
         crate::trust::record_library_hashes(&opened.path, &self.registry().plugins)?;
         *run = Some(opened.clone());
@@ -303,6 +307,7 @@ impl Session {
         sweep::register(&mut engine, &host);
         image::register(&mut engine, &host);
         interop::register(&mut engine);
+        world::register(&mut engine);
         serve::register(&mut engine);
         let mut scope = Scope::new();
         scope.push_constant("SETTINGS", host.overrides.settings_map());

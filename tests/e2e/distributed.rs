@@ -1,0 +1,336 @@
+//! Distributed training under a real `mpirun` (docs/distributed.md): 2 ranks × batch B train
+//! exactly as 1 process × batch 2B (losses and final weights within float summation noise),
+//! with and without ZeRO 1/2 (which hold fewer optimizer moments per rank); a run checkpointed
+//! by 2 ranks resumes in 1; a rank that hangs or fails ends the job naming it; ranks with
+//! different configs are refused at start.
+//!
+//! Needs `mpirun` (Open MPI) and a binary built with `--features llmlab/mpi`; `.ci/run`
+//! installs the one and builds the other, and sets LLMLAB_REQUIRE_MPI=1 so that CI fails rather
+//! than skips. Elsewhere each test says why it skipped.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use llmlab_e2e::{llmlab_binary, repo_root, run_script, run_script_output, stderr, stdout};
+use llmlab_plugin_api::safetensors::SafeTensors;
+
+const SCRIPT: &str = "scripts/data_parallel.rhai";
+/// CI size: a tiny GPT, a few steps, a global batch of 8 (4 rows per rank).
+const SMALL: &[(&str, &str)] = &[
+    ("bytes", "40000"),
+    ("vocab_size", "300"),
+    ("d_model", "32"),
+    ("ctx", "16"),
+    ("steps", "6"),
+    ("batch_size", "8"),
+];
+
+/// `mpirun`, when the machine has it and the binary can join a job; else why the test skips.
+fn mpi_ready() -> Option<PathBuf> {
+    let Some(mpirun) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("mpirun"))
+            .find(|p| p.is_file())
+    }) else {
+        assert!(
+            std::env::var_os("LLMLAB_REQUIRE_MPI").is_none(),
+            "LLMLAB_REQUIRE_MPI is set but there is no mpirun on PATH"
+        );
+        eprintln!("skipped: no `mpirun` on PATH (apt-get install openmpi-bin libopenmpi-dev)");
+        return None;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("probe.rhai");
+    std::fs::write(&script, "print(`mpi built: ${world().mpi}`);").expect("write probe");
+    let probe = Command::new(llmlab_binary())
+        .arg("run")
+        .arg(&script)
+        .current_dir(dir.path())
+        .output()
+        .expect("run llmlab");
+    if !stdout(&probe).contains("mpi built: true") {
+        assert!(
+            std::env::var_os("LLMLAB_REQUIRE_MPI").is_none(),
+            "LLMLAB_REQUIRE_MPI is set but llmlab was built without the mpi feature: {}{}",
+            stdout(&probe),
+            stderr(&probe)
+        );
+        eprintln!(
+            "skipped: llmlab was built without MPI (cargo build --release --workspace --features llmlab/mpi)"
+        );
+        return None;
+    }
+    Some(mpirun)
+}
+
+/// `mpirun -np RANKS llmlab run SCRIPT --set ...`, ended after `limit` (a test must never hang).
+fn mpirun(
+    mpirun: &Path,
+    ranks: usize,
+    settings: &[(&str, &str)],
+    runs: &Path,
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> Output {
+    let mut cmd = Command::new(mpirun);
+    cmd.args(["-np", &ranks.to_string(), "--oversubscribe"])
+        .arg(llmlab_binary())
+        .args(["run", SCRIPT]);
+    for (k, v) in settings {
+        cmd.args(["--set", &format!("{k}={v}")]);
+    }
+    cmd.args(["--set", &format!("runs_dir={}", runs.display())])
+        .current_dir(repo_root())
+        // As root (containers, CI) Open MPI wants both; harmless otherwise.
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        // Shared memory without cross-memory attach, which containers often forbid.
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("RAYON_NUM_THREADS", "1")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn mpirun");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for mpirun") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let mut out = String::new();
+            let _ = child.stdout.take().map(|mut s| s.read_to_string(&mut out));
+            panic!("mpirun ran past {limit:?} (a hang, not an error naming a rank):\n{out}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let _ = child.stdout.take().map(|mut s| s.read_to_end(&mut out));
+    let _ = child.stderr.take().map(|mut s| s.read_to_end(&mut err));
+    Output {
+        status,
+        stdout: out,
+        stderr: err,
+    }
+}
+
+fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut all = SMALL.to_vec();
+    all.extend_from_slice(extra);
+    all
+}
+
+/// `step -> loss` from a run's metrics.jsonl.
+fn losses(run: &Path) -> HashMap<u64, f64> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl");
+    text.lines()
+        .filter_map(|line| {
+            let v: llmlab_plugin_api::serde_json::Value =
+                llmlab_plugin_api::serde_json::from_str(line).ok()?;
+            Some((v["step"].as_u64()?, v["loss"].as_f64()?))
+        })
+        .collect()
+}
+
+fn metric(run: &Path, step: u64, key: &str) -> f64 {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl");
+    text.lines()
+        .filter_map(|l| {
+            llmlab_plugin_api::serde_json::from_str::<llmlab_plugin_api::serde_json::Value>(l).ok()
+        })
+        .find(|v| v["step"].as_u64() == Some(step))
+        .and_then(|v| v[key].as_f64())
+        .unwrap_or_else(|| panic!("no `{key}` at step {step} in {}", run.display()))
+}
+
+/// The final checkpoint's weights.
+fn weights(run: &Path) -> HashMap<String, Vec<f32>> {
+    let bytes = std::fs::read(run.join("checkpoint").join("model.safetensors"))
+        .expect("the final checkpoint's model.safetensors");
+    let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (name, values)
+        })
+        .collect()
+}
+
+/// Same losses at every step and same final weights, up to float summation noise (the ranks
+/// sum gradients in another order than one process does).
+fn assert_same_training(a: &Path, b: &Path, steps: u64) {
+    let (la, lb) = (losses(a), losses(b));
+    for step in 1..=steps {
+        let (x, y) = (la[&step], lb[&step]);
+        assert!(
+            (x - y).abs() <= 1e-4 * x.abs().max(1.0),
+            "step {step}: loss {x} in {} but {y} in {}",
+            a.display(),
+            b.display()
+        );
+    }
+    let (wa, wb) = (weights(a), weights(b));
+    assert_eq!(wa.len(), wb.len(), "same parameters");
+    let mut worst = 0f32;
+    for (name, va) in &wa {
+        let vb = &wb[name];
+        for (x, y) in va.iter().zip(vb) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    assert!(worst < 1e-4, "final weights differ by up to {worst}");
+}
+
+#[test]
+fn two_ranks_with_batch_b_train_as_one_process_with_batch_2b_also_under_zero() {
+    let Some(mpi) = mpi_ready() else { return };
+    let runs = tempfile::tempdir().expect("temp dir");
+    let limit = Duration::from_secs(300);
+    // The reference: one process, no data parallelism, the whole global batch of 8.
+    run_script(
+        SCRIPT,
+        &with(&[("name", "one"), ("data_parallel", "false")]),
+        runs.path(),
+    );
+    let mut moments = Vec::new();
+    for (name, zero) in [("two", "0"), ("zero1", "1"), ("zero2", "2")] {
+        let out = mpirun(
+            &mpi,
+            2,
+            &with(&[("name", name), ("zero", zero)]),
+            runs.path(),
+            &[],
+            limit,
+        );
+        assert!(
+            out.status.success(),
+            "mpirun -np 2 (zero {zero}) failed:\n{}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let text = stdout(&out);
+        assert!(text.contains("rank 1 of 2 (mpi)"), "{text}");
+        assert_same_training(&runs.path().join("one"), &runs.path().join(name), 6);
+        // Rank 0 alone writes metrics and checkpoints; rank 1 keeps its own apart.
+        assert!(runs.path().join(name).join("ranks").join("1").is_dir());
+        assert!(!runs.path().join(name).join("ranks/1/checkpoint").exists());
+        moments.push(metric(&runs.path().join(name), 6, "dp_moment_bytes"));
+    }
+    // ZeRO shards AdamW's moments: rank 0 holds about half of them (whole tensors, balanced).
+    let (plain, zero1, zero2) = (moments[0], moments[1], moments[2]);
+    assert!(zero1 < 0.6 * plain && zero1 > 0.4 * plain, "{moments:?}");
+    assert!(zero2 < 0.6 * plain, "{moments:?}");
+}
+
+#[test]
+fn a_run_checkpointed_by_two_ranks_resumes_in_one() {
+    let Some(mpi) = mpi_ready() else { return };
+    let runs = tempfile::tempdir().expect("temp dir");
+    run_script(
+        SCRIPT,
+        &with(&[("name", "straight"), ("data_parallel", "false")]),
+        runs.path(),
+    );
+    let out = mpirun(
+        &mpi,
+        2,
+        &with(&[("name", "split"), ("steps", "3"), ("zero", "1")]),
+        runs.path(),
+        &[],
+        Duration::from_secs(300),
+    );
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let split = runs.path().join("split");
+    let resume = split.to_str().expect("UTF-8 path").to_string();
+    run_script(
+        SCRIPT,
+        &with(&[
+            ("name", "split"),
+            ("resume", &resume),
+            ("data_parallel", "false"),
+        ]),
+        runs.path(),
+    );
+    assert_same_training(&runs.path().join("straight"), &split, 6);
+}
+
+#[test]
+fn a_rank_that_hangs_or_fails_ends_the_job_naming_it() {
+    let Some(mpi) = mpi_ready() else { return };
+    let runs = tempfile::tempdir().expect("temp dir");
+    let timeout = [("LLMLAB_COLLECTIVE_TIMEOUT_S", "3")];
+    let out = mpirun(
+        &mpi,
+        2,
+        &with(&[("name", "hang"), ("hang_rank", "1")]),
+        runs.path(),
+        &timeout,
+        Duration::from_secs(120),
+    );
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("rank 1 did not reach collective"),
+        "the error names the hung rank:\n{all}"
+    );
+    let out = mpirun(
+        &mpi,
+        2,
+        &with(&[("name", "fail"), ("fail_rank", "1")]),
+        runs.path(),
+        &timeout,
+        Duration::from_secs(120),
+    );
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("rank 1 fails on purpose"), "{all}");
+    assert!(all.contains("rank 1 failed; ending the job"), "{all}");
+}
+
+#[test]
+fn ranks_with_different_configs_are_refused_at_start() {
+    let Some(mpi) = mpi_ready() else { return };
+    let runs = tempfile::tempdir().expect("temp dir");
+    let out = mpirun(
+        &mpi,
+        2,
+        &with(&[("name", "odd"), ("odd_rank", "1")]),
+        runs.path(),
+        &[],
+        Duration::from_secs(120),
+    );
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("rank 1's run differs from rank 0's"), "{all}");
+    assert!(
+        all.contains("\"lr\":0.006"),
+        "the differing value is shown: {all}"
+    );
+    assert!(!runs.path().join("odd").join("checkpoint").exists());
+}
+
+#[test]
+fn alone_the_world_is_rank_0_of_1() {
+    let out = run_script_output(
+        SCRIPT,
+        &with(&[("steps", "1"), ("name", "alone")]),
+        tempfile::tempdir().expect("temp dir").path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("rank 0 of 1 (single)"),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -1,0 +1,538 @@
+//! Data-parallel training (`data_parallel: true`, docs/distributed.md) over the runtime's
+//! collective world: every rank draws the same global batch (same seed, same cursor) and trains
+//! on its own rows of it, so the union over ranks is exactly the single-process batch and the
+//! RNG and cursor a checkpoint records do not depend on the world size (resume with any number
+//! of ranks). Gradients are summed over ranks in buckets, so every rank takes the same optimizer
+//! step; only rank 0 writes metrics and checkpoints.
+//!
+//! ZeRO (`zero: 1` or `2`) partitions the parameters over the ranks (whole tensors, balanced by
+//! size, as PyTorch's `ZeroRedundancyOptimizer` does): stage 1 keeps AdamW's moments only for
+//! the owned parameters; stage 2 also reduce-scatters the gradients, so each rank keeps only
+//! its owned parameters' gradients at the update. After the update the owners' new values are
+//! all-gathered. A checkpoint gathers the moments to rank 0, so it is the same file whatever
+//! the world size or stage.
+//!
+//! Every rank must make the same calls in the same order: the train loop calls these at the
+//! same points on every rank.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use llmlab_plugin_api::candle::{DType, Tensor, Var};
+use llmlab_plugin_api::collective::{world, Collective, ReduceOp};
+use llmlab_plugin_api::serde_json::{json, Value};
+use llmlab_plugin_api::{Error, Model, Result, StepMetrics};
+
+use crate::adamw::AdamW;
+use crate::batches::Batch;
+use crate::clip;
+use crate::config::TrainConfig;
+use crate::data_identity::DataIdentity;
+
+pub struct DataParallel {
+    world: Arc<dyn Collective>,
+    zero: u8,
+    /// Gradient values per all-reduce.
+    bucket_values: usize,
+    /// The owning rank of each parameter (ZeRO), fixed on the first step.
+    owners: Option<Vec<usize>>,
+    /// Seconds spent in collectives since the last `take_metrics`.
+    comm_seconds: f64,
+}
+
+impl DataParallel {
+    /// The data-parallel state `config` asks for; `None` without `data_parallel`. The global
+    /// batch must split evenly over the ranks.
+    pub fn new(trainer: &str, config: &TrainConfig) -> Result<Option<DataParallel>> {
+        if !config.data_parallel {
+            return Ok(None);
+        }
+        let world = world();
+        if !config.batch_size.is_multiple_of(world.size()) {
+            return Err(Error::invalid_config(
+                trainer,
+                format!(
+                    "`batch_size` = {} (the global batch) does not split evenly over {} ranks",
+                    config.batch_size,
+                    world.size()
+                ),
+            ));
+        }
+        Ok(Some(DataParallel {
+            world,
+            zero: config.zero,
+            bucket_values: ((config.bucket_mb * 1024.0 * 1024.0 / 4.0) as usize).max(1),
+            owners: None,
+            comm_seconds: 0.0,
+        }))
+    }
+
+    pub fn rank(&self) -> usize {
+        self.world.rank()
+    }
+
+    /// Refuses to start unless every rank runs the same trainer, config, model and data
+    /// (`summary`), naming the first rank that differs.
+    pub fn check_same_start(&self, summary: &str) -> Result<()> {
+        let all = self.world.all_gather_bytes(summary.as_bytes())?;
+        if let Some((rank, other)) = all.iter().enumerate().find(|(_, v)| **v != all[0]) {
+            return Err(Error::msg(format!(
+                "data parallel: rank {rank}'s run differs from rank 0's (trainer, config, model, \
+                 data and runtime must match on every rank). rank 0: {}; rank {rank}: {}",
+                String::from_utf8_lossy(&all[0]),
+                String::from_utf8_lossy(other)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes every rank start from rank 0's weights (as PyTorch's DDP does at construction):
+    /// one broadcast of all parameters, so a model built differently on one rank cannot drift.
+    pub fn sync_params(&mut self, params: &[(String, Var)]) -> Result<()> {
+        let started = Instant::now();
+        let mut flat = Vec::new();
+        for (_, var) in params {
+            push_dense(&mut flat, Some(var.as_tensor()), var)?;
+        }
+        let mut bytes: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.world.broadcast_bytes(&mut bytes, 0)?;
+        if self.world.rank() != 0 {
+            if bytes.len() != flat.len() * 4 {
+                return Err(Error::msg(format!(
+                    "data parallel: rank 0's model has {} parameter values, this rank's {}",
+                    bytes.len() / 4,
+                    flat.len()
+                )));
+            }
+            let values: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let mut at = 0;
+            for (_, var) in params {
+                let n = var.elem_count();
+                var.set(&like_param(&values[at..at + n], var)?)?;
+                at += n;
+            }
+        }
+        self.comm_seconds += started.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// This rank's rows of the global `batch`, and the weight of its loss in the global loss:
+    /// a row-mean loss (no mask) is scaled by the rank's share of rows; a masked loss keeps the
+    /// global count of loss tokens as its divisor, so the ranks' losses simply add up.
+    pub fn shard(&self, mut batch: Batch) -> Result<(Batch, f64)> {
+        let (rank, size) = (self.world.rank(), self.world.size());
+        let rows = batch.inputs.dim(0)?;
+        if !rows.is_multiple_of(size) {
+            return Err(Error::msg(format!(
+                "data parallel: a batch of {rows} rows does not split evenly over {size} ranks"
+            )));
+        }
+        let (start, len) = (rank * rows / size, rows / size);
+        let seq = batch.inputs.dim(1)?;
+        batch.inputs = batch.inputs.narrow(0, start, len)?;
+        batch.targets = batch.targets.narrow(0, start, len)?;
+        batch.tokens = len * seq;
+        let share = match &mut batch.mask {
+            Some(mask) => {
+                *mask = mask.narrow(0, start, len)?;
+                1.0
+            }
+            None => {
+                batch.loss_tokens = len * seq;
+                len as f64 / rows as f64
+            }
+        };
+        Ok((batch, share))
+    }
+
+    /// Sums `grads` and `scalars` (loss, aux loss, tokens) over the ranks. Without ZeRO 2 every
+    /// rank ends with every summed gradient (all-reduce in buckets of `bucket_mb`); with it,
+    /// with only its owned parameters' (one reduce-scatter), the others dropped.
+    pub fn reduce(
+        &mut self,
+        params: &[(String, Var)],
+        grads: &mut [Option<Tensor>],
+        scalars: &mut [f64],
+    ) -> Result<()> {
+        let started = Instant::now();
+        if self.zero >= 2 {
+            self.reduce_scatter_owned(params, grads)?;
+            let mut values: Vec<f32> = scalars.iter().map(|v| *v as f32).collect();
+            self.world.all_reduce_f32(&mut values, ReduceOp::Sum)?;
+            scalars
+                .iter_mut()
+                .zip(values)
+                .for_each(|(s, v)| *s = v as f64);
+        } else {
+            self.all_reduce_buckets(params, grads, scalars)?;
+        }
+        self.comm_seconds += started.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// All-reduce in buckets; a parameter's presence (whether it had a gradient anywhere) and
+    /// the scalars ride in the last bucket, so a parameter no rank touched stays without a
+    /// gradient, as it would in one process.
+    fn all_reduce_buckets(
+        &mut self,
+        params: &[(String, Var)],
+        grads: &mut [Option<Tensor>],
+        scalars: &mut [f64],
+    ) -> Result<()> {
+        let mut buckets: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut filled = 0;
+        for (i, (_, var)) in params.iter().enumerate() {
+            let n = var.elem_count();
+            if filled > 0 && filled + n > self.bucket_values {
+                buckets.push(Vec::new());
+                filled = 0;
+            }
+            buckets.last_mut().expect("one bucket at least").push(i);
+            filled += n;
+        }
+        let last = buckets.len() - 1;
+        for (b, members) in buckets.iter().enumerate() {
+            let mut flat = Vec::new();
+            for &i in members {
+                push_dense(&mut flat, grads[i].as_ref(), &params[i].1)?;
+            }
+            if b == last {
+                flat.extend(grads.iter().map(|g| f32::from(u8::from(g.is_some()))));
+                flat.extend(scalars.iter().map(|v| *v as f32));
+            }
+            self.world.all_reduce_f32(&mut flat, ReduceOp::Sum)?;
+            let mut at = 0;
+            for &i in members {
+                let n = params[i].1.elem_count();
+                grads[i] = Some(like_param(&flat[at..at + n], &params[i].1)?);
+                at += n;
+            }
+            if b == last {
+                for (g, present) in grads.iter_mut().zip(&flat[at..at + params.len()]) {
+                    if *present == 0.0 {
+                        *g = None;
+                    }
+                }
+                at += params.len();
+                scalars
+                    .iter_mut()
+                    .zip(&flat[at..])
+                    .for_each(|(s, v)| *s = *v as f64);
+            }
+        }
+        Ok(())
+    }
+
+    /// ZeRO 2: one reduce-scatter over the gradients laid out by owner (each rank's chunk padded
+    /// to the longest); each rank keeps its owned parameters' sums, the rest become `None`.
+    fn reduce_scatter_owned(
+        &mut self,
+        params: &[(String, Var)],
+        grads: &mut [Option<Tensor>],
+    ) -> Result<()> {
+        let owners = self.owners(params).to_vec();
+        let size = self.world.size();
+        let chunks: Vec<Vec<usize>> = (0..size)
+            .map(|r| (0..params.len()).filter(|&i| owners[i] == r).collect())
+            .collect();
+        // Values then one presence flag per owned parameter.
+        let chunk_len = |members: &Vec<usize>| {
+            members
+                .iter()
+                .map(|&i| params[i].1.elem_count() + 1)
+                .sum::<usize>()
+        };
+        let longest = chunks.iter().map(chunk_len).max().unwrap_or(0);
+        let mut flat = Vec::with_capacity(longest * size);
+        for members in &chunks {
+            let start = flat.len();
+            for &i in members {
+                push_dense(&mut flat, grads[i].as_ref(), &params[i].1)?;
+            }
+            flat.extend(
+                members
+                    .iter()
+                    .map(|&i| f32::from(u8::from(grads[i].is_some()))),
+            );
+            flat.resize(start + longest, 0.0);
+        }
+        let mut mine = vec![0f32; longest];
+        self.world
+            .reduce_scatter_f32(&flat, &mut mine, ReduceOp::Sum)?;
+        drop(flat);
+        let rank = self.world.rank();
+        grads.iter_mut().for_each(|g| *g = None);
+        let mut at = 0;
+        let mut owned = Vec::new();
+        for &i in &chunks[rank] {
+            let n = params[i].1.elem_count();
+            owned.push((i, like_param(&mine[at..at + n], &params[i].1)?));
+            at += n;
+        }
+        for ((i, grad), present) in owned.into_iter().zip(&mine[at..]) {
+            if *present != 0.0 {
+                grads[i] = Some(grad);
+            }
+        }
+        Ok(())
+    }
+
+    /// The global gradient norm: with ZeRO 2 each rank holds only its owned gradients, so the
+    /// squared norms are summed over ranks.
+    pub fn global_norm(&mut self, grads: &[Option<Tensor>]) -> Result<f64> {
+        let local = clip::global_norm(grads.iter().flatten())?;
+        if self.zero < 2 {
+            return Ok(local);
+        }
+        let started = Instant::now();
+        let mut squared = [(local * local) as f32];
+        self.world.all_reduce_f32(&mut squared, ReduceOp::Sum)?;
+        self.comm_seconds += started.elapsed().as_secs_f64();
+        Ok((squared[0] as f64).sqrt())
+    }
+
+    /// The optimizer update: everything on every rank without ZeRO; with it, each rank updates
+    /// its owned parameters (moments only for those) and the new values are all-gathered.
+    pub fn step(
+        &mut self,
+        optimizer: &mut AdamW,
+        params: &[(String, Var)],
+        grads: &[Option<Tensor>],
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<()> {
+        if self.zero == 0 {
+            return optimizer.step(params, grads, lr, grad_scale);
+        }
+        let owners = self.owners(params).to_vec();
+        let rank = self.world.rank();
+        let owned: Vec<Option<Tensor>> = grads
+            .iter()
+            .zip(&owners)
+            .map(|(g, o)| if *o == rank { g.clone() } else { None })
+            .collect();
+        optimizer.step(params, &owned, lr, grad_scale)?;
+        let started = Instant::now();
+        self.gather_params(params, &owners)?;
+        self.comm_seconds += started.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// Every rank's owned parameters, all-gathered (chunks padded to the longest) and set.
+    fn gather_params(&self, params: &[(String, Var)], owners: &[usize]) -> Result<()> {
+        let size = self.world.size();
+        let chunks: Vec<Vec<usize>> = (0..size)
+            .map(|r| (0..params.len()).filter(|&i| owners[i] == r).collect())
+            .collect();
+        let longest = chunks
+            .iter()
+            .map(|m| m.iter().map(|&i| params[i].1.elem_count()).sum::<usize>())
+            .max()
+            .unwrap_or(0);
+        let mut mine = Vec::with_capacity(longest);
+        for &i in &chunks[self.world.rank()] {
+            push_dense(&mut mine, Some(params[i].1.as_tensor()), &params[i].1)?;
+        }
+        mine.resize(longest, 0.0);
+        let mut all = vec![0f32; longest * size];
+        self.world.all_gather_f32(&mine, &mut all)?;
+        for (r, members) in chunks.iter().enumerate() {
+            if r == self.world.rank() {
+                continue;
+            }
+            let mut at = r * longest;
+            for &i in members {
+                let var = &params[i].1;
+                let n = var.elem_count();
+                var.set(&like_param(&all[at..at + n], var)?)?;
+                at += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// The owning rank of each parameter: largest first, each to the least-loaded rank (ties to
+    /// the lower rank), so every rank computes the same partition.
+    fn owners(&mut self, params: &[(String, Var)]) -> &[usize] {
+        let size = self.world.size();
+        self.owners.get_or_insert_with(|| {
+            let mut order: Vec<usize> = (0..params.len()).collect();
+            order.sort_by_key(|&i| (std::cmp::Reverse(params[i].1.elem_count()), i));
+            let mut load = vec![0usize; size];
+            let mut owners = vec![0; params.len()];
+            for i in order {
+                let r = (0..size).min_by_key(|&r| (load[r], r)).unwrap_or(0);
+                owners[i] = r;
+                load[r] += params[i].1.elem_count();
+            }
+            owners
+        })
+    }
+
+    /// The parameters whose moments this rank keeps (all of them without ZeRO).
+    pub fn owned(&mut self, params: &[(String, Var)]) -> Vec<(String, Var)> {
+        if self.zero == 0 {
+            return params.to_vec();
+        }
+        let rank = self.world.rank();
+        let owners = self.owners(params).to_vec();
+        params
+            .iter()
+            .zip(owners)
+            .filter(|(_, o)| *o == rank)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Every moment for a checkpoint: this rank's own without ZeRO; with it, all ranks' moments
+    /// gathered (every rank must call this; only rank 0 writes them).
+    pub fn moments(
+        &mut self,
+        optimizer: &AdamW,
+        params: &[(String, Var)],
+    ) -> Result<Vec<(String, Tensor)>> {
+        let mine = optimizer.moments_to_tensors(params)?;
+        if self.zero == 0 {
+            return Ok(mine);
+        }
+        let all = self.world.all_gather_bytes(&encode(&mine)?)?;
+        let mut out = Vec::new();
+        for bytes in all {
+            out.extend(decode(&bytes)?);
+        }
+        Ok(out)
+    }
+
+    /// Bytes of AdamW moments this rank holds (two per owned value), of gradients it keeps at
+    /// the update, and the seconds spent communicating since the last call.
+    pub fn take_metrics(
+        &mut self,
+        params: &[(String, Var)],
+        grads: &[Option<Tensor>],
+    ) -> StepMetrics {
+        let moment_values: usize = self
+            .owned(params)
+            .iter()
+            .map(|(_, v)| 2 * v.elem_count())
+            .sum();
+        let grad_values: usize = grads.iter().flatten().map(|g| g.elem_count()).sum();
+        let mut metrics = StepMetrics::new();
+        metrics.insert("dp_comm_s".into(), std::mem::take(&mut self.comm_seconds));
+        metrics.insert("dp_moment_bytes".into(), (moment_values * 4) as f64);
+        metrics.insert("dp_grad_bytes".into(), (grad_values * 4) as f64);
+        metrics
+    }
+}
+
+/// What every rank must agree on before the first step: trainer, config, model (name, config,
+/// parameter shapes), data and runtime fingerprint, as one JSON line.
+pub fn start_summary(
+    trainer: &str,
+    config: &Value,
+    model: &dyn Model,
+    data: &DataIdentity,
+) -> Result<String> {
+    let shapes: Vec<(String, Vec<usize>)> = model
+        .parameters()
+        .iter()
+        .map(|(n, v)| (n.clone(), v.dims().to_vec()))
+        .collect();
+    Ok(json!({
+        "trainer": trainer,
+        "config": config,
+        "model": model.name(),
+        "model_config": model.config(),
+        "parameters": shapes,
+        "data": data,
+        "runtime": llmlab_plugin_api::FINGERPRINT,
+    })
+    .to_string())
+}
+
+/// Whether this process writes metrics and checkpoints: rank 0, or any process not training
+/// data-parallel.
+pub fn writes(dp: Option<&DataParallel>) -> bool {
+    dp.is_none_or(|dp| dp.rank() == 0)
+}
+
+fn push_dense(flat: &mut Vec<f32>, grad: Option<&Tensor>, var: &Var) -> Result<()> {
+    match grad {
+        Some(g) => flat.extend(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+        None => flat.resize(flat.len() + var.elem_count(), 0.0),
+    }
+    Ok(())
+}
+
+fn like_param(values: &[f32], var: &Var) -> Result<Tensor> {
+    Ok(Tensor::from_slice(values, var.shape(), var.device())?.to_dtype(var.dtype())?)
+}
+
+/// Moments as bytes for the all-gather: per tensor, name length, name, rank, dims, f32 values.
+fn encode(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for (name, t) in tensors {
+        out.extend((name.len() as u64).to_le_bytes());
+        out.extend(name.as_bytes());
+        out.extend((t.dims().len() as u64).to_le_bytes());
+        for d in t.dims() {
+            out.extend((*d as u64).to_le_bytes());
+        }
+        for v in t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
+            out.extend(v.to_le_bytes());
+        }
+    }
+    Ok(out)
+}
+
+fn decode(mut bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
+    let bad = || Error::msg("data parallel: a rank sent malformed optimizer moments");
+    let mut take = |n: usize| -> Result<&[u8]> {
+        if bytes.len() < n {
+            return Err(bad());
+        }
+        let (head, rest) = bytes.split_at(n);
+        bytes = rest;
+        Ok(head)
+    };
+    let mut out = Vec::new();
+    loop {
+        let Ok(len) = take(8) else { break };
+        let len = u64::from_le_bytes(len.try_into().map_err(|_| bad())?) as usize;
+        let name = String::from_utf8(take(len)?.to_vec()).map_err(|_| bad())?;
+        let rank = u64::from_le_bytes(take(8)?.try_into().map_err(|_| bad())?) as usize;
+        let mut dims = Vec::with_capacity(rank);
+        for _ in 0..rank {
+            dims.push(u64::from_le_bytes(take(8)?.try_into().map_err(|_| bad())?) as usize);
+        }
+        let n: usize = dims.iter().product();
+        let values: Vec<f32> = take(n * 4)?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        out.push((
+            name,
+            Tensor::from_vec(values, dims, &llmlab_plugin_api::candle::Device::Cpu)?,
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmlab_plugin_api::candle::Device;
+
+    #[test]
+    fn moments_survive_the_byte_encoding() -> Result<()> {
+        let t = Tensor::new(&[[1f32, -2.5], [3., 4e-9]], &Device::Cpu)?;
+        let back = decode(&encode(&[("w.m".into(), t.clone())])?)?;
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].0, "w.m");
+        assert_eq!(back[0].1.to_vec2::<f32>()?, t.to_vec2::<f32>()?);
+        assert!(decode(&[1, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        Ok(())
+    }
+}
