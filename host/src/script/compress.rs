@@ -7,6 +7,10 @@
 //! lora_load(base, "adapters/");            // onto a base model (adapters made if it has none)
 //! lora(m, ());                             // adapters off: the base model again
 //! prune(m, #{ method: "wanda", sparsity: 0.5, pattern: "2:4", calibration: ds, skip: ["lm_head"] });
+//! prune(m, #{ pattern: "structured", method: "wanda", sparsity: 0.25, calibration: ds });
+//!                                          // heads + FFN channels removed: m becomes a smaller model
+//! prune(m, #{ pattern: "experts", sparsity: 0.5, calibration: ds }); // least-used MoE experts
+//! let small = pruned(m, #{ pattern: "structured", sparsity: 0.5 });  // m left as it is
 //! sparsity_report(m);                      // per layer: zeros, total, sparsity
 //! ```
 //!
@@ -68,7 +72,7 @@ fn calibration_batches(
 
 /// `prune(m, #{..})`: `calibration` (a dataset) becomes token batches; `calibration_rows`
 /// says how many windows.
-fn prune(model: &ModelHandle, mut options: Map) -> ScriptResult<Dynamic> {
+fn prune(model: &mut ModelHandle, mut options: Map) -> ScriptResult<Dynamic> {
     let calibration = options.remove("calibration");
     let rows =
         match options.remove("calibration_rows") {
@@ -90,8 +94,34 @@ fn prune(model: &ModelHandle, mut options: Map) -> ScriptResult<Dynamic> {
         },
     };
     let config: Value = dynamic_to_json(options.into())?;
+    let reshapes = matches!(
+        config.get("pattern").and_then(Value::as_str),
+        Some("structured" | "experts")
+    );
+    if reshapes {
+        let (smaller, report) = plugin_call(model.0.name(), || model.0.pruned(&config, &batches))?;
+        *model = ModelHandle::new(smaller);
+        return Ok(json_to_dynamic(&report));
+    }
     let report = plugin_call(model.0.name(), || model.0.prune(&config, &batches))?;
     Ok(json_to_dynamic(&report))
+}
+
+/// `pruned(m, #{..})`: as `prune`, but `m` is left as it is and the pruned model is returned
+/// (structured and expert patterns only: in-place masks have no separate result).
+fn pruned(model: &ModelHandle, options: Map) -> ScriptResult<ModelHandle> {
+    let mut copy = model.clone();
+    let pattern = options
+        .get("pattern")
+        .and_then(|p| p.clone().into_string().ok());
+    if !matches!(pattern.as_deref(), Some("structured" | "experts")) {
+        return Err(script_error(
+            "pruned(m, ..) makes a new model for pattern \"structured\" or \"experts\"; \
+             masks (unstructured, N:M) are applied in place by prune(m, ..)",
+        ));
+    }
+    prune(&mut copy, options)?;
+    Ok(copy)
 }
 
 /// The trainer key that holds a distillation teacher (a model object, not config data).
@@ -146,8 +176,12 @@ pub fn register(engine: &mut Engine, _host: &Arc<Host>) {
             Ok(json_to_dynamic(&summary))
         },
     );
-    engine.register_fn("prune", |model: ModelHandle, options: Map| {
-        prune(&model, options)
+    // `&mut`: a structured pattern replaces the model in the script's variable.
+    engine.register_fn("prune", |model: &mut ModelHandle, options: Map| {
+        prune(model, options)
+    });
+    engine.register_fn("pruned", |model: ModelHandle, options: Map| {
+        pruned(&model, options)
     });
     engine.register_fn(
         "sparsity_report",

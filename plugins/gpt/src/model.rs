@@ -579,6 +579,13 @@ impl Model for Gpt {
         crate::prune::sparsity_report(self)
     }
 
+    /// Heads and feed-forward channels (`prune/structured.rs`) or MoE experts
+    /// (`prune/experts.rs`) removed: a new, smaller model.
+    fn pruned(&self, config: &Value, calibration: &[Tensor]) -> Result<(Box<dyn Model>, Value)> {
+        let (model, report) = crate::prune::pruned(self, config, calibration)?;
+        Ok((Box::new(model), report))
+    }
+
     fn fake_quant(&self) -> Option<String> {
         self.dense_layers
             .iter()

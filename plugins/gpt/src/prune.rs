@@ -15,6 +15,13 @@
 //! gets no gradient, so AdamW (zero gradient, zero moments) leaves it at zero. Pruning again
 //! (progressive schedules: a higher `sparsity` between training phases) starts from the masked
 //! weights, whose zeros score lowest, so earlier masks are kept.
+//!
+//! Patterns that change shapes make a new model instead (`Model::pruned`): `"structured"`
+//! (whole heads and feed-forward channels, `structured.rs`) and `"experts"` (MoE experts,
+//! `experts.rs`).
+
+pub mod experts;
+pub mod structured;
 
 use std::sync::Arc;
 
@@ -66,12 +73,12 @@ fn parse(config: &Value) -> Result<PruneConfig> {
     };
     let pattern = match fields.get("pattern").and_then(Value::as_str) {
         None | Some("unstructured") => Pattern::Unstructured,
-        Some("structured") => {
-            return Err(Error::unsupported(
-                "gpt",
-                "structured pruning (whole heads or FFN channels) is not implemented yet; use \
-                 \"unstructured\" or an N:M pattern (\"2:4\", \"4:8\")",
-            ))
+        Some(p @ ("structured" | "experts")) => {
+            return Err(bad(format!(
+                "pattern \"{p}\" removes whole units and changes the tensors' shapes, so it \
+                 makes a new model (Model::pruned; in scripts prune(m, ..) replaces the model \
+                 in its variable) instead of masking in place"
+            )))
         }
         Some(nm) => {
             let parsed = nm
@@ -137,7 +144,7 @@ fn targets<'a>(gpt: &'a Gpt, skip: &[String]) -> Vec<&'a (String, DenseLinear)> 
 }
 
 /// Runs the calibration batches with a recorder on every target layer; the input norms.
-fn input_norms(
+pub(crate) fn input_norms(
     gpt: &Gpt,
     layers: &[&(String, DenseLinear)],
     calibration: &[Tensor],
@@ -222,6 +229,95 @@ fn mask(scores: &[f32], out: usize, inp: usize, config: &PruneConfig) -> Result<
         }
     }
     Ok(keep)
+}
+
+/// The options of the shape-changing patterns (`"structured"`, `"experts"`).
+pub struct StructuredConfig {
+    /// Fraction of the units (heads, channels, experts) to remove in each block.
+    pub sparsity: f64,
+    /// Importance from calibration activations (`method: "wanda"`) instead of weight norms.
+    pub wanda: bool,
+    pub skip: Vec<String>,
+}
+
+impl StructuredConfig {
+    /// Whether `skip` names `part` (`"attn"`, `"mlp"`).
+    pub fn skips(&self, part: &str) -> bool {
+        self.skip.iter().any(|s| s == part)
+    }
+}
+
+/// `Model::pruned`: the shape-changing patterns.
+pub fn pruned(gpt: &Gpt, config: &Value, calibration: &[Tensor]) -> Result<(Gpt, Value)> {
+    let bad = |m: String| Error::invalid_config("prune", m);
+    let fields = config
+        .as_object()
+        .ok_or_else(|| bad(format!("expected a map, got {config}")))?;
+    let pattern = fields.get("pattern").and_then(Value::as_str).unwrap_or("");
+    for key in fields.keys() {
+        if !["method", "sparsity", "pattern", "skip"].contains(&key.as_str()) {
+            return Err(bad(format!(
+                "unknown key `{key}` for pattern \"{pattern}\" (accepted: method, sparsity, \
+                 pattern, calibration, calibration_rows, skip)"
+            )));
+        }
+    }
+    let wanda = match fields.get("method").and_then(Value::as_str) {
+        None | Some("magnitude") => false,
+        Some("wanda") if pattern == "structured" => true,
+        Some(other) if pattern == "experts" => {
+            return Err(bad(format!(
+                "pattern \"experts\" ranks experts by router load; `method` \"{other}\" does not apply (leave it out)"
+            )))
+        }
+        Some(other) => return Err(bad(format!("unknown method `{other}` (magnitude, wanda)"))),
+    };
+    let sparsity = match fields.get("sparsity") {
+        None => {
+            return Err(bad(format!(
+                "pattern \"{pattern}\" needs `sparsity`: the fraction of heads/channels/experts to remove (e.g. 0.25)"
+            )))
+        }
+        Some(v) => v
+            .as_f64()
+            .filter(|s| *s > 0.0 && *s < 1.0)
+            .ok_or_else(|| bad(format!("`sparsity` must be in (0, 1), got {v}")))?,
+    };
+    let skip = match fields.get("skip") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|s| match s.as_str() {
+                Some(p @ ("attn" | "mlp")) => Ok(p.to_string()),
+                _ => Err(bad(format!(
+                    "`skip` for structured pruning names parts of every block: \"attn\" or \"mlp\", got {s}"
+                ))),
+            })
+            .collect::<Result<_>>()?,
+        Some(other) => return Err(bad(format!("`skip` must be a list of names, got {other}"))),
+    };
+    if gpt.lora().is_some() {
+        return Err(Error::msg(
+            "prune: the model has LoRA adapters; merge and remove them (or prune the base first)",
+        ));
+    }
+    if let Some(scheme) = gpt.scheme() {
+        return Err(Error::msg(format!(
+            "prune: the model is {scheme}-quantized; prune the dense model, then quantize"
+        )));
+    }
+    let config = StructuredConfig {
+        sparsity,
+        wanda,
+        skip,
+    };
+    match pattern {
+        "structured" => structured::pruned(gpt, &config, calibration),
+        "experts" => experts::pruned(gpt, &config, calibration),
+        other => Err(bad(format!(
+            "pattern \"{other}\" prunes in place (masks); only \"structured\" and \"experts\" make a new model"
+        ))),
+    }
 }
 
 /// `Model::prune` for the GPT.
