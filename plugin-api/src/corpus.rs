@@ -2,11 +2,12 @@
 //! Every corpus has documents (tokenizer training, token datasets); a task corpus also has
 //! prompt/answer examples with an exact checker (SFT, `accuracy`, RL prompts), knows what a
 //! well-formed answer looks like (the partial credit of its reward), and can make preference
-//! pairs (each example with a plausible wrong answer).
+//! pairs (each example with a plausible wrong answer). A classification task corpus has
+//! labelled texts instead.
 
 use std::sync::Arc;
 
-use crate::{Error, ExampleSource, Result, TextSource};
+use crate::{Error, ExampleSource, LabelledSource, Result, TextSource};
 
 pub trait Corpus: Send + Sync {
     /// What to call it in messages: `"stories(bytes=2000000, seed=0)"`.
@@ -21,6 +22,11 @@ pub trait Corpus: Send + Sync {
     /// Prompt/answer examples, for corpora that have them; [`ExampleSource::check`] is the
     /// exact checker.
     fn examples(&self) -> Option<Arc<dyn ExampleSource>> {
+        None
+    }
+    /// Labelled sentences or pairs with exact labels, for corpora that are classification or
+    /// regression tasks (the GLUE-style suite).
+    fn labelled(&self) -> Option<Arc<dyn LabelledSource>> {
         None
     }
     /// Whether `answer` has the form of an answer to `prompt` (a number for arithmetic) even when

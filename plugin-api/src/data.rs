@@ -1,6 +1,7 @@
 //! The data a component reads, as traits the host's built-ins implement: raw text for tokenizer
 //! training ([`TextSource`]), token streams for language-model training ([`TokenData`]), and
-//! prompt/answer examples for SFT and alignment ([`ExampleSource`]).
+//! prompt/answer examples for SFT and alignment ([`ExampleSource`]), and labelled texts for
+//! classification and regression ([`LabelledSource`], GLUE-style tasks).
 
 use crate::Result;
 
@@ -88,5 +89,43 @@ pub trait ExampleSource: Send + Sync {
     fn check(&self, prompt: &str, answer: &str) -> Option<bool> {
         let _ = (prompt, answer);
         None
+    }
+}
+
+/// The label of a [`LabelledText`]: a class index (into [`LabelledSource::label_names`]) or a
+/// real-valued score (regression, e.g. similarity on 0–5).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Label {
+    Class(usize),
+    Score(f64),
+}
+
+/// One labelled example: a sentence, or a sentence pair, with its label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledText {
+    pub text: String,
+    pub text_pair: Option<String>,
+    pub label: Label,
+}
+
+/// A labelled data set with train and validation splits (GLUE-style tasks, a user's
+/// JSONL/CSV files with `text`, `text_pair`, `label`).
+pub trait LabelledSource: Send + Sync {
+    /// What to call it in messages: `"glue:sentiment(n=2000, seed=0)"`, a file path.
+    fn name(&self) -> String;
+    fn len(&self, split: Split) -> usize;
+    fn get(&self, split: Split, index: usize) -> LabelledText;
+    /// The class names in index order; empty for a regression task.
+    fn label_names(&self) -> Vec<String>;
+    /// Whether every example is a sentence pair (`text_pair` given).
+    fn is_pair(&self) -> bool;
+    /// The metric the task is judged by: `"accuracy"`, `"f1"`, `"mcc"`, `"pearson"`,
+    /// `"spearman"`.
+    fn metric(&self) -> String {
+        if self.label_names().is_empty() {
+            "pearson".into()
+        } else {
+            "accuracy".into()
+        }
     }
 }

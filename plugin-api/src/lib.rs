@@ -58,11 +58,14 @@ pub use component::{Factory, Instance, Kind, Registrar, Registration};
 pub use config::{ConfigKey, TypedConfig};
 pub use context::{CancelFlag, Context, MetricsSink, ProgressSink, ProgressUpdate};
 pub use corpus::Corpus;
-pub use data::{Example, ExampleSource, Split, TextSegment, TextSource, TokenData};
+pub use data::{
+    Example, ExampleSource, Label, LabelledSource, LabelledText, Split, TextSegment, TextSource,
+    TokenData,
+};
 pub use declaration::{Fingerprint, FINGERPRINT};
 pub use error::{Error, Result};
 pub use generation::GenerateOptions;
-pub use model::{ForwardOptions, ForwardOutput, KvCache, Model};
+pub use model::{ForwardInputs, ForwardOptions, ForwardOutput, KvCache, Model};
 pub use quantizer::Quantizer;
 pub use tokenizer::{SpecialToken, Tokenizer};
 pub use trainer::{StepMetrics, TrainJob, Trainer};

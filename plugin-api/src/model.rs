@@ -25,6 +25,44 @@ pub struct ForwardOptions {
     pub hidden_states: bool,
 }
 
+/// Inputs of a forward pass besides the token ids, for encoders and padded batches
+/// ([`Model::forward_with`]). The default (all empty) is a plain [`Model::forward`].
+#[derive(Debug, Clone, Default)]
+pub struct ForwardInputs {
+    /// `(batch, seq)`, 1 for a real token and 0 for padding: no position attends to padding
+    /// keys. Batches are padded on the right. `None`: every position is a real token.
+    pub attention_mask: Option<Tensor>,
+    /// `(batch, seq)` u32 segment ids (BERT: 0 for the first sentence, 1 for the second).
+    /// `None`: all 0.
+    pub token_type_ids: Option<Tensor>,
+    /// Return the task head's output (set by [`Model::set_head`]) as `logits` instead of the
+    /// LM logits: `(batch, labels)` for a sequence head (classification, regression),
+    /// `(batch, seq, labels)` for a token head.
+    pub head: bool,
+}
+
+impl ForwardInputs {
+    /// Whether these ask for nothing beyond a plain forward pass.
+    pub fn is_plain(&self) -> bool {
+        self.attention_mask.is_none() && self.token_type_ids.is_none() && !self.head
+    }
+
+    /// Names what a model without support for these inputs cannot honour, for its refusal.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.attention_mask.is_some() {
+            parts.push("an attention (padding) mask");
+        }
+        if self.token_type_ids.is_some() {
+            parts.push("token type (segment) ids");
+        }
+        if self.head {
+            parts.push("a task head");
+        }
+        parts.join(", ")
+    }
+}
+
 pub struct ForwardOutput {
     /// `(batch, seq, vocab)`.
     pub logits: Tensor,
@@ -188,6 +226,56 @@ pub trait Model: Send + Sync {
         }
         let out = self.forward(ids, options)?;
         Ok(loss(&out)?.backward()?)
+    }
+    /// Forward with a padding mask, segment ids or the task head ([`ForwardInputs`]). The
+    /// default runs [`Model::forward`] for plain inputs and refuses the rest, naming them.
+    fn forward_with(
+        &self,
+        ids: &Tensor,
+        inputs: &ForwardInputs,
+        options: &ForwardOptions,
+    ) -> Result<ForwardOutput> {
+        if inputs.is_plain() {
+            return self.forward(ids, options);
+        }
+        Err(Error::unsupported(self.name(), inputs.describe()))
+    }
+    /// [`Model::forward_backward`] with [`ForwardInputs`]: plain inputs go to
+    /// `forward_backward`; otherwise (parameters' dtype only) `forward_with` and backward.
+    fn forward_backward_with(
+        &self,
+        ids: &Tensor,
+        inputs: &ForwardInputs,
+        options: &ForwardOptions,
+        compute: DType,
+        loss: &mut dyn FnMut(&ForwardOutput) -> Result<Tensor>,
+    ) -> Result<GradStore> {
+        if inputs.is_plain() {
+            return self.forward_backward(ids, options, compute, loss);
+        }
+        if let Some((_, var)) = self.parameters().first() {
+            if var.dtype() != compute {
+                return Err(Error::unsupported(
+                    self.name(),
+                    format!("mixed precision with {}", inputs.describe()),
+                ));
+            }
+        }
+        let out = self.forward_with(ids, inputs, options)?;
+        Ok(loss(&out)?.backward()?)
+    }
+    /// Puts a task head on the model (issue 18), replacing any: `config` names `kind`
+    /// (`"sequence"`: n-way classification of the whole sequence, `"regression"`: one score,
+    /// `"token"`: a label per token) and `num_labels`; its parameters join
+    /// [`Model::parameters`] and are saved with the model. `None` removes it. Returns the
+    /// head's description, as [`Model::head`].
+    fn set_head(&self, config: Option<&Value>) -> Result<Value> {
+        let _ = config;
+        Err(Error::unsupported(self.name(), "task heads"))
+    }
+    /// The task head's description (`kind`, `num_labels`, ...), `None` without one.
+    fn head(&self) -> Option<Value> {
+        None
     }
     /// LoRA (issue 22): with `Some(config)` (`rank`, `alpha`, `dropout`, `targets`) wraps the
     /// chosen linear layers with low-rank adapters, from then on the only trainable parameters

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::{Context, ExampleSource, Model, Result, TokenData, Tokenizer};
+use crate::{Context, ExampleSource, LabelledSource, Model, Result, TokenData, Tokenizer};
 
 /// Named values of one step (`loss`, `lr`, `grad_norm`, `tokens_per_s`, ...).
 pub type StepMetrics = BTreeMap<String, f64>;
@@ -26,6 +26,9 @@ pub struct TrainJob<'a> {
     pub examples: Option<&'a dyn ExampleSource>,
     /// Encodes `examples` (and decodes, for trainers that look at text).
     pub tokenizer: Option<&'a dyn Tokenizer>,
+    /// Labelled sentences or pairs, tokenized by the trainer with `tokenizer`: classification
+    /// and regression fine-tuning (`trainer("classify")`).
+    pub labelled: Option<&'a dyn LabelledSource>,
 }
 
 impl<'a> TrainJob<'a> {
@@ -46,6 +49,18 @@ impl<'a> TrainJob<'a> {
         }
     }
 
+    /// A job on labelled texts, encoded with `tokenizer` (`trainer("classify")`).
+    pub fn labelled(
+        labelled: &'a dyn LabelledSource,
+        tokenizer: &'a dyn Tokenizer,
+    ) -> TrainJob<'a> {
+        TrainJob {
+            labelled: Some(labelled),
+            tokenizer: Some(tokenizer),
+            ..TrainJob::default()
+        }
+    }
+
     /// The same job with `tokenizer` too (e.g. a token job whose trainer decodes samples).
     pub fn with_tokenizer(self, tokenizer: &'a dyn Tokenizer) -> TrainJob<'a> {
         TrainJob {
@@ -54,8 +69,12 @@ impl<'a> TrainJob<'a> {
         }
     }
 
-    /// What the job holds, for messages: `"tokens"`, `"examples"`, or `"nothing"`.
+    /// What the job holds, for messages: `"tokens"`, `"examples"`, `"labelled texts"`, or
+    /// `"nothing"`.
     pub fn describe(&self) -> &'static str {
+        if self.labelled.is_some() {
+            return "labelled texts";
+        }
         match (self.tokens.is_some(), self.examples.is_some()) {
             (true, true) => "tokens and examples",
             (true, false) => "tokens",

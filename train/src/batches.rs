@@ -5,12 +5,14 @@
 
 use llmlab_plugin_api::candle::{Device, Tensor};
 use llmlab_plugin_api::serde::{Deserialize, Serialize};
-use llmlab_plugin_api::{Error, Result, Split, TokenData};
+use llmlab_plugin_api::{Error, ForwardInputs, Result, Split, TokenData};
 
 use crate::rng::SplitMix64;
 
 /// One micro-batch: `inputs` and `targets` `(batch, seq)` u32 (targets are inputs shifted by one);
-/// for SFT a 0/1 `mask` `(batch, seq)` f32 of the positions that count in the loss.
+/// for SFT a 0/1 `mask` `(batch, seq)` f32 of the positions that count in the loss. Encoders'
+/// batches also carry a padding mask and segment ids, and classification asks for the task
+/// head (`forward_inputs`, plain for the decoders' trainers); their `targets` are then labels.
 pub struct Batch {
     pub inputs: Tensor,
     pub targets: Tensor,
@@ -19,6 +21,8 @@ pub struct Batch {
     pub loss_tokens: usize,
     /// Tokens fed to the model, padding included (for tokens/s).
     pub tokens: usize,
+    /// What the forward pass takes besides `inputs` ([`ForwardInputs`]).
+    pub forward_inputs: ForwardInputs,
 }
 
 /// Where the trainer is in its data: windows drawn so far (`lm`), or the epoch and the position
@@ -46,6 +50,7 @@ pub fn windows_to_batch(windows: &[u32], seq: usize, device: &Device) -> Result<
         mask: None,
         loss_tokens: rows * seq,
         tokens: rows * seq,
+        forward_inputs: ForwardInputs::default(),
     })
 }
 

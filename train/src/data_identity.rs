@@ -39,6 +39,21 @@ pub enum DataIdentity {
 impl DataIdentity {
     /// The identity of what `job` trains on: its token stream, or else its examples.
     pub fn of(job: &TrainJob<'_>) -> Result<DataIdentity> {
+        if let Some(labelled) = job.labelled {
+            let mut text = String::new();
+            for i in 0..labelled.len(Split::Train).min(EXAMPLES) {
+                let example = labelled.get(Split::Train, i);
+                text.push_str(&example.text);
+                text.push('\0');
+                text.push_str(example.text_pair.as_deref().unwrap_or(""));
+                text.push_str(&format!("\0{:?}\0", example.label));
+            }
+            return Ok(DataIdentity::Examples {
+                name: labelled.name(),
+                examples: labelled.len(Split::Train) as u64,
+                sample_fnv1a64: format!("{:016x}", fnv1a64(text.as_bytes())),
+            });
+        }
         match (job.tokens, job.examples) {
             (Some(tokens), _) => {
                 let len = tokens.len(Split::Train);

@@ -21,7 +21,9 @@ pub fn evaluate(model: &dyn Model, batches: &[Batch]) -> Result<Option<Evaluatio
     };
     let (mut total, mut tokens) = (0f64, 0usize);
     for batch in batches {
-        let logits = model.forward(&batch.inputs, &options)?.logits;
+        let logits = model
+            .forward_with(&batch.inputs, &batch.forward_inputs, &options)?
+            .logits;
         let mean = match &batch.mask {
             None => loss::cross_entropy(&logits, &batch.targets)?,
             Some(mask) => {

@@ -68,6 +68,28 @@ pub trait Objective: Send {
         let _ = model;
         Ok(batch)
     }
+    /// The evaluation on the fixed set: `val_loss` and `val_ppl` by default; objectives add
+    /// their own measures (MLM: masked-token accuracy; classification: accuracy, F1, MCC,
+    /// Pearson/Spearman) or replace the loss (a task head's).
+    fn evaluate(&mut self, model: &dyn Model, batches: &[Batch]) -> Result<StepMetrics> {
+        let mut metrics = StepMetrics::new();
+        if let Some(eval) = evaluate(model, batches)? {
+            metrics.insert("val_loss".into(), eval.loss);
+            metrics.insert("val_ppl".into(), eval.ppl);
+        }
+        Ok(metrics)
+    }
+    /// Whether training should stop before `steps` (early stopping on a validation metric);
+    /// asked after each step. Default: never.
+    fn should_stop(&self) -> bool {
+        false
+    }
+    /// At the end of `fit` (steps done or stopped early), before the final checkpoint: e.g.
+    /// put back the weights of the best evaluation. Default: nothing.
+    fn finish(&mut self, model: &dyn Model) -> Result<()> {
+        let _ = model;
+        Ok(())
+    }
     /// A distillation teacher; only the `distill` objective takes one.
     fn set_teacher(&mut self, teacher: std::sync::Arc<dyn Model>) -> Result<()> {
         let _ = teacher;
@@ -417,8 +439,13 @@ impl<O: Objective> TrainLoop<O> {
                     total
                 })
             };
-            let mut store =
-                model.forward_backward(&batch.inputs, &options, compute, &mut objective)?;
+            let mut store = model.forward_backward_with(
+                &batch.inputs,
+                &batch.forward_inputs,
+                &options,
+                compute,
+                &mut objective,
+            )?;
             gradients::accumulate(&mut grads, &mut store, &params)?;
             loss_sum += micro_loss * share;
             if let Some(aux) = micro_aux {
@@ -498,10 +525,10 @@ impl<O: Objective> TrainLoop<O> {
             if run.eval_set.is_none() {
                 run.eval_set = Some(self.objective.eval_batches(data, &device)?);
             }
-            if let Some(eval) = evaluate(model, run.eval_set.as_deref().unwrap_or_default())? {
-                metrics.insert("val_loss".into(), eval.loss);
-                metrics.insert("val_ppl".into(), eval.ppl);
-            }
+            let eval = self
+                .objective
+                .evaluate(model, run.eval_set.as_deref().unwrap_or_default())?;
+            metrics.extend(eval);
         }
         Ok(metrics)
     }
@@ -599,7 +626,13 @@ impl<O: Objective> Trainer for TrainLoop<O> {
                 ctx.progress.finish("train");
                 return Err(e);
             }
+            if self.objective.should_stop() {
+                tracing::info!("{}: stopped early at step {step}", self.name);
+                last.insert("stopped_early".into(), 1.0);
+                break;
+            }
         }
+        self.objective.finish(model)?;
         let run_step = self.steps_done();
         if self
             .run

@@ -261,6 +261,7 @@ impl Distillation {
             mask: Some(Tensor::from_vec(mask, (rows, ctx), device)?),
             loss_tokens: kept,
             tokens: batch.tokens,
+            forward_inputs: Default::default(),
         })
     }
 }

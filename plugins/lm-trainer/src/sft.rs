@@ -80,6 +80,7 @@ pub fn batch(rows: &[Encoded], pad: u32, device: &Device) -> Result<Batch> {
         mask: Some(Tensor::from_vec(mask, (rows.len(), seq), device)?),
         loss_tokens: kept,
         tokens: n,
+        forward_inputs: Default::default(),
     })
 }
 
