@@ -47,7 +47,15 @@ impl DataParallel {
         if !config.data_parallel {
             return Ok(None);
         }
-        let world = world();
+        Self::in_world(trainer, config, world()).map(Some)
+    }
+
+    /// As [`DataParallel::new`] in a given world (tests use an in-process one).
+    pub fn in_world(
+        trainer: &str,
+        config: &TrainConfig,
+        world: Arc<dyn Collective>,
+    ) -> Result<DataParallel> {
         if !config.batch_size.is_multiple_of(world.size()) {
             return Err(Error::invalid_config(
                 trainer,
@@ -58,13 +66,13 @@ impl DataParallel {
                 ),
             ));
         }
-        Ok(Some(DataParallel {
+        Ok(DataParallel {
             world,
             zero: config.zero,
             bucket_values: ((config.bucket_mb * 1024.0 * 1024.0 / 4.0) as usize).max(1),
             owners: None,
             comm_seconds: 0.0,
-        }))
+        })
     }
 
     pub fn rank(&self) -> usize {
@@ -523,7 +531,238 @@ fn decode(mut bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adamw::AdamWSettings;
     use llmlab_plugin_api::candle::Device;
+    use std::sync::{Barrier, Mutex};
+
+    /// A world of threads in one process: every collective is an exchange of byte strings.
+    struct Threads {
+        rank: usize,
+        size: usize,
+        barrier: Arc<Barrier>,
+        slots: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl Threads {
+        fn exchange(&self, mine: &[u8]) -> Vec<Vec<u8>> {
+            self.barrier.wait();
+            self.slots.lock().unwrap()[self.rank] = mine.to_vec();
+            self.barrier.wait();
+            let all = self.slots.lock().unwrap().clone();
+            self.barrier.wait();
+            all
+        }
+        fn floats(bytes: &[u8]) -> Vec<f32> {
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        }
+        fn bytes(values: &[f32]) -> Vec<u8> {
+            values.iter().flat_map(|v| v.to_le_bytes()).collect()
+        }
+        fn sum(&self, values: &[f32]) -> Vec<f32> {
+            let all = self.exchange(&Self::bytes(values));
+            let mut out = vec![0f32; values.len()];
+            for bytes in all {
+                out.iter_mut()
+                    .zip(Self::floats(&bytes))
+                    .for_each(|(o, v)| *o += v);
+            }
+            out
+        }
+    }
+
+    impl Collective for Threads {
+        fn rank(&self) -> usize {
+            self.rank
+        }
+        fn size(&self) -> usize {
+            self.size
+        }
+        fn backend(&self) -> &str {
+            "threads"
+        }
+        fn all_reduce_f32(&self, buf: &mut [f32], op: ReduceOp) -> Result<()> {
+            let sum = self.sum(buf);
+            let k = if op == ReduceOp::Mean {
+                1.0 / self.size as f32
+            } else {
+                1.0
+            };
+            buf.iter_mut().zip(sum).for_each(|(b, s)| *b = s * k);
+            Ok(())
+        }
+        fn broadcast_bytes(&self, buf: &mut Vec<u8>, root: usize) -> Result<()> {
+            *buf = self.exchange(buf).swap_remove(root);
+            Ok(())
+        }
+        fn all_gather_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+            let all: Vec<f32> = self
+                .exchange(&Self::bytes(send))
+                .iter()
+                .flat_map(|b| Self::floats(b))
+                .collect();
+            recv.copy_from_slice(&all);
+            Ok(())
+        }
+        fn all_gather_bytes(&self, send: &[u8]) -> Result<Vec<Vec<u8>>> {
+            Ok(self.exchange(send))
+        }
+        fn reduce_scatter_f32(&self, send: &[f32], recv: &mut [f32], _op: ReduceOp) -> Result<()> {
+            let sum = self.sum(send);
+            recv.copy_from_slice(&sum[self.rank * recv.len()..(self.rank + 1) * recv.len()]);
+            Ok(())
+        }
+        fn barrier(&self) -> Result<()> {
+            self.barrier.wait();
+            Ok(())
+        }
+    }
+
+    const SETTINGS: AdamWSettings = AdamWSettings {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+
+    fn params() -> Result<Vec<(String, Var)>> {
+        let dev = Device::Cpu;
+        let shapes: [(&str, &[usize]); 4] =
+            [("a", &[3, 4]), ("b", &[4]), ("c", &[5, 2]), ("d", &[2])];
+        shapes
+            .iter()
+            .enumerate()
+            .map(|(i, (name, shape))| {
+                let n: usize = shape.iter().product();
+                let values: Vec<f32> = (0..n).map(|j| ((i * 7 + j) as f32 * 0.37).sin()).collect();
+                Ok((
+                    name.to_string(),
+                    Var::from_tensor(&Tensor::from_vec(values, *shape, &dev)?)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Rank r's gradient of parameter i at step s; parameter `d` has none anywhere, `c` only on
+    /// rank 1 (an expert only one rank routed to).
+    fn grad(rank: usize, i: usize, step: usize, var: &Var) -> Result<Option<Tensor>> {
+        if i == 3 || (i == 2 && rank == 0) {
+            return Ok(None);
+        }
+        let n = var.elem_count();
+        let values: Vec<f32> = (0..n)
+            .map(|j| ((rank * 31 + i * 5 + j + step * 11) as f32 * 0.53).cos())
+            .collect();
+        Ok(Some(Tensor::from_vec(values, var.shape(), &Device::Cpu)?))
+    }
+
+    fn values(params: &[(String, Var)]) -> Result<Vec<Vec<f32>>> {
+        params
+            .iter()
+            .map(|(_, v)| Ok(v.as_tensor().flatten_all()?.to_vec1::<f32>()?))
+            .collect()
+    }
+
+    /// What one process does with the ranks' gradients summed: the reference.
+    fn single_process(steps: usize) -> Result<Vec<Vec<f32>>> {
+        let params = params()?;
+        let mut opt = AdamW::new(SETTINGS);
+        for step in 0..steps {
+            let mut grads = Vec::new();
+            for (i, (_, var)) in params.iter().enumerate() {
+                let parts: Vec<Tensor> = (0..2)
+                    .filter_map(|r| grad(r, i, step, var).transpose())
+                    .collect::<Result<_>>()?;
+                grads.push(match parts.len() {
+                    0 => None,
+                    1 => Some(parts[0].clone()),
+                    _ => Some((&parts[0] + &parts[1])?),
+                });
+            }
+            let norm = clip::global_norm(grads.iter().flatten())?;
+            opt.step(&params, &grads, 1e-2, clip::clip_scale(norm, 1.0))?;
+        }
+        values(&params)
+    }
+
+    fn two_ranks(zero: u8, steps: usize) -> Result<Vec<(Vec<Vec<f32>>, f64)>> {
+        let barrier = Arc::new(Barrier::new(2));
+        let slots = Arc::new(Mutex::new(vec![Vec::new(); 2]));
+        let handles: Vec<_> = (0..2)
+            .map(|rank| {
+                let world = Arc::new(Threads {
+                    rank,
+                    size: 2,
+                    barrier: barrier.clone(),
+                    slots: slots.clone(),
+                });
+                std::thread::spawn(move || -> Result<(Vec<Vec<f32>>, f64)> {
+                    let config = TrainConfig {
+                        data_parallel: true,
+                        zero,
+                        bucket_mb: 16.0 * 4.0 / 1048576.0,
+                        ..TrainConfig::default()
+                    };
+                    let mut dp = DataParallel::in_world("lm", &config, world)?;
+                    let params = params()?;
+                    let mut opt = AdamW::new(SETTINGS);
+                    let mut moment_bytes = 0.0;
+                    for step in 0..steps {
+                        let mut grads: Vec<Option<Tensor>> = params
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (_, v))| grad(rank, i, step, v))
+                            .collect::<Result<_>>()?;
+                        let mut scalars = [rank as f64 + 1.0];
+                        dp.reduce(&params, &mut grads, &mut scalars)?;
+                        assert_eq!(scalars[0], 3.0);
+                        let norm = dp.global_norm(&grads)?;
+                        dp.step(&mut opt, &params, &grads, 1e-2, clip::clip_scale(norm, 1.0))?;
+                        moment_bytes = dp.take_metrics(&params, &grads)["dp_moment_bytes"];
+                    }
+                    // A checkpoint's moments are the whole set whatever the stage.
+                    let moments = dp.moments(&opt, &params)?;
+                    assert_eq!(
+                        moments.len(),
+                        2 * 3,
+                        "m and v of a, b, c (d never had a gradient)"
+                    );
+                    Ok((values(&params)?, moment_bytes))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rank thread"))
+            .collect()
+    }
+
+    #[test]
+    fn two_ranks_step_as_one_process_with_summed_gradients_at_every_zero_stage() -> Result<()> {
+        let reference = single_process(3)?;
+        let mut moment_bytes = Vec::new();
+        for zero in [0, 1, 2] {
+            let ranks = two_ranks(zero, 3)?;
+            for (values, bytes) in &ranks {
+                for (a, b) in values.iter().flatten().zip(reference.iter().flatten()) {
+                    assert!((a - b).abs() < 1e-6, "zero {zero}: {a} vs {b}");
+                }
+                moment_bytes.push(*bytes);
+            }
+            // Parameter d never had a gradient: untouched, as in one process.
+            assert_eq!(ranks[0].0[3], values(&params()?)?[3]);
+        }
+        // Without ZeRO each rank holds every moment (2 × 28 values); with it, its own tensors'.
+        assert_eq!(moment_bytes[0], (2 * 28 * 4) as f64);
+        assert!(
+            moment_bytes[2] + moment_bytes[3] == moment_bytes[0],
+            "{moment_bytes:?}"
+        );
+        assert!(moment_bytes[2] < moment_bytes[0]);
+        Ok(())
+    }
 
     #[test]
     fn moments_survive_the_byte_encoding() -> Result<()> {
