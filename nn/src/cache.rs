@@ -6,10 +6,14 @@
 //! head_dim)`, before grouped-query heads are repeated. Batched generation left-pads prompts:
 //! the first `pad[row]` entries of a row are padding that attention masks out, and that row's
 //! positions count from its first real token.
+//!
+//! Continuous batching (`Model::decode_step`) decodes sequences that each own a one-row cache of
+//! its own length: [`DecoderCache::stack`] left-pads them into one batch for a single forward
+//! pass and [`DecoderCache::unstack_new`] hands each row's new keys and values back.
 
 use std::any::Any;
 
-use llmlab_plugin_api::candle::{Device, Result, Tensor};
+use llmlab_plugin_api::candle::{bail, Device, Result, Tensor};
 use llmlab_plugin_api::KvCache;
 
 /// Position ids of the tokens in one forward pass.
@@ -21,6 +25,7 @@ pub enum Positions {
     PerRow(Tensor),
 }
 
+#[derive(Debug)]
 pub struct DecoderCache {
     batch: usize,
     layers: Vec<Option<(Tensor, Tensor)>>,
@@ -122,6 +127,78 @@ impl DecoderCache {
         self.seq_len += new;
     }
 
+    /// One-row caches of different lengths as one batch, each row left-padded to the longest
+    /// (its padding masked out, its positions still counted from its own first token). The
+    /// rows are copied; after the pass, [`DecoderCache::unstack_new`] appends the new tokens to
+    /// each row's own cache.
+    pub fn stack(rows: &[&DecoderCache]) -> Result<DecoderCache> {
+        let Some(first) = rows.first() else {
+            bail!("stack: no caches")
+        };
+        let longest = rows.iter().map(|r| r.seq_len).max().unwrap_or(0);
+        let mut pad = Vec::with_capacity(rows.len());
+        for (i, r) in rows.iter().enumerate() {
+            if r.batch != 1 || r.layers.len() != first.layers.len() {
+                bail!(
+                    "stack: cache {i} has {} rows and {} layers; one row each, {} layers",
+                    r.batch,
+                    r.layers.len(),
+                    first.layers.len()
+                );
+            }
+            pad.push(longest - r.seq_len + r.pad[0]);
+        }
+        let mut layers = Vec::with_capacity(first.layers.len());
+        for layer in 0..first.layers.len() {
+            let (mut ks, mut vs) = (Vec::with_capacity(rows.len()), Vec::new());
+            for (i, r) in rows.iter().enumerate() {
+                let Some((k, v)) = &r.layers[layer] else {
+                    bail!("stack: cache {i} is empty (prefill it first)")
+                };
+                ks.push(pad_left(k, longest - r.seq_len)?);
+                vs.push(pad_left(v, longest - r.seq_len)?);
+            }
+            layers.push(Some((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?)));
+        }
+        Ok(DecoderCache {
+            batch: rows.len(),
+            layers,
+            seq_len: longest,
+            pad,
+        })
+    }
+
+    /// After a pass of `new` tokens over `stacked` (made by [`DecoderCache::stack`] from
+    /// `rows`, in that order), appends each row's new keys and values to its own cache.
+    pub fn unstack_new(
+        stacked: &DecoderCache,
+        rows: &mut [&mut DecoderCache],
+        new: usize,
+    ) -> Result<()> {
+        if rows.len() != stacked.batch {
+            bail!(
+                "unstack: {} caches for a batch of {}",
+                rows.len(),
+                stacked.batch
+            );
+        }
+        for (layer, kv) in stacked.layers.iter().enumerate() {
+            let Some((k, v)) = kv else {
+                bail!("unstack: layer {layer} is empty")
+            };
+            let total = k.dim(2)?;
+            let (k, v) = (
+                k.narrow(2, total - new, new)?,
+                v.narrow(2, total - new, new)?,
+            );
+            for (i, row) in rows.iter_mut().enumerate() {
+                row.append(layer, &k.narrow(0, i, 1)?, &v.narrow(0, i, 1)?)?;
+            }
+        }
+        rows.iter_mut().for_each(|r| r.advance(new));
+        Ok(())
+    }
+
     /// Keeps rows `rows` (in that order, repeats allowed): beam search reordering.
     pub fn select_rows(&mut self, rows: &[u32]) -> Result<()> {
         let device = match self.layers.iter().flatten().next() {
@@ -141,6 +218,17 @@ impl DecoderCache {
     }
 }
 
+/// `x` `(batch, heads, seq, head_dim)` with `n` zero entries before its first on the sequence
+/// axis.
+fn pad_left(x: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 0 {
+        return Ok(x.clone());
+    }
+    let (b, h, _, d) = x.dims4()?;
+    let zeros = Tensor::zeros((b, h, n, d), x.dtype(), x.device())?;
+    Tensor::cat(&[&zeros, x], 2)
+}
+
 impl KvCache for DecoderCache {
     fn seq_len(&self) -> usize {
         self.seq_len
@@ -154,5 +242,85 @@ impl KvCache for DecoderCache {
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-layer, one-row cache holding `len` tokens whose keys are `first, first + 1, ...`.
+    fn row(len: usize, first: f32) -> DecoderCache {
+        let mut cache = DecoderCache::new(1, 1);
+        let k = Tensor::arange(first, first + len as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, len, 1))
+            .unwrap();
+        cache.append(0, &k, &(&k * 10.0).unwrap()).unwrap();
+        cache.advance(len);
+        cache
+    }
+
+    fn keys(cache: &DecoderCache) -> Vec<Vec<f32>> {
+        let (k, _) = cache.layers[0].as_ref().unwrap();
+        k.squeeze(3).unwrap().squeeze(1).unwrap().to_vec2().unwrap()
+    }
+
+    #[test]
+    fn stack_left_pads_masks_and_positions_each_row_from_its_own_start() {
+        let (a, b) = (row(3, 1.0), row(1, 7.0));
+        let stacked = DecoderCache::stack(&[&a, &b]).unwrap();
+        assert_eq!(stacked.padding(), &[0, 2]);
+        assert_eq!(
+            keys(&stacked),
+            vec![vec![1.0, 2.0, 3.0], vec![0.0, 0.0, 7.0]]
+        );
+        let Positions::PerRow(p) = stacked.positions(1, &Device::Cpu).unwrap() else {
+            panic!("padded rows have their own positions")
+        };
+        assert_eq!(p.to_vec2::<u32>().unwrap(), vec![vec![3], vec![1]]);
+        let mask = stacked.padding_mask(1, &Device::Cpu).unwrap().unwrap();
+        let mask: Vec<f32> = mask.flatten_all().unwrap().to_vec1().unwrap();
+        let hidden: Vec<bool> = mask.iter().map(|m| m.is_infinite()).collect();
+        assert_eq!(
+            hidden,
+            [false, false, false, false, true, true, false, false]
+        );
+    }
+
+    #[test]
+    fn unstack_appends_each_rows_new_entries_to_its_own_cache() {
+        let (mut a, mut b) = (row(3, 1.0), row(1, 7.0));
+        let mut stacked = DecoderCache::stack(&[&a, &b]).unwrap();
+        let new = Tensor::new(&[20f32, 30.0], &Device::Cpu)
+            .unwrap()
+            .reshape((2, 1, 1, 1))
+            .unwrap();
+        stacked.append(0, &new, &new).unwrap();
+        stacked.advance(1);
+        DecoderCache::unstack_new(&stacked, &mut [&mut a, &mut b], 1).unwrap();
+        assert_eq!((a.seq_len(), b.seq_len()), (4, 2));
+        assert_eq!(keys(&a), vec![vec![1.0, 2.0, 3.0, 20.0]]);
+        assert_eq!(keys(&b), vec![vec![7.0, 30.0]]);
+        assert_eq!(b.memory_bytes(), 2 * 2 * 4);
+    }
+
+    #[test]
+    fn stack_refuses_empty_and_multi_row_caches() {
+        let empty = DecoderCache::new(1, 1);
+        let err = DecoderCache::stack(&[&row(2, 0.0), &empty]).unwrap_err();
+        assert!(err.to_string().contains("cache 1 is empty"), "{err}");
+        let wide = DecoderCache::new(1, 2);
+        let err = DecoderCache::stack(&[&wide]).unwrap_err();
+        assert!(err.to_string().contains("one row each"), "{err}");
+        assert!(DecoderCache::stack(&[]).is_err());
     }
 }
