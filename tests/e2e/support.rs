@@ -77,6 +77,43 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// `llmlab run SCRIPT --set key=value ... --set runs_dir=RUNS` (run directories land in `runs`, not
+/// the repository): the output, succeeded or not, for tests that expect a failure.
+pub fn run_script_output(script: &str, settings: &[(&str, &str)], runs: &Path) -> Output {
+    let mut pairs: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.push(format!("runs_dir={}", runs.display()));
+    let mut args = vec!["run", script];
+    for pair in &pairs {
+        args.extend(["--set", pair.as_str()]);
+    }
+    llmlab(&args, "")
+}
+
+/// As [`run_script_output`], asserting the run succeeded (the failure shows both streams);
+/// returns stdout.
+pub fn run_script(script: &str, settings: &[(&str, &str)], runs: &Path) -> String {
+    let output = run_script_output(script, settings, runs);
+    let out = stdout(&output);
+    assert!(
+        output.status.success(),
+        "`llmlab run {script}` failed:\n{out}\n{}",
+        stderr(&output)
+    );
+    out
+}
+
+/// Writes `source` to `dir/NAME.rhai` and runs it as [`run_script`] does; returns stdout.
+pub fn run_inline_script(
+    name: &str,
+    source: &str,
+    settings: &[(&str, &str)],
+    dir: &Path,
+) -> String {
+    let path = dir.join(format!("{name}.rhai"));
+    std::fs::write(&path, source).expect("write the test script");
+    run_script(path.to_str().expect("UTF-8 temp path"), settings, dir)
+}
+
 /// Compiles `source` with this toolchain's rustc into `dir/lib<name>.so`.
 /// `against_runtime` links it to the host's runtime as a real plugin (a Rust dylib);
 /// otherwise it is a self-contained cdylib (for libraries that must be refused unloaded).

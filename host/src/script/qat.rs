@@ -19,9 +19,9 @@ use llmlab_plugin_api::serde_json::Value;
 use llmlab_plugin_api::Model;
 use rhai::{Dynamic, Engine, Map};
 
-use super::config::json_to_dynamic;
 use super::model::ModelHandle;
 use super::quant::{quantizer, split_options};
+use super::rhai_json::json_to_dynamic;
 use super::{plugin_call, script_error, Host, QuantizerHandle, ScriptResult};
 
 /// The host-owned trainer key.

@@ -30,7 +30,7 @@ use llmlab_plugin_api::serde_json::{Map as JsonMap, Value};
 use llmlab_plugin_api::{CancelFlag, Context, Error, MetricsSink};
 use rhai::{Array, Dynamic, Engine, FnPtr, Map, NativeCallContext, FLOAT, INT};
 
-use super::config::{dynamic_to_json, json_to_dynamic};
+use super::rhai_json::{dynamic_to_json, json_to_dynamic};
 use super::{script_error, Host, ScriptResult};
 use crate::runs::RunDir;
 use crate::sweep::pruners::{Curve, Pruner, StateCurve};

@@ -66,7 +66,7 @@ pub struct GptConfig {
     pub seed: Option<u64>,
     /// Fused training kernels or the composed reference path (`llmlab_nn::ops`).
     pub kernels: Kernels,
-    /// Keep only block inputs in training and recompute each block in backward (`checkpointing.rs`).
+    /// Keep only block inputs in training and recompute each block in backward (`training_pass.rs`).
     pub checkpoint_activations: bool,
     /// Mixture-of-experts feed-forward (`moe/`); `None` = dense.
     pub moe: Option<crate::moe::MoeConfig>,

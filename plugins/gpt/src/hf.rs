@@ -14,9 +14,9 @@ use llmlab_plugin_api::candle::Tensor;
 use llmlab_plugin_api::serde_json::Value;
 use llmlab_plugin_api::{Context, Error, Result};
 
-use crate::checkpoint::{read_weights, WEIGHTS_FILE};
 use crate::config::{GptConfig, MlpKind, NormKind, PosKind};
 use crate::model::Gpt;
+use crate::save_load::{read_weights, WEIGHTS_FILE};
 use llmlab_nn::params::Source;
 
 /// The `gpt` config equivalent to a Hugging Face `GPT2Config`.

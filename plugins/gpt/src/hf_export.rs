@@ -334,7 +334,7 @@ pub fn save_hf(model: &Gpt, dir: &Path, tokenizer: Option<&dyn Tokenizer>) -> Re
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tensors = hf_tensors(model, target)?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let weights = dir.join(crate::checkpoint::WEIGHTS_FILE);
+    let weights = dir.join(crate::save_load::WEIGHTS_FILE);
     let bytes = llmlab_plugin_api::safetensors::serialize(
         tensors.iter().map(|(n, t)| (n.as_str(), t)),
         Some(metadata),
@@ -343,7 +343,7 @@ pub fn save_hf(model: &Gpt, dir: &Path, tokenizer: Option<&dyn Tokenizer>) -> Re
     write_atomic(&weights, &bytes)?;
     let hf = hf_config(config, target, tokenizer);
     write_atomic(
-        &dir.join(crate::checkpoint::CONFIG_FILE),
+        &dir.join(crate::save_load::CONFIG_FILE),
         serde_json::to_string_pretty(&hf)?.as_bytes(),
     )?;
     if let Some(tokenizer) = tokenizer {

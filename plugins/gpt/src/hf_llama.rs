@@ -24,9 +24,9 @@ use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::serde_json::Value;
 use llmlab_plugin_api::{Context, Error, Result};
 
-use crate::checkpoint::{read_json, CONFIG_FILE, WEIGHTS_FILE};
 use crate::config::{GptConfig, MlpKind, NormKind, PosKind, RopeScaling};
 use crate::model::Gpt;
+use crate::save_load::{read_json, CONFIG_FILE, WEIGHTS_FILE};
 use llmlab_nn::params::Source;
 
 /// The index of a sharded checkpoint (`save_pretrained` with `max_shard_size`).

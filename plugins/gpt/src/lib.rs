@@ -5,10 +5,10 @@
 //! dropout, parameters, pruning masks, the KV cache, weights files, and the generation engine
 //! it drives as a [`llmlab_nn::Decoder`]); what is gpt's own, one file per concept: `config`,
 //! `attention`, `mlp`, `moe` (mixture-of-experts feed-forward), `block`, `model`, `decoder`
-//! (the engine's view of the model), `checkpoint`, `hf`, `hf_llama`, `lora` and
+//! (the engine's view of the model), `save_load`, `hf`, `hf_llama`, `lora` and
 //! `frozen_linear` (LoRA/QLoRA adapters), `prune` (magnitude/Wanda pruning), `quantize`
 //! (rebuilding with quantized linear weights), `gguf` (quantized or dense models in one GGUF
-//! file), `memory` (what a config costs), and `checkpointing` (the training pass:
+//! file), `memory` (what a config costs), and `training_pass` (the training pass:
 //! activation checkpointing) with `autocast` (bf16/f16 compute over f32 weights).
 //!
 //! Everything on the training path is built from differentiable candle ops (DESIGN.md §7).
@@ -16,8 +16,6 @@
 pub mod attention;
 pub mod autocast;
 pub mod block;
-pub mod checkpoint;
-pub mod checkpointing;
 pub mod config;
 pub mod decoder;
 pub mod frozen_linear;
@@ -33,6 +31,8 @@ pub mod model;
 pub mod moe;
 pub mod prune;
 pub mod quantize;
+pub mod save_load;
+pub mod training_pass;
 
 use std::path::Path;
 
@@ -85,7 +85,7 @@ impl Factory for GptFactory {
         if let Some(model) = hf_llama::try_load(path, ctx)? {
             return Ok(Instance::Model(Box::new(model)));
         }
-        Ok(Instance::Model(Box::new(checkpoint::load(path, ctx)?)))
+        Ok(Instance::Model(Box::new(save_load::load(path, ctx)?)))
     }
 }
 

@@ -478,7 +478,7 @@ impl Model for Gpt {
                 dir.display()
             )));
         }
-        crate::checkpoint::save(self, dir)
+        crate::save_load::save(self, dir)
     }
 
     /// `hf_export.rs`: GPT-2 or Llama-family layout, by the options.
@@ -516,7 +516,7 @@ impl Model for Gpt {
         Ok(Box::new(crate::quantize::quantized(self, quantizer, skip)?))
     }
 
-    /// Mixed precision and activation checkpointing: `checkpointing.rs`.
+    /// Mixed precision and activation checkpointing: `training_pass.rs`.
     fn forward_backward(
         &self,
         ids: &Tensor,
@@ -528,7 +528,7 @@ impl Model for Gpt {
             return lora.forward_backward(ids, options, compute, loss);
         }
         self.refuse_training_if_quantized()?;
-        crate::checkpointing::forward_backward(self, ids, options, compute, loss)
+        crate::training_pass::forward_backward(self, ids, options, compute, loss)
     }
 
     /// MoE selection biases and their pending loads (`moe/balance.rs`).
@@ -667,7 +667,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 }
 
 /// The pieces of the full-sequence forward pass, for a pass that drives the blocks itself
-/// (activation checkpointing, `checkpointing.rs`).
+/// (activation checkpointing, `training_pass.rs`).
 pub(crate) struct Stages<'a> {
     pub wte: &'a Embedding,
     pub wpe: Option<&'a Tensor>,

@@ -46,7 +46,7 @@ fn saved_weights_are_checksummed_and_the_head_layout_checked() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m");
     tiny(json!({})).save(&path).unwrap();
-    llmlab_gpt::checkpoint::load(&path, &Context::cpu()).unwrap();
+    llmlab_gpt::save_load::load(&path, &Context::cpu()).unwrap();
 
     let config_path = path.join("config.json");
     let config = std::fs::read_to_string(&config_path).unwrap();
@@ -56,7 +56,7 @@ fn saved_weights_are_checksummed_and_the_head_layout_checked() {
         config.replace("\"n_head\": 4", "\"n_head\": 2"),
     )
     .unwrap();
-    let error = llmlab_gpt::checkpoint::load(&path, &Context::cpu())
+    let error = llmlab_gpt::save_load::load(&path, &Context::cpu())
         .err()
         .expect("n_head 2 over weights saved with 4 heads must be refused")
         .to_string();
@@ -71,7 +71,7 @@ fn saved_weights_are_checksummed_and_the_head_layout_checked() {
     let at = bytes.len() / 2;
     bytes[at..at + 400].fill(0x7f);
     std::fs::write(&weights, &bytes).unwrap();
-    let error = llmlab_gpt::checkpoint::load(&path, &Context::cpu())
+    let error = llmlab_gpt::save_load::load(&path, &Context::cpu())
         .err()
         .expect("overwritten weights must be refused")
         .to_string();
@@ -81,7 +81,7 @@ fn saved_weights_are_checksummed_and_the_head_layout_checked() {
     );
     // Truncated.
     std::fs::write(&weights, &bytes[..bytes.len() - 10]).unwrap();
-    let error = llmlab_gpt::checkpoint::load(&path, &Context::cpu())
+    let error = llmlab_gpt::save_load::load(&path, &Context::cpu())
         .err()
         .unwrap()
         .to_string();

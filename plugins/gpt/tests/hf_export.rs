@@ -192,7 +192,7 @@ fn gpt2_layout() -> Value {
 fn import(dir: &Path) -> Gpt {
     llmlab_gpt::hf_llama::try_load(dir, &Context::cpu())
         .unwrap()
-        .unwrap_or_else(|| llmlab_gpt::checkpoint::load(dir, &Context::cpu()).unwrap())
+        .unwrap_or_else(|| llmlab_gpt::save_load::load(dir, &Context::cpu()).unwrap())
 }
 
 #[test]

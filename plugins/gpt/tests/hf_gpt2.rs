@@ -33,7 +33,7 @@ fn u32_rows(v: &Value) -> Vec<Vec<u32>> {
 #[test]
 fn gpt2_checkpoint_logits_match_pytorch() {
     let model =
-        llmlab_gpt::checkpoint::load(&fixtures().join("tiny-gpt2"), &Context::cpu()).unwrap();
+        llmlab_gpt::save_load::load(&fixtures().join("tiny-gpt2"), &Context::cpu()).unwrap();
     let config = model.config();
     assert_eq!(config["n_layer"], 2);
     assert_eq!(config["tie_embeddings"], true);
@@ -71,7 +71,7 @@ fn gpt2_checkpoint_logits_match_pytorch() {
 #[test]
 fn gpt2_checkpoint_greedy_continuation_matches_transformers_generate() {
     let model =
-        llmlab_gpt::checkpoint::load(&fixtures().join("tiny-gpt2"), &Context::cpu()).unwrap();
+        llmlab_gpt::save_load::load(&fixtures().join("tiny-gpt2"), &Context::cpu()).unwrap();
     let expected = expected();
     let prompt = u32_rows(&expected["input_ids"])[0].clone();
     let want: Vec<u32> = expected["greedy_continuation_of_row_0"]
@@ -94,10 +94,10 @@ fn gpt2_checkpoint_greedy_continuation_matches_transformers_generate() {
 #[test]
 fn imported_gpt2_saves_and_reloads_in_llmlab_format() {
     let model =
-        llmlab_gpt::checkpoint::load(&fixtures().join("tiny-gpt2"), &Context::cpu()).unwrap();
+        llmlab_gpt::save_load::load(&fixtures().join("tiny-gpt2"), &Context::cpu()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     model.save(dir.path()).unwrap();
-    let again = llmlab_gpt::checkpoint::load(dir.path(), &Context::cpu()).unwrap();
+    let again = llmlab_gpt::save_load::load(dir.path(), &Context::cpu()).unwrap();
     let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
     let a = model
         .forward(&ids, &ForwardOptions::default())

@@ -223,7 +223,7 @@ fn save_and_load_round_trip_every_option_set() {
         )
         .unwrap();
         assert_eq!(config["llmlab_model"], json!("gpt"));
-        let loaded = llmlab_gpt::checkpoint::load(&path, &Context::cpu()).unwrap();
+        let loaded = llmlab_gpt::save_load::load(&path, &Context::cpu()).unwrap();
         assert_eq!(loaded.config(), model.config(), "{extra}");
         let x = ids(&[&[3, 1, 4, 1, 5, 9, 2, 6]]);
         let a = model
@@ -236,20 +236,20 @@ fn save_and_load_round_trip_every_option_set() {
             .logits;
         assert_eq!(max_abs_diff(&a, &b), 0.0, "{extra}");
         // Loading by the weights file's path works too.
-        llmlab_gpt::checkpoint::load(&path.join("model.safetensors"), &Context::cpu()).unwrap();
+        llmlab_gpt::save_load::load(&path.join("model.safetensors"), &Context::cpu()).unwrap();
     }
 }
 
 #[test]
 fn load_errors_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
-    let e = llmlab_gpt::checkpoint::load(dir.path(), &Context::cpu())
+    let e = llmlab_gpt::save_load::load(dir.path(), &Context::cpu())
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("config.json"), "{e}");
     std::fs::write(dir.path().join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
-    let e = llmlab_gpt::checkpoint::load(dir.path(), &Context::cpu())
+    let e = llmlab_gpt::save_load::load(dir.path(), &Context::cpu())
         .err()
         .unwrap()
         .to_string();
@@ -262,7 +262,7 @@ fn load_errors_name_the_problem() {
     .unwrap();
     config["d_model"] = json!(64);
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
-    let e = llmlab_gpt::checkpoint::load(dir.path(), &Context::cpu())
+    let e = llmlab_gpt::save_load::load(dir.path(), &Context::cpu())
         .err()
         .unwrap()
         .to_string();

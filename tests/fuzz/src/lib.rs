@@ -153,10 +153,10 @@ pub fn gguf(data: &[u8]) -> bool {
 
 /// A saved model directory: `config.json` and `model.safetensors`, loaded and run.
 pub fn safetensors_config(data: &[u8]) -> bool {
-    use llmlab_gpt::checkpoint::{CONFIG_FILE, WEIGHTS_FILE};
+    use llmlab_gpt::save_load::{CONFIG_FILE, WEIGHTS_FILE};
     let p = parts(data, 2);
     let dir = scratch(&[(CONFIG_FILE, p[0]), (WEIGHTS_FILE, p[1])]);
-    llmlab_gpt::checkpoint::load(dir.path(), &Context::cpu())
+    llmlab_gpt::save_load::load(dir.path(), &Context::cpu())
         .is_ok_and(|model| first_forward(&model))
 }
 
@@ -249,11 +249,11 @@ pub fn seeds(name: &str, plugin: Option<&Path>) -> Vec<Vec<u8>> {
         }
         "safetensors_config" => {
             let dir = tempfile::tempdir().expect("temp dir");
-            llmlab_gpt::checkpoint::save(&tiny_gpt(), dir.path()).expect("save a model seed");
+            llmlab_gpt::save_load::save(&tiny_gpt(), dir.path()).expect("save a model seed");
             let read = |f: &str| std::fs::read(dir.path().join(f)).expect("read the model seed");
             vec![join(&[
-                &read(llmlab_gpt::checkpoint::CONFIG_FILE),
-                &read(llmlab_gpt::checkpoint::WEIGHTS_FILE),
+                &read(llmlab_gpt::save_load::CONFIG_FILE),
+                &read(llmlab_gpt::save_load::WEIGHTS_FILE),
             ])]
         }
         "jsonl" => vec![
