@@ -24,6 +24,8 @@ mod message;
 mod segments;
 mod template;
 mod tokenizer_template;
+#[cfg(test)]
+mod transformers_fixture;
 
 pub use conversations::ChatExamples;
 pub use message::{Message, ASSISTANT};

@@ -83,6 +83,10 @@ impl ChatTemplate {
             ("add_generation_prompt", Value::from(add_generation_prompt)),
             ("bos_token", Value::from(self.bos_token.clone())),
             ("eos_token", Value::from(self.eos_token.clone())),
+            // transformers always passes these (None without tools / RAG documents), so a
+            // template's `tools is defined` is true there and must be here.
+            ("tools", Value::from(())),
+            ("documents", Value::from(())),
         ]);
         template.render(context).map_err(|e| self.error(e))
     }

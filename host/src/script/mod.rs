@@ -23,6 +23,7 @@ mod interop;
 mod model;
 mod qat;
 mod quant;
+mod results_table;
 mod run_dir;
 mod serve;
 mod sweep;
@@ -295,6 +296,7 @@ impl Session {
         model::register(&mut engine, &host);
         chat::register(&mut engine);
         ai_feedback::register(&mut engine);
+        results_table::register(&mut engine);
         callback::register(&mut engine);
         data::register(&mut engine, &host);
         corpus::register(&mut engine);
