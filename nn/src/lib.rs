@@ -8,6 +8,9 @@
 //! * [`cache`]: a decoder's KV cache with left padding, positions and the padding mask;
 //! * [`params`]: parameters by name behind candle's `VarBuilder`, seeded init or checkpoint
 //!   tensors; [`weights`]: checksummed safetensors files; [`rng`]: the seeded generator;
+//! * [`saved_model`]: the directory `model_load` reads (config with the loader's marker,
+//!   checksummed weights); [`decoder_model_methods!`]: the `Model` methods a model generating
+//!   through the engine writes alike;
 //! * [`generate`]: **one generation engine** (greedy, temperature, top-k, top-p, repetition
 //!   penalty, stop tokens, per-row seeds, left-padded batches, [`beam`] search, streaming)
 //!   driven by the [`Decoder`] trait, with [`sampling`] for one row of logits.
@@ -20,6 +23,7 @@
 pub mod attention;
 pub mod beam;
 pub mod cache;
+pub mod decoder_model;
 pub mod dropout;
 pub mod generate;
 pub mod linear;
@@ -30,6 +34,7 @@ pub mod pruning;
 pub mod rng;
 pub mod rope;
 pub mod sampling;
+pub mod saved_model;
 pub mod weights;
 
 // The kernels were written inside the runtime crate and name its re-exports from the crate root.

@@ -42,6 +42,16 @@ impl Source {
     }
 }
 
+/// The parameter `name` of a model's `parameters()` list, or an error naming it: how a small
+/// model reads its weights without keeping a field per tensor.
+pub fn find<'a>(params: &'a [(String, Var)], name: &str) -> Result<&'a Tensor> {
+    params
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, var)| var.as_tensor())
+        .ok_or_else(|| llmlab_plugin_api::candle::Error::Msg(format!("no parameter `{name}`")))
+}
+
 /// A handle on the parameters being made; clones share them (one goes into the `VarBuilder`).
 #[derive(Clone)]
 pub struct ParamStore {

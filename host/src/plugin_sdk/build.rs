@@ -2,28 +2,30 @@
 //! with one command.
 //!
 //! Rust has no stable ABI, so a plugin must link against exactly the `llmlab-plugin-api` build
-//! the host runs: same rustc, same sources, same locked dependency versions and features, same
-//! flags (`-C prefer-dynamic`). Cargo names a crate's symbols after its `-C metadata`, a hash of
-//! all of these; a stand-alone `cargo build` with its own lock file or flags builds a different
-//! plugin-api and the plugin is refused with `undefined symbol: _ZN17llmlab_plugin_api...`.
-//! This command reproduces the host's build:
+//! the host runs. A plain `cargo build` of an out-of-tree crate cannot give that: cargo names a
+//! crate's symbols after its `-C metadata`, which hashes (among others) a path dependency's
+//! path *relative to the workspace root*, so `llmlab-plugin-api` built from a plugin's own
+//! workspace gets another hash than the host's and the library is refused with
+//! `undefined symbol: _ZN17llmlab_plugin_api...`. Rebuilding the runtime from a mirror of
+//! llmlab's workspace reproduces the hash, but costs a rebuild of plugin-api, llmlab-nn and
+//! llmlab-train per host build; building inside llmlab's workspace would modify its tree.
 //!
-//! - the llmlab source tree the host was built from (plugin-api, llmlab-nn, llmlab-train are
-//!   path dependencies into it) and its `Cargo.lock`, copied into the plugin crate;
-//! - the toolchain pinned in that tree's `rust-toolchain.toml`, checked against the rustc in
-//!   the host's fingerprint;
-//! - `-C prefer-dynamic` as the only rustflags (`CARGO_ENCODED_RUSTFLAGS`, so a `RUSTFLAGS` in
-//!   the environment cannot change the hash), the release profile;
-//! - a target directory of its own (`<host target>/out-of-tree`), seeded once from the host's
-//!   `target/release`: the compiled dependencies (candle, serde, ...) are reused, and the
-//!   runtime `libllmlab_plugin_api.so` of the host is never overwritten (its file name has no
-//!   hash; building into the host's own target directory could replace it).
+//! So this command drives `rustc` for the plugin crate itself, with `--extern` to the very
+//! files the host was built with and runs: `libllmlab_plugin_api.so` (the runtime) and the
+//! building-block rlibs `libllmlab_nn.rlib` / `libllmlab_train.rlib` from the host's cargo
+//! target directory, `-L dependency=<target>/release/deps` for what those link, the rustc
+//! in the host's fingerprint, `-C prefer-dynamic` and the release profile's code generation.
+//! Nothing of llmlab is recompiled, so a plugin builds in seconds and always matches.
+//! The price: a plugin may depend only on llmlab's crates (and everything the runtime
+//! re-exports: candle, serde, serde_json, rayon, tracing, safetensors, ...); another crates.io
+//! dependency, a build script or non-default features are refused, naming the fix (build the
+//! plugin inside llmlab's workspace, `plugins/NAME`, as the bundled plugins are).
 //!
-//! The result is then checked as the host checks any plugin (declaration, then loading it), and
-//! copied to `DIR/target/llmlab/`. Each refusal says what is missing and how to fix it.
+//! The result is then checked as the host checks any plugin (declaration, then loading it), in
+//! `DIR/target/llmlab/`. Each refusal says what is missing and how to fix it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use llmlab_plugin_api::Fingerprint;
 
@@ -35,8 +37,9 @@ pub struct BuildRequest {
     /// The plugin crate (its `Cargo.toml`).
     pub dir: PathBuf,
     /// The llmlab source tree; default: `LLMLAB_SOURCE`, else the tree this host was built in.
+    /// Only its `rust-toolchain.toml` is read (which rustc to run).
     pub llmlab_source: Option<PathBuf>,
-    /// Also run the crate's tests (`cargo test`) with the same settings.
+    /// Also compile and run the crate's unit tests with the same settings.
     pub test: bool,
 }
 
@@ -47,6 +50,15 @@ pub struct Built {
     pub plugin: String,
     pub components: Vec<String>,
 }
+
+/// The llmlab crates a plugin may depend on, with the file of the host's build each one is
+/// linked from (relative to `<target>/release`); `dev` ones only for `--test`.
+const LLMLAB_CRATES: &[(&str, &str, bool)] = &[
+    ("llmlab-plugin-api", "deps/libllmlab_plugin_api", false),
+    ("llmlab-nn", "libllmlab_nn.rlib", false),
+    ("llmlab-train", "libllmlab_train.rlib", false),
+    ("llmlab-test-support", "libllmlab_test_support.rlib", true),
+];
 
 /// The llmlab checkout this binary was compiled from (`host/..`).
 fn compiled_source_tree() -> PathBuf {
@@ -78,72 +90,54 @@ pub fn source_tree(explicit: Option<&Path>) -> Result<PathBuf, String> {
         .map_err(|e| format!("{}: {e}", tree.display()))
 }
 
-/// The cargo target directory this host runs from: `<target>/release/llmlab`.
-fn host_target_dir() -> Result<PathBuf, String> {
+/// `<target>/release`, the cargo output directory this host runs from, checked to hold the
+/// runtime it links.
+fn host_release_dir() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let release = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    let runtime = release.join("deps").join(format!(
-        "libllmlab_plugin_api.{}",
-        std::env::consts::DLL_EXTENSION
-    ));
-    match release.parent() {
-        Some(target) if release.ends_with("release") && runtime.is_file() => Ok(target.into()),
-        _ => Err(format!(
-            "{} does not run from a cargo release target directory (no {}): plugin build reuses \
-             the host's compiled dependencies. Build llmlab with `cargo build --release` and run \
-             target/release/llmlab plugin build",
-            exe.display(),
-            runtime.display()
-        )),
+    let runtime = release.join(runtime_file());
+    if runtime.is_file() {
+        return Ok(release);
     }
+    Err(format!(
+        "{} does not run from a cargo target directory (no {}): plugin build links the plugin \
+         against the host's own compiled runtime. Build llmlab with `cargo build --release \
+         --workspace` and run target/release/llmlab plugin build",
+        exe.display(),
+        runtime.display()
+    ))
+}
+
+fn runtime_file() -> String {
+    format!(
+        "deps/libllmlab_plugin_api.{}",
+        std::env::consts::DLL_EXTENSION
+    )
 }
 
 /// The channel pinned in the tree's `rust-toolchain.toml`, if any.
-fn pinned_toolchain(tree: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(tree.join("rust-toolchain.toml")).ok()?;
+fn pinned_toolchain(tree: Option<&Path>) -> Option<String> {
+    let text = std::fs::read_to_string(tree?.join("rust-toolchain.toml")).ok()?;
     text.lines().find_map(|line| {
         let (key, value) = line.split_once('=')?;
         (key.trim() == "channel").then(|| value.trim().trim_matches('"').to_string())
     })
 }
 
-/// `cargo` with the toolchain pinned and every environment setting that would change the build
-/// of plugin-api taken out.
-fn cargo(tree: &Path) -> Command {
-    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    if let Some(channel) = pinned_toolchain(tree) {
-        cargo.env("RUSTUP_TOOLCHAIN", channel);
+/// `rustc` of the toolchain pinned in llmlab's tree (rustup picks it), `RUSTC` if set.
+fn rustc(toolchain: Option<&str>) -> Command {
+    let mut rustc = Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()));
+    if let Some(channel) = toolchain {
+        rustc.env("RUSTUP_TOOLCHAIN", channel);
     }
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_BUILD_TARGET_DIR",
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "CARGO_PROFILE_RELEASE_DEBUG",
-        "CARGO_PROFILE_RELEASE_OPT_LEVEL",
-        "CARGO_PROFILE_RELEASE_LTO",
-        "CARGO_PROFILE_RELEASE_CODEGEN_UNITS",
-        "CARGO_PROFILE_RELEASE_PANIC",
-    ] {
-        cargo.env_remove(var);
-    }
-    // The one flag the host and all plugins are built with (.cargo/config.toml).
-    cargo.env("CARGO_ENCODED_RUSTFLAGS", "-C\u{1f}prefer-dynamic");
-    cargo
+    rustc
 }
 
 /// Refuses a rustc other than the one that built the host.
-fn check_rustc(tree: &Path) -> Result<(), String> {
+fn check_rustc(toolchain: Option<&str>) -> Result<(), String> {
     let host = Fingerprint::current().rustc;
-    let mut rustc = Command::new("rustc");
-    rustc.arg("--version").current_dir(tree);
-    if let Some(channel) = pinned_toolchain(tree) {
-        rustc.env("RUSTUP_TOOLCHAIN", channel);
-    }
-    let found = rustc
+    let found = rustc(toolchain)
+        .arg("--version")
         .output()
         .ok()
         .filter(|o| o.status.success())
@@ -160,8 +154,62 @@ fn check_rustc(tree: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// `[package] name` and whether `[lib] crate-type` is a Rust dylib, from a Cargo.toml.
-fn read_manifest(manifest: &Path) -> Result<(String, bool), String> {
+/// What `plugin build` needs from a plugin's `Cargo.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub package: String,
+    pub version: String,
+    pub edition: String,
+    pub dylib: bool,
+    /// `[lib] path`, default `src/lib.rs`.
+    pub lib_path: String,
+    /// `(section, dependency)` for every dependency declared.
+    pub dependencies: Vec<(String, String)>,
+    /// `[features] default`.
+    pub default_features: Vec<String>,
+    /// `[package] build`, when set.
+    pub build_script: Option<String>,
+}
+
+fn unquote(value: &str) -> String {
+    value.trim().trim_matches('"').to_string()
+}
+
+/// `"a", "b"` from `["a", "b"]`.
+fn string_list(value: &str) -> Vec<String> {
+    value
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+        .map(unquote)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Whether a table header names a dependency table: `dependencies`, `dev-dependencies`,
+/// `build-dependencies`, optionally under `target.<cfg>`.
+fn dependency_section(header: &str) -> Option<(String, Option<String>)> {
+    let inner = header.trim().trim_start_matches('[').trim_end_matches(']');
+    let inner = match inner.strip_prefix("target.") {
+        // `target.'cfg(unix)'.dependencies`: the part after the quoted cfg.
+        Some(rest) => rest.rsplit_once('.').map_or(rest, |(_, last)| last),
+        None => inner,
+    };
+    let (table, name) = match inner.split_once('.') {
+        Some((table, name)) => (table, Some(unquote(name))),
+        None => (inner, None),
+    };
+    matches!(
+        table,
+        "dependencies" | "dev-dependencies" | "build-dependencies"
+    )
+    .then(|| (table.to_string(), name))
+}
+
+/// Reads the keys `plugin build` needs from a Cargo.toml (a line-based reader: the plain
+/// layout `cargo new` and `llmlab plugin new` write).
+pub fn read_manifest(manifest: &Path) -> Result<Manifest, String> {
     let text = std::fs::read_to_string(manifest).map_err(|e| {
         format!(
             "{}: {e} (llmlab plugin new NAME writes a plugin crate)",
@@ -169,153 +217,258 @@ fn read_manifest(manifest: &Path) -> Result<(String, bool), String> {
         )
     })?;
     let mut section = String::new();
-    let (mut name, mut dylib) = (None, false);
+    let mut out = Manifest {
+        package: String::new(),
+        version: "0.0.0".into(),
+        edition: "2015".into(),
+        dylib: false,
+        lib_path: "src/lib.rs".into(),
+        dependencies: Vec::new(),
+        default_features: Vec::new(),
+        build_script: None,
+    };
     for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
         if line.starts_with('[') {
             section = line.to_string();
-        } else if let Some((key, value)) = line.split_once('=') {
-            match (section.as_str(), key.trim()) {
-                ("[package]", "name") => name = Some(value.trim().trim_matches('"').to_string()),
-                ("[lib]", "crate-type") => dylib = value.contains("\"dylib\""),
+            if let Some((table, Some(name))) = dependency_section(&section) {
+                out.dependencies.push((table, name));
+            }
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        match section.as_str() {
+            "[package]" => match key {
+                "name" => out.package = unquote(value),
+                "version" => out.version = unquote(value),
+                "edition" => out.edition = unquote(value),
+                "build" => out.build_script = Some(unquote(value)),
                 _ => {}
+            },
+            "[lib]" => match key {
+                "crate-type" => out.dylib = string_list(value).iter().any(|t| t == "dylib"),
+                "path" => out.lib_path = unquote(value),
+                _ => {}
+            },
+            "[features]" if key == "default" => out.default_features = string_list(value),
+            header => {
+                if let Some((table, None)) = dependency_section(header) {
+                    let name = key.split('.').next().unwrap_or(key);
+                    out.dependencies.push((table, unquote(name)));
+                }
             }
         }
     }
-    let name = name.ok_or_else(|| format!("{}: no [package] name", manifest.display()))?;
-    Ok((name, dylib))
-}
-
-/// The out-of-tree target directory, seeded from the host's `target/release` when it is new or
-/// the host's runtime changed since: dependencies are hard links (never written in place: rustc
-/// replaces outputs), llmlab's own crates and the build-script and fingerprint records copies.
-fn seeded_target(host_target: &Path) -> Result<PathBuf, String> {
-    let out = host_target.join("out-of-tree");
-    let release = host_target.join("release");
-    let runtime = release.join("deps").join(format!(
-        "libllmlab_plugin_api.{}",
-        std::env::consts::DLL_EXTENSION
-    ));
-    let meta = std::fs::metadata(&runtime).map_err(|e| format!("{}: {e}", runtime.display()))?;
-    let stamp = format!(
-        "{} {} {:?}",
-        runtime.display(),
-        meta.len(),
-        meta.modified().ok()
-    );
-    let stamp_file = out.join("seeded-from");
-    if std::fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str()) {
-        return Ok(out);
+    if out.package.is_empty() {
+        return Err(format!("{}: no [package] name", manifest.display()));
     }
-    let _ = std::fs::remove_dir_all(out.join("release"));
-    std::fs::create_dir_all(out.join("release")).map_err(|e| format!("{}: {e}", out.display()))?;
-    let run = |args: &[&str]| -> Result<(), String> {
-        let status = Command::new("cp")
-            .args(args)
-            .status()
-            .map_err(|e| format!("cp: {e}"))?;
-        status
-            .success()
-            .then_some(())
-            .ok_or_else(|| format!("cp {} failed", args.join(" ")))
-    };
-    let from = |p: &str| release.join(p).display().to_string();
-    let to = out.join("release").display().to_string();
-    run(&["-al", &from("deps"), &to])?;
-    run(&["-a", &from("build"), &from(".fingerprint"), &to])?;
-    // llmlab's own outputs are replaced by copies: if cargo rebuilds one here, the host's file
-    // must stay as it is.
-    let deps = out.join("release").join("deps");
-    for entry in std::fs::read_dir(&deps).map_err(|e| format!("{}: {e}", deps.display()))? {
-        let path = entry.map_err(|e| e.to_string())?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with("libllmlab") || name.starts_with("llmlab") {
-            let copy = path.with_extension("copying");
-            std::fs::copy(&path, &copy).map_err(|e| format!("{}: {e}", path.display()))?;
-            let modified = std::fs::metadata(&path).and_then(|m| m.modified());
-            if let Ok(time) = modified {
-                let _ = std::fs::File::options()
-                    .write(true)
-                    .open(&copy)
-                    .and_then(|f| f.set_modified(time));
-            }
-            std::fs::rename(&copy, &path).map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-    }
-    std::fs::write(&stamp_file, stamp).map_err(|e| format!("{}: {e}", stamp_file.display()))?;
     Ok(out)
 }
 
+/// Refuses what this route cannot build, naming the fix.
+fn check_buildable(dir: &Path, manifest: &Manifest) -> Result<(), String> {
+    let file = dir.join("Cargo.toml");
+    if !manifest.dylib {
+        return Err(format!(
+            "{}: [lib] crate-type must be [\"dylib\"] (a Rust dylib linking llmlab's shared runtime)",
+            file.display()
+        ));
+    }
+    let script = manifest.build_script.as_deref().unwrap_or("build.rs");
+    if manifest.build_script.as_deref() != Some("false") && dir.join(script).is_file() {
+        return Err(format!(
+            "{}: plugin build compiles the crate with rustc against the host's own compiled \
+             crates and does not run build scripts ({script}); move what it generates into the \
+             sources, or build the plugin inside llmlab's workspace (plugins/{})",
+            file.display(),
+            manifest.package
+        ));
+    }
+    for (table, name) in &manifest.dependencies {
+        let known = LLMLAB_CRATES.iter().any(|(crate_name, _, dev)| {
+            crate_name == name && (!dev || table == "dev-dependencies")
+        });
+        if !known {
+            let allowed: Vec<&str> = LLMLAB_CRATES
+                .iter()
+                .filter(|(_, _, dev)| !dev)
+                .map(|(n, _, _)| *n)
+                .collect();
+            return Err(format!(
+                "{}: [{table}] `{name}`: plugin build links a plugin against the host's own \
+                 compiled crates only ({}; llmlab-test-support for tests). Use what the runtime \
+                 re-exports (llmlab_plugin_api::{{candle, candle_nn, serde, serde_json, rayon, \
+                 tracing, safetensors}}), or build the plugin inside llmlab's workspace \
+                 (plugins/{}) to add other crates",
+                file.display(),
+                allowed.join(", "),
+                manifest.package
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `rustc` for the crate in `dir` against the host's compiled crates in `release`: the lib, or
+/// with `test` the unit-test binary. The arguments mirror cargo's release profile.
+fn rustc_command(
+    dir: &Path,
+    manifest: &Manifest,
+    release: &Path,
+    toolchain: Option<&str>,
+    test: bool,
+    output: &Path,
+) -> Result<Command, String> {
+    let crate_name = manifest.package.replace('-', "_");
+    let mut command = rustc(toolchain);
+    command
+        .current_dir(dir)
+        .env("CARGO_PKG_NAME", &manifest.package)
+        .env("CARGO_PKG_VERSION", &manifest.version)
+        .env("CARGO_CRATE_NAME", &crate_name)
+        .env("CARGO_MANIFEST_DIR", dir)
+        .args(["--edition", &manifest.edition, "--crate-name", &crate_name])
+        .arg(&manifest.lib_path)
+        .args([
+            "-C",
+            "prefer-dynamic",
+            "-C",
+            "opt-level=3",
+            "-C",
+            "strip=debuginfo",
+        ])
+        // Distinct from any other crate of the same name (two plugins may share one).
+        .arg("-C")
+        .arg(format!("metadata=llmlab-plugin-{}", short_hash(dir)))
+        .arg("-L")
+        .arg(format!("dependency={}", release.join("deps").display()))
+        .arg("-o")
+        .arg(output);
+    if test {
+        command.arg("--test");
+    } else {
+        command.args(["--crate-type", "dylib"]);
+    }
+    for feature in &manifest.default_features {
+        command.arg("--cfg").arg(format!("feature=\"{feature}\""));
+    }
+    for (table, name) in &manifest.dependencies {
+        if table == "dev-dependencies" && !test {
+            continue;
+        }
+        let (_, file, _) = LLMLAB_CRATES
+            .iter()
+            .find(|(crate_name, _, _)| crate_name == name)
+            .ok_or_else(|| format!("unknown dependency {name}"))?;
+        let path = if file.starts_with("deps/") {
+            release.join(format!("{file}.{}", std::env::consts::DLL_EXTENSION))
+        } else {
+            release.join(file)
+        };
+        if !path.is_file() {
+            return Err(format!(
+                "{name} is not built next to this host (no {}): build llmlab with `cargo build \
+                 --release --workspace`",
+                path.display()
+            ));
+        }
+        command
+            .arg("--extern")
+            .arg(format!("{}={}", name.replace('-', "_"), path.display()));
+    }
+    Ok(command)
+}
+
+fn short_hash(path: &Path) -> String {
+    // FNV-1a: stable across runs and rustc versions, unlike std's hasher.
+    let hash = path
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("{hash:016x}")
+}
+
+fn run(mut command: Command, what: &str) -> Result<(), String> {
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run rustc: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed (rustc's errors above)"))
+    }
+}
+
+/// Where the toolchain's shared libstd lives (test binaries link it dynamically).
+fn target_libdir(toolchain: Option<&str>) -> Option<String> {
+    let output = rustc(toolchain)
+        .args(["--print", "target-libdir"])
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
 /// Builds (and with `test`, tests) the plugin crate in `request.dir` against this host, checks
-/// the library as the loader would and copies it to `DIR/target/llmlab/`.
+/// the library as the loader would, in `DIR/target/llmlab/`.
 pub fn build(request: &BuildRequest) -> Result<Built, String> {
     let dir = request
         .dir
         .canonicalize()
         .map_err(|e| format!("{}: {e}", request.dir.display()))?;
-    let manifest = dir.join("Cargo.toml");
-    let (package, dylib) = read_manifest(&manifest)?;
-    if !dylib {
-        return Err(format!(
-            "{}: [lib] crate-type must be [\"dylib\"] (a Rust dylib linking llmlab's shared runtime)",
-            manifest.display()
-        ));
-    }
-    let tree = source_tree(request.llmlab_source.as_deref())?;
-    if dir.starts_with(&tree) && dir != tree {
-        let inside = tree.join("plugins");
-        if dir.starts_with(&inside) {
-            return Err(format!(
-                "{} is inside llmlab's workspace (plugins/): build it with `cargo build --release` \
-                 in {}",
-                dir.display(),
-                tree.display()
-            ));
-        }
-    }
-    check_rustc(&tree)?;
-    let host_target = host_target_dir()?;
-    let target = seeded_target(&host_target)?;
-    // The host's lock file: the same versions of everything plugin-api links.
-    std::fs::copy(tree.join("Cargo.lock"), dir.join("Cargo.lock"))
-        .map_err(|e| format!("copying Cargo.lock into {}: {e}", dir.display()))?;
+    let manifest = read_manifest(&dir.join("Cargo.toml"))?;
+    check_buildable(&dir, &manifest)?;
+    let tree = source_tree(request.llmlab_source.as_deref()).ok();
+    let toolchain = pinned_toolchain(tree.as_deref());
+    check_rustc(toolchain.as_deref())?;
+    let release = host_release_dir()?;
 
-    let crate_name = package.replace('-', "_");
-    let mut command = cargo(&tree);
-    command
-        .args([
-            "build",
-            "--release",
-            "--message-format",
-            "json-render-diagnostics",
-        ])
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(&target)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let output = command
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "cargo build of {} failed (errors above)",
-            dir.display()
-        ));
-    }
-    let built =
-        artifact(&String::from_utf8_lossy(&output.stdout), &crate_name).ok_or_else(|| {
-            format!("cargo built no dylib for {crate_name} (is [lib] crate-type = [\"dylib\"]?)")
-        })?;
+    let out_dir = dir.join("target").join("llmlab");
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let crate_name = manifest.package.replace('-', "_");
+    let library = out_dir.join(format!(
+        "lib{crate_name}.{}",
+        std::env::consts::DLL_EXTENSION
+    ));
+    let command = rustc_command(
+        &dir,
+        &manifest,
+        &release,
+        toolchain.as_deref(),
+        false,
+        &library,
+    )?;
+    run(command, &format!("compiling {}", dir.display()))?;
     if request.test {
-        let status = cargo(&tree)
-            .args(["test", "--release"])
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target)
+        let tests = dir.join("target").join(format!("{crate_name}-tests"));
+        let command = rustc_command(
+            &dir,
+            &manifest,
+            &release,
+            toolchain.as_deref(),
+            true,
+            &tests,
+        )?;
+        run(
+            command,
+            &format!("compiling the tests of {}", dir.display()),
+        )?;
+        let mut path = release.join("deps").display().to_string();
+        if let Some(libdir) = target_libdir(toolchain.as_deref()) {
+            path = format!("{path}:{libdir}");
+        }
+        let status = Command::new(&tests)
+            .current_dir(&dir)
+            .env("LD_LIBRARY_PATH", path)
             .status()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
+            .map_err(|e| format!("{}: {e}", tests.display()))?;
         if !status.success() {
             return Err(format!(
                 "the tests of {} failed (output above)",
@@ -324,20 +477,20 @@ pub fn build(request: &BuildRequest) -> Result<Built, String> {
         }
     }
 
-    let out_dir = dir.join("target").join("llmlab");
-    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
-    let library = out_dir.join(built.file_name().unwrap_or_default());
-    std::fs::copy(&built, &library).map_err(|e| format!("{}: {e}", library.display()))?;
-
     let fingerprint = loader::check(&library).map_err(|e| {
         format!(
-            "built {}, but this host refuses it: {e}\n  (is {} the llmlab source tree this host \
-             was built from?)",
-            library.display(),
-            tree.display()
+            "built {}, but this host refuses it: {e}\n  (was llmlab rebuilt since this host \
+             started? run `cargo build --release --workspace` and try again)",
+            library.display()
         )
     })?;
-    let plugin = loader::load(&library).map_err(|e| e.to_string())?;
+    let plugin = loader::load(&library).map_err(|e| {
+        format!(
+            "{e}\n  (the host's compiled llmlab crates in {} may come from different builds: \
+             run `cargo build --release --workspace` and try again)",
+            release.display()
+        )
+    })?;
     Ok(Built {
         library,
         plugin: fingerprint.plugin.unwrap_or_default(),
@@ -349,51 +502,85 @@ pub fn build(request: &BuildRequest) -> Result<Built, String> {
     })
 }
 
-/// The dylib cargo reported building for `crate_name`, from its JSON messages.
-fn artifact(messages: &str, crate_name: &str) -> Option<PathBuf> {
-    let suffix = format!(".{}", std::env::consts::DLL_EXTENSION);
-    messages.lines().rev().find_map(|line| {
-        let json: llmlab_plugin_api::serde_json::Value =
-            llmlab_plugin_api::serde_json::from_str(line).ok()?;
-        if json.get("reason")?.as_str()? != "compiler-artifact"
-            || json.get("target")?.get("name")?.as_str()?.replace('-', "_") != crate_name
-        {
-            return None;
-        }
-        json.get("filenames")?
-            .as_array()?
-            .iter()
-            .filter_map(|f| f.as_str())
-            .find(|f| f.ends_with(&suffix))
-            .map(PathBuf::from)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn manifest_name_and_crate_type_are_read() {
+    fn manifest_keys_and_dependencies_are_read() {
         let dir = tempfile::tempdir().unwrap();
         let manifest = dir.path().join("Cargo.toml");
         std::fs::write(
             &manifest,
-            "[package]\nname = \"char-lstm\"\nversion = \"0.1.0\"\n\n[lib]\ncrate-type = [\"dylib\"]\n",
+            "[package]\nname = \"char-lstm\"\nversion = \"0.2.0\"\nedition = \"2021\"\n\n\
+             [workspace]\n\n[lib]\ncrate-type = [\"dylib\"]\n\n[features]\ndefault = [\"a\"]\n\n\
+             [dependencies]\nllmlab-plugin-api = { path = \"/x/plugin-api\" }\n\
+             llmlab-nn.path = \"/x/nn\"\n\n[dependencies.llmlab-train]\npath = \"/x/train\"\n\n\
+             [target.'cfg(unix)'.dev-dependencies]\nllmlab-test-support = { path = \"/x/t\" }\n",
         )
         .unwrap();
+        let read = read_manifest(&manifest).unwrap();
         assert_eq!(
-            read_manifest(&manifest).unwrap(),
-            ("char-lstm".into(), true)
+            (
+                read.package.as_str(),
+                read.version.as_str(),
+                read.edition.as_str()
+            ),
+            ("char-lstm", "0.2.0", "2021")
         );
+        assert!(read.dylib);
+        assert_eq!(read.default_features, ["a"]);
+        assert_eq!(
+            read.dependencies,
+            [
+                ("dependencies".to_string(), "llmlab-plugin-api".to_string()),
+                ("dependencies".into(), "llmlab-nn".into()),
+                ("dependencies".into(), "llmlab-train".into()),
+                ("dev-dependencies".into(), "llmlab-test-support".into()),
+            ]
+        );
+        assert!(check_buildable(dir.path(), &read).is_ok());
+        let missing = read_manifest(&dir.path().join("nope/Cargo.toml")).unwrap_err();
+        assert!(missing.contains("llmlab plugin new"), "{missing}");
+    }
+
+    #[test]
+    fn what_the_route_cannot_build_is_refused_naming_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("Cargo.toml");
+        let write = |extra: &str| {
+            std::fs::write(
+                &manifest,
+                format!("[package]\nname = \"x\"\n\n[lib]\ncrate-type = [\"dylib\"]\n\n{extra}"),
+            )
+            .unwrap();
+            check_buildable(dir.path(), &read_manifest(&manifest).unwrap())
+        };
+        let error = write("[dependencies]\nrand = \"0.8\"\n").unwrap_err();
+        assert!(
+            error.contains("`rand`") && error.contains("plugins/x") && error.contains("candle"),
+            "{error}"
+        );
+        let error = write("[build-dependencies]\nllmlab-nn = \"1\"\n").unwrap_err();
+        assert!(
+            error.contains("[build-dependencies] `llmlab-nn`"),
+            "{error}"
+        );
+        let error = write("[dependencies]\nllmlab-test-support = \"1\"\n").unwrap_err();
+        assert!(
+            error.contains("`llmlab-test-support`"),
+            "a dev-only crate: {error}"
+        );
+        std::fs::write(dir.path().join("build.rs"), "fn main() {}").unwrap();
+        let error = write("").unwrap_err();
+        assert!(error.contains("build scripts"), "{error}");
         std::fs::write(
             &manifest,
             "[package]\nname = \"x\"\n[lib]\ncrate-type = [\"cdylib\"]\n",
         )
         .unwrap();
-        assert_eq!(read_manifest(&manifest).unwrap(), ("x".into(), false));
-        let missing = read_manifest(&dir.path().join("nope/Cargo.toml")).unwrap_err();
-        assert!(missing.contains("llmlab plugin new"), "{missing}");
+        let error = check_buildable(dir.path(), &read_manifest(&manifest).unwrap()).unwrap_err();
+        assert!(error.contains("crate-type must be"), "{error}");
     }
 
     #[test]
@@ -408,17 +595,5 @@ mod tests {
             source_tree(None).is_ok(),
             "the tree this host was built in is found"
         );
-    }
-
-    #[test]
-    fn the_plugin_artifact_is_found_in_cargos_messages() {
-        let messages = r#"{"reason":"compiler-artifact","target":{"name":"llmlab-plugin-api"},"filenames":["/t/libllmlab_plugin_api.so"]}
-{"reason":"compiler-artifact","target":{"name":"char-lstm"},"filenames":["/t/libchar_lstm.so","/t/libchar_lstm.rlib"]}
-{"reason":"build-finished","success":true}"#;
-        assert_eq!(
-            artifact(messages, "char_lstm"),
-            Some(PathBuf::from("/t/libchar_lstm.so"))
-        );
-        assert_eq!(artifact(messages, "other"), None);
     }
 }
