@@ -1,7 +1,8 @@
 //! The alignment scripts in CI size through the real binary and plugins: the reward model
 //! trains, scores, saves and reloads; DPO runs after SFT and reports accuracies before and after,
 //! leaving its checkpoint in the run directory; GRPO with a Rhai closure reward and PPO with a
-//! reward model do the same; a reward closure that throws stops GRPO with its message.
+//! reward model do the same; a reward closure that throws stops GRPO with its message; the
+//! comparison scripts (offline preference losses, GRPO variants) print and save their tables.
 
 use llmlab_e2e::*;
 
@@ -239,6 +240,7 @@ fn constitutional_script_labels_pairs_with_its_judge_and_prints_the_table() {
                 "n_prompts=6",
                 "eval_n=6",
                 "dpo_steps=2",
+                "samples=3",
                 "revise=true",
                 &format!("judge={judge}"),
             ],
@@ -246,9 +248,83 @@ fn constitutional_script_labels_pairs_with_its_judge_and_prints_the_table() {
         assert!(out.contains(&format!("judge: {judge}")), "{out}");
         assert!(out.contains("before: ") && out.contains("after: "), "{out}");
         assert!(
-            out.contains("| judge | pairs | held-out follow rate before | after |")
-                && out.contains(&format!("| {judge} | ")),
+            out.contains(
+                "| judge | samples per prompt | pairs | held-out follow rate before | after |"
+            ) && out.contains(&format!("| {judge} | ")),
             "{out}"
         );
     }
+}
+
+/// The comparison scripts of docs/rl.md at CI size: every requested row is printed and the
+/// same Markdown table is written into the run directory.
+fn assert_table(out: &str, run: &std::path::Path, file: &str, rows: &[&str]) {
+    let table = std::fs::read_to_string(run.join(file))
+        .unwrap_or_else(|e| panic!("{file} in {}: {e}\n{out}", run.display()));
+    assert!(
+        out.contains(&table),
+        "the printed table differs from {file}:\n{out}"
+    );
+    assert_eq!(table.lines().count(), 2 + rows.len(), "{table}");
+    for row in rows {
+        assert!(
+            table.contains(&format!("| {row} |")),
+            "no row {row}:\n{table}"
+        );
+    }
+}
+
+#[test]
+fn preference_losses_script_trains_each_loss_from_one_sft_stage_and_saves_the_table() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = run_with(
+        "scripts/preference_losses.rhai",
+        "prefs-ci",
+        runs.path(),
+        &[
+            "sft_steps=4",
+            "steps=2",
+            "sft_n=200",
+            "n=64",
+            "eval_n=8",
+            "losses=sigmoid,kto,orpo",
+        ],
+    );
+    let run = runs.path().join("prefs-ci");
+    assert_table(
+        &out,
+        &run,
+        "preference_losses.md",
+        &["SFT only (start)", "sigmoid", "kto", "orpo"],
+    );
+    assert!(
+        run.join("sft/model").is_dir(),
+        "the shared SFT stage is saved"
+    );
+}
+
+#[test]
+fn grpo_variants_script_runs_each_variant_and_seed_and_saves_the_table() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = run_with(
+        "scripts/grpo_variants.rhai",
+        "variants-ci",
+        runs.path(),
+        &[
+            "sft_steps=4",
+            "steps=2",
+            "sft_n=200",
+            "n=64",
+            "eval_n=8",
+            "batch_size=4",
+            "variants=dapo,gspo",
+            "seeds=2",
+        ],
+    );
+    assert!(
+        out.contains("dapo seed 3") && out.contains("gspo seed 4"),
+        "{out}"
+    );
+    let run = runs.path().join("variants-ci");
+    assert_table(&out, &run, "grpo_variants.md", &["dapo", "gspo"]);
 }
