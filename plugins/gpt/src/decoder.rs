@@ -1,13 +1,14 @@
 //! `gpt` as a [`Decoder`] of `llmlab_nn`'s generation engine, which does all of its decoding
 //! (sampling, beams, batches, stop tokens, streaming): prompts are left-padded into one batch
-//! and run through the model once into a [`DecoderCache`], then one token per step. Plus the
-//! uncached greedy reference the cached path is tested and benchmarked against.
+//! and run through the model once into a [`DecoderCache`], then one token per step. Plus
+//! `Model::decode_step` for continuous batching (serving), and the uncached greedy reference the
+//! cached path is tested and benchmarked against.
 
 use llmlab_nn::cache::DecoderCache;
 use llmlab_nn::generate::{left_pad, Decoder};
 use llmlab_nn::sampling::argmax;
 use llmlab_plugin_api::candle::{Device, Tensor};
-use llmlab_plugin_api::{CancelFlag, Result};
+use llmlab_plugin_api::{CancelFlag, Error, ForwardOptions, KvCache, Result};
 
 use crate::model::Gpt;
 
@@ -54,6 +55,50 @@ impl Decoder for Gpt {
             Decoder::device(self),
         )
     }
+}
+
+/// `Model::decode_step`: one token for each of several sequences, each with its own one-row
+/// cache of any length, in ONE forward pass. The caches are stacked into a left-padded batch
+/// ([`DecoderCache::stack`]: the padding is masked out and each row keeps its own positions, as
+/// in batched generation), the batch runs once, and each row's new keys and values go back to
+/// its own cache. Returns `(n, vocab)` f32 logits.
+pub fn decode_step(model: &Gpt, tokens: &[u32], caches: &mut [&mut dyn KvCache]) -> Result<Tensor> {
+    if tokens.len() != caches.len() || tokens.is_empty() {
+        return Err(Error::msg(format!(
+            "decode_step: {} tokens for {} caches (one token per cache, at least one)",
+            tokens.len(),
+            caches.len()
+        )));
+    }
+    let mut rows: Vec<&mut DecoderCache> = Vec::with_capacity(caches.len());
+    for cache in caches.iter_mut() {
+        rows.push(
+            cache
+                .as_any_mut()
+                .downcast_mut::<DecoderCache>()
+                .ok_or_else(|| {
+                    Error::msg("gpt: decode_step needs caches made by this model's new_cache")
+                })?,
+        );
+    }
+    let ids = Tensor::new(tokens, Decoder::device(model))?.unsqueeze(1)?;
+    let run = |ids: &Tensor, cache: &mut DecoderCache| -> Result<Tensor> {
+        let out = match model.lora() {
+            Some(lora) => lora.forward_cached(ids, cache)?,
+            None => model.run(ids, Some(cache), &ForwardOptions::default())?,
+        };
+        Ok(out
+            .logits
+            .squeeze(1)?
+            .to_dtype(llmlab_plugin_api::candle::DType::F32)?)
+    };
+    if let [only] = rows.as_mut_slice() {
+        return run(&ids, only);
+    }
+    let mut stacked = DecoderCache::stack(&rows.iter().map(|r| &**r).collect::<Vec<_>>())?;
+    let logits = run(&ids, &mut stacked)?;
+    DecoderCache::unstack_new(&stacked, &mut rows, 1)?;
+    Ok(logits)
 }
 
 /// Generation without the cache: the whole sequence through the model for every new token.

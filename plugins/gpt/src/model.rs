@@ -440,6 +440,11 @@ impl Model for Gpt {
         self.run(ids, Some(cache), &ForwardOptions::default())
     }
 
+    /// All sequences in one forward pass over their stacked caches (`decoder.rs`).
+    fn decode_step(&self, tokens: &[u32], caches: &mut [&mut dyn KvCache]) -> Result<Tensor> {
+        crate::decoder::decode_step(self, tokens, caches)
+    }
+
     fn generate(
         &self,
         prompts: &[Vec<u32>],

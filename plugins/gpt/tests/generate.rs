@@ -8,7 +8,7 @@ use llmlab_gpt::decoder::generate_uncached;
 use llmlab_nn::sampling::log_softmax;
 use llmlab_plugin_api::candle::Tensor;
 use llmlab_plugin_api::serde_json::json;
-use llmlab_plugin_api::{ForwardOptions, GenerateOptions, Model};
+use llmlab_plugin_api::{ForwardOptions, GenerateOptions, KvCache, Model};
 
 fn greedy(max_tokens: usize) -> GenerateOptions {
     GenerateOptions {
@@ -331,4 +331,115 @@ fn long_prompts_are_refused_or_truncated() {
         .unwrap()
         .to_string();
     assert!(e.contains("token id 100"), "{e}");
+}
+
+/// Continuous batching: `decode_step` over sequences of different lengths, joining and leaving
+/// between steps, gives each sequence the logits it gets decoding alone, and leaves each cache
+/// as long as decoding alone does.
+#[test]
+fn decode_step_batches_sequences_of_different_lengths_like_decoding_each_alone() {
+    let prompts: [&[u32]; 4] = [
+        &[1, 7, 3],
+        &[4, 9, 2, 8, 5, 6, 11],
+        &[12, 3, 3, 40, 2],
+        &[9, 1],
+    ];
+    // Which sequences decode at each step: 3 start, the 4th joins, the 2nd finishes, the
+    // order changes, and a last step has one sequence left.
+    let schedule: [&[usize]; 6] = [
+        &[0, 1, 2],
+        &[0, 1, 2, 3],
+        &[0, 2, 3],
+        &[3, 2, 0],
+        &[2, 3],
+        &[3],
+    ];
+    let token = |seq: usize, step: usize| ((seq * 11 + step * 7 + 5) % 48) as u32;
+    for extra in option_sets() {
+        let model = tiny(extra.clone());
+        let last = |logits: &Tensor| {
+            let t = logits.dim(1).unwrap();
+            logits.narrow(1, t - 1, 1).unwrap().squeeze(1).unwrap()
+        };
+        // Alone: each sequence's logits for its j-th decoded token.
+        let alone: Vec<Vec<Tensor>> = (0..prompts.len())
+            .map(|s| {
+                let mut cache = model.new_cache(1).unwrap();
+                model
+                    .forward_cached(&ids(&[prompts[s]]), cache.as_mut())
+                    .unwrap();
+                (0..schedule.len())
+                    .map(|j| {
+                        let out = model
+                            .forward_cached(&ids(&[&[token(s, j)]]), cache.as_mut())
+                            .unwrap();
+                        last(&out.logits)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut caches: Vec<Option<Box<dyn KvCache>>> = (0..prompts.len()).map(|_| None).collect();
+        let mut decoded = vec![0usize; prompts.len()];
+        for step in schedule {
+            for &s in step.iter() {
+                if caches[s].is_none() {
+                    let mut cache = model.new_cache(1).unwrap();
+                    model
+                        .forward_cached(&ids(&[prompts[s]]), cache.as_mut())
+                        .unwrap();
+                    caches[s] = Some(cache);
+                }
+            }
+            let tokens: Vec<u32> = step.iter().map(|&s| token(s, decoded[s])).collect();
+            // The step's caches, in the step's order.
+            let mut taken: Vec<Box<dyn KvCache>> =
+                step.iter().map(|&s| caches[s].take().unwrap()).collect();
+            let logits = {
+                let mut rows: Vec<&mut dyn KvCache> = Vec::new();
+                for cache in taken.iter_mut() {
+                    rows.push(cache.as_mut());
+                }
+                model.decode_step(&tokens, &mut rows).unwrap()
+            };
+            for (&s, cache) in step.iter().zip(taken) {
+                caches[s] = Some(cache);
+            }
+            assert_eq!(logits.dims(), &[step.len(), 48], "{extra}");
+            for (row, &s) in step.iter().enumerate() {
+                let diff = max_abs_diff(
+                    &logits.get(row).unwrap(),
+                    &alone[s][decoded[s]].get(0).unwrap(),
+                );
+                assert!(
+                    diff < 1e-5,
+                    "{extra}: sequence {s}, token {}: differs by {diff}",
+                    decoded[s]
+                );
+                decoded[s] += 1;
+            }
+        }
+        for (s, cache) in caches.iter().enumerate() {
+            let len = cache.as_ref().unwrap().seq_len();
+            assert_eq!(
+                len,
+                prompts[s].len() + decoded[s],
+                "{extra}: sequence {s}'s cache"
+            );
+            assert!(cache.as_ref().unwrap().memory_bytes() > 0);
+        }
+    }
+}
+
+#[test]
+fn decode_step_refuses_mismatched_tokens_and_foreign_caches() {
+    let model = tiny(json!({}));
+    let mut cache = model.new_cache(1).unwrap();
+    model
+        .forward_cached(&ids(&[&[1, 2]]), cache.as_mut())
+        .unwrap();
+    let e = model
+        .decode_step(&[1, 2], &mut [cache.as_mut()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2 tokens for 1 caches"), "{e}");
 }
