@@ -361,6 +361,11 @@ fn build(gpt: &Gpt, mut config: LoraConfig) -> Result<LoraModel> {
         .into_iter()
         .map(|(n, t)| (n, t.detach()))
         .collect();
+    // MoE state is the base model's own variables: the twin's passes update them in place, and
+    // the base's `state()` (what checkpoints save) sees it.
+    for (name, var) in gpt.state_vars() {
+        views.insert(name.clone(), var.as_tensor().clone());
+    }
     // Quantized layers ask for a dense weight that `install_quantized` replaces right after.
     let stages = gpt.stages();
     let mut blocks = stages.blocks.to_vec();

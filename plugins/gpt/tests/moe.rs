@@ -1,7 +1,7 @@
 //! MoE models end to end: config errors, which blocks get experts, the aux loss and router
 //! statistics, KV-cache generation and beam search, expert choice refused for generation, save
 //! and load (state included), frozen copies, quantization and GGUF, activation checkpointing,
-//! mixed precision, and the aux-free bias.
+//! mixed precision, the aux-free bias, and bit-exact resume through the trainer's checkpoints.
 
 mod common;
 
@@ -9,9 +9,14 @@ use common::{ids, max_abs_diff, tiny};
 use llmlab_gpt::decoder::generate_uncached;
 use llmlab_gpt::model::cross_entropy;
 use llmlab_plugin_api::candle::quantized::{GgmlDType, QTensor};
-use llmlab_plugin_api::candle::{DType, Tensor};
+use llmlab_plugin_api::candle::{DType, Device, Tensor};
 use llmlab_plugin_api::serde_json::{json, Value};
-use llmlab_plugin_api::{Context, ForwardOptions, GenerateOptions, Model, Quantizer};
+use llmlab_plugin_api::{
+    Context, ForwardOptions, GenerateOptions, Model, Quantizer, Split, TokenData, TrainJob,
+    Trainer, TypedConfig,
+};
+use llmlab_train::batches::{Batch, DataCursor, WindowSampler};
+use llmlab_train::{Objective, Setup, TrainConfig, TrainLoop};
 
 const TRAIN: ForwardOptions = ForwardOptions {
     train: true,
@@ -58,11 +63,12 @@ fn batch() -> (Tensor, Tensor) {
     (ids(&x), ids(&y))
 }
 
-fn state_values(model: &dyn Model) -> Vec<(String, Vec<f32>)> {
+/// The state by name, widened to f64 (the bias and load are f32, the jitter count f64).
+fn state_values(model: &dyn Model) -> Vec<(String, Vec<f64>)> {
     model
         .state()
         .into_iter()
-        .map(|(n, t)| (n, t.to_vec1().unwrap()))
+        .map(|(n, t)| (n, t.to_dtype(DType::F64).unwrap().to_vec1().unwrap()))
         .collect()
 }
 
@@ -298,7 +304,7 @@ fn aux_free_bias_moves_against_the_load_and_is_saved_and_copied() {
     // Save and load keep weights and state.
     let dir = tempfile::tempdir().unwrap();
     model.save(dir.path()).unwrap();
-    let loaded = llmlab_gpt::checkpoint::load(dir.path(), &Context::cpu()).unwrap();
+    let loaded = llmlab_gpt::save_load::load(dir.path(), &Context::cpu()).unwrap();
     assert_eq!(state_values(&loaded), state);
     let a = model
         .forward(&x, &ForwardOptions::default())
@@ -486,4 +492,168 @@ fn loss_falls_when_training_an_moe_model() {
         losses[0],
         losses[29]
     );
+}
+
+/// A token stream the trainer draws windows from: a fixed pseudo-random walk over the tiny
+/// model's 48 ids, all of it train split.
+struct Stream(Vec<u32>);
+
+impl Stream {
+    fn new() -> Stream {
+        let mut rng = llmlab_plugin_api::rng::SplitMix64::new(5);
+        let mut id = 0u32;
+        Stream(
+            (0..4000)
+                .map(|_| {
+                    id = (id + 1 + rng.below(3) as u32) % 48;
+                    id
+                })
+                .collect(),
+        )
+    }
+}
+
+impl TokenData for Stream {
+    fn len(&self, split: Split) -> usize {
+        match split {
+            Split::Train => self.0.len(),
+            Split::Val => 0,
+        }
+    }
+    fn read(&self, _: Split, start: usize, out: &mut [u32]) -> llmlab_plugin_api::Result<()> {
+        out.copy_from_slice(&self.0[start..start + out.len()]);
+        Ok(())
+    }
+    fn vocab_size(&self) -> usize {
+        48
+    }
+}
+
+/// Random windows of a [`Stream`], as the `lm` trainer draws them.
+#[derive(Default)]
+struct Windows(Option<WindowSampler>);
+
+impl Objective for Windows {
+    fn prepare(&mut self, _: &TrainJob<'_>, setup: &Setup) -> llmlab_plugin_api::Result<()> {
+        self.0 = Some(WindowSampler::new(setup.batch_size, setup.ctx));
+        Ok(())
+    }
+    fn next_batch(
+        &mut self,
+        data: &TrainJob<'_>,
+        rng: &mut llmlab_plugin_api::rng::SplitMix64,
+        cursor: &mut DataCursor,
+        device: &Device,
+    ) -> llmlab_plugin_api::Result<Batch> {
+        let sampler = self.0.as_mut().expect("prepared");
+        sampler.next(data.tokens.expect("tokens"), rng, cursor, device)
+    }
+    fn eval_batches(
+        &mut self,
+        _: &TrainJob<'_>,
+        _: &Device,
+    ) -> llmlab_plugin_api::Result<Vec<Batch>> {
+        Ok(Vec::new())
+    }
+}
+
+fn trainer(resume: Option<&std::path::Path>) -> TrainLoop<Windows> {
+    let mut config = json!({ "steps": 8, "batch_size": 4, "ctx": 16, "lr": 1e-2, "warmup": 2,
+        "eval_every": 0, "checkpoint_every": 4, "log_every": 1, "seed": 3 });
+    if let Some(dir) = resume {
+        config["resume"] = json!(dir.to_str().unwrap());
+    }
+    TrainLoop::new(
+        "lm",
+        TrainConfig::from_json("lm", &config).unwrap(),
+        Windows::default(),
+    )
+}
+
+/// Steps `trainer` `steps` times, returning each step's loss.
+fn train_steps(
+    trainer: &mut TrainLoop<Windows>,
+    model: &dyn Model,
+    run_dir: &std::path::Path,
+    steps: usize,
+) -> Vec<f64> {
+    let data = Stream::new();
+    let ctx = Context {
+        run_dir: Some(run_dir.to_path_buf()),
+        ..Context::cpu()
+    };
+    (0..steps)
+        .map(|_| trainer.step(model, &TrainJob::tokens(&data), &ctx).unwrap()["loss"])
+        .collect()
+}
+
+fn snapshot(model: &dyn Model) -> Vec<(String, Vec<f64>)> {
+    model
+        .parameters()
+        .into_iter()
+        .map(|(n, v)| {
+            let t = v.as_tensor().flatten_all().unwrap();
+            (n, t.to_dtype(DType::F64).unwrap().to_vec1().unwrap())
+        })
+        .chain(state_values(model))
+        .collect()
+}
+
+/// Every router and balancing method: 8 steps straight, or 4 steps, a checkpoint, and 4 more
+/// in a fresh trainer with a fresh model (as a script rebuilds it) resumed from it, give the same
+/// losses, weights and routing state bit for bit: the aux-free bias, its pending load (the last
+/// pass's load, applied at the next pass) and the router jitter's position are checkpointed.
+#[test]
+fn training_resumed_from_a_checkpoint_is_bit_exact_for_every_router() {
+    for (moe_extra, extra) in [
+        (
+            json!({ "balance": "aux_free", "bias_update_rate": 0.05 }),
+            json!({}),
+        ),
+        (
+            json!({ "balance": "aux_free", "bias_update_rate": 0.05 }),
+            json!({ "checkpoint_activations": true }),
+        ),
+        (
+            json!({ "balance": "aux_free", "bias_update_rate": 0.05, "jitter": 0.1 }),
+            json!({}),
+        ),
+        (
+            json!({ "aux_loss_coef": 0.01, "z_loss_coef": 0.001, "jitter": 0.1 }),
+            json!({}),
+        ),
+        (
+            json!({ "router": "switch", "top_k": 1, "capacity_factor": 1.0, "shared_experts": 1 }),
+            json!({}),
+        ),
+        (
+            json!({ "router": "expert_choice", "balance": "none" }),
+            json!({}),
+        ),
+    ] {
+        let straight_dir = tempfile::tempdir().unwrap();
+        let straight = moe_model(moe_extra.clone(), extra.clone());
+        let expected = train_steps(&mut trainer(None), &straight, straight_dir.path(), 8);
+
+        let dir = tempfile::tempdir().unwrap();
+        let first = moe_model(moe_extra.clone(), extra.clone());
+        let mut losses = train_steps(&mut trainer(None), &first, dir.path(), 4);
+        let resumed = moe_model(moe_extra.clone(), extra.clone());
+        if moe_extra["balance"] == "aux_free" || moe_extra.get("jitter").is_some() {
+            // The state the checkpoint must carry is not the fresh model's.
+            assert_ne!(state_values(&first), state_values(&resumed), "{moe_extra}");
+        }
+        losses.extend(train_steps(
+            &mut trainer(Some(dir.path())),
+            &resumed,
+            dir.path(),
+            4,
+        ));
+        assert_eq!(losses, expected, "{moe_extra} {extra}: losses differ");
+        assert_eq!(
+            snapshot(&resumed),
+            snapshot(&straight),
+            "{moe_extra} {extra}: weights or routing state differ"
+        );
+    }
 }

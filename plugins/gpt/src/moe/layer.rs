@@ -4,12 +4,11 @@
 //!
 //! Parameter names under the block's `mlp.`: `router.weight`, `experts.{e}.c_fc.weight`, ...,
 //! `shared.{s}.c_fc.weight`, ...; state (no gradient, in checkpoints): `router.selection_bias`
-//! and `router.pending_load`. The router runs in f32 whatever the compute dtype: its softmax
-//! decides the routing, and bf16 rounding would flip near-ties between experts.
+//! and `router.pending_load`, and with `jitter` `router.jitter_draws`. The router runs in f32
+//! whatever the compute dtype: its softmax decides the routing, and bf16 rounding would flip
+//! near-ties between experts.
 
-use std::sync::{Arc, Mutex};
-
-use llmlab_plugin_api::candle::{DType, Result, Tensor, D};
+use llmlab_plugin_api::candle::{DType, Result, Tensor, Var, D};
 use llmlab_plugin_api::candle_nn::{Init, VarBuilder};
 
 use super::balance::{switch_balance, z_loss, SelectionBias};
@@ -23,7 +22,11 @@ use llmlab_nn::linear::{Linear, INIT_STD};
 use llmlab_nn::rng::Rng;
 
 /// The state tensors' names end with these (relative to the block's `mlp.`).
-pub const STATE_SUFFIXES: [&str; 2] = ["router.selection_bias", "router.pending_load"];
+pub const STATE_SUFFIXES: [&str; 3] = [
+    "router.selection_bias",
+    "router.pending_load",
+    "router.jitter_draws",
+];
 
 /// Whether parameter-store entry `name` is MoE state rather than a trainable parameter.
 pub fn is_state(name: &str) -> bool {
@@ -55,8 +58,32 @@ pub struct Moe {
     experts: Vec<Mlp>,
     shared: Vec<Mlp>,
     bias: SelectionBias,
-    jitter: Option<Arc<Mutex<Rng>>>,
+    jitter: Option<Jitter>,
     stats: StatsAccumulator,
+}
+
+/// The router noise's source. Pass `k` draws from its own stream (named by the layer and `k`),
+/// and `k`, the training passes drawn so far, is state: a resumed run draws the noise the
+/// uninterrupted run would have, and clones (the mixed-precision copy) share the count.
+#[derive(Debug, Clone)]
+struct Jitter {
+    seed: u64,
+    site: String,
+    /// `(1,)` f64: exact for any count a run reaches.
+    draws: Var,
+}
+
+impl Jitter {
+    /// The next pass's noise, `n` values uniform in `[1 - amount, 1 + amount]`.
+    fn draw(&self, n: usize, amount: f64) -> Result<Vec<f32>> {
+        let k = self.draws.as_tensor().to_vec1::<f64>()?[0];
+        let mut rng = Rng::for_name(self.seed, &format!("{}/{k}", self.site));
+        self.draws
+            .set(&Tensor::new(&[k + 1.0], self.draws.device())?)?;
+        Ok((0..n)
+            .map(|_| (1.0 - amount + 2.0 * amount * rng.uniform()) as f32)
+            .collect())
+    }
 }
 
 impl Moe {
@@ -88,10 +115,17 @@ impl Moe {
         let shared = (0..moe.shared_experts)
             .map(|i| Mlp::new(&expert_config, vb.pp("shared").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        let jitter = (moe.jitter > 0.0).then(|| {
-            let site = format!("jitter/{}", vb.prefix());
-            Arc::new(Mutex::new(Rng::for_name(config.seed.unwrap_or(0), &site)))
-        });
+        let jitter = if moe.jitter > 0.0 {
+            let draws =
+                router_vb.get_with_hints_dtype(1, "jitter_draws", Init::Const(0.0), DType::F64)?;
+            Some(Jitter {
+                seed: config.seed.unwrap_or(0),
+                site: format!("jitter/{}", vb.prefix()),
+                draws: Var::from_tensor(&draws)?,
+            })
+        } else {
+            None
+        };
         Ok(Moe {
             config: moe.clone(),
             router,
@@ -107,7 +141,7 @@ impl Moe {
         &self.config
     }
 
-    /// Draws router noise and records statistics into `other`'s (a copy rebuilt per pass).
+    /// Records statistics into `other`'s (a copy rebuilt per pass; the state is shared already).
     pub fn share_with(&mut self, other: &Moe) {
         for (mine, theirs) in self.experts.iter_mut().zip(&other.experts) {
             mine.share_dropout_with(theirs);
@@ -115,7 +149,6 @@ impl Moe {
         for (mine, theirs) in self.shared.iter_mut().zip(&other.shared) {
             mine.share_dropout_with(theirs);
         }
-        self.jitter.clone_from(&other.jitter);
         self.stats.share(&other.stats);
     }
 
@@ -158,14 +191,8 @@ impl Moe {
         let e = self.config.experts;
         let flat = x.reshape((n, d))?;
         let router_in = match &self.jitter {
-            Some(rng) if pass.train() => {
-                let j = self.config.jitter;
-                let noise: Vec<f32> = {
-                    let mut rng = rng.lock().unwrap_or_else(|p| p.into_inner());
-                    (0..n * d)
-                        .map(|_| (1.0 - j + 2.0 * j * rng.uniform()) as f32)
-                        .collect()
-                };
+            Some(jitter) if pass.train() => {
+                let noise = jitter.draw(n * d, self.config.jitter)?;
                 let noise = Tensor::from_vec(noise, (n, d), x.device())?.to_dtype(x.dtype())?;
                 (&flat * noise)?
             }
