@@ -120,7 +120,7 @@ fn mpirun(
     }
 }
 
-fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+fn with<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut all = SMALL.to_vec();
     all.extend_from_slice(extra);
     all
