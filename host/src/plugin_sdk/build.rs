@@ -368,7 +368,13 @@ fn rustc_command(
         let path = if file.starts_with("deps/") {
             release.join(format!("{file}.{}", std::env::consts::DLL_EXTENSION))
         } else {
-            release.join(file)
+            newest_rlib(release, file.trim_end_matches(".rlib")).ok_or_else(|| {
+                format!(
+                    "{name} is not built next to this host (no {file} in {}): build llmlab with \
+                     `cargo build --release --workspace`",
+                    release.display()
+                )
+            })?
         };
         if !path.is_file() {
             return Err(format!(
@@ -382,6 +388,28 @@ fn rustc_command(
             .arg(format!("{}={}", name.replace('-', "_"), path.display()));
     }
     Ok(command)
+}
+
+/// The most recently built `<stem>.rlib`: cargo copies it to `<target>/release/` only when the
+/// crate was selected (`--workspace`), and always leaves it in `deps/` as `<stem>-<hash>.rlib`;
+/// the newest is the one the last build linked against the current runtime.
+fn newest_rlib(release: &Path, stem: &str) -> Option<PathBuf> {
+    let hashed = format!("{stem}-");
+    let in_deps = std::fs::read_dir(release.join("deps"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&hashed) && n.ends_with(".rlib"))
+        });
+    std::iter::once(release.join(format!("{stem}.rlib")))
+        .chain(in_deps)
+        .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
+        .max_by_key(|(modified, _)| *modified)
+        .map(|(_, path)| path)
 }
 
 fn short_hash(path: &Path) -> String {
