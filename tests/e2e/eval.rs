@@ -9,26 +9,14 @@ use std::process::Command;
 use llmlab_e2e::*;
 
 fn quickstart(runs: &Path) -> std::path::PathBuf {
-    let output = llmlab(
+    run_script(
+        "scripts/quickstart.rhai",
         &[
-            "run",
-            "scripts/quickstart.rhai",
-            "--set",
-            "steps=12",
-            "--set",
-            "bytes=150000",
-            "--set",
-            "name=quickstart-eval",
-            "--set",
-            &format!("runs_dir={}", runs.display()),
+            ("steps", "12"),
+            ("bytes", "150000"),
+            ("name", "quickstart-eval"),
         ],
-        "",
-    );
-    assert!(
-        output.status.success(),
-        "quickstart failed:\n{}\n{}",
-        stdout(&output),
-        stderr(&output)
+        runs,
     );
     runs.join("quickstart-eval")
 }
@@ -185,39 +173,23 @@ evaluate(gpt, tok, [task]);
 #[test]
 fn code_rl_runs_at_ci_size_and_prints_its_table() {
     let runs = tempfile::tempdir().unwrap();
-    let output = llmlab(
+    let out = run_script(
+        "scripts/code_rl.rhai",
         &[
-            "run",
-            "scripts/code_rl.rhai",
-            "--set",
-            "sft_steps=3",
-            "--set",
-            "grpo_steps=1",
-            "--set",
-            "grpo_batch=2",
-            "--set",
-            "eval_n=3",
-            "--set",
-            "samples=2",
-            "--set",
-            "rest_prompts=3",
-            "--set",
-            "rest_k=2",
-            "--set",
-            "rest_steps=1",
-            "--set",
-            "sft_n=200",
-            "--set",
-            "n_layer=1",
-            "--set",
-            "d_model=32",
-            "--set",
-            &format!("runs_dir={}", runs.path().display()),
+            ("sft_steps", "3"),
+            ("grpo_steps", "1"),
+            ("grpo_batch", "2"),
+            ("eval_n", "3"),
+            ("samples", "2"),
+            ("rest_prompts", "3"),
+            ("rest_k", "2"),
+            ("rest_steps", "1"),
+            ("sft_n", "200"),
+            ("n_layer", "1"),
+            ("d_model", "32"),
         ],
-        "",
+        runs.path(),
     );
-    let (out, err) = (stdout(&output), stderr(&output));
-    assert!(output.status.success(), "{out}\n{err}");
     assert!(out.contains("| model (medium) | pass@1 |"), "{out}");
     for row in [
         "| SFT |",

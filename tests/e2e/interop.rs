@@ -14,23 +14,10 @@ fn read_json(path: &Path) -> llmlab_plugin_api::serde_json::Value {
 #[test]
 fn finetune_hf_script_fine_tunes_the_llama_fixture_and_exports_hf_and_gguf() {
     let runs = tempfile::tempdir().unwrap();
-    let output = llmlab(
-        &[
-            "run",
-            "scripts/finetune_hf.rhai",
-            "--set",
-            "steps=4",
-            "--set",
-            "name=ft-ci",
-            "--set",
-            &format!("runs_dir={}", runs.path().display()),
-        ],
-        "",
-    );
-    let (out, err) = (stdout(&output), stderr(&output));
-    assert!(
-        output.status.success(),
-        "finetune_hf.rhai failed:\n{out}\n{err}"
+    let out = run_script(
+        "scripts/finetune_hf.rhai",
+        &[("steps", "4"), ("name", "ft-ci")],
+        runs.path(),
     );
     // The prompt was rendered by the fixture's Llama-3 template.
     assert!(

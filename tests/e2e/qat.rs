@@ -7,27 +7,17 @@ use llmlab_e2e::*;
 #[test]
 fn qat_script_compares_post_training_and_quantization_aware_q4_0() {
     let runs = tempfile::tempdir().unwrap();
-    let output = llmlab(
+    let out = run_script(
+        "scripts/qat.rhai",
         &[
-            "run",
-            "scripts/qat.rhai",
-            "--set",
-            "steps=6",
-            "--set",
-            "qat_steps=4",
-            "--set",
-            "bytes=60000",
-            "--set",
-            "windows=8",
-            "--set",
-            "name=qat-ci",
-            "--set",
-            &format!("runs_dir={}", runs.path().display()),
+            ("steps", "6"),
+            ("qat_steps", "4"),
+            ("bytes", "60000"),
+            ("windows", "8"),
+            ("name", "qat-ci"),
         ],
-        "",
+        runs.path(),
     );
-    let (out, err) = (stdout(&output), stderr(&output));
-    assert!(output.status.success(), "qat.rhai failed:\n{out}\n{err}");
     for line in ["post-training q4_0: ppl", "QAT q4_0: ppl", "closer to f32"] {
         assert!(out.contains(line), "missing `{line}` in:\n{out}");
     }
@@ -52,12 +42,7 @@ fn qat_key_errors_name_the_schemes_and_runs_leave_the_model_dense() {
         print(`off: ${fake_quant(gpt) == ()}`);
     "#;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("qat_errors.rhai");
-    std::fs::write(&path, script).unwrap();
-    let runs = format!("runs_dir={}", dir.path().display());
-    let output = llmlab(&["run", path.to_str().unwrap(), "--set", &runs], "");
-    let (out, err) = (stdout(&output), stderr(&output));
-    assert!(output.status.success(), "{out}\n{err}");
+    let out = run_inline_script("qat_errors", script, &[], dir.path());
     assert!(
         out.contains("bad scheme: ")
             && out.contains("unknown scheme `q5_9`")

@@ -6,23 +6,15 @@ use llmlab_e2e::*;
 #[test]
 fn quickstart_runs_and_writes_a_complete_run_directory() {
     let runs = tempfile::tempdir().unwrap();
-    let output = llmlab(
+    let out = run_script(
+        "scripts/quickstart.rhai",
         &[
-            "run",
-            "scripts/quickstart.rhai",
-            "--set",
-            "steps=12",
-            "--set",
-            "bytes=150000",
-            "--set",
-            "name=quickstart-ci",
-            "--set",
-            &format!("runs_dir={}", runs.path().display()),
+            ("steps", "12"),
+            ("bytes", "150000"),
+            ("name", "quickstart-ci"),
         ],
-        "",
+        runs.path(),
     );
-    let (out, err) = (stdout(&output), stderr(&output));
-    assert!(output.status.success(), "quickstart failed:\n{out}\n{err}");
     assert!(out.contains("entropy floor"), "{out}");
     assert!(out.contains("above the floor"), "{out}");
 

@@ -22,7 +22,7 @@ let objective = |trial| {
 };
 "#;
 
-fn run_script(dir: &Path, name: &str, body: &str) -> (bool, String, String) {
+fn run_sweep_script(dir: &Path, name: &str, body: &str) -> (bool, String, String) {
     let path = dir.join(format!("{name}.rhai"));
     std::fs::write(&path, format!("{PREFIX}\n{body}")).unwrap();
     let runs = format!("runs_dir={}", dir.display());
@@ -43,7 +43,7 @@ fn trainer_reports_to_its_trial_and_asha_prunes_the_hopeless_one() {
     let dir = tempfile::tempdir().unwrap();
     // Grid order: lr 3e-3 first (it learns), then 1e-6 (it cannot): at the first rung (step 2)
     // the second is worse than the only other value there and ASHA stops it.
-    let (ok, out, err) = run_script(
+    let (ok, out, err) = run_sweep_script(
         dir.path(),
         "prune",
         r#"
@@ -139,7 +139,7 @@ print(`loaded ${again.trials.len()} trials, states ${again.trials[0].state} ${ag
 #[test]
 fn parallel_trials_run_in_worker_processes_each_in_its_run_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let (ok, out, err) = run_script(
+    let (ok, out, err) = run_sweep_script(
         dir.path(),
         "par",
         r#"
@@ -185,7 +185,7 @@ print(`best ${{r.best_trial}}`);
 "#
         )
     };
-    let (ok, out, err) = run_script(dir.path(), "first", &body(3));
+    let (ok, out, err) = run_sweep_script(dir.path(), "first", &body(3));
     assert!(ok, "{out}\n{err}");
     let lines = trial_lines(dir.path(), "resume");
     assert_eq!(lines.len(), 3);
@@ -198,7 +198,7 @@ print(`best ${{r.best_trial}}`);
     assert!(out.contains("trial 1 failed"), "{out}");
     let first: Vec<String> = lines.clone();
     // Same name, more trials: 0..2 are not run again, 3 and 4 are.
-    let (ok, out, err) = run_script(dir.path(), "second", &body(5));
+    let (ok, out, err) = run_sweep_script(dir.path(), "second", &body(5));
     assert!(ok, "{out}\n{err}");
     assert!(out.contains("resuming with 3 finished trials"), "{out}");
     let ran: Vec<&str> = out
@@ -218,7 +218,7 @@ print(`best ${{r.best_trial}}`);
         "finished trials are kept as they were"
     );
     // A different space under the same name is refused, naming the key.
-    let (ok, _out, err) = run_script(
+    let (ok, _out, err) = run_sweep_script(
         dir.path(),
         "third",
         r#"sweep(#{ y: uniform(0.0, 1.0) }, |t| 1.0, #{ method: "random", trials: 2, seed: 2, name: "resume", metric: "loss" });"#,
@@ -232,27 +232,15 @@ print(`best ${{r.best_trial}}`);
 #[test]
 fn sweep_lr_script_runs_at_ci_size() {
     let runs = tempfile::tempdir().unwrap();
-    let output = llmlab(
+    let out = run_script(
+        "scripts/sweep_lr.rhai",
         &[
-            "run",
-            "scripts/sweep_lr.rhai",
-            "--set",
-            "trials=3",
-            "--set",
-            "steps=8",
-            "--set",
-            "bytes=30000",
-            "--set",
-            "name=ci",
-            "--set",
-            &format!("runs_dir={}", runs.path().display()),
+            ("trials", "3"),
+            ("steps", "8"),
+            ("bytes", "30000"),
+            ("name", "ci"),
         ],
-        "",
-    );
-    let (out, err) = (stdout(&output), stderr(&output));
-    assert!(
-        output.status.success(),
-        "sweep_lr.rhai failed:\n{out}\n{err}"
+        runs.path(),
     );
     for line in [
         "random, no pruning: best val_loss",
@@ -271,7 +259,7 @@ fn a_worker_that_dies_is_a_failed_trial_and_the_sweep_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     // Trial 1's worker process ends with an error before it reaches the sweep (as a crash
     // would: no result message, a failing exit status); its neighbours are unaffected.
-    let (ok, out, err) = run_script(
+    let (ok, out, err) = run_sweep_script(
         dir.path(),
         "dies",
         r#"
