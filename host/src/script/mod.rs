@@ -20,6 +20,8 @@ mod examples;
 mod help;
 mod image;
 mod interop;
+mod labelled;
+mod labelled_files;
 mod model;
 mod qat;
 mod quant;
@@ -313,6 +315,7 @@ impl Session {
         interop::register(&mut engine);
         world::register(&mut engine);
         serve::register(&mut engine);
+        labelled::register(&mut engine, &host);
         let mut scope = Scope::new();
         scope.push_constant("SETTINGS", host.overrides.settings_map());
         Session {

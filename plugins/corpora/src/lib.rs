@@ -7,15 +7,20 @@
 //!   prompt/answer tasks with exact checkers, well-formedness for rewards and preference pairs;
 //! - [`chat`]: `corpus("chat", #{ n, turns, digits, seed })`, multi-turn conversations of task
 //!   questions as `messages` JSON, for chat SFT;
+//! - [`glue`]: `corpus("glue", #{ task, n, val, seed })`, a GLUE-style suite (sentiment,
+//!   acceptability, entailment, paraphrase, similarity) with exact labels ([`glue_component`]);
 //! - [`components`]: the factories and the `Corpus` objects they make.
 
 pub mod chat;
 pub mod components;
+pub mod glue;
+pub mod glue_component;
 pub mod stories;
 pub mod tasks;
 
 llmlab_plugin_api::submit_component!(components::StoriesFactory);
 llmlab_plugin_api::submit_component!(components::ChatFactory);
+llmlab_plugin_api::submit_component!(glue_component::GlueFactory);
 llmlab_plugin_api::submit_component!(components::TaskFactory(tasks::TaskKind::Arithmetic));
 llmlab_plugin_api::submit_component!(components::TaskFactory(tasks::TaskKind::Sort));
 llmlab_plugin_api::submit_component!(components::TaskFactory(tasks::TaskKind::Copy));

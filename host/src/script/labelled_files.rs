@@ -1,0 +1,392 @@
+//! Labelled texts from a user's files (`labelled(#{ train, val, .. })`): JSONL records or
+//! CSV/TSV rows with a header, with columns `text`, `text_pair` and `label` (other names by
+//! option, so GLUE's own TSV files load: `text: "sentence"`). Class names come from `labels`
+//! or are the distinct labels of the train file (numerically sorted when they are integers);
+//! a label outside them, a single sentence in a pair task (or a pair in a single-sentence
+//! task), a missing column, or a score that is not a number is an error naming the file and
+//! line. CSV fields may be double-quoted (`""` inside); TSV fields are taken verbatim (GLUE's
+//! files do not quote).
+
+use std::path::{Path, PathBuf};
+
+use llmlab_plugin_api::serde_json::Value;
+use llmlab_plugin_api::{Label, LabelledSource, LabelledText, Split};
+
+/// Which columns hold what, and what the task is.
+#[derive(Debug, Clone)]
+pub struct FileOptions {
+    pub train: PathBuf,
+    pub val: Option<PathBuf>,
+    /// Fraction of train held out when there is no val file.
+    pub val_fraction: f64,
+    pub text: String,
+    pub text_pair: String,
+    pub label: String,
+    /// Class names in index order; `None`: the train file's labels.
+    pub labels: Option<Vec<String>>,
+    pub regression: bool,
+    pub metric: Option<String>,
+}
+
+impl FileOptions {
+    pub fn new(train: PathBuf) -> FileOptions {
+        FileOptions {
+            train,
+            val: None,
+            val_fraction: 0.1,
+            text: "text".into(),
+            text_pair: "text_pair".into(),
+            label: "label".into(),
+            labels: None,
+            regression: false,
+            metric: None,
+        }
+    }
+}
+
+/// One row as read: text, optional pair, label as written; `line` for messages.
+struct Row {
+    line: usize,
+    text: String,
+    pair: Option<String>,
+    label: String,
+}
+
+/// One CSV line's fields (RFC 4180 quoting, one line per record).
+fn csv_fields(line: &str, delimiter: char) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            '"' if quoted => quoted = false,
+            '"' if field.is_empty() => quoted = true,
+            c if c == delimiter && !quoted => fields.push(std::mem::take(&mut field)),
+            c => field.push(c),
+        }
+    }
+    fields.push(field);
+    fields
+}
+
+fn read_rows(path: &Path, o: &FileOptions) -> Result<Vec<Row>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let at = |line: usize| format!("{}:{line}", path.display());
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let mut rows = Vec::new();
+    match extension {
+        "csv" | "tsv" => {
+            let delimiter = if extension == "tsv" { '\t' } else { ',' };
+            let split = |line: &str| -> Vec<String> {
+                if delimiter == '\t' {
+                    line.split('\t').map(String::from).collect()
+                } else {
+                    csv_fields(line, delimiter)
+                }
+            };
+            let mut lines = text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty());
+            let (_, header) = lines
+                .next()
+                .ok_or_else(|| format!("{}: empty file", path.display()))?;
+            let header = split(header.trim_end_matches('\r'));
+            let column = |name: &str| header.iter().position(|h| h == name);
+            let text_col = column(&o.text).ok_or_else(|| {
+                format!(
+                    "{}: no `{}` column (the header has {})",
+                    at(1),
+                    o.text,
+                    header.join(", ")
+                )
+            })?;
+            let label_col = column(&o.label).ok_or_else(|| {
+                format!(
+                    "{}: no `{}` column (the header has {})",
+                    at(1),
+                    o.label,
+                    header.join(", ")
+                )
+            })?;
+            let pair_col = column(&o.text_pair);
+            for (i, line) in lines {
+                let fields = split(line.trim_end_matches('\r'));
+                let get = |c: usize, name: &str| {
+                    fields.get(c).cloned().ok_or_else(|| {
+                        format!(
+                            "{}: {} fields, no `{name}` (column {})",
+                            at(i + 1),
+                            fields.len(),
+                            c + 1
+                        )
+                    })
+                };
+                rows.push(Row {
+                    line: i + 1,
+                    text: get(text_col, &o.text)?,
+                    pair: pair_col
+                        .map(|c| get(c, &o.text_pair))
+                        .transpose()?
+                        .filter(|p| !p.is_empty()),
+                    label: get(label_col, &o.label)?,
+                });
+            }
+        }
+        _ => {
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let record: Value = llmlab_plugin_api::serde_json::from_str(line)
+                    .map_err(|e| format!("{}: not JSON: {e}", at(i + 1)))?;
+                let string = |key: &str| match record.get(key) {
+                    Some(Value::String(s)) => Ok(Some(s.clone())),
+                    None | Some(Value::Null) => Ok(None),
+                    Some(other) => Err(format!(
+                        "{}: `{key}` must be a string, not {other}",
+                        at(i + 1)
+                    )),
+                };
+                let label = match record.get(&o.label) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Number(n)) => n.to_string(),
+                    Some(Value::Bool(b)) => b.to_string(),
+                    _ => {
+                        return Err(format!(
+                            "{}: no `{}` (a string or number)",
+                            at(i + 1),
+                            o.label
+                        ))
+                    }
+                };
+                rows.push(Row {
+                    line: i + 1,
+                    text: string(&o.text)?
+                        .ok_or_else(|| format!("{}: no `{}` (a string)", at(i + 1), o.text))?,
+                    pair: string(&o.text_pair)?,
+                    label,
+                });
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Err(format!("{}: no rows", path.display()));
+    }
+    Ok(rows)
+}
+
+/// A labelled data set read from files.
+pub struct FileLabelled {
+    name: String,
+    train: Vec<LabelledText>,
+    val: Vec<LabelledText>,
+    labels: Vec<String>,
+    pair: bool,
+    metric: String,
+}
+
+fn class_names(rows: &[Row]) -> Vec<String> {
+    let mut names: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
+    names.sort();
+    names.dedup();
+    if names.iter().all(|n| n.parse::<i64>().is_ok()) {
+        names.sort_by_key(|n| n.parse::<i64>().unwrap_or(0));
+    }
+    names
+}
+
+fn convert(
+    rows: Vec<Row>,
+    path: &Path,
+    labels: &[String],
+    pair: bool,
+    regression: bool,
+) -> Result<Vec<LabelledText>, String> {
+    rows.into_iter()
+        .map(|row| {
+            let at = format!("{}:{}", path.display(), row.line);
+            if pair && row.pair.is_none() {
+                return Err(format!(
+                    "{at}: the task has sentence pairs (text_pair), this row has a single sentence"
+                ));
+            }
+            if !pair && row.pair.is_some() {
+                return Err(format!(
+                    "{at}: a sentence pair in a single-sentence task (the first train row has no text_pair)"
+                ));
+            }
+            let label = if regression {
+                Label::Score(row.label.trim().parse::<f64>().map_err(|_| {
+                    format!("{at}: label {:?} is not a number (a regression task)", row.label)
+                })?)
+            } else {
+                Label::Class(labels.iter().position(|l| *l == row.label).ok_or_else(|| {
+                    format!(
+                        "{at}: unknown label {:?}; the labels are {} (from {})",
+                        row.label,
+                        labels.join(", "),
+                        "the train file, or the `labels` option"
+                    )
+                })?)
+            };
+            Ok(LabelledText { text: row.text, text_pair: row.pair, label })
+        })
+        .collect()
+}
+
+impl FileLabelled {
+    pub fn load(o: &FileOptions) -> Result<FileLabelled, String> {
+        let train_rows = read_rows(&o.train, o)?;
+        let pair = train_rows[0].pair.is_some();
+        let labels = match (&o.labels, o.regression) {
+            (_, true) => Vec::new(),
+            (Some(names), false) => names.clone(),
+            (None, false) => class_names(&train_rows),
+        };
+        if !o.regression && labels.len() < 2 {
+            return Err(format!(
+                "{}: a classification task needs at least 2 labels, the train file has {labels:?} \
+                 (regression: true for scores)",
+                o.train.display()
+            ));
+        }
+        let mut train = convert(train_rows, &o.train, &labels, pair, o.regression)?;
+        let val = match &o.val {
+            Some(path) => convert(read_rows(path, o)?, path, &labels, pair, o.regression)?,
+            None => {
+                let held =
+                    ((train.len() as f64 * o.val_fraction).round() as usize).min(train.len() - 1);
+                train.split_off(train.len() - held)
+            }
+        };
+        let metric = o
+            .metric
+            .clone()
+            .unwrap_or_else(|| if o.regression { "pearson" } else { "accuracy" }.to_string());
+        Ok(FileLabelled {
+            name: o.train.display().to_string(),
+            train,
+            val,
+            labels,
+            pair,
+            metric,
+        })
+    }
+
+    fn split(&self, split: Split) -> &[LabelledText] {
+        match split {
+            Split::Train => &self.train,
+            Split::Val => &self.val,
+        }
+    }
+}
+
+impl LabelledSource for FileLabelled {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn len(&self, split: Split) -> usize {
+        self.split(split).len()
+    }
+    fn get(&self, split: Split, index: usize) -> LabelledText {
+        self.split(split)[index].clone()
+    }
+    fn label_names(&self) -> Vec<String> {
+        self.labels.clone()
+    }
+    fn is_pair(&self) -> bool {
+        self.pair
+    }
+    fn metric(&self) -> String {
+        self.metric.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn jsonl_csv_and_tsv_load_with_their_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let train = write(
+            dir.path(),
+            "t.jsonl",
+            "{\"text\": \"good\", \"label\": \"pos\"}\n{\"text\": \"bad\", \"label\": \"neg\"}\n",
+        );
+        let val = write(
+            dir.path(),
+            "v.csv",
+            "label,text\npos,\"very, \"\"very\"\" good\"\n",
+        );
+        let mut o = FileOptions::new(train);
+        o.val = Some(val);
+        let data = FileLabelled::load(&o).unwrap();
+        assert_eq!(data.label_names(), vec!["neg", "pos"]);
+        assert_eq!(data.get(Split::Train, 1).label, Label::Class(0));
+        assert_eq!(data.get(Split::Val, 0).text, "very, \"very\" good");
+        let tsv = write(
+            dir.path(),
+            "sts.tsv",
+            "sentence1\tsentence2\tscore\na b\tc d\t3.8\ne\tf\t1\n",
+        );
+        let mut o = FileOptions::new(tsv);
+        o.text = "sentence1".into();
+        o.text_pair = "sentence2".into();
+        o.label = "score".into();
+        o.regression = true;
+        o.val_fraction = 0.5;
+        let data = FileLabelled::load(&o).unwrap();
+        assert!(data.is_pair());
+        assert_eq!(data.get(Split::Train, 0).label, Label::Score(3.8));
+        assert_eq!((data.len(Split::Train), data.len(Split::Val)), (1, 1));
+    }
+
+    #[test]
+    fn bad_rows_name_the_file_line_and_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let train = write(
+            dir.path(),
+            "t.jsonl",
+            "{\"text\": \"a\", \"label\": \"yes\"}\n{\"text\": \"b\", \"label\": \"no\"}\n",
+        );
+        let val = write(
+            dir.path(),
+            "v.jsonl",
+            "{\"text\": \"c\", \"label\": \"no\"}\n{\"text\": \"d\", \"label\": \"maybe\"}\n",
+        );
+        let mut o = FileOptions::new(train.clone());
+        o.val = Some(val.clone());
+        let err = FileLabelled::load(&o).err().unwrap();
+        assert!(
+            err.contains("v.jsonl:2")
+                && err.contains("unknown label \"maybe\"")
+                && err.contains("no, yes"),
+            "{err}"
+        );
+        let pairs = write(dir.path(), "p.jsonl", "{\"text\": \"a\", \"text_pair\": \"b\", \"label\": 1}\n{\"text\": \"c\", \"label\": 0}\n");
+        let err = FileLabelled::load(&FileOptions::new(pairs)).err().unwrap();
+        assert!(
+            err.contains("p.jsonl:2") && err.contains("single sentence"),
+            "{err}"
+        );
+        let csv = write(dir.path(), "x.csv", "sentence,label\nhi,1\n");
+        let err = FileLabelled::load(&FileOptions::new(csv)).err().unwrap();
+        assert!(
+            err.contains("no `text` column") && err.contains("sentence, label"),
+            "{err}"
+        );
+    }
+}
