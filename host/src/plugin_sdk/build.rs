@@ -290,9 +290,11 @@ fn check_buildable(dir: &Path, manifest: &Manifest) -> Result<(), String> {
         ));
     }
     for (table, name) in &manifest.dependencies {
-        let known = LLMLAB_CRATES.iter().any(|(crate_name, _, dev)| {
-            crate_name == name && (!dev || table == "dev-dependencies")
-        });
+        // No build script runs, so nothing may be a build-dependency.
+        let known = table != "build-dependencies"
+            && LLMLAB_CRATES.iter().any(|(crate_name, _, dev)| {
+                crate_name == name && (!dev || table == "dev-dependencies")
+            });
         if !known {
             let allowed: Vec<&str> = LLMLAB_CRATES
                 .iter()
