@@ -1,6 +1,9 @@
 //! `corpus(examples)`: prompt/answer examples built in a script (an array of
 //! `#{ prompt, answer }` maps) as a corpus, for SFT on data a script selected, such as the
-//! samples a ReST loop kept (scripts/code_rl.rhai). It has no checker.
+//! samples a ReST loop kept (scripts/code_rl.rhai). It has no checker. `corpus_mix` (in
+//! [`mixture`]) mixes task corpora with prefixes and rates for multitask training.
+
+mod mixture;
 
 use std::sync::Arc;
 
@@ -91,4 +94,5 @@ fn examples_corpus(examples: Array) -> ScriptResult<CorpusHandle> {
 
 pub fn register(engine: &mut Engine) {
     engine.register_fn("corpus", examples_corpus);
+    engine.register_fn("corpus_mix", mixture::corpus_mix);
 }

@@ -1,5 +1,5 @@
 //! The trainer's script surface: `trainer("lm", #{..}).fit(model, ds)` and `tr.step(model, ds)`,
-//! `trainer("sft", #{..}).fit(model, tasks, tok)`. Each run writes into the session's run
+//! `trainer("sft", #{..}).fit(model, tasks, tok)`, `trainer("span", #{..}).fit(model, ds, tok)`. Each run writes into the session's run
 //! directory: resolved configs, `metrics.jsonl`, `loss.png` / `lr.png`, checkpoints.
 
 use std::sync::Arc;
@@ -102,6 +102,28 @@ pub fn register(engine: &mut Engine, host: &Arc<Host>) {
             })?;
             let run = h.run_dir().map_err(script_error)?;
             println!("{}", summary(&metrics, None, &run.path));
+            Ok(metrics_map(&metrics))
+        },
+    );
+    // A token dataset with its tokenizer: trainers that need token ids by name (`span`'s
+    // sentinels `<extra_id_N>`).
+    let h = host.clone();
+    engine.register_fn(
+        "fit",
+        move |tr: &mut TrainerHandle,
+              model: ModelHandle,
+              ds: DatasetHandle,
+              tok: TokenizerHandle|
+              -> ScriptResult<Map> {
+            let floor = ds.data().entropy_floor_nats_per_token();
+            let tokenizer = tok.read();
+            // TrainJob is #[non_exhaustive]: built with its constructor.
+            let job = TrainJob::tokens(ds.data()).with_tokenizer(tokenizer.as_ref());
+            let metrics = in_run(&h, tr, &model, floor, |t, ctx| {
+                t.fit(model.0.as_ref(), &job, ctx)
+            })?;
+            let run = h.run_dir().map_err(script_error)?;
+            println!("{}", summary(&metrics, floor, &run.path));
             Ok(metrics_map(&metrics))
         },
     );
