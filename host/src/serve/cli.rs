@@ -27,6 +27,9 @@ pub struct ServerArgs {
     /// The model id `/v1/models` lists (default: the model's directory or file name).
     #[arg(long, value_name = "NAME")]
     pub model_name: Option<String>,
+    /// A pause before every decoding step, for tests and demonstrations (hidden).
+    #[arg(long, default_value_t = 0, value_name = "MS", hide = true)]
+    pub step_delay_ms: u64,
 }
 
 impl ServerArgs {
@@ -35,6 +38,7 @@ impl ServerArgs {
             max_body_bytes: self.max_body_bytes,
             max_batch: self.max_batch,
             queue_capacity: self.queue,
+            step_delay: std::time::Duration::from_millis(self.step_delay_ms),
             ..Limits::default()
         }
     }

@@ -17,6 +17,9 @@ pub struct Limits {
     pub max_sequences_per_request: usize,
     /// `max_tokens` when the request gives none (OpenAI's completions default is 16).
     pub default_max_tokens: usize,
+    /// A pause before every decoding step (none by default): holds a batch long enough to
+    /// watch it, so the overload test can fill the queue while a request is surely running.
+    pub step_delay: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -27,6 +30,7 @@ impl Default for Limits {
             queue_capacity: 256,
             max_sequences_per_request: 16,
             default_max_tokens: 16,
+            step_delay: std::time::Duration::ZERO,
         }
     }
 }

@@ -65,6 +65,23 @@ fn install() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
+/// Every serving counter and gauge at its starting value, so a scrape lists them all from the
+/// start (a gauge that is set only after its first timed window would otherwise be missing
+/// from short runs; a dashboard wants 0, not "no data").
+pub fn register_serving() {
+    for name in [GENERATED_TOKENS, PROMPT_TOKENS, CANCELLED] {
+        counter!(name).increment(0);
+    }
+    for name in [
+        TOKENS_PER_SECOND,
+        QUEUE_LENGTH,
+        RUNNING_BATCH,
+        KV_CACHE_BYTES,
+    ] {
+        gauge!(name).set(0.0);
+    }
+}
+
 /// The text exposition of every metric.
 pub fn render() -> Result<String, String> {
     let handle = handle()?;

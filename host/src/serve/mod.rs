@@ -73,6 +73,7 @@ impl Server {
             return Err("serve: max_batch and queue must be at least 1".into());
         }
         metrics::handle()?;
+        metrics::register_serving();
         let queue = Arc::new(Queue::new(options.limits.queue_capacity));
         let app = Arc::new(App {
             model: model.clone(),
@@ -89,6 +90,7 @@ impl Server {
             model,
             queue: queue.clone(),
             max_batch: options.limits.max_batch,
+            step_delay: options.limits.step_delay,
         };
         let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();

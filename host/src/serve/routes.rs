@@ -24,7 +24,7 @@ use super::generation::{Endpoint, Generation, Update};
 use super::limits::{Decoding, Limits, RawDecoding};
 use super::metrics;
 use super::openai::{
-    chat_logprobs, completion_logprobs, models_list, ChatRequest, CompletionRequest,
+    chat_logprobs, completion_logprobs, models_list, ChatRequest, CompletionRequest, StreamOptions,
 };
 use super::playground::PLAYGROUND_HTML;
 use super::scheduler::Queue;
@@ -243,22 +243,9 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejec
             prompts.len(),
         )?;
         let ids = encode_prompts(&app, &prompts, &decoding, "prompt")?;
-        let generation = Generation::start(
-            Endpoint::Completions,
-            ids,
-            &decoding,
-            stop_tokens(&app, Endpoint::Completions),
-            &app.queue,
-            app.tokenizer.clone(),
-        )?;
-        let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
-        Ok(respond(
-            app.clone(),
-            generation,
-            request.stream == Some(true),
-            include_usage,
-        )
-        .await)
+        let stop = stop_tokens(&app, Endpoint::Completions);
+        let delivery = Delivery::of(request.stream, request.stream_options);
+        start_and_respond(&app, Endpoint::Completions, ids, &decoding, stop, delivery).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -321,40 +308,57 @@ async fn chat_completions(
         } else {
             encode_prompts(&app, &[prompt], &decoding, "messages")?
         };
-        let generation = Generation::start(
-            Endpoint::Chat,
-            ids,
-            &decoding,
-            stop,
-            &app.queue,
-            app.tokenizer.clone(),
-        )?;
-        let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
-        Ok(respond(
-            app.clone(),
-            generation,
-            request.stream == Some(true),
-            include_usage,
-        )
-        .await)
+        let delivery = Delivery::of(request.stream, request.stream_options);
+        start_and_respond(&app, Endpoint::Chat, ids, &decoding, stop, delivery).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// The whole response as JSON, or the stream of chunks.
-async fn respond(
-    app: Arc<App>,
-    generation: Generation,
+/// How a generation's answer goes back: one JSON body, or a stream of chunks (with a usage
+/// chunk last when asked).
+struct Delivery {
     stream: bool,
     include_usage: bool,
-) -> Response {
-    if stream {
-        return stream_response(app, generation, include_usage);
+}
+
+impl Delivery {
+    fn of(stream: Option<bool>, options: Option<StreamOptions>) -> Delivery {
+        Delivery {
+            stream: stream == Some(true),
+            include_usage: options.is_some_and(|o| o.include_usage),
+        }
     }
-    match collect(&app, generation).await {
+}
+
+/// Both generation endpoints' tail: queues the request's sequences (429/503 when they cannot
+/// be), then answers with the whole response as JSON or the stream of chunks.
+async fn start_and_respond(
+    app: &Arc<App>,
+    endpoint: Endpoint,
+    ids: Vec<Vec<u32>>,
+    decoding: &Decoding,
+    stop_tokens: Vec<u32>,
+    delivery: Delivery,
+) -> Result<Response, ApiError> {
+    let generation = Generation::start(
+        endpoint,
+        ids,
+        decoding,
+        stop_tokens,
+        &app.queue,
+        app.tokenizer.clone(),
+    )?;
+    if delivery.stream {
+        return Ok(stream_response(
+            app.clone(),
+            generation,
+            delivery.include_usage,
+        ));
+    }
+    Ok(match collect(app, generation).await {
         Ok(body) => Json(body).into_response(),
         Err(error) => error.into_response(),
-    }
+    })
 }
 
 async fn collect(app: &App, mut generation: Generation) -> Result<Value, ApiError> {

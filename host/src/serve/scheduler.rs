@@ -199,6 +199,8 @@ pub struct Scheduler {
     pub model: Arc<dyn Model>,
     pub queue: Arc<Queue>,
     pub max_batch: usize,
+    /// [`super::Limits::step_delay`].
+    pub step_delay: Duration,
     /// For caches that do not report their size: bytes per cached token from the model's
     /// config ([`kv_bytes_per_token`]).
     pub kv_bytes_per_token: usize,
@@ -262,6 +264,9 @@ impl Scheduler {
                 continue;
             }
             let n = running.len();
+            if !self.step_delay.is_zero() {
+                std::thread::sleep(self.step_delay);
+            }
             self.step(&mut running);
             throughput.add(n);
             self.report(&running);
