@@ -12,7 +12,7 @@
 //! evaluations without improvement, and at the end the weights of the best evaluation are put
 //! back.
 
-use llmlab_plugin_api::candle::{DType, Device, Tensor, D};
+use llmlab_plugin_api::candle::{DType, Device, Tensor};
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::prelude::*;
 use llmlab_plugin_api::rng::SplitMix64;
@@ -567,16 +567,22 @@ impl Trainer for ClassifyTrainer {
         job: &TrainJob<'_>,
         ctx: &Context,
     ) -> Result<StepMetrics> {
-        if self.inner.steps_done() == 0 {
-            self.ensure_head(model, job)?;
+        self.ensure_head(model, job)?;
+        match self.own_head.clone() {
+            Some(head) => self
+                .inner
+                .step(&LastTokenHead { base: model, head }, job, ctx),
+            None => self.inner.step(model, job, ctx),
         }
-        self.inner.step(model, job, ctx)
     }
     fn fit(&mut self, model: &dyn Model, job: &TrainJob<'_>, ctx: &Context) -> Result<StepMetrics> {
-        if self.inner.steps_done() == 0 {
-            self.ensure_head(model, job)?;
+        self.ensure_head(model, job)?;
+        match self.own_head.clone() {
+            Some(head) => self
+                .inner
+                .fit(&LastTokenHead { base: model, head }, job, ctx),
+            None => self.inner.fit(model, job, ctx),
         }
-        self.inner.fit(model, job, ctx)
     }
     fn steps_done(&self) -> u64 {
         self.inner.steps_done()
