@@ -1,42 +1,26 @@
 //! Mixture of Experts through the real binary and plugins: `scripts/moe_stories.rhai` at CI size
 //! prints its tables, writes the router metrics into `metrics.jsonl` and draws `experts.png`;
 //! `m.router_stats(ids)` answers from Rhai; a run with the aux-free bias resumes bit-exactly
-//! (the bias is state saved in the checkpoint).
+//! (the bias and its pending load are state saved in the checkpoint).
 
 use llmlab_e2e::*;
 
 #[test]
 fn moe_stories_script_prints_both_tables_and_draws_expert_load() {
     let runs = tempfile::tempdir().unwrap();
-    let output = llmlab(
+    let out = run_script(
+        "scripts/moe_stories.rhai",
         &[
-            "run",
-            "scripts/moe_stories.rhai",
-            "--set",
-            "steps=4",
-            "--set",
-            "bytes=50000",
-            "--set",
-            "d_model=32",
-            "--set",
-            "ctx=32",
-            "--set",
-            "batch_size=4",
-            "--set",
-            "experts=4",
-            "--set",
-            "vocab_size=300",
-            "--set",
-            "name=moe-ci",
-            "--set",
-            &format!("runs_dir={}", runs.path().display()),
+            ("steps", "4"),
+            ("bytes", "50000"),
+            ("d_model", "32"),
+            ("ctx", "32"),
+            ("batch_size", "4"),
+            ("experts", "4"),
+            ("vocab_size", "300"),
+            ("name", "moe-ci"),
         ],
-        "",
-    );
-    let (out, err) = (stdout(&output), stderr(&output));
-    assert!(
-        output.status.success(),
-        "moe_stories.rhai failed:\n{out}\n{err}"
+        runs.path(),
     );
     for line in [
         "| dense (= active) |",
@@ -64,6 +48,9 @@ fn moe_stories_script_prints_both_tables_and_draws_expert_load() {
     assert_eq!(&png[1..4], b"PNG");
 }
 
+/// Trains `steps` (8) steps with the aux-free bias; with `stop_after` it stops there, step by
+/// step, under the same 8-step schedule (a run of fewer `steps` would decay the learning rate
+/// sooner, and could never match); with `from` it resumes that run's checkpoint.
 const RESUME_SCRIPT: &str = r#"
 let data = corpus("stories", #{ bytes: 30000, seed: 7 });
 let tok = tokenizer("bpe", #{ vocab_size: 300 });
@@ -71,37 +58,36 @@ tok.train(data);
 let ds = tok.encode(data, #{ val_fraction: 0.1, out: run_dir() + "/data" });
 let m = model("gpt", #{ vocab_size: tok.vocab_size(), n_layer: 2, n_head: 2, d_model: 32,
     ctx: 16, seed: 1, moe: #{ experts: 4, top_k: 2, balance: "aux_free", bias_update_rate: 0.05 } });
-let cfg = #{ steps: setting("steps", 8), batch_size: 4, lr: 1e-2, warmup: 0, eval_every: 0,
+let cfg = #{ steps: 8, batch_size: 4, lr: 1e-2, warmup: 0, eval_every: 0,
     checkpoint_every: 4, log_every: 1, seed: 3 };
 let from = setting("from", "");
 if from != "" { cfg.resume = from; }
-let r = trainer("lm", cfg).fit(m, ds);
-print(`final loss ${r.loss}`);
-let s = m.router_stats([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]]);
-print(`loads ${s.layers[0].load} ${s.layers[1].load}`);
+let tr = trainer("lm", cfg);
+let stop_after = setting("stop_after", 0);
+if stop_after > 0 {
+    for i in 0..stop_after { tr.step(m, ds); }
+    print(`stopped at ${tr.steps_done()}`);
+} else {
+    let r = tr.fit(m, ds);
+    print(`final loss ${r.loss}`);
+    let s = m.router_stats([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]]);
+    print(`loads ${s.layers[0].load} ${s.layers[1].load}`);
+}
 try { model("gpt", #{ vocab_size: 16, moe: #{ router: "switch" } }); }
 catch (e) { print(`refused: ${e}`); }
 "#;
 
 #[test]
-#[ignore = "MoE resume is not bit-exact yet (first full run: resumed final loss 4.857 vs 4.662 straight); issue 17 stays open"]
 fn aux_free_moe_run_resumes_bit_exactly_and_router_stats_answer_from_rhai() {
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("moe_resume.rhai");
-    std::fs::write(&script, RESUME_SCRIPT).unwrap();
-    let runs = format!("runs_dir={}", dir.path().display());
-    let run = |args: &[&str]| {
-        let mut all = vec!["run", script.to_str().unwrap(), "--set", runs.as_str()];
-        all.extend_from_slice(args);
-        let output = llmlab(&all, "");
-        let (out, err) = (stdout(&output), stderr(&output));
-        assert!(output.status.success(), "{out}\n{err}");
-        out
+    let run = |settings: &[(&str, &str)]| {
+        run_inline_script("moe_resume", RESUME_SCRIPT, settings, dir.path())
     };
-    let straight = run(&["--set", "name=straight"]);
-    run(&["--set", "name=half", "--set", "steps=4"]);
-    let from = format!("from={}", dir.path().join("half").display());
-    let resumed = run(&["--set", "name=resumed", "--set", &from]);
+    let straight = run(&[("name", "straight")]);
+    let half = run(&[("name", "half"), ("stop_after", "4")]);
+    assert!(half.contains("stopped at 4"), "{half}");
+    let from = dir.path().join("half").display().to_string();
+    let resumed = run(&[("name", "resumed"), ("from", &from)]);
     let tail = |out: &str| -> Vec<String> {
         out.lines()
             .filter(|l| l.starts_with("final loss ") || l.starts_with("loads "))
