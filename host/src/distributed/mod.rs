@@ -7,7 +7,7 @@
 //! time). A build without it still runs alone, and refuses to run as one of several ranks,
 //! saying how to enable it, rather than train N unrelated copies into one run directory.
 
-#[cfg(feature = "mpi")]
+#[cfg(mpi_backend)]
 mod mpi_world;
 
 use std::path::PathBuf;
@@ -20,7 +20,7 @@ pub const HOW_TO_ENABLE: &str = "install Open MPI (apt-get install openmpi-bin l
     libclang-dev) and build with `cargo build --release --workspace --features llmlab/mpi`";
 
 /// Whether this binary was built with the MPI backend.
-pub const MPI_BUILT: bool = cfg!(feature = "mpi");
+pub const MPI_BUILT: bool = cfg!(mpi_backend);
 
 /// The environment variables launchers set to the world size: Open MPI, PMIx, MPICH/Slurm PMI.
 const SIZE_VARS: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE"];
@@ -49,7 +49,7 @@ pub fn launcher_size() -> Option<(String, usize)> {
 
 /// Keeps MPI initialised for the life of the process (finalised when dropped).
 pub struct Launch {
-    #[cfg(feature = "mpi")]
+    #[cfg(mpi_backend)]
     _universe: Option<mpi_world::Universe>,
 }
 
@@ -64,7 +64,7 @@ impl Launch {
                 world.rank(),
                 world.size()
             );
-            #[cfg(feature = "mpi")]
+            #[cfg(mpi_backend)]
             mpi_world::abort(code);
         }
         let _ = code;
@@ -75,11 +75,11 @@ impl Launch {
 pub fn init() -> Result<Launch, String> {
     let Some((var, size)) = launcher_size().filter(|(_, size)| *size > 1) else {
         return Ok(Launch {
-            #[cfg(feature = "mpi")]
+            #[cfg(mpi_backend)]
             _universe: None,
         });
     };
-    #[cfg(feature = "mpi")]
+    #[cfg(mpi_backend)]
     {
         let _ = (var, size);
         let (universe, world) = mpi_world::MpiWorld::init(collective_timeout()?)?;
@@ -88,7 +88,7 @@ pub fn init() -> Result<Launch, String> {
             _universe: Some(universe),
         })
     }
-    #[cfg(not(feature = "mpi"))]
+    #[cfg(not(mpi_backend))]
     Err(format!(
         "llmlab was started by an MPI launcher as one of {size} ranks ({var}={size}), but this \
          build has no MPI backend: {HOW_TO_ENABLE}"
