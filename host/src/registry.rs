@@ -161,7 +161,7 @@ impl Registry {
             path: plugin.path.clone(),
         };
         for registration in &plugin.registrations {
-            self.add_registration(*registration, provider.clone());
+            self.add_registration(registration, provider.clone());
         }
         self.plugins.push(plugin);
     }

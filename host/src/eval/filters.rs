@@ -114,7 +114,7 @@ mod tests {
     fn regex_first_number_and_majority_vote() {
         let regex = Filter::compile("t", &FilterSpec::Regex(r"answer is (\d+)".into())).unwrap();
         assert_eq!(
-            filter_sample(&[regex.clone()], "so the answer is 42."),
+            filter_sample(std::slice::from_ref(&regex), "so the answer is 42."),
             "42"
         );
         assert_eq!(filter_sample(&[regex], "no idea"), "");

@@ -120,7 +120,7 @@ fn pruned(model: &ModelHandle, options: Map) -> ScriptResult<ModelHandle> {
              masks (unstructured, N:M) are applied in place by prune(m, ..)",
         ));
     }
-    prune(&mut copy, options)?;
+    let _report = prune(&mut copy, options)?;
     Ok(copy)
 }
 

@@ -138,7 +138,7 @@ pub fn run_level(addr: SocketAddr, concurrency: usize, options: &LoadOptions) ->
 pub fn parse_levels(text: &str) -> Result<Vec<usize>, String> {
     text.split(',')
         .map(|s| match s.trim().parse::<usize>() {
-            Ok(n) if n >= 1 && n <= 1024 => Ok(n),
+            Ok(n) if (1..=1024).contains(&n) => Ok(n),
             _ => Err(format!(
                 "--concurrency: `{s}` is not a whole number from 1 to 1024 (e.g. 1,4,16,64)"
             )),

@@ -280,13 +280,16 @@ pub fn tokenizer_beside(model: &Path) -> Option<std::path::PathBuf> {
     .find(|p| p.is_file())
 }
 
+/// A served model and its tokenizer.
+pub type ServedModel = (Arc<dyn Model>, Arc<dyn Tokenizer>);
+
 /// The model at `model` (a saved directory or a GGUF file) and its tokenizer (`tokenizer`, or
 /// the one saved beside the model), loaded by whichever plugins accept them.
 pub fn load(
     host: &crate::script::Host,
     model: &Path,
     tokenizer: Option<&Path>,
-) -> Result<(Arc<dyn Model>, Arc<dyn Tokenizer>), String> {
+) -> Result<ServedModel, String> {
     use llmlab_plugin_api::{Instance, Kind};
     if !model.exists() {
         return Err(format!(

@@ -181,7 +181,7 @@ impl TypedConfig for BertConfig {
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{key} must be at least 1"));
         }
-        if self.d_model % self.n_head != 0 {
+        if !self.d_model.is_multiple_of(self.n_head) {
             return Err(format!(
                 "d_model = {} must be divisible by n_head = {}",
                 self.d_model, self.n_head
@@ -193,7 +193,7 @@ impl TypedConfig for BertConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout = {} must be in [0, 1)", self.dropout));
         }
-        if !(self.norm_eps > 0.0) {
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
             return Err(format!("norm_eps = {} must be positive", self.norm_eps));
         }
         if let Some(head) = &self.head {

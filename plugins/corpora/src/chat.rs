@@ -99,7 +99,7 @@ mod tests {
             let v: Value = llmlab_plugin_api::serde_json::from_str(&doc.unwrap()).unwrap();
             let messages = v["messages"].as_array().unwrap();
             let turns: Vec<&Value> = messages.iter().filter(|m| m["role"] != "system").collect();
-            assert!(turns.len() >= 2 && turns.len() <= 6 && turns.len() % 2 == 0);
+            assert!(turns.len() >= 2 && turns.len() <= 6 && turns.len().is_multiple_of(2));
             multi_turn += (turns.len() > 2) as usize;
             for pair in turns.chunks(2) {
                 assert_eq!(pair[0]["role"], "user");

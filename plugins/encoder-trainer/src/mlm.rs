@@ -464,15 +464,15 @@ mod tests {
             let m = mask_row(&row, &vocab, &config, &mut rng);
             assert!(!m.selected[0], "[CLS] is never selected");
             assert_eq!(m.targets, row);
-            for j in 0..row.len() {
+            for (j, &token) in row.iter().enumerate() {
                 if !m.selected[j] {
-                    assert_eq!(m.inputs[j], row[j]);
+                    assert_eq!(m.inputs[j], token);
                     continue;
                 }
                 selected += 1;
                 if m.inputs[j] == 2 {
                     masked += 1;
-                } else if m.inputs[j] == row[j] {
+                } else if m.inputs[j] == token {
                     kept += 1;
                 } else {
                     assert!(!vocab.special.contains(&m.inputs[j]));

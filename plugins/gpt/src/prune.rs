@@ -212,7 +212,7 @@ fn mask(scores: &[f32], out: usize, inp: usize, config: &PruneConfig) -> Result<
             }
         }
         Pattern::NofM(n, m) => {
-            if inp % m != 0 {
+            if !inp.is_multiple_of(m) {
                 return Err(Error::invalid_config(
                     "prune",
                     format!(

@@ -208,7 +208,8 @@ fn wanda_importance_uses_the_calibration_activations() {
     assert!(err.contains("calibration"), "{err}");
     let silent = silence_units(&model);
     let x = sample();
-    let (small, report) = llmlab_gpt::prune::pruned(&model, &config, &[x.clone()]).unwrap();
+    let (small, report) =
+        llmlab_gpt::prune::pruned(&model, &config, std::slice::from_ref(&x)).unwrap();
     assert_eq!(report["method"], json!("wanda"));
     for layer in report["layers"].as_array().unwrap() {
         assert_eq!(layer["heads_removed"], json!(silent), "{report}");
@@ -282,7 +283,7 @@ fn unused_experts_go_and_the_routing_stays() {
     let (small, report) = llmlab_gpt::prune::pruned(
         &model,
         &json!({ "pattern": "experts", "sparsity": 0.5 }),
-        &[x.clone()],
+        std::slice::from_ref(&x),
     )
     .unwrap();
     assert_eq!(small.gpt_config().moe.as_ref().unwrap().experts, 2);

@@ -290,7 +290,7 @@ impl Objective for Distillation {
                 ),
             ));
         }
-        self.rng = SplitMix64::new(setup.seed ^ 0xD157_111);
+        self.rng = SplitMix64::new(setup.seed ^ 0x0D15_7111);
         self.windows.prepare(data, setup)
     }
 

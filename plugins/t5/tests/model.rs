@@ -44,7 +44,7 @@ fn cached_generation_equals_the_uncached_reference_and_batches_agree() {
             assert_eq!(row, &generate_uncached(&model, prompt, 8).unwrap(), "{ff}");
             assert_eq!(
                 row,
-                &gen(&model, &[prompt.clone()], &greedy(8))[0],
+                &gen(&model, std::slice::from_ref(prompt), &greedy(8))[0],
                 "{ff} alone"
             );
         }
