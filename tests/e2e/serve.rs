@@ -908,7 +908,6 @@ impl DevTools {
 /// goes to $LLMLAB_SCREENSHOT when set (docs/serving/playground.png was made so, with
 /// $LLMLAB_PLAYGROUND_MODEL naming a trained model). Skips, saying so, without Chromium.
 #[test]
-#[ignore = "GET /json/list to Chromium's DevTools reads to EOF and Chromium keeps the connection open: it hangs until the 180 s watchdog (diagnosed 05:02, stop 33); read by Content-Length instead; issue 23 open"]
 fn playground_streams_tokens_in_headless_chromium() {
     let Some(browser) = chromium() else {
         eprintln!(

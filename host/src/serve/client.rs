@@ -89,8 +89,22 @@ fn read_body(
         n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
     });
     if !chunked {
+        // A server may keep the connection open despite `Connection: close` (Chromium's
+        // DevTools does): read what Content-Length says, to EOF only without one.
+        let length = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse::<usize>().ok());
         let mut buf = Vec::new();
-        reader.read_to_end(&mut buf)?;
+        match length {
+            Some(n) => {
+                buf.resize(n, 0);
+                reader.read_exact(&mut buf)?;
+            }
+            None => {
+                reader.read_to_end(&mut buf)?;
+            }
+        }
         on_bytes(&buf);
         return Ok(());
     }
