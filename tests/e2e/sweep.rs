@@ -25,8 +25,7 @@ let objective = |trial| {
 fn run_sweep_script(dir: &Path, name: &str, body: &str) -> (bool, String, String) {
     let path = dir.join(format!("{name}.rhai"));
     std::fs::write(&path, format!("{PREFIX}\n{body}")).unwrap();
-    let runs = format!("runs_dir={}", dir.display());
-    let output = llmlab(&["run", path.to_str().unwrap(), "--set", &runs], "");
+    let output = run_script_output(path.to_str().unwrap(), &[], dir);
     (output.status.success(), stdout(&output), stderr(&output))
 }
 
