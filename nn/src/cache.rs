@@ -169,7 +169,7 @@ impl DecoderCache {
     }
 
     /// After a pass of `new` tokens over `stacked` (made by [`DecoderCache::stack`] from
-    /// `rows`, in that order), appends each row's new keys and values to its own cache.
+    /// `rows`, in that order), each row's cache holds its old and new keys and values.
     pub fn unstack_new(
         stacked: &DecoderCache,
         rows: &mut [&mut DecoderCache],
@@ -182,21 +182,60 @@ impl DecoderCache {
                 stacked.batch
             );
         }
+        // Each row becomes its own span of the stacked tensors (a view: the stack already copied
+        // the row's old entries, so appending by concatenation would copy them a second time
+        // every step). The next `stack` or `append` makes a fresh contiguous tensor from it.
         for (layer, kv) in stacked.layers.iter().enumerate() {
             let Some((k, v)) = kv else {
                 bail!("unstack: layer {layer} is empty")
             };
             let total = k.dim(2)?;
-            let (k, v) = (
-                k.narrow(2, total - new, new)?,
-                v.narrow(2, total - new, new)?,
-            );
             for (i, row) in rows.iter_mut().enumerate() {
-                row.append(layer, &k.narrow(0, i, 1)?, &v.narrow(0, i, 1)?)?;
+                let len = row.seq_len + new;
+                if len > total {
+                    bail!("unstack: cache {i} holds more tokens than the batch");
+                }
+                row.layers[layer] = Some((
+                    k.narrow(0, i, 1)?.narrow(2, total - len, len)?,
+                    v.narrow(0, i, 1)?.narrow(2, total - len, len)?,
+                ));
             }
         }
         rows.iter_mut().for_each(|r| r.advance(new));
         Ok(())
+    }
+
+    /// Each row as a one-row cache of its own, its left padding dropped: a batch of left-padded
+    /// prompts prefilled together becomes the caches each prompt alone would have left (the
+    /// positions were already counted from each row's first real token). Continuous batching's
+    /// batched prefill.
+    pub fn split_rows(&self) -> Result<Vec<DecoderCache>> {
+        let mut rows: Vec<DecoderCache> = self
+            .pad
+            .iter()
+            .map(|&pad| DecoderCache {
+                batch: 1,
+                layers: Vec::with_capacity(self.layers.len()),
+                seq_len: self.seq_len - pad,
+                pad: vec![0],
+            })
+            .collect();
+        for layer in &self.layers {
+            for (i, row) in rows.iter_mut().enumerate() {
+                let kv = match layer {
+                    None => None,
+                    Some((k, v)) => {
+                        let (start, len) = (self.pad[i], row.seq_len);
+                        Some((
+                            k.narrow(0, i, 1)?.narrow(2, start, len)?.contiguous()?,
+                            v.narrow(0, i, 1)?.narrow(2, start, len)?.contiguous()?,
+                        ))
+                    }
+                };
+                row.layers.push(kv);
+            }
+        }
+        Ok(rows)
     }
 
     /// Keeps rows `rows` (in that order, repeats allowed): beam search reordering.
@@ -311,6 +350,23 @@ mod tests {
         assert_eq!(keys(&a), vec![vec![1.0, 2.0, 3.0, 20.0]]);
         assert_eq!(keys(&b), vec![vec![7.0, 30.0]]);
         assert_eq!(b.memory_bytes(), 2 * 2 * 4);
+    }
+
+    #[test]
+    fn split_rows_drops_each_rows_padding_and_restacks_the_same() {
+        let (a, b) = (row(3, 1.0), row(1, 7.0));
+        let stacked = DecoderCache::stack(&[&a, &b]).unwrap();
+        let rows = stacked.split_rows().unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].seq_len(), rows[1].seq_len()), (3, 1));
+        assert_eq!((rows[0].padding(), rows[1].padding()), (&[0][..], &[0][..]));
+        assert_eq!(keys(&rows[0]), vec![vec![1.0, 2.0, 3.0]]);
+        assert_eq!(keys(&rows[1]), vec![vec![7.0]]);
+        let (_, v) = rows[1].layers[0].as_ref().unwrap();
+        assert_eq!(v.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [70.0]);
+        let again = DecoderCache::stack(&[&rows[0], &rows[1]]).unwrap();
+        assert_eq!(keys(&again), keys(&stacked));
+        assert_eq!(again.padding(), stacked.padding());
     }
 
     #[test]

@@ -120,6 +120,28 @@ pub trait Model: Send + Sync {
         }
         Ok(Tensor::cat(&rows, 0)?)
     }
+    /// Prefill for continuous batching: each prompt (non-empty) into its own fresh one-row
+    /// cache, as `new_cache(1)` + `forward_cached` would leave it, ready for
+    /// [`Model::decode_step`]. Returns the caches and `(n, vocab)` logits of the token after each
+    /// prompt. The default runs the prompts one at a time; a model that can, runs them as one
+    /// padded batch.
+    fn prefill_sequences(&self, prompts: &[Vec<u32>]) -> Result<(Vec<Box<dyn KvCache>>, Tensor)> {
+        if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+            return Err(Error::msg(
+                "prefill_sequences: at least one prompt, none of them empty",
+            ));
+        }
+        let mut caches = Vec::with_capacity(prompts.len());
+        let mut rows = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            let mut cache = self.new_cache(1)?;
+            let ids = Tensor::new(prompt.as_slice(), self.device())?.unsqueeze(0)?;
+            let logits = self.forward_cached(&ids, cache.as_mut())?.logits;
+            rows.push(logits.get(0)?.get(prompt.len() - 1)?.unsqueeze(0)?);
+            caches.push(cache);
+        }
+        Ok((caches, Tensor::cat(&rows, 0)?))
+    }
     /// Continues each prompt; `on_token(sequence, token)` sees tokens as they come and returns
     /// `false` to stop that sequence. Returns the new tokens of each sequence.
     fn generate(

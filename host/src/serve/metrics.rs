@@ -17,6 +17,8 @@ pub const REQUEST_SECONDS: &str = "llmlab_request_duration_seconds";
 pub const TTFT_SECONDS: &str = "llmlab_time_to_first_token_seconds";
 pub const GENERATED_TOKENS: &str = "llmlab_generated_tokens_total";
 pub const PROMPT_TOKENS: &str = "llmlab_prompt_tokens_total";
+pub const PREFILL_BATCHES: &str = "llmlab_prefill_batches_total";
+pub const PREFILL_SEQUENCES: &str = "llmlab_prefill_sequences_total";
 pub const CANCELLED: &str = "llmlab_sequences_cancelled_total";
 pub const TOKENS_PER_SECOND: &str = "llmlab_tokens_per_second";
 pub const QUEUE_LENGTH: &str = "llmlab_queue_length";
@@ -52,6 +54,14 @@ fn install() -> Result<PrometheusHandle, String> {
     describe_counter!(GENERATED_TOKENS, "tokens generated");
     describe_counter!(PROMPT_TOKENS, "prompt tokens prefilled");
     describe_counter!(
+        PREFILL_BATCHES,
+        "model calls that prefilled the prompts admitted in one scheduler step together"
+    );
+    describe_counter!(
+        PREFILL_SEQUENCES,
+        "sequences prefilled (admitted to the batch)"
+    );
+    describe_counter!(
         CANCELLED,
         "sequences dropped before their end (client gone, stop string)"
     );
@@ -69,7 +79,13 @@ fn install() -> Result<PrometheusHandle, String> {
 /// start (a gauge that is set only after its first timed window would otherwise be missing
 /// from short runs; a dashboard wants 0, not "no data").
 pub fn register_serving() {
-    for name in [GENERATED_TOKENS, PROMPT_TOKENS, CANCELLED] {
+    for name in [
+        GENERATED_TOKENS,
+        PROMPT_TOKENS,
+        PREFILL_BATCHES,
+        PREFILL_SEQUENCES,
+        CANCELLED,
+    ] {
         counter!(name).increment(0);
     }
     for name in [
@@ -107,6 +123,12 @@ pub fn generated_tokens(n: usize) {
 
 pub fn prompt_tokens(n: usize) {
     counter!(PROMPT_TOKENS).increment(n as u64);
+}
+
+/// One batched prefill of `sequences` admitted sequences.
+pub fn prefill_batch(sequences: usize) {
+    counter!(PREFILL_BATCHES).increment(1);
+    counter!(PREFILL_SEQUENCES).increment(sequences as u64);
 }
 
 pub fn cancelled() {

@@ -24,11 +24,11 @@ pub struct Sampled {
     pub top: Vec<(u32, f32)>,
 }
 
-fn log_softmax(logits: &[f32]) -> Vec<f32> {
+/// `log Σ exp(logits)`: a token's log probability is its logit minus this.
+fn log_sum_exp(logits: &[f32]) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
-    let log_sum = sum.ln() + max;
-    logits.iter().map(|&l| l - log_sum).collect()
+    sum.ln() + max
 }
 
 /// Indices of `values` from largest to smallest (ties by index, so the order is deterministic).
@@ -44,7 +44,7 @@ fn descending(values: &[f32], keep: usize) -> Vec<usize> {
 }
 
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SplitMix64) -> Sampled {
-    let logprobs = log_softmax(logits);
+    let log_sum = log_sum_exp(logits);
     let token = if params.temperature == 0.0 {
         descending(logits, 1)[0]
     } else {
@@ -52,7 +52,14 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SplitMix64) -> 
             0 => logits.len(),
             k => k.min(logits.len()),
         };
-        let candidates = descending(logits, keep);
+        // Sorting the vocabulary is needed only to truncate it; it was the costliest part of a
+        // serving step's per-sequence work (perf, docs/serving.md), so plain sampling draws in
+        // vocabulary order.
+        let candidates: Vec<usize> = if keep == logits.len() && params.top_p >= 1.0 {
+            (0..logits.len()).collect()
+        } else {
+            descending(logits, keep)
+        };
         let scaled: Vec<f64> = candidates
             .iter()
             .map(|&i| logits[i] as f64 / params.temperature)
@@ -85,15 +92,15 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SplitMix64) -> 
         chosen
     };
     let top = match params.logprobs {
-        Some(n) if n > 0 => descending(&logprobs, n)
+        Some(n) if n > 0 => descending(logits, n)
             .into_iter()
-            .map(|i| (i as u32, logprobs[i]))
+            .map(|i| (i as u32, logits[i] - log_sum))
             .collect(),
         _ => Vec::new(),
     };
     Sampled {
         token: token as u32,
-        logprob: logprobs[token],
+        logprob: logits[token] - log_sum,
         top,
     }
 }

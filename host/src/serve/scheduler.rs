@@ -2,8 +2,9 @@
 //! one token per step, while sequences join and leave between steps.
 //!
 //! Each step first admits waiting sequences up to `max_batch` (their prompts run through the
-//! model into a fresh per-sequence KV cache: the prefill, which also gives the first token), then
-//! runs one [`Model::decode_step`] over all running sequences, whose caches may hold any number
+//! model together, one padded batch split into a fresh KV cache per sequence:
+//! [`Model::prefill_sequences`], which also gives each its first token), then runs one
+//! [`Model::decode_step`] over all running sequences, whose caches may hold any number
 //! of tokens. A sequence leaves when it ends (end-of-text or a stop token, `max_tokens`) or when
 //! nobody listens any more (the client disconnected, or a stop string ended it on the HTTP side):
 //! its slot and its cache are free for the next waiting sequence at the next step.
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use llmlab_plugin_api::candle::{DType, Tensor};
+use llmlab_plugin_api::candle::DType;
 use llmlab_plugin_api::rng::SplitMix64;
 use llmlab_plugin_api::{KvCache, Model};
 use tokio::sync::mpsc::UnboundedSender;
@@ -239,14 +240,18 @@ impl Scheduler {
                 None if running.is_empty() => break,
                 None => Vec::new(),
             };
-            for seq in admitted {
-                if !seq.wanted() {
-                    metrics::cancelled();
-                    continue;
-                }
-                if let Some(r) = self.prefill(seq) {
-                    running.push(r);
-                }
+            let admitted: Vec<Sequence> = admitted
+                .into_iter()
+                .filter(|seq| {
+                    let wanted = seq.wanted();
+                    if !wanted {
+                        metrics::cancelled();
+                    }
+                    wanted
+                })
+                .collect();
+            if !admitted.is_empty() {
+                self.prefill(admitted, &mut running);
             }
             running.retain(|r| {
                 let listening = r.seq.wanted();
@@ -287,43 +292,62 @@ impl Scheduler {
         metrics::kv_cache_bytes(bytes);
     }
 
-    /// The prompt into a fresh cache, and the first token; `None` when the sequence already
-    /// ended (or failed: its listener was told).
-    fn prefill(&self, seq: Sequence) -> Option<Running> {
+    /// The prompts admitted in one step, each into a fresh cache of its own, in ONE batched
+    /// model call ([`Model::prefill_sequences`]), and each one's first token; the sequences that
+    /// go on join `running`. When the batch fails, each prompt is retried alone, so a prompt
+    /// the model refuses fails only its own sequence (its listener is told).
+    fn prefill(&self, admitted: Vec<Sequence>, running: &mut Vec<Running>) {
         let model = self.model.as_ref();
-        let prompt_len = seq.prompt.len();
+        let prompts: Vec<Vec<u32>> = admitted.iter().map(|seq| seq.prompt.clone()).collect();
         let result = guard(model.name(), || {
-            let mut cache = model.new_cache(1)?;
-            let ids = Tensor::new(seq.prompt.as_slice(), model.device())?.unsqueeze(0)?;
-            let logits = model.forward_cached(&ids, cache.as_mut())?.logits;
-            let last: Vec<f32> = logits
-                .get(0)?
-                .get(prompt_len - 1)?
-                .to_dtype(DType::F32)?
-                .to_vec1()?;
-            Ok::<_, llmlab_plugin_api::Error>((cache, last))
+            let (caches, logits) = model.prefill_sequences(&prompts)?;
+            if caches.len() != prompts.len() {
+                return Err(llmlab_plugin_api::Error::msg(format!(
+                    "prefill_sequences returned {} caches for {} prompts",
+                    caches.len(),
+                    prompts.len()
+                )));
+            }
+            let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            Ok::<_, llmlab_plugin_api::Error>((caches, rows))
         });
-        let (cache, logits) = match result {
-            Ok(Ok(done)) => done,
-            Ok(Err(error)) => {
-                seq.send(SeqEvent::Failed(format!("{}: {error}", model.name())));
-                return None;
+        let outcome = match result {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(error)) => Err(format!("{}: {error}", model.name())),
+            Err(panic) => Err(panic),
+        };
+        let (caches, rows) = match outcome {
+            Ok(done) => {
+                metrics::prefill_batch(admitted.len());
+                done
             }
-            Err(panic) => {
-                seq.send(SeqEvent::Failed(panic));
-                return None;
+            Err(_) if admitted.len() > 1 => {
+                for seq in admitted {
+                    self.prefill(vec![seq], running);
+                }
+                return;
+            }
+            Err(message) => {
+                for seq in admitted {
+                    seq.send(SeqEvent::Failed(message.clone()));
+                }
+                return;
             }
         };
-        metrics::prompt_tokens(prompt_len);
-        let mut running = Running {
-            rng: SplitMix64::new(seq.seed),
-            seq,
-            cache,
-            last: 0,
-            generated: 0,
-        };
-        let sampled = sample(&logits, &running.seq.sampling, &mut running.rng);
-        running.emit(sampled).then_some(running)
+        for ((seq, cache), logits) in admitted.into_iter().zip(caches).zip(rows) {
+            metrics::prompt_tokens(seq.prompt.len());
+            let mut joining = Running {
+                rng: SplitMix64::new(seq.seed),
+                seq,
+                cache,
+                last: 0,
+                generated: 0,
+            };
+            let sampled = sample(&logits, &joining.seq.sampling, &mut joining.rng);
+            if joining.emit(sampled) {
+                running.push(joining);
+            }
+        }
     }
 
     /// One token for every running sequence, in one batched model call.

@@ -57,6 +57,41 @@ impl Decoder for Gpt {
     }
 }
 
+/// `Model::prefill_sequences`: the prompts admitted together into a continuous batch, as ONE
+/// left-padded forward pass (the padding masked out, each row's positions from its own first
+/// token, as in [`Decoder::prefill`]), then split into one-row caches without their padding
+/// ([`DecoderCache::split_rows`]): each as prefilling that prompt alone leaves it. Returns the
+/// caches and `(n, vocab)` f32 logits of each prompt's next token.
+pub fn prefill_sequences(
+    model: &Gpt,
+    prompts: &[Vec<u32>],
+) -> Result<(Vec<Box<dyn KvCache>>, Tensor)> {
+    if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+        return Err(Error::msg(
+            "prefill_sequences: at least one prompt, none of them empty",
+        ));
+    }
+    let (ids, padding) = left_pad(prompts, Decoder::device(model))?;
+    let mut batch = model.cache(prompts.len());
+    batch.set_padding(padding)?;
+    let out = match model.lora() {
+        Some(lora) => lora.forward_cached(&ids, &mut batch)?,
+        None => model.run(&ids, Some(&mut batch), &ForwardOptions::default())?,
+    };
+    let last = out.logits.dim(1)? - 1;
+    let logits = out
+        .logits
+        .narrow(1, last, 1)?
+        .squeeze(1)?
+        .to_dtype(llmlab_plugin_api::candle::DType::F32)?;
+    let caches = batch
+        .split_rows()?
+        .into_iter()
+        .map(|row| Box::new(row) as Box<dyn KvCache>)
+        .collect();
+    Ok((caches, logits))
+}
+
 /// `Model::decode_step`: one token for each of several sequences, each with its own one-row
 /// cache of any length, in ONE forward pass. The caches are stacked into a left-padded batch
 /// ([`DecoderCache::stack`]: the padding is masked out and each row keeps its own positions, as

@@ -142,6 +142,10 @@ impl Gpt {
             dense_layers: Vec::new(),
             lora: Default::default(),
         };
+        let kernels = gpt.config.kernels;
+        for (_, layer) in gpt.linears_mut() {
+            layer.set_kernels(kernels);
+        }
         gpt.refresh_dense_layers();
         Ok(gpt)
     }
@@ -443,6 +447,11 @@ impl Model for Gpt {
     /// All sequences in one forward pass over their stacked caches (`decoder.rs`).
     fn decode_step(&self, tokens: &[u32], caches: &mut [&mut dyn KvCache]) -> Result<Tensor> {
         crate::decoder::decode_step(self, tokens, caches)
+    }
+
+    /// The prompts as one padded batch, split into per-sequence caches (`decoder.rs`).
+    fn prefill_sequences(&self, prompts: &[Vec<u32>]) -> Result<(Vec<Box<dyn KvCache>>, Tensor)> {
+        crate::decoder::prefill_sequences(self, prompts)
     }
 
     fn generate(
