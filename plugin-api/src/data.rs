@@ -108,8 +108,18 @@ pub struct LabelledText {
     pub label: Label,
 }
 
+/// One example of a token-classification task: a sentence's words and one tag per word
+/// (indices into [`LabelledSource::label_names`]), as `tokens`/`labels` columns hold them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaggedWords {
+    pub words: Vec<String>,
+    pub tags: Vec<usize>,
+}
+
 /// A labelled data set with train and validation splits (GLUE-style tasks, a user's
-/// JSONL/CSV files with `text`, `text_pair`, `label`).
+/// JSONL/CSV files with `text`, `text_pair`, `label`). A token-classification task
+/// (`is_tagging`) tags every word instead: `tagged` gives the words and their tags, and `get`
+/// the sentence as text (its `label` is not meaningful).
 pub trait LabelledSource: Send + Sync {
     /// What to call it in messages: `"glue:sentiment(n=2000, seed=0)"`, a file path.
     fn name(&self) -> String;
@@ -127,5 +137,14 @@ pub trait LabelledSource: Send + Sync {
         } else {
             "accuracy".into()
         }
+    }
+    /// Whether the task tags each word (token classification) rather than labelling the text.
+    fn is_tagging(&self) -> bool {
+        false
+    }
+    /// The words and tags of a token-classification example; `None` for sentence tasks.
+    fn tagged(&self, split: Split, index: usize) -> Option<TaggedWords> {
+        let _ = (split, index);
+        None
     }
 }

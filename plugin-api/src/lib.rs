@@ -59,8 +59,8 @@ pub use config::{ConfigKey, TypedConfig};
 pub use context::{CancelFlag, Context, MetricsSink, ProgressSink, ProgressUpdate};
 pub use corpus::Corpus;
 pub use data::{
-    Example, ExampleSource, Label, LabelledSource, LabelledText, Split, TextSegment, TextSource,
-    TokenData,
+    Example, ExampleSource, Label, LabelledSource, LabelledText, Split, TaggedWords, TextSegment,
+    TextSource, TokenData,
 };
 pub use declaration::{Fingerprint, FINGERPRINT};
 pub use error::{Error, Result};

@@ -1,9 +1,11 @@
 //! Labelled texts in scripts (issue 18): `glue(#{ tasks, n, val, seed })` gives the GLUE-style
 //! suite's tasks by name (`corpus("glue", ..)` components), `labelled(path)` /
-//! `labelled(#{ train, val, text, text_pair, label, labels, regression, metric, val_fraction })`
-//! a user's JSONL/CSV/TSV files (`labelled_files.rs`), and `trainer("classify").fit(model,
-//! data, tok)` fine-tunes on them. A data set tells its `labels()`, `metric()`, `is_pair()`,
-//! `len()` / `val_len()`, an `example(i)`, and the majority-class `baseline()` on its val split.
+//! `labelled(#{ train, val, text, text_pair, label, labels, regression, metric, val_fraction,
+//! tokens, tags })` a user's JSONL/CSV/TSV files (`labelled_files.rs`; `tokens`/`tags` name the
+//! columns of a token-classification file), and `trainer("classify").fit(model, data, tok)`
+//! fine-tunes on them. A data set tells its `labels()`, `metric()`, `is_pair()`,
+//! `is_tagging()`, `len()` / `val_len()`, an `example(i)`, and the majority-class `baseline()`
+//! on its val split.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,12 +25,13 @@ use super::{lock, script_error, Host, ScriptResult, TrainerHandle};
 pub struct LabelledHandle(pub Arc<dyn LabelledSource>);
 
 /// The suite's tasks, in the order tables list them.
-const GLUE_TASKS: [&str; 5] = [
+const GLUE_TASKS: [&str; 6] = [
     "sentiment",
     "acceptability",
     "entailment",
     "paraphrase",
     "similarity",
+    "roles",
 ];
 
 fn int_option(options: &Map, key: &str) -> ScriptResult<Option<INT>> {
@@ -99,7 +102,7 @@ fn of_corpus(corpus: &CorpusHandle) -> ScriptResult<LabelledHandle> {
 }
 
 fn file_options(options: &Map) -> ScriptResult<FileOptions> {
-    const KEYS: [&str; 9] = [
+    const KEYS: [&str; 11] = [
         "train",
         "val",
         "text",
@@ -109,6 +112,8 @@ fn file_options(options: &Map) -> ScriptResult<FileOptions> {
         "regression",
         "metric",
         "val_fraction",
+        "tokens",
+        "tags",
     ];
     if let Some(key) = options.keys().find(|k| !KEYS.contains(&k.as_str())) {
         return Err(script_error(format!(
@@ -134,6 +139,8 @@ fn file_options(options: &Map) -> ScriptResult<FileOptions> {
         ("text", &mut o.text),
         ("text_pair", &mut o.text_pair),
         ("label", &mut o.label),
+        ("tokens", &mut o.tokens),
+        ("tags", &mut o.tags),
     ] {
         if let Some(v) = string(key)? {
             *slot = v;
@@ -176,6 +183,31 @@ fn load_files(options: FileOptions) -> ScriptResult<LabelledHandle> {
         .map_err(script_error)
 }
 
+/// Token classification: the token accuracy of tagging every word with the train split's most
+/// common tag, and its entity-level F1 (0: the most common tag is `O` in any real tagging).
+fn tagging_baseline(data: &dyn LabelledSource) -> f64 {
+    let tags = |split: Split| -> Vec<usize> {
+        (0..data.len(split))
+            .filter_map(|i| data.tagged(split, i))
+            .flat_map(|t| t.tags)
+            .collect()
+    };
+    let mut counts = vec![0usize; data.label_names().len()];
+    for t in tags(Split::Train) {
+        if let Some(c) = counts.get_mut(t) {
+            *c += 1;
+        }
+    }
+    let majority = (0..counts.len()).max_by_key(|&c| counts[c]).unwrap_or(0);
+    let val = tags(Split::Val);
+    match data.metric().as_str() {
+        "accuracy" => {
+            val.iter().filter(|&&t| t == majority).count() as f64 / val.len().max(1) as f64
+        }
+        _ => 0.0,
+    }
+}
+
 /// The majority class's score on the val split in the task's metric (regression: predicting
 /// the train mean, whose correlation is 0).
 fn baseline(data: &dyn LabelledSource) -> Map {
@@ -186,7 +218,9 @@ fn baseline(data: &dyn LabelledSource) -> Map {
             .filter(|&i| data.get(split, i).label == Label::Class(class))
             .count()
     };
-    let value = if classes == 0 {
+    let value = if data.is_tagging() {
+        tagging_baseline(data)
+    } else if classes == 0 {
         0.0
     } else {
         let majority = (0..classes)
@@ -228,6 +262,7 @@ pub fn register(engine: &mut Engine, host: &Arc<Host>) {
     engine.register_fn("to_string", |d: &mut LabelledHandle| d.0.name());
     engine.register_fn("metric", |d: &mut LabelledHandle| d.0.metric());
     engine.register_fn("is_pair", |d: &mut LabelledHandle| d.0.is_pair());
+    engine.register_fn("is_tagging", |d: &mut LabelledHandle| d.0.is_tagging());
     engine.register_fn("labels", |d: &mut LabelledHandle| -> Array {
         d.0.label_names().into_iter().map(Dynamic::from).collect()
     });
@@ -241,6 +276,25 @@ pub fn register(engine: &mut Engine, host: &Arc<Host>) {
             })?;
             let e = d.0.get(Split::Train, index);
             let mut m = Map::new();
+            if let Some(tagged) = d.0.tagged(Split::Train, index) {
+                let names = d.0.label_names();
+                m.insert("text".into(), Dynamic::from(e.text));
+                m.insert(
+                    "tokens".into(),
+                    Dynamic::from_array(tagged.words.into_iter().map(Dynamic::from).collect()),
+                );
+                m.insert(
+                    "tags".into(),
+                    Dynamic::from_array(
+                        tagged
+                            .tags
+                            .iter()
+                            .map(|&t| Dynamic::from(names.get(t).cloned().unwrap_or_default()))
+                            .collect(),
+                    ),
+                );
+                return Ok(m);
+            }
             m.insert("text".into(), Dynamic::from(e.text));
             m.insert(
                 "text_pair".into(),

@@ -6,11 +6,16 @@
 //! task), a missing column, or a score that is not a number is an error naming the file and
 //! line. CSV fields may be double-quoted (`""` inside); TSV fields are taken verbatim (GLUE's
 //! files do not quote).
+//!
+//! Token classification (CoNLL-style, Hugging Face `datasets`' layout): JSONL records whose
+//! `tokens` column is an array of words and whose `labels` column (`tags` option; e.g.
+//! `ner_tags`) holds one tag per word, as names or as integers (indices into `labels` when
+//! that option names them). The first train record decides which kind of file it is.
 
 use std::path::{Path, PathBuf};
 
 use llmlab_plugin_api::serde_json::Value;
-use llmlab_plugin_api::{Label, LabelledSource, LabelledText, Split};
+use llmlab_plugin_api::{Label, LabelledSource, LabelledText, Split, TaggedWords};
 
 /// Which columns hold what, and what the task is.
 #[derive(Debug, Clone)]
@@ -26,6 +31,9 @@ pub struct FileOptions {
     pub labels: Option<Vec<String>>,
     pub regression: bool,
     pub metric: Option<String>,
+    /// Token classification: the column of words and the column of their tags.
+    pub tokens: String,
+    pub tags: String,
 }
 
 impl FileOptions {
@@ -40,16 +48,79 @@ impl FileOptions {
             labels: None,
             regression: false,
             metric: None,
+            tokens: "tokens".into(),
+            tags: "labels".into(),
         }
     }
 }
 
-/// One row as read: text, optional pair, label as written; `line` for messages.
+/// One row as read: text, optional pair, label as written (or, tagging, the words and their
+/// tags as written); `line` for messages.
 struct Row {
     line: usize,
     text: String,
     pair: Option<String>,
     label: String,
+    tagged: Option<(Vec<String>, Vec<String>)>,
+}
+
+/// A JSON scalar label as written (`"B-PER"`, `3`, `true`).
+fn label_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The words and tags of a token-classification record, `None` when it has no `tokens` array.
+fn tagged_record(
+    record: &Value,
+    o: &FileOptions,
+    at: &str,
+) -> Result<Option<(Vec<String>, Vec<String>)>, String> {
+    let Some(Value::Array(words)) = record.get(&o.tokens) else {
+        return Ok(None);
+    };
+    let words = words
+        .iter()
+        .map(|w| {
+            w.as_str()
+                .map(String::from)
+                .ok_or_else(|| format!("{at}: `{}` must hold strings (words), found {w}", o.tokens))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(Value::Array(tags)) = record.get(&o.tags) else {
+        return Err(format!(
+            "{at}: a `{}` array of words needs a `{}` array with one tag per word",
+            o.tokens, o.tags
+        ));
+    };
+    let tags = tags
+        .iter()
+        .map(|t| {
+            label_text(t).ok_or_else(|| {
+                format!(
+                    "{at}: `{}` must hold tag names or integers, found {t}",
+                    o.tags
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if words.len() != tags.len() {
+        return Err(format!(
+            "{at}: {} words in `{}` but {} tags in `{}` (one tag per word)",
+            words.len(),
+            o.tokens,
+            tags.len(),
+            o.tags
+        ));
+    }
+    if words.is_empty() {
+        return Err(format!("{at}: `{}` is empty", o.tokens));
+    }
+    Ok(Some((words, tags)))
 }
 
 /// One CSV line's fields (RFC 4180 quoting, one line per record).
@@ -128,6 +199,7 @@ fn read_rows(path: &Path, o: &FileOptions) -> Result<Vec<Row>, String> {
                     })
                 };
                 rows.push(Row {
+                    tagged: None,
                     line: i + 1,
                     text: get(text_col, &o.text)?,
                     pair: pair_col
@@ -145,6 +217,16 @@ fn read_rows(path: &Path, o: &FileOptions) -> Result<Vec<Row>, String> {
                 }
                 let record: Value = llmlab_plugin_api::serde_json::from_str(line)
                     .map_err(|e| format!("{}: not JSON: {e}", at(i + 1)))?;
+                if let Some((words, tags)) = tagged_record(&record, o, &at(i + 1))? {
+                    rows.push(Row {
+                        line: i + 1,
+                        text: words.join(" "),
+                        pair: None,
+                        label: String::new(),
+                        tagged: Some((words, tags)),
+                    });
+                    continue;
+                }
                 let string = |key: &str| match record.get(key) {
                     Some(Value::String(s)) => Ok(Some(s.clone())),
                     None | Some(Value::Null) => Ok(None),
@@ -153,19 +235,11 @@ fn read_rows(path: &Path, o: &FileOptions) -> Result<Vec<Row>, String> {
                         at(i + 1)
                     )),
                 };
-                let label = match record.get(&o.label) {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(Value::Number(n)) => n.to_string(),
-                    Some(Value::Bool(b)) => b.to_string(),
-                    _ => {
-                        return Err(format!(
-                            "{}: no `{}` (a string or number)",
-                            at(i + 1),
-                            o.label
-                        ))
-                    }
-                };
+                let label = record.get(&o.label).and_then(label_text).ok_or_else(|| {
+                    format!("{}: no `{}` (a string or number)", at(i + 1), o.label)
+                })?;
                 rows.push(Row {
+                    tagged: None,
                     line: i + 1,
                     text: string(&o.text)?
                         .ok_or_else(|| format!("{}: no `{}` (a string)", at(i + 1), o.text))?,
@@ -189,16 +263,74 @@ pub struct FileLabelled {
     labels: Vec<String>,
     pair: bool,
     metric: String,
+    /// Token classification: each example's words and tags (parallel to `train`/`val`).
+    tagged: Option<(Vec<TaggedWords>, Vec<TaggedWords>)>,
 }
 
 fn class_names(rows: &[Row]) -> Vec<String> {
-    let mut names: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
+    let mut names: Vec<String> = rows
+        .iter()
+        .flat_map(|r| match &r.tagged {
+            Some((_, tags)) => tags.clone(),
+            None => vec![r.label.clone()],
+        })
+        .collect();
     names.sort();
     names.dedup();
     if names.iter().all(|n| n.parse::<i64>().is_ok()) {
         names.sort_by_key(|n| n.parse::<i64>().unwrap_or(0));
     }
     names
+}
+
+/// The index of tag `tag` (a name, or an integer index when `labels` were named by option).
+fn tag_index(tag: &str, labels: &[String], named: bool, at: &str) -> Result<usize, String> {
+    if let Some(i) = labels.iter().position(|l| l == tag) {
+        return Ok(i);
+    }
+    match tag.parse::<usize>() {
+        Ok(i) if named && i < labels.len() => Ok(i),
+        _ => Err(format!(
+            "{at}: unknown tag {tag:?}; the tags are {} (from {})",
+            labels.join(", "),
+            if named {
+                "the `labels` option"
+            } else {
+                "the train file"
+            }
+        )),
+    }
+}
+
+/// Tagged rows as texts (the words joined by spaces) and their words and tag indices.
+fn convert_tagged(
+    rows: Vec<Row>,
+    path: &Path,
+    labels: &[String],
+    named: bool,
+) -> Result<(Vec<LabelledText>, Vec<TaggedWords>), String> {
+    rows.into_iter()
+        .map(|row| {
+            let at = format!("{}:{}", path.display(), row.line);
+            let (words, tags) = row.tagged.ok_or_else(|| {
+                format!(
+                    "{at}: no `tokens` array in a token-classification file (the first train \
+                     row has one)"
+                )
+            })?;
+            let tags = tags
+                .iter()
+                .map(|t| tag_index(t, labels, named, &at))
+                .collect::<Result<Vec<_>, _>>()?;
+            let text = LabelledText {
+                text: row.text,
+                text_pair: None,
+                label: Label::Class(0),
+            };
+            Ok((text, TaggedWords { words, tags }))
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map(|pairs| pairs.into_iter().unzip())
 }
 
 fn convert(
@@ -211,6 +343,12 @@ fn convert(
     rows.into_iter()
         .map(|row| {
             let at = format!("{}:{}", path.display(), row.line);
+            if row.tagged.is_some() {
+                return Err(format!(
+                    "{at}: a `tokens` array (token classification) in a sentence-label file \
+                     (the first train row has none)"
+                ));
+            }
             if pair && row.pair.is_none() {
                 return Err(format!(
                     "{at}: the task has sentence pairs (text_pair), this row has a single sentence"
@@ -243,6 +381,9 @@ fn convert(
 impl FileLabelled {
     pub fn load(o: &FileOptions) -> Result<FileLabelled, String> {
         let train_rows = read_rows(&o.train, o)?;
+        if train_rows[0].tagged.is_some() {
+            return FileLabelled::load_tagged(o, train_rows);
+        }
         let pair = train_rows[0].pair.is_some();
         let labels = match (&o.labels, o.regression) {
             (_, true) => Vec::new(),
@@ -276,6 +417,44 @@ impl FileLabelled {
             labels,
             pair,
             metric,
+            tagged: None,
+        })
+    }
+
+    fn load_tagged(o: &FileOptions, train_rows: Vec<Row>) -> Result<FileLabelled, String> {
+        if o.regression {
+            return Err(format!(
+                "{}: a token-classification file (`{}` arrays) cannot be a regression task",
+                o.train.display(),
+                o.tokens
+            ));
+        }
+        let named = o.labels.is_some();
+        let labels = o.labels.clone().unwrap_or_else(|| class_names(&train_rows));
+        if labels.len() < 2 {
+            return Err(format!(
+                "{}: token classification needs at least 2 tags, the train file has {labels:?}",
+                o.train.display()
+            ));
+        }
+        let (mut train, mut train_tags) = convert_tagged(train_rows, &o.train, &labels, named)?;
+        let (val, val_tags) = match &o.val {
+            Some(path) => convert_tagged(read_rows(path, o)?, path, &labels, named)?,
+            None => {
+                let held =
+                    ((train.len() as f64 * o.val_fraction).round() as usize).min(train.len() - 1);
+                let at = train.len() - held;
+                (train.split_off(at), train_tags.split_off(at))
+            }
+        };
+        Ok(FileLabelled {
+            name: o.train.display().to_string(),
+            train,
+            val,
+            labels,
+            pair: false,
+            metric: o.metric.clone().unwrap_or_else(|| "f1".to_string()),
+            tagged: Some((train_tags, val_tags)),
         })
     }
 
@@ -305,6 +484,16 @@ impl LabelledSource for FileLabelled {
     }
     fn metric(&self) -> String {
         self.metric.clone()
+    }
+    fn is_tagging(&self) -> bool {
+        self.tagged.is_some()
+    }
+    fn tagged(&self, split: Split, index: usize) -> Option<TaggedWords> {
+        let (train, val) = self.tagged.as_ref()?;
+        match split {
+            Split::Train => train.get(index).cloned(),
+            Split::Val => val.get(index).cloned(),
+        }
     }
 }
 
@@ -352,6 +541,68 @@ mod tests {
         assert!(data.is_pair());
         assert_eq!(data.get(Split::Train, 0).label, Label::Score(3.8));
         assert_eq!((data.len(Split::Train), data.len(Split::Val)), (1, 1));
+    }
+
+    #[test]
+    fn token_classification_files_load_words_and_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        let train = write(
+            dir.path(),
+            "t.jsonl",
+            "{\"tokens\": [\"Tom\", \"went\", \"to\", \"Paris\"], \"labels\": [\"B-PER\", \"O\", \"O\", \"B-LOC\"]}\n\
+             {\"tokens\": [\"Ann\", \"slept\"], \"labels\": [\"B-PER\", \"O\"]}\n",
+        );
+        let val = write(
+            dir.path(),
+            "v.jsonl",
+            "{\"tokens\": [\"Rome\"], \"labels\": [\"B-LOC\"]}\n",
+        );
+        let mut o = FileOptions::new(train.clone());
+        o.val = Some(val.clone());
+        let data = FileLabelled::load(&o).unwrap();
+        assert!(data.is_tagging() && !data.is_pair());
+        assert_eq!(data.label_names(), vec!["B-LOC", "B-PER", "O"]);
+        assert_eq!(data.metric(), "f1");
+        let first = data.tagged(Split::Train, 0).unwrap();
+        assert_eq!(first.words, vec!["Tom", "went", "to", "Paris"]);
+        assert_eq!(first.tags, vec![1, 2, 2, 0]);
+        assert_eq!(data.get(Split::Train, 0).text, "Tom went to Paris");
+        assert_eq!(data.tagged(Split::Val, 0).unwrap().tags, vec![0]);
+        // Integer tags (datasets' ner_tags) index the `labels` option's names.
+        let ints = write(
+            dir.path(),
+            "i.jsonl",
+            "{\"tokens\": [\"a\", \"b\"], \"ner_tags\": [0, 1]}\n{\"tokens\": [\"c\"], \"ner_tags\": [1]}\n",
+        );
+        let mut o = FileOptions::new(ints.clone());
+        o.tags = "ner_tags".into();
+        o.labels = Some(vec!["O".into(), "B-X".into()]);
+        o.val_fraction = 0.5;
+        let data = FileLabelled::load(&o).unwrap();
+        assert_eq!(data.tagged(Split::Train, 0).unwrap().tags, vec![0, 1]);
+        assert_eq!(data.len(Split::Val), 1);
+        // Bad rows name file, line and cause.
+        let short = write(
+            dir.path(),
+            "s.jsonl",
+            "{\"tokens\": [\"a\", \"b\"], \"labels\": [\"O\", \"X\"]}\n{\"tokens\": [\"a\", \"b\"], \"labels\": [\"O\"]}\n",
+        );
+        let err = FileLabelled::load(&FileOptions::new(short)).err().unwrap();
+        assert!(
+            err.contains("s.jsonl:2") && err.contains("2 words") && err.contains("1 tags"),
+            "{err}"
+        );
+        let mut o = FileOptions::new(train);
+        o.val = Some(write(
+            dir.path(),
+            "u.jsonl",
+            "{\"tokens\": [\"x\"], \"labels\": [\"B-ORG\"]}\n",
+        ));
+        let err = FileLabelled::load(&o).err().unwrap();
+        assert!(
+            err.contains("u.jsonl:1") && err.contains("unknown tag \"B-ORG\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,15 +13,20 @@
 //! - `paraphrase` (pair, F1, MRPC-like): two renderings of two events; the same events in other
 //!   sentence forms, or events with one slot changed;
 //! - `similarity` (pair, regression 0–5, Pearson, STS-B-like): two renderings of one event
-//!   sharing k of its n slots, scored 5·k/n.
+//!   sharing k of its n slots, scored 5·k/n;
+//! - `roles` (token classification, entity-level F1, CoNLL-like): each word of a sentence
+//!   tagged with its role in the event ([`crate::glue_roles`]).
 //!
 //! Classes are balanced; train and val are disjoint (a val example never repeats a train text).
 
 use std::collections::HashSet;
 
 use llmlab_plugin_api::rng::SplitMix64;
-use llmlab_plugin_api::{Label, LabelledSource, LabelledText, Result, Split, TextSource};
+use llmlab_plugin_api::{
+    Label, LabelledSource, LabelledText, Result, Split, TaggedWords, TextSource,
+};
 
+use crate::glue_roles::{roles, ROLE_LABELS};
 use crate::stories::Lexicon;
 
 const L: &Lexicon = &Lexicon::FULL;
@@ -36,15 +41,17 @@ pub enum GlueTask {
     Entailment,
     Paraphrase,
     Similarity,
+    Roles,
 }
 
 impl GlueTask {
-    pub const ALL: [GlueTask; 5] = [
+    pub const ALL: [GlueTask; 6] = [
         GlueTask::Sentiment,
         GlueTask::Acceptability,
         GlueTask::Entailment,
         GlueTask::Paraphrase,
         GlueTask::Similarity,
+        GlueTask::Roles,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +61,7 @@ impl GlueTask {
             GlueTask::Entailment => "entailment",
             GlueTask::Paraphrase => "paraphrase",
             GlueTask::Similarity => "similarity",
+            GlueTask::Roles => "roles",
         }
     }
 
@@ -69,6 +77,7 @@ impl GlueTask {
             GlueTask::Entailment => &["not_entailment", "entailment"],
             GlueTask::Paraphrase => &["not_paraphrase", "paraphrase"],
             GlueTask::Similarity => &[],
+            GlueTask::Roles => &ROLE_LABELS,
         };
         names.iter().map(|s| s.to_string()).collect()
     }
@@ -77,7 +86,7 @@ impl GlueTask {
         match self {
             GlueTask::Sentiment | GlueTask::Entailment => "accuracy",
             GlueTask::Acceptability => "mcc",
-            GlueTask::Paraphrase => "f1",
+            GlueTask::Paraphrase | GlueTask::Roles => "f1",
             GlueTask::Similarity => "pearson",
         }
     }
@@ -90,10 +99,10 @@ impl GlueTask {
     }
 }
 
-struct Draw(SplitMix64);
+pub(crate) struct Draw(pub(crate) SplitMix64);
 
 impl Draw {
-    fn pick<'a>(&mut self, options: &[&'a str]) -> &'a str {
+    pub(crate) fn pick<'a>(&mut self, options: &[&'a str]) -> &'a str {
         options[self.0.below(options.len())]
     }
     /// One of `options` other than every word in `not`.
@@ -108,7 +117,7 @@ impl Draw {
     fn coin(&mut self) -> bool {
         self.0.next_u64() & 1 == 1
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         self.0.below(n)
     }
 }
@@ -354,7 +363,7 @@ const TEMPLATES: &[&str] = &[
     "In the end, {name} was {feeling}.",
 ];
 
-fn class_words(class: &str) -> Vec<&'static str> {
+pub(crate) fn class_words(class: &str) -> Vec<&'static str> {
     match class {
         "trait" => L.traits.to_vec(),
         "kind" => L.kinds.to_vec(),
@@ -660,32 +669,41 @@ pub struct GlueData {
     pub seed: u64,
     train: Vec<LabelledText>,
     val: Vec<LabelledText>,
+    /// The words and tags of each example of a token-classification task; empty otherwise.
+    train_tags: Vec<TaggedWords>,
+    val_tags: Vec<TaggedWords>,
 }
 
 impl GlueData {
     pub fn generate(task: GlueTask, n: usize, val: usize, seed: u64) -> GlueData {
         let make = |d: &mut Draw| match task {
-            GlueTask::Sentiment => sentiment(d),
-            GlueTask::Acceptability => acceptability(d),
-            GlueTask::Entailment => entailment(d),
-            GlueTask::Paraphrase => paraphrase(d),
-            GlueTask::Similarity => similarity(d),
+            GlueTask::Sentiment => (sentiment(d), None),
+            GlueTask::Acceptability => (acceptability(d), None),
+            GlueTask::Entailment => (entailment(d), None),
+            GlueTask::Paraphrase => (paraphrase(d), None),
+            GlueTask::Similarity => (similarity(d), None),
+            GlueTask::Roles => {
+                let (text, tagged) = roles(d);
+                (text, Some(tagged))
+            }
         };
         let key =
             |e: &LabelledText| format!("{}\u{0}{}", e.text, e.text_pair.as_deref().unwrap_or(""));
         let mut d = Draw(SplitMix64::new(seed ^ 0x474c_5545));
-        let train: Vec<LabelledText> = (0..n).map(|_| make(&mut d)).collect();
+        let (train, train_tags): (Vec<LabelledText>, Vec<Option<TaggedWords>>) =
+            (0..n).map(|_| make(&mut d)).unzip();
         let seen: HashSet<String> = train.iter().map(key).collect();
         let wanted = val;
-        let mut val = Vec::with_capacity(wanted);
+        let (mut val, mut val_tags) = (Vec::with_capacity(wanted), Vec::new());
         // The val stream may run dry of unseen texts on a tiny grammar slice: bounded tries.
         for _ in 0..wanted * 100 {
             if val.len() == wanted {
                 break;
             }
-            let e = make(&mut d);
+            let (e, tagged) = make(&mut d);
             if !seen.contains(&key(&e)) {
                 val.push(e);
+                val_tags.extend(tagged);
             }
         }
         GlueData {
@@ -693,6 +711,8 @@ impl GlueData {
             seed,
             train,
             val,
+            train_tags: train_tags.into_iter().flatten().collect(),
+            val_tags,
         }
     }
 
@@ -727,6 +747,15 @@ impl LabelledSource for GlueData {
     }
     fn metric(&self) -> String {
         self.task.metric().to_string()
+    }
+    fn is_tagging(&self) -> bool {
+        self.task == GlueTask::Roles
+    }
+    fn tagged(&self, split: Split, index: usize) -> Option<TaggedWords> {
+        match split {
+            Split::Train => self.train_tags.get(index).cloned(),
+            Split::Val => self.val_tags.get(index).cloned(),
+        }
     }
 }
 
@@ -871,6 +900,12 @@ mod tests {
                 .iter()
                 .all(|e| !train.contains(&(e.text.clone(), e.text_pair.clone()))));
             assert_eq!(a.is_pair(), a.train.iter().all(|e| e.text_pair.is_some()));
+            if a.is_tagging() {
+                assert_eq!(a.train_tags.len(), a.train.len());
+                assert_eq!(a.val_tags.len(), a.val.len());
+                let t = a.tagged(Split::Val, 3).unwrap();
+                assert_eq!(crate::glue_roles::text_of(&t.words), a.val[3].text);
+            }
         }
     }
 }

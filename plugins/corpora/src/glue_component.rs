@@ -41,7 +41,7 @@ impl TypedConfig for GlueOptions {
     const DOCS: &'static [(&'static str, &'static str)] = &[
         (
             "task",
-            "sentiment, acceptability, entailment, paraphrase or similarity",
+            "sentiment, acceptability, entailment, paraphrase, similarity or roles (token classification)",
         ),
         ("n", "training examples"),
         (
@@ -79,7 +79,7 @@ impl Factory for GlueFactory {
         Kind::Corpus
     }
     fn about(&self) -> &'static str {
-        "GLUE-style tasks with exact labels from the stories grammar: sentiment, acceptability, entailment, paraphrase, similarity"
+        "GLUE-style tasks with exact labels from the stories grammar: sentiment, acceptability, entailment, paraphrase, similarity, roles (per-word tags)"
     }
     fn config_keys(&self) -> Vec<ConfigKey> {
         GlueOptions::keys()

@@ -8,13 +8,15 @@
 //! - [`chat`]: `corpus("chat", #{ n, turns, digits, seed })`, multi-turn conversations of task
 //!   questions as `messages` JSON, for chat SFT;
 //! - [`glue`]: `corpus("glue", #{ task, n, val, seed })`, a GLUE-style suite (sentiment,
-//!   acceptability, entailment, paraphrase, similarity) with exact labels ([`glue_component`]);
+//!   acceptability, entailment, paraphrase, similarity, and the token-classification task
+//!   roles of [`glue_roles`]) with exact labels ([`glue_component`]);
 //! - [`components`]: the factories and the `Corpus` objects they make.
 
 pub mod chat;
 pub mod components;
 pub mod glue;
 pub mod glue_component;
+pub mod glue_roles;
 pub mod stories;
 pub mod tasks;
 

@@ -6,6 +6,12 @@
 //! classes or mean squared error on the score. Examples are visited in a seeded order per epoch
 //! (the cursor records epoch and position, so a resumed run continues exactly).
 //!
+//! A token-classification task (`LabelledSource::is_tagging`: `glue` `roles`, a JSONL file with
+//! `tokens`/`labels`) gets a `token` head instead, its words aligned to sub-tokens by
+//! [`crate::token_tagging`] (first piece labelled, the rest, the specials and the padding
+//! ignored); the loss is cross-entropy over the labelled positions, `val_accuracy` the token
+//! accuracy and `val_f1` the entity-level F1 (the default measure).
+//!
 //! Evaluation runs on the whole val split: `val_loss`, and `val_accuracy`, `val_f1`, `val_mcc`
 //! (classes) or `val_pearson`, `val_spearman` (scores); `val_metric` is the task's own measure
 //! (or `metric`) and `val_best` the best so far. With `patience`, training stops after that many
@@ -25,6 +31,7 @@ use llmlab_train::{loss, TrainConfig};
 use crate::last_token::{HeadWeights, LastTokenHead};
 use crate::pair_encoding::{self, Encoded, Specials};
 use crate::task_metrics;
+use crate::token_tagging::{self, TaggedEncoding};
 
 /// Measures a task may be judged by.
 pub const METRICS: &[&str] = &["accuracy", "f1", "mcc", "pearson", "spearman"];
@@ -97,6 +104,8 @@ pub struct Task {
     pub labels: Vec<String>,
     pub pair: bool,
     pub metric: String,
+    /// Token classification: a tag per word.
+    pub tagging: bool,
 }
 
 impl Task {
@@ -104,6 +113,17 @@ impl Task {
         let labels = source.label_names();
         let metric = config.metric.clone().unwrap_or_else(|| source.metric());
         let regression = labels.is_empty();
+        let tagging = source.is_tagging();
+        if tagging && !matches!(metric.as_str(), "accuracy" | "f1") {
+            return Err(Error::invalid_config(
+                "classify",
+                format!(
+                    "`metric` {metric} does not fit {} (a token-classification task: accuracy \
+                     (per token) or f1 (entity-level))",
+                    source.name()
+                ),
+            ));
+        }
         if regression != matches!(metric.as_str(), "pearson" | "spearman") {
             return Err(Error::invalid_config(
                 "classify",
@@ -129,12 +149,16 @@ impl Task {
             labels,
             pair: source.is_pair(),
             metric,
+            tagging,
         })
     }
 
     /// The head `Model::set_head` gets for this task.
     pub fn head(&self) -> Value {
-        if self.labels.is_empty() {
+        if self.tagging {
+            json!({ "kind": "token", "num_labels": self.labels.len(),
+                    "labels": self.labels, "pair": false })
+        } else if self.labels.is_empty() {
             json!({ "kind": "regression", "num_labels": 1, "pair": self.pair })
         } else {
             json!({ "kind": "sequence", "num_labels": self.labels.len(),
@@ -148,6 +172,8 @@ impl Task {
 struct Row {
     encoded: Encoded,
     label: Label,
+    /// Token classification: the tag at each position (`None`: no target).
+    tags: Option<Vec<Option<usize>>>,
 }
 
 fn labelled<'a>(job: &TrainJob<'a>) -> Result<(&'a dyn LabelledSource, &'a dyn Tokenizer)> {
@@ -183,6 +209,30 @@ fn encode_split(
         .map(|i| {
             let example = source.get(split, i);
             let what = || format!("{}: {split_name} example {i}", source.name());
+            if task.tagging {
+                let tagged = source.tagged(split, i).ok_or_else(|| {
+                    Error::Data(format!(
+                        "{}: a token-classification task without tags",
+                        what()
+                    ))
+                })?;
+                if let Some(&bad) = tagged.tags.iter().find(|&&t| t >= task.labels.len()) {
+                    return Err(Error::Data(format!(
+                        "{}: tag index {bad} is not one of the task's {} labels {:?}",
+                        what(),
+                        task.labels.len(),
+                        task.labels
+                    )));
+                }
+                let TaggedEncoding { encoded, tags } = token_tagging::encode_words(
+                    tokenizer, specials, &tagged, ctx, truncate, &what,
+                )?;
+                return Ok(Row {
+                    encoded,
+                    label: example.label,
+                    tags: Some(tags),
+                });
+            }
             if task.pair && example.text_pair.is_none() {
                 return Err(Error::Data(format!(
                     "{}: the task is a sentence-pair task, but the example has a single sentence \
@@ -226,6 +276,7 @@ fn encode_split(
             Ok(Row {
                 encoded,
                 label: example.label,
+                tags: None,
             })
         })
         .collect()
@@ -234,6 +285,21 @@ fn encode_split(
 fn rows_to_batch(rows: &[&Row], pad: u32, device: &Device) -> Result<Batch> {
     let encoded: Vec<&Encoded> = rows.iter().map(|r| &r.encoded).collect();
     let (inputs, forward_inputs) = pair_encoding::pad(&encoded, pad, device)?;
+    if rows[0].tags.is_some() {
+        let tags: Vec<&[Option<usize>]> = rows
+            .iter()
+            .map(|r| r.tags.as_deref().unwrap_or(&[]))
+            .collect();
+        let (targets, mask, kept) = token_tagging::targets(&tags, inputs.dim(1)?, device)?;
+        return Ok(Batch {
+            tokens: inputs.elem_count(),
+            inputs,
+            targets,
+            mask: Some(mask),
+            loss_tokens: kept,
+            forward_inputs,
+        });
+    }
     let targets = match rows[0].label {
         Label::Class(_) => {
             let ids: Vec<u32> = rows
@@ -266,8 +332,13 @@ fn rows_to_batch(rows: &[&Row], pad: u32, device: &Device) -> Result<Batch> {
     })
 }
 
-/// The loss of head outputs `logits` on the batch's labels.
-fn head_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+/// The loss of head outputs `logits` on the batch's labels (per-token ones over the mask's
+/// positions only).
+fn head_loss(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
+    let targets = &batch.targets;
+    if let Some(mask) = &batch.mask {
+        return loss::masked_cross_entropy(logits, targets, mask, batch.loss_tokens);
+    }
     if targets.dtype() == DType::F32 {
         let predicted = logits.flatten_all()?;
         return Ok((predicted - targets)?.sqr()?.mean_all()?);
@@ -439,13 +510,16 @@ impl Objective for Classification {
     }
 
     fn loss(&mut self, logits: &Tensor, batch: &Batch) -> Result<Tensor> {
-        head_loss(logits, &batch.targets)
+        head_loss(logits, batch)
     }
 
     fn evaluate(&mut self, model: &dyn Model, batches: &[Batch]) -> Result<StepMetrics> {
         let (mut total, mut count) = (0f64, 0usize);
         let mut outputs: Vec<Vec<f32>> = Vec::new();
-        for batch in batches {
+        // Token classification: per val sentence, the predicted and gold tags of its words.
+        let (mut predicted_tags, mut gold_tags) = (Vec::new(), Vec::new());
+        let rows_per_batch = self.batch_size.max(1);
+        for (b, batch) in batches.iter().enumerate() {
             let logits = model
                 .forward_with(
                     &batch.inputs,
@@ -454,19 +528,41 @@ impl Objective for Classification {
                 )?
                 .logits
                 .to_dtype(DType::F32)?;
-            total += head_loss(&logits, &batch.targets)?.to_scalar::<f32>()? as f64
-                * batch.loss_tokens as f64;
+            total +=
+                head_loss(&logits, batch)?.to_scalar::<f32>()? as f64 * batch.loss_tokens as f64;
             count += batch.loss_tokens;
-            outputs.extend(logits.to_vec2::<f32>()?);
+            if logits.rank() == 3 {
+                let rows = &self.val[b * rows_per_batch..];
+                for (row_logits, row) in logits.to_vec3::<f32>()?.iter().zip(rows) {
+                    let tags = row.tags.as_deref().unwrap_or(&[]);
+                    let (p, g) = token_tagging::labelled_predictions(row_logits, tags);
+                    predicted_tags.push(p);
+                    gold_tags.push(g);
+                }
+            } else {
+                outputs.extend(logits.to_vec2::<f32>()?);
+            }
         }
         let mut metrics = StepMetrics::new();
         if count == 0 {
             return Ok(metrics);
         }
         metrics.insert("val_loss".into(), total / count as f64);
-        let gold: Vec<Label> = self.val.iter().map(|r| r.label).collect();
-        metrics.extend(self.measures(&outputs, &gold));
         let task = self.task.as_ref().expect("prepared");
+        if task.tagging {
+            let flat = |t: &[Vec<usize>]| t.concat();
+            metrics.insert(
+                "val_accuracy".into(),
+                task_metrics::accuracy(&flat(&predicted_tags), &flat(&gold_tags)),
+            );
+            metrics.insert(
+                "val_f1".into(),
+                task_metrics::entity_f1(&predicted_tags, &gold_tags, &task.labels),
+            );
+        } else {
+            let gold: Vec<Label> = self.val.iter().map(|r| r.label).collect();
+            metrics.extend(self.measures(&outputs, &gold));
+        }
         let value = metrics
             .get(&format!("val_{}", task.metric))
             .copied()
@@ -537,6 +633,14 @@ impl ClassifyTrainer {
         }
         match model.set_head(Some(&wanted)) {
             Ok(_) => Ok(()),
+            Err(Error::Unsupported { .. }) if task.tagging => Err(Error::unsupported(
+                model.name(),
+                &format!(
+                    "token classification ({}): it needs a model with a token head, e.g. \
+                     `bert` (decoders get a last-token head for sentence tasks only)",
+                    source.name()
+                ),
+            )),
             Err(Error::Unsupported { .. }) => {
                 let labels = task.labels.len().max(1);
                 let seed = self.inner.train_config().seed.unwrap_or(0);
@@ -642,7 +746,15 @@ mod tests {
         let dev = Device::Cpu;
         let logits = Tensor::new(&[[0f32, 0.0], [2.0, 0.0]], &dev).unwrap();
         let classes = Tensor::new(&[0u32, 0], &dev).unwrap();
-        let ce = head_loss(&logits, &classes)
+        let batch = |targets: Tensor| Batch {
+            tokens: 2,
+            inputs: Tensor::zeros((2, 1), DType::U32, &dev).unwrap(),
+            targets,
+            mask: None,
+            loss_tokens: 2,
+            forward_inputs: ForwardInputs::default(),
+        };
+        let ce = head_loss(&logits, &batch(classes))
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
@@ -650,11 +762,44 @@ mod tests {
         assert!((ce - expected).abs() < 1e-5, "{ce} vs {expected}");
         let scores = Tensor::new(&[[1f32], [3.0]], &dev).unwrap();
         let gold = Tensor::new(&[2f32, 3.0], &dev).unwrap();
-        let mse = head_loss(&scores, &gold)
+        let mse = head_loss(&scores, &batch(gold))
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
         assert!((mse - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn token_loss_ignores_padding_and_unlabelled_pieces() {
+        let dev = Device::Cpu;
+        let row = |ids: Vec<u32>, tags: Vec<Option<usize>>| Row {
+            encoded: Encoded {
+                types: vec![0; ids.len()],
+                ids,
+            },
+            label: Label::Class(0),
+            tags: Some(tags),
+        };
+        let long = row(vec![1, 5, 6, 2], vec![None, Some(1), None, None]);
+        let short = row(vec![1, 7, 2], vec![None, Some(2), None]);
+        let batch = rows_to_batch(&[&long, &short], 0, &dev).unwrap();
+        assert_eq!(batch.loss_tokens, 2);
+        // Logits favour class 0 everywhere, hugely so where nothing is labelled (specials,
+        // the continuation piece, the padding): those positions must not move the loss.
+        let mut values = vec![0f32; 2 * 4 * 3];
+        for (i, v) in values.iter_mut().enumerate() {
+            let (position, class) = (i / 3, i % 3);
+            if class == 0 && !matches!(position, 1 | 5) {
+                *v = 100.0;
+            }
+        }
+        let logits = Tensor::from_vec(values, (2, 4, 3), &dev).unwrap();
+        let loss = head_loss(&logits, &batch)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // Each labelled position has uniform logits over 3 classes.
+        assert!((loss - 3f32.ln()).abs() < 1e-5, "{loss}");
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! llmlab plugin `encoder-trainer`: the encoder trainers (issue 18), each one
 //! [`llmlab_train::Objective`] on `llmlab-train`'s step loop: `mlm` (masked-LM pretraining,
 //! [`mlm`]) and `classify` (fine-tuning with a task head on labelled sentences or pairs,
-//! [`classify`]; decoders get a last-token head, [`last_token`]), with the input layout of sentence pairs ([`pair_encoding`]) and the GLUE
-//! measures ([`task_metrics`]).
+//! [`classify`]; decoders get a last-token head, [`last_token`]; token classification aligns
+//! words to sub-tokens, [`token_tagging`]), with the input layout of sentence pairs
+//! ([`pair_encoding`]) and the GLUE measures ([`task_metrics`]).
 
 pub mod classify;
 pub mod last_token;
 pub mod mlm;
 pub mod pair_encoding;
 pub mod task_metrics;
+pub mod token_tagging;
 
 pub use classify::{new_classify_trainer, ClassifyTrainer};
 pub use mlm::{new_mlm_trainer, MlmTrainer};

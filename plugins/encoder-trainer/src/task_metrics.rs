@@ -1,6 +1,6 @@
 //! The measures GLUE tasks are judged by: accuracy, F1 of the positive class (binary tasks;
-//! macro-F1 over classes otherwise), Matthews correlation (CoLA), and Pearson and Spearman
-//! correlation (STS-B regression). Degenerate inputs (one class predicted, constant scores)
+//! macro-F1 over classes otherwise), Matthews correlation (CoLA), Pearson and Spearman
+//! correlation (STS-B regression), and entity-level F1 for token classification (CoNLL). Degenerate inputs (one class predicted, constant scores)
 //! give 0, as scikit-learn and SciPy's conventions do for MCC and as a defined value for the
 //! correlations.
 
@@ -118,9 +118,91 @@ pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
     pearson(&ranks(x), &ranks(y))
 }
 
+/// The entities of one tag sequence as `(type, first, last)` word positions, the CoNLL way
+/// (seqeval's default): `B-X` starts an entity of type X, `I-X` continues one of type X (or
+/// starts one after `O` or another type), `O` ends it; any other tag (no `B-`/`I-` prefix) is a
+/// one-word entity of its own type.
+fn entities(tags: &[usize], labels: &[String]) -> Vec<(String, usize, usize)> {
+    let mut found: Vec<(String, usize, usize)> = Vec::new();
+    let mut open: Option<(String, usize)> = None;
+    let close = |open: &mut Option<(String, usize)>, end: usize, found: &mut Vec<_>| {
+        if let Some((kind, start)) = open.take() {
+            found.push((kind, start, end));
+        }
+    };
+    for (i, &t) in tags.iter().enumerate() {
+        let tag = labels.get(t).map_or("O", String::as_str);
+        if let Some(kind) = tag.strip_prefix("I-") {
+            if open.as_ref().is_some_and(|(k, _)| k == kind) {
+                continue;
+            }
+            close(&mut open, i - usize::from(i > 0), &mut found);
+            open = Some((kind.to_string(), i));
+        } else if let Some(kind) = tag.strip_prefix("B-") {
+            close(&mut open, i.saturating_sub(1), &mut found);
+            open = Some((kind.to_string(), i));
+        } else {
+            close(&mut open, i.saturating_sub(1), &mut found);
+            if tag != "O" {
+                found.push((tag.to_string(), i, i));
+            }
+        }
+    }
+    close(&mut open, tags.len().saturating_sub(1), &mut found);
+    found
+}
+
+/// Entity-level F1 over sentences (micro-averaged, CoNLL/seqeval): a predicted entity counts
+/// when one of the same type spans exactly the same words in the gold tags. 0 when neither
+/// side has an entity.
+pub fn entity_f1(predicted: &[Vec<usize>], gold: &[Vec<usize>], labels: &[String]) -> f64 {
+    let (mut tp, mut n_predicted, mut n_gold) = (0usize, 0usize, 0usize);
+    for (p, g) in predicted.iter().zip(gold) {
+        let p = entities(p, labels);
+        let g = entities(g, labels);
+        tp += p.iter().filter(|e| g.contains(e)).count();
+        n_predicted += p.len();
+        n_gold += g.len();
+    }
+    if tp == 0 {
+        return 0.0;
+    }
+    2.0 * tp as f64 / (n_predicted + n_gold) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entity_f1_counts_exact_spans_of_the_right_type() {
+        let labels: Vec<String> = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        // Gold: PER(0..1), LOC(3..4). Predicted: PER(0..0) (too short), LOC(3..4).
+        let gold = vec![vec![1, 2, 0, 3, 4]];
+        let pred = vec![vec![1, 0, 0, 3, 4]];
+        assert_eq!(
+            entities(&gold[0], &labels),
+            vec![("PER".into(), 0, 1), ("LOC".into(), 3, 4)]
+        );
+        // tp 1, 2 predicted, 2 gold → 2 / 4.
+        assert!((entity_f1(&pred, &gold, &labels) - 0.5).abs() < 1e-12);
+        assert_eq!(entity_f1(&gold, &gold, &labels), 1.0);
+        // An I- after O starts an entity (seqeval's default), a type change splits one.
+        assert_eq!(
+            entities(&[0, 2, 2, 4], &labels),
+            vec![("PER".into(), 1, 2), ("LOC".into(), 3, 3)]
+        );
+        // Tags without a prefix are one-word entities: per-token F1 over non-O tags.
+        let plain: Vec<String> = ["O", "WHO"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            entities(&[1, 1, 0], &plain),
+            vec![("WHO".into(), 0, 0), ("WHO".into(), 1, 1)]
+        );
+        assert_eq!(entity_f1(&[vec![0, 0]], &[vec![0, 0]], &labels), 0.0);
+    }
 
     #[test]
     fn classification_measures_match_hand_computed_values() {

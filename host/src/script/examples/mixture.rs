@@ -9,7 +9,8 @@
 //!
 //! A labelled corpus (GLUE-style: `text`, `text_pair`, a class label) enters as text-to-text
 //! with its label *words* as answers (`"sentence: ... | ..."` → `"positive"`), checked by exact
-//! match; `exact: true` gives script-built examples (`corpus([...])`, no checker of their own)
+//! match (a token-classification corpus: the sentence → its words' tags, space-separated);
+//! `exact: true` gives script-built examples (`corpus([...])`, no checker of their own)
 //! the same exact-match checker against their own answers.
 
 use std::collections::HashMap;
@@ -33,6 +34,20 @@ impl ExampleSource for LabelWords {
     }
     fn get(&self, index: usize) -> Example {
         let item = self.0.get(Split::Train, index);
+        // Token classification as text: the sentence → its words' tags, space-separated.
+        if let Some(tagged) = self.0.tagged(Split::Train, index) {
+            let names = self.0.label_names();
+            let answer: Vec<&str> = tagged
+                .tags
+                .iter()
+                .map(|&t| names.get(t).map_or("?", String::as_str))
+                .collect();
+            return Example {
+                prompt: item.text,
+                answer: answer.join(" "),
+                rejected: None,
+            };
+        }
         let answer = match item.label {
             Label::Class(c) => self.0.label_names().get(c).cloned().unwrap_or_default(),
             Label::Score(x) => format!("{x:.1}"),
