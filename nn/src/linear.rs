@@ -21,6 +21,7 @@ use llmlab_plugin_api::candle::quantized::{QMatMul, QTensor};
 use llmlab_plugin_api::candle::{DType, Module, Result, Tensor, D};
 use llmlab_plugin_api::candle_nn::{self, Init, VarBuilder};
 
+use crate::ops::{self, Kernels};
 use crate::pruning::Pruning;
 
 /// What stands in for a layer's product when set: a LoRA adapter (`gpt`'s `lora.rs`) holds the
@@ -52,6 +53,8 @@ pub struct DenseLinear {
     /// Pruning ([`crate::pruning`]): the weight's keep-mask and the calibration recorder, shared by the
     /// layer's clones.
     pruning: Arc<RwLock<Pruning>>,
+    /// `Fused`: [`ops::linear`] (bias in the gemm, own backward); `Reference`: candle's `Linear`.
+    kernels: Kernels,
 }
 
 impl std::fmt::Debug for DenseLinear {
@@ -73,6 +76,19 @@ impl DenseLinear {
             fake_quant: FakeQuantSlot::default(),
             adapter: None,
             pruning: Arc::default(),
+            kernels: Kernels::Fused,
+        }
+    }
+
+    /// The same layer on the fused op or candle's composed `Linear` (`gpt`'s `kernels` key).
+    pub fn with_kernels(self, kernels: Kernels) -> Self {
+        DenseLinear { kernels, ..self }
+    }
+
+    fn product(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        match self.kernels {
+            Kernels::Fused => ops::linear(x, weight, bias),
+            Kernels::Reference => ops::linear::linear_reference(x, weight, bias),
         }
     }
 
@@ -107,7 +123,7 @@ impl DenseLinear {
         };
         let quantizer = self.fake_quantizer();
         if mask.is_none() && quantizer.is_none() {
-            return self.inner.forward(x);
+            return self.product(x, self.inner.weight(), self.inner.bias());
         }
         // Masked, a pruned weight stays zero in the product and gets no gradient, so further
         // training keeps the sparsity.
@@ -120,7 +136,7 @@ impl DenseLinear {
                 .fake_quantize(&weight)
                 .map_err(|e| llmlab_plugin_api::candle::Error::Msg(e.to_string()))?;
         }
-        candle_nn::Linear::new(weight, self.inner.bias().cloned()).forward(x)
+        self.product(x, &weight, self.inner.bias())
     }
 }
 
@@ -165,6 +181,14 @@ impl QuantizedLinear {
 }
 
 impl Linear {
+    /// A dense layer on the fused op or candle's composed `Linear`; quantized layers keep
+    /// candle's quantized kernels either way.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        if let Linear::Dense(l) = self {
+            l.kernels = kernels;
+        }
+    }
+
     /// The LoRA adapter wrapping this layer, if any.
     pub fn adapter(&self) -> Option<&Arc<dyn LinearAdapter>> {
         match self {

@@ -123,3 +123,88 @@ fn a_prompt_over_the_encoder_length_and_a_missing_sentinel_are_named() {
         "{out}"
     );
 }
+
+#[test]
+fn corpus_mix_with_a_glue_task_trains_seq2seq_and_is_evaluated() {
+    // The GLUE-style sentiment task enters the mixture as label words ("positive" /
+    // "negative") beside arithmetic; seq2seq trains a tiny T5 on it, and accuracy() scores
+    // held-out sentiment examples (another seed) by exact match of the label word.
+    let script = r#"
+        let specials = ["<|endoftext|>", "<pad>", "<extra_id_0>"];
+        let sentiment = corpus("glue", #{ task: "sentiment", n: 200, seed: 1 });
+        let tok = tokenizer("bpe", #{ vocab_size: 300, special_tokens: specials });
+        tok.train(sentiment);
+        let mix = corpus_mix([
+            #{ corpus: sentiment, prefix: "sentiment: ", rate: 3.0 },
+            #{ corpus: corpus("arithmetic", #{ n: 200, digits: 1, seed: 1 }), prefix: "add: ", rate: 1.0 },
+        ]);
+        print(`mixture: ${mix}`);
+        let pad = tok.token_to_id("<pad>");
+        let t5 = model("t5", #{ vocab_size: tok.vocab_size(), d_model: 32, d_kv: 8, d_ff: 64,
+                                n_head: 4, n_layer: 1, ctx: 96, feed_forward: "gated-gelu",
+                                eos_token_id: tok.token_to_id("<|endoftext|>"), pad_token_id: pad,
+                                decoder_start_token_id: pad, seed: 1 });
+        let r = trainer("seq2seq", #{ steps: 60, batch_size: 16, lr: 3e-3, warmup: 5, ctx: 96,
+                                      log_every: 1, eval_every: 0 }).fit(t5, mix, tok);
+        let test = corpus_mix([#{ corpus: corpus("glue", #{ task: "sentiment", n: 20, seed: 9 }),
+                                  prefix: "sentiment: " }]);
+        let opts = #{ n: 20, max_tokens: 4 };
+        print(`sentiment accuracy= ${accuracy(t5, tok, test, opts)}`);
+        let answer = t5.generate(tok, test.examples(1)[0].prompt,
+                                 #{ max_tokens: 4, temperature: 0.0 });
+        print(`answer=[${answer}]`);
+        "#;
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_inline_script("glue_mix", script, &[], dir.path());
+    assert!(out.contains("mixture:"), "{out}");
+    let at = out.find("sentiment accuracy=").expect("accuracy printed") + 19;
+    let accuracy: f64 = out[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((0.0..=1.0).contains(&accuracy), "{out}");
+    // 60 steps teach the answer's form: a label word of the task.
+    let answer = out
+        .split("answer=[")
+        .nth(1)
+        .unwrap()
+        .split(']')
+        .next()
+        .unwrap();
+    assert!(
+        ["positive", "negative"].contains(&answer.trim()),
+        "the sentiment answer is a label word: {answer:?}\n{out}"
+    );
+    // Training on the mixture lowered the loss (metrics.jsonl of the seq2seq run).
+    let mut losses = Vec::new();
+    for entry in walk(dir.path()) {
+        if entry.ends_with("metrics.jsonl") {
+            for line in std::fs::read_to_string(&entry).unwrap().lines() {
+                let v: llmlab_plugin_api::serde_json::Value =
+                    llmlab_plugin_api::serde_json::from_str(line).unwrap();
+                if let Some(l) = v.get("loss").and_then(|l| l.as_f64()) {
+                    losses.push(l);
+                }
+            }
+        }
+    }
+    assert!(losses.len() >= 10, "{losses:?}");
+    let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
+    let tail: f64 = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
+    assert!(tail < 0.7 * head, "loss {head} → {tail}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -8,7 +8,7 @@
 //! reference path otherwise (other dtypes, CUDA), so callers never need to branch. Inputs may
 //! have any layout: kernels read strided inputs through [`layout`] (a copy only when needed).
 //!
-//! What this module does not own: matmuls of linear layers (candle's gemm path), the optimizer
+//! What this module does not own: the optimizer
 //! (`llmlab_train::adamw`); a model chooses between the paths with [`Kernels`] (`gpt`'s
 //! `kernels` key).
 //! Design and measurements: docs/kernels.md.
@@ -18,6 +18,7 @@ pub mod cross_entropy;
 pub mod gelu;
 pub mod layer_norm;
 pub mod layout;
+pub mod linear;
 pub mod math;
 pub mod rms_norm;
 pub mod rope;
@@ -28,6 +29,7 @@ pub use attention::{causal_attention, causal_attention_packed};
 pub use cross_entropy::{token_nll, token_nll_reference};
 pub use gelu::gelu;
 pub use layer_norm::layer_norm;
+pub use linear::linear;
 pub use rms_norm::rms_norm;
 pub use rope::{rope, rope_packed};
 pub use softmax::softmax_last_dim;

@@ -1,0 +1,277 @@
+//! The linear layer `y = x Wᵀ + b` as one op with its own backward (issue 25):
+//!
+//! ```text
+//! forward:  y  = b (row-broadcast) + x Wᵀ          one gemm, the bias is the accumulator
+//! backward: dx = dy W,   dW = dyᵀ x,   db = Σ_rows dy
+//! ```
+//!
+//! Composed from stock candle ops the same layer costs a broadcast bias add on candle's own
+//! elementwise thread pool, a single-threaded strided reduction for the bias gradient, and a
+//! transposed `(in, out)` weight gradient that candle's backprop then copies into place. Here
+//! the transposes are gemm strides, the weight gradient is written `(out, in)` as the weight
+//! is stored, and the bias gradient is a parallel row sum. All three gradients come out of one
+//! buffer `[dx | dW | db]` (as the norms' backward does).
+//!
+//! `x` may have any leading dims and any layout (gathered once when strided); `W` is
+//! `(out, in)` like `torch.nn.Linear`.
+
+use crate::candle::{self, CpuStorage, CustomOp3, Layout, Shape, Tensor, D};
+use crate::ops::layout::{f32_data, rows_per_task};
+use crate::rayon::prelude::*;
+use llmlab_plugin_api::gemm;
+
+/// Products below this many multiply-adds run single-threaded (rayon's hand-off costs more).
+const PARALLEL_GEMM_MIN: usize = 1 << 18;
+
+/// `x Wᵀ + b` for `x` `(..., in)`, `weight` `(out, in)`, `bias` `(out,)`; fused on CPU f32,
+/// composed from candle ops otherwise.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle::Result<Tensor> {
+    let (out_dim, in_dim) = weight.dims2()?;
+    if x.dim(D::Minus1)? != in_dim {
+        candle::bail!(
+            "linear: input width {} does not match the weight's {in_dim} (weight {:?})",
+            x.dim(D::Minus1)?,
+            weight.dims()
+        )
+    }
+    if let Some(b) = bias {
+        if b.dims() != [out_dim] {
+            candle::bail!("linear: bias must be ({out_dim},), got {:?}", b.dims())
+        }
+    }
+    let fused =
+        super::fused_path(x) && super::fused_path(weight) && bias.is_none_or(super::fused_path);
+    if !fused {
+        return linear_reference(x, weight, bias);
+    }
+    // Without a bias the weight stands in as the third argument (never read, no gradient).
+    x.apply_op3(
+        weight,
+        bias.unwrap_or(weight),
+        FusedLinear {
+            has_bias: bias.is_some(),
+        },
+    )
+}
+
+/// The composed path: candle's own `Linear` (matmul with `Wᵀ`, broadcast bias add).
+pub fn linear_reference(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> candle::Result<Tensor> {
+    use crate::candle::Module;
+    llmlab_plugin_api::candle_nn::Linear::new(weight.clone(), bias.cloned()).forward(x)
+}
+
+/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, `(row, column)` strides in elements, threaded
+/// over the runtime's rayon pool when the product is big enough.
+///
+/// # Safety
+/// Every pointer with its strides must address valid `f32`s for the given sizes.
+unsafe fn gemm_into(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let threads = crate::rayon::current_num_threads();
+    let parallelism = if threads > 1 && m * n * k >= PARALLEL_GEMM_MIN {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: forwarded from the caller; dst is contiguous row-major (m, n).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+fn rows_of(layout: &Layout, width: usize) -> usize {
+    layout.shape().elem_count().checked_div(width).unwrap_or(0)
+}
+
+struct FusedLinear {
+    has_bias: bool,
+}
+
+impl CustomOp3 for FusedLinear {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let x = f32_data(xs, xl, self.name())?;
+        let w = f32_data(ws, wl, self.name())?;
+        let (out_dim, in_dim) = wl.shape().dims2()?;
+        let rows = rows_of(xl, in_dim);
+        let mut y = vec![0f32; rows * out_dim];
+        if self.has_bias && out_dim > 0 {
+            let b = f32_data(bs, bl, self.name())?;
+            y.par_chunks_mut(rows_per_task(rows, out_dim) * out_dim)
+                .for_each(|y| {
+                    y.chunks_exact_mut(out_dim)
+                        .for_each(|r| r.copy_from_slice(&b))
+                });
+        }
+        // SAFETY: x is (rows, in) row-major, w (out, in) read as Wᵀ (in, out) by swapped strides.
+        unsafe {
+            gemm_into(
+                (rows, out_dim, in_dim),
+                &mut y,
+                self.has_bias,
+                &x,
+                (in_dim, 1),
+                &w,
+                (1, in_dim),
+            )
+        };
+        let mut dims = xl.dims().to_vec();
+        *dims.last_mut().expect("linear input has a last dim") = out_dim;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, nw) = (x.elem_count(), w.elem_count());
+        let out_dim = w.dim(0)?;
+        let all = x.apply_op3_no_bwd(
+            w,
+            dy,
+            &LinearBackward {
+                has_bias: self.has_bias,
+            },
+        )?;
+        let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = all.narrow(0, n, nw)?.reshape(w.shape())?;
+        let db = self
+            .has_bias
+            .then(|| all.narrow(0, n + nw, out_dim))
+            .transpose()?;
+        Ok((Some(dx), Some(dw), db))
+    }
+}
+
+/// The backward of [`FusedLinear`] on `(x, W, dy)`: one buffer `[dx | dW | db]` (no `db`
+/// without a bias).
+struct LinearBackward {
+    has_bias: bool,
+}
+
+impl CustomOp3 for LinearBackward {
+    fn name(&self) -> &'static str {
+        "fused-linear-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
+        let x = f32_data(xs, xl, self.name())?;
+        let w = f32_data(ws, wl, self.name())?;
+        let dy = f32_data(gs, gl, self.name())?;
+        let (out_dim, in_dim) = wl.shape().dims2()?;
+        let rows = rows_of(xl, in_dim);
+        let (n, nw) = (rows * in_dim, out_dim * in_dim);
+        let nb = if self.has_bias { out_dim } else { 0 };
+        let mut out = vec![0f32; n + nw + nb];
+        let (dx, rest) = out.split_at_mut(n);
+        let (dw, db) = rest.split_at_mut(nw);
+        // SAFETY: dy (rows, out), W (out, in), x (rows, in), all row-major; dyᵀ by strides.
+        unsafe {
+            gemm_into(
+                (rows, in_dim, out_dim),
+                dx,
+                false,
+                &dy,
+                (out_dim, 1),
+                &w,
+                (in_dim, 1),
+            );
+            gemm_into(
+                (out_dim, in_dim, rows),
+                dw,
+                false,
+                &dy,
+                (1, out_dim),
+                &x,
+                (in_dim, 1),
+            );
+        }
+        if self.has_bias && rows > 0 && out_dim > 0 {
+            let step = rows_per_task(rows, out_dim) * out_dim;
+            let sums = dy
+                .par_chunks(step)
+                .map(|dy| {
+                    let mut s = vec![0f32; out_dim];
+                    add_rows(dy, &mut s);
+                    s
+                })
+                .reduce(
+                    || vec![0f32; out_dim],
+                    |mut a, b| {
+                        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                        a
+                    },
+                );
+            db.copy_from_slice(&sums);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n + nw + nb)))
+    }
+}
+
+crate::ops::math::simd_kernel! {
+    /// Adds every row of `rows` (row length `sum.len()`) into `sum`.
+    fn add_rows(rows: &[f32], sum: &mut [f32]) {
+        for row in rows.chunks_exact(sum.len()) {
+            for (s, &v) in sum.iter_mut().zip(row) {
+                *s += v;
+            }
+        }
+    }
+}
