@@ -14,6 +14,7 @@ use llmlab_plugin_api::candle::DType;
 use llmlab_plugin_api::{tracing, Context};
 
 fn main() -> ExitCode {
+    candle_elementwise_inline();
     reexec_with_malloc_tunables();
     ignore_sigxfsz();
     let cli = Cli::parse();
@@ -369,6 +370,19 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// candle runs its elementwise ops on a second, spinning thread pool beside the rayon pool that
+/// gemm and our kernels use; on few cores the two fight and the main thread's spin-wait for
+/// candle's workers was a third of a training step (docs/benchmarks.md, "Round 3"). With
+/// `CANDLE_NUM_THREADS=1` those ops run inline; matmuls keep `RAYON_NUM_THREADS` threads. It
+/// also makes candle's quantized matmuls single-threaded (measured there). Called first thing
+/// in `main`, before any thread exists; a value the user set is kept.
+fn candle_elementwise_inline() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Sound only while single-threaded: the first statement of main, before any spawn.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
 }
 
 /// Training allocates and frees many large tensors; with glibc's default thresholds each one is a
