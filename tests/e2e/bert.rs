@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use llmlab_e2e::{llmlab, repo_root, run_script, run_script_output, stderr, stdout};
+use llmlab_e2e::{
+    llmlab, repo_root, run_inline_script, run_script, run_script_output, stderr, stdout,
+};
 use llmlab_plugin_api::serde_json::{self, Value};
 
 fn files_named(dir: &Path, name: &str, found: &mut Vec<PathBuf>) {
