@@ -191,18 +191,7 @@ impl TypedConfig for TrainConfig {
                 return Err(format!("`{key}` must be a number >= 0, got {value}"));
             }
         }
-        if self.zero > 2 {
-            return Err(format!("`zero` must be 0, 1 or 2, got {}", self.zero));
-        }
-        if self.zero > 0 && !self.data_parallel {
-            return Err("`zero` shards over data-parallel ranks: set `data_parallel: true`".into());
-        }
-        if !(self.bucket_mb.is_finite() && self.bucket_mb > 0.0) {
-            return Err(format!(
-                "`bucket_mb` must be a positive number, got {}",
-                self.bucket_mb
-            ));
-        }
+        crate::data_parallel::check_keys(self.data_parallel, self.zero, self.bucket_mb)?;
         if !(self.loss_scale.is_finite() && self.loss_scale >= 1.0) {
             return Err(format!(
                 "`loss_scale` must be a number >= 1, got {}",

@@ -27,7 +27,6 @@ use crate::adamw::AdamW;
 use crate::batches::Batch;
 use crate::clip;
 use crate::config::TrainConfig;
-use crate::data_identity::DataIdentity;
 
 pub struct DataParallel {
     world: Arc<dyn Collective>,
@@ -56,23 +55,70 @@ impl DataParallel {
         config: &TrainConfig,
         world: Arc<dyn Collective>,
     ) -> Result<DataParallel> {
-        if !config.batch_size.is_multiple_of(world.size()) {
+        let dp = Self::with_keys(config.zero, config.bucket_mb, world);
+        dp.check_split(trainer, "batch_size", config.batch_size)?;
+        Ok(dp)
+    }
+
+    /// The data-parallel state of a trainer that keeps its keys outside a [`TrainConfig`] (the
+    /// aligners' update phase); `zero` and `bucket_mb` as in [`TrainConfig`].
+    pub fn with_keys(zero: u8, bucket_mb: f64, world: Arc<dyn Collective>) -> DataParallel {
+        DataParallel {
+            world,
+            zero,
+            bucket_values: ((bucket_mb * 1024.0 * 1024.0 / 4.0) as usize).max(1),
+            owners: None,
+            comm_seconds: 0.0,
+        }
+    }
+
+    /// Refuses a global batch (`key` = `n` rows) that does not split evenly over the ranks.
+    pub fn check_split(&self, trainer: &str, key: &str, n: usize) -> Result<()> {
+        if !n.is_multiple_of(self.world.size()) {
             return Err(Error::invalid_config(
                 trainer,
                 format!(
-                    "`batch_size` = {} (the global batch) does not split evenly over {} ranks",
-                    config.batch_size,
-                    world.size()
+                    "`{key}` = {n} (the global batch) does not split evenly over {} ranks",
+                    self.world.size()
                 ),
             ));
         }
-        Ok(DataParallel {
-            world,
-            zero: config.zero,
-            bucket_values: ((config.bucket_mb * 1024.0 * 1024.0 / 4.0) as usize).max(1),
-            owners: None,
-            comm_seconds: 0.0,
-        })
+        Ok(())
+    }
+
+    pub fn size(&self) -> usize {
+        self.world.size()
+    }
+
+    /// This rank's rows `[r·n/size, (r+1)·n/size)` of a global batch of `n` rows (pairs,
+    /// completions) that every rank drew alike; `n` must split evenly.
+    pub fn rows(&self, n: usize) -> Result<std::ops::Range<usize>> {
+        let size = self.world.size();
+        if !n.is_multiple_of(size) {
+            return Err(Error::msg(format!(
+                "data parallel: a batch of {n} rows does not split evenly over {size} ranks"
+            )));
+        }
+        Ok(self.slice(n))
+    }
+
+    /// This rank's rows of a global batch of `n` rows that may not split evenly (a minibatch of
+    /// an aligner's completions after dynamic sampling): `[r·n/size, (r+1)·n/size)`, possibly
+    /// empty. The caller weights each rank's loss by its rows, so uneven shards still sum to
+    /// the single-process loss.
+    pub fn slice(&self, n: usize) -> std::ops::Range<usize> {
+        let (rank, size) = (self.world.rank(), self.world.size());
+        rank * n / size..(rank + 1) * n / size
+    }
+
+    /// Every rank's `mine` (all of one length), concatenated in rank order: per-row statistics
+    /// of the shards (an aligner's per-pair margins), so rank 0 reports the global batch's.
+    pub fn gather_rows(&mut self, mine: &[f32]) -> Result<Vec<f32>> {
+        let started = Instant::now();
+        let mut all = vec![0f32; mine.len() * self.world.size()];
+        self.world.all_gather_f32(mine, &mut all)?;
+        self.comm_seconds += started.elapsed().as_secs_f64();
+        Ok(all)
     }
 
     pub fn rank(&self) -> usize {
@@ -436,12 +482,13 @@ impl DataParallel {
 }
 
 /// What every rank must agree on before the first step: trainer, config, model (name, config,
-/// parameter shapes), data and runtime fingerprint, as one JSON line.
+/// parameter shapes), data (its identity: a [`crate::data_identity::DataIdentity`], or an aligner's name and size of
+/// its examples) and runtime fingerprint, as one JSON line.
 pub fn start_summary(
     trainer: &str,
     config: &Value,
     model: &dyn Model,
-    data: &DataIdentity,
+    data: &impl llmlab_plugin_api::serde::Serialize,
 ) -> Result<String> {
     let shapes: Vec<(String, Vec<usize>)> = model
         .parameters()
@@ -458,6 +505,27 @@ pub fn start_summary(
         "runtime": llmlab_plugin_api::FINGERPRINT,
     })
     .to_string())
+}
+
+/// The checks of the keys `data_parallel`, `zero` and `bucket_mb`, wherever a trainer or
+/// aligner takes them.
+pub fn check_keys(
+    data_parallel: bool,
+    zero: u8,
+    bucket_mb: f64,
+) -> std::result::Result<(), String> {
+    if zero > 2 {
+        return Err(format!("`zero` must be 0, 1 or 2, got {zero}"));
+    }
+    if zero > 0 && !data_parallel {
+        return Err("`zero` shards over data-parallel ranks: set `data_parallel: true`".into());
+    }
+    if !(bucket_mb.is_finite() && bucket_mb > 0.0) {
+        return Err(format!(
+            "`bucket_mb` must be a positive number, got {bucket_mb}"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether this process writes metrics and checkpoints: rank 0, or any process not training
@@ -762,6 +830,35 @@ mod tests {
         );
         assert!(moment_bytes[2] < moment_bytes[0]);
         Ok(())
+    }
+
+    #[test]
+    fn slices_cover_a_batch_once_even_when_it_does_not_split() {
+        for size in 1..=4 {
+            for n in 0..10 {
+                let mut covered = Vec::new();
+                for rank in 0..size {
+                    let world = Arc::new(Threads {
+                        rank,
+                        size,
+                        barrier: Arc::new(Barrier::new(1)),
+                        slots: Arc::new(Mutex::new(Vec::new())),
+                    });
+                    let dp = DataParallel::with_keys(0, 1.0, world);
+                    let slice = dp.slice(n);
+                    assert!(slice.len().abs_diff(n / size) <= 1, "{n} over {size}");
+                    match dp.rows(n) {
+                        Ok(rows) => assert_eq!(rows, slice),
+                        Err(e) => {
+                            assert!(!n.is_multiple_of(size));
+                            assert!(e.to_string().contains("does not split evenly"), "{e}");
+                        }
+                    }
+                    covered.extend(slice);
+                }
+                assert_eq!(covered, (0..n).collect::<Vec<_>>(), "{n} over {size}");
+            }
+        }
     }
 
     #[test]

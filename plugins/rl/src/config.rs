@@ -110,6 +110,10 @@ pub struct DpoConfig {
     pub desirable_weight: f64,
     pub undesirable_weight: f64,
     pub resume: Option<String>,
+    /// Train as one rank of the job `mpirun` started (docs/distributed.md).
+    pub data_parallel: bool,
+    pub zero: u8,
+    pub bucket_mb: f64,
 }
 
 impl Default for DpoConfig {
@@ -135,6 +139,9 @@ impl Default for DpoConfig {
             desirable_weight: 1.0,
             undesirable_weight: 1.0,
             resume: None,
+            data_parallel: false,
+            zero: 0,
+            bucket_mb: 25.0,
         }
     }
 }
@@ -239,6 +246,9 @@ impl TypedConfig for DpoConfig {
         "desirable_weight" => "kto: weight of the desirable (chosen) answers' loss",
         "undesirable_weight" => "kto: weight of the undesirable (rejected) answers' loss",
         "resume" => "run directory (or its checkpoint/) to continue from, bit-exactly; null = fresh",
+        "data_parallel" => "align as one of the ranks `mpirun` started: each takes its share of the global batch_size of pairs, gradients are summed over ranks, rank 0 writes metrics and the checkpoint",
+        "zero" => "with data_parallel: ZeRO stage 0 (off), 1 (AdamW moments sharded over ranks) or 2 (gradients too)",
+        "bucket_mb" => "with data_parallel: megabytes of gradients per all-reduce",
     };
 
     fn validate(&self) -> Result<(), String> {
@@ -261,6 +271,7 @@ impl TypedConfig for DpoConfig {
                 self.label_smoothing
             ));
         }
+        llmlab_train::data_parallel::check_keys(self.data_parallel, self.zero, self.bucket_mb)?;
         for (key, value) in [
             ("nll_weight", self.nll_weight),
             ("gamma", self.gamma),
@@ -310,6 +321,12 @@ mod tests {
             (json!({ "val_fraction": 1.0 }), "val_fraction"),
             (json!({ "lr": -1.0 }), "lr"),
             (json!({ "betta": 0.1 }), "betta"),
+            (json!({ "zero": 1 }), "data_parallel"),
+            (json!({ "data_parallel": true, "zero": 3 }), "zero"),
+            (
+                json!({ "data_parallel": true, "bucket_mb": 0.0 }),
+                "bucket_mb",
+            ),
         ] {
             let err = DpoConfig::from_json("dpo", &config)
                 .unwrap_err()

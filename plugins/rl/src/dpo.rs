@@ -23,12 +23,21 @@
 //! pairs the same with `val_`, plus `val_logp_accuracy` (`log π(c) > log π(r)`, needs no
 //! reference). At the end (and on Ctrl-C) the policy, reference, optimiser moments and RNG are
 //! written to `<run dir>/checkpoint` ([`policy_checkpoint`]); `resume` continues from there.
+//!
+//! `data_parallel: true` (docs/distributed.md): every rank draws the same global batch of
+//! `batch_size` pairs and trains on its own slice of them; its loss is weighted by its share of
+//! the pairs, so the ranks' gradients sum to the single-process ones ([`Optimizer`] reduces
+//! them). KTO's batch KL estimate is the mean over the whole global batch. The per-pair
+//! metrics are gathered, so rank 0 reports the global batch's; it alone records them and
+//! writes the checkpoint.
 
 use std::collections::BTreeMap;
 
 use llmlab_plugin_api::candle::{DType, Tensor};
+use llmlab_plugin_api::collective::world;
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::prelude::*;
+use llmlab_train::data_parallel::{self, DataParallel};
 use llmlab_train::{loss, SplitMix64};
 
 use crate::config::{DpoConfig, DpoLoss};
@@ -138,6 +147,34 @@ fn log_probs_with_aux(
     Ok((lp, out.aux_loss))
 }
 
+/// Every rank's per-pair terms, in rank order (the global batch's pairs in order); the loss
+/// tensor stays this rank's.
+fn gather_terms(dp: &mut DataParallel, t: PairTerms) -> Result<PairTerms> {
+    let n = t.h.len();
+    let parts = [
+        &t.h,
+        &t.chosen_ratio,
+        &t.rejected_ratio,
+        &t.chosen_logp,
+        &t.rejected_logp,
+    ];
+    let mine: Vec<f32> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+    let all = dp.gather_rows(&mine)?;
+    let column = |j: usize| -> Vec<f32> {
+        all.chunks(5 * n.max(1))
+            .flat_map(|rank| rank[j * n..(j + 1) * n].iter().copied())
+            .collect()
+    };
+    Ok(PairTerms {
+        h: column(0),
+        chosen_ratio: column(1),
+        rejected_ratio: column(2),
+        chosen_logp: column(3),
+        rejected_logp: column(4),
+        loss: t.loss,
+    })
+}
+
 impl Dpo {
     /// The frozen reference, once the first step has taken it.
     pub fn reference(&self) -> Option<&dyn Model> {
@@ -173,20 +210,40 @@ impl Dpo {
             seed,
             ctx: ctx_len,
         };
+        if self.config.data_parallel {
+            let dp = DataParallel::with_keys(self.config.zero, self.config.bucket_mb, world());
+            dp.check_split(self.name, "batch_size", self.config.batch_size)?;
+            let data = json!({
+                "examples": job.examples.name(),
+                "pairs": job.examples.len(),
+                "tokenizer_vocab": job.tokenizer.vocab_size(),
+            });
+            dp.check_same_start(&data_parallel::start_summary(
+                self.name,
+                &self.config.to_json(),
+                job.policy,
+                &data,
+            )?)?;
+            run.optimizer.join(dp);
+        }
         let needs_reference = self.config.loss.needs_reference();
-        match &self.config.resume {
-            Some(path) => {
-                let saved = resume::open(self.name, path)?;
-                saved.restore_model(job.policy)?;
-                if needs_reference {
-                    run.reference = Some(saved.restore_reference(job.policy)?);
-                }
-                saved.restore_optimizer(&mut run.optimizer, &job.policy.parameters())?;
-                run.rng = SplitMix64::from_state(saved.rng_state);
-                ctx.metrics.rewind(saved.step);
+        if let Some(path) = &self.config.resume {
+            let saved = resume::open(self.name, path)?;
+            saved.restore_model(job.policy)?;
+            if needs_reference {
+                run.reference = Some(saved.restore_reference(job.policy)?);
             }
-            None if needs_reference => run.reference = Some(job.policy.frozen_copy()?),
-            None => {}
+            saved.restore_optimizer(&mut run.optimizer, &job.policy.parameters())?;
+            run.rng = SplitMix64::from_state(saved.rng_state);
+            ctx.metrics.rewind(saved.step);
+        }
+        // Data parallel: every rank starts from rank 0's policy, and copies its reference
+        // from that.
+        if let Some(dp) = run.optimizer.data_parallel() {
+            dp.sync_params(&job.policy.parameters())?;
+        }
+        if self.config.resume.is_none() && needs_reference {
+            run.reference = Some(job.policy.frozen_copy()?);
         }
         self.run = Some(run);
         Ok(())
@@ -205,13 +262,15 @@ impl Dpo {
     }
 
     /// The loss terms of `batch`. For the reference-based losses, `reference` `None` means the
-    /// policy is its own reference (before the first step).
+    /// policy is its own reference (before the first step). `dp`: `batch` is this rank's shard
+    /// of the global batch (KTO's KL estimate is then gathered over the ranks).
     fn terms(
         &self,
         policy: &dyn Model,
         reference: Option<&dyn Model>,
         batch: &PairBatch,
         train: bool,
+        dp: Option<&mut DataParallel>,
     ) -> Result<PairTerms> {
         let n = batch.pairs;
         let (lp, aux) = log_probs_with_aux(policy, batch, train)?;
@@ -232,6 +291,14 @@ impl Dpo {
             None => None,
         };
         let (chosen_tokens, rejected_tokens) = (tokens.narrow(0, 0, n)?, tokens.narrow(0, n, n)?);
+        let kl_mean = match (&ref_sides, dp) {
+            (Some((rc, rr)), Some(dp)) if self.config.loss == DpoLoss::Kto => {
+                let ratios = Tensor::cat(&[(&chosen - rc)?, (&rejected - rr)?], 0)?;
+                let all = dp.gather_rows(&ratios.to_vec1::<f32>()?)?;
+                Some(all.iter().map(|&x| x as f64).sum::<f64>() / all.len().max(1) as f64)
+            }
+            _ => None,
+        };
         let out = preference_loss::pair_loss(
             &self.loss_settings(),
             &Sequences {
@@ -240,6 +307,7 @@ impl Dpo {
                 reference: ref_sides.as_ref().map(|(c, r)| (c, r)),
                 chosen_tokens: &chosen_tokens,
                 rejected_tokens: &rejected_tokens,
+                kl_mean,
             },
         )?;
         let loss = if self.config.nll_weight > 0.0 {
@@ -309,21 +377,45 @@ impl SteppedAligner for Dpo {
         let result = (|| {
             let split = Split::new(job.examples, self.config.val_fraction, run.seed)?;
             let pairs = preference_batch::sample(&split, self.config.batch_size, &mut run.rng);
+            // Data parallel: this rank's slice of the global batch, and its share of the loss.
+            let (mine, share) = match run.optimizer.data_parallel() {
+                Some(dp) => {
+                    let rows = dp.rows(pairs.len())?;
+                    let share = rows.len() as f64 / pairs.len() as f64;
+                    (&pairs[rows], share)
+                }
+                None => (&pairs[..], 1.0),
+            };
             let batch = preference_batch::batch(
                 job.examples,
-                &pairs,
+                mine,
                 job.tokenizer,
                 run.ctx,
                 job.policy.device(),
             )?;
-            let terms = self.terms(job.policy, run.reference.as_deref(), &batch, true)?;
-            let loss = terms.loss.to_scalar::<f32>()? as f64;
+            let terms = self.terms(
+                job.policy,
+                run.reference.as_deref(),
+                &batch,
+                true,
+                run.optimizer.data_parallel(),
+            )?;
+            let weighted = if share != 1.0 {
+                terms.loss.affine(share, 0.0)?
+            } else {
+                terms.loss.clone()
+            };
             let applied = run
                 .optimizer
-                .step(self.name, &terms.loss, &job.policy.parameters())?;
-            let mut m = self.report(&terms, loss, "");
+                .step(self.name, &weighted, &job.policy.parameters())?;
+            let terms = match run.optimizer.data_parallel() {
+                Some(dp) => gather_terms(dp, terms)?,
+                None => terms,
+            };
+            let mut m = self.report(&terms, applied.loss, "");
             m.insert("lr".into(), applied.lr);
             m.insert("grad_norm".into(), applied.grad_norm);
+            m.extend(applied.dp_metrics);
             Ok(m)
         })();
         self.run = Some(run);
@@ -362,7 +454,7 @@ impl SteppedAligner for Dpo {
                 ctx_len,
                 job.policy.device(),
             )?;
-            let t = self.terms(job.policy, reference, &batch, false)?;
+            let t = self.terms(job.policy, reference, &batch, false, None)?;
             loss_sum += t.loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
             all.h.extend(t.h);
             all.chosen_ratio.extend(t.chosen_ratio);
@@ -384,19 +476,24 @@ impl SteppedAligner for Dpo {
         Ok(m)
     }
 
+    fn writes(&self) -> bool {
+        self.run.as_ref().is_none_or(|r| r.optimizer.writes())
+    }
+
     fn finish(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<()> {
-        let (Some(run_dir), Some(run)) = (&ctx.run_dir, &self.run) else {
+        let (Some(run_dir), Some(run)) = (&ctx.run_dir, self.run.as_mut()) else {
             return Ok(());
         };
+        let step = run.optimizer.step;
         policy_checkpoint::write(
             run_dir,
             job.policy,
-            &run.optimizer,
+            &mut run.optimizer,
             &job.policy.parameters(),
             Saved {
                 aligner: self.name,
                 config: self.config.to_json(),
-                step: run.optimizer.step,
+                step,
                 rng_state: run.rng.state(),
                 extra: None,
                 reference: run.reference.as_deref(),

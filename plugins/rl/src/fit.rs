@@ -18,6 +18,11 @@ pub trait SteppedAligner {
     fn held_out(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<StepMetrics>;
     /// Writes the run's result into the run directory, when there is one.
     fn finish(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<()>;
+    /// Whether this process records metrics and progress: rank 0 of a data-parallel job (the
+    /// others keep the same numbers to themselves), or a process training alone.
+    fn writes(&self) -> bool {
+        true
+    }
     /// The progress bar's message for a step's metrics.
     fn message(&self, m: &StepMetrics) -> String {
         message(m)
@@ -53,10 +58,12 @@ pub fn fit<A: SteppedAligner>(a: &mut A, job: &AlignJob<'_>, ctx: &Context) -> R
             if eval_due {
                 metrics.extend(a.held_out(job, ctx)?);
             }
-            if step.is_multiple_of(a.log_every()) || eval_due {
-                ctx.metrics.record(step, &metrics);
+            if a.writes() {
+                if step.is_multiple_of(a.log_every()) || eval_due {
+                    ctx.metrics.record(step, &metrics);
+                }
+                ctx.progress(label, step, Some(total), a.message(&metrics));
             }
-            ctx.progress(label, step, Some(total), a.message(&metrics));
             last = metrics;
         }
         if last.is_empty() {

@@ -21,11 +21,20 @@
 //! `clip_fraction`, `lr`, `grad_norm`, `rollout_tokens_per_s`, `update_tokens_per_s`,
 //! `score_s` (seconds spent in the reward function). At the end of `fit` the policy and
 //! optimiser state go to `<run dir>/checkpoint` ([`policy_checkpoint`]).
+//!
+//! `data_parallel: true` makes the update phase data-parallel (docs/distributed.md): every rank
+//! samples and scores the same rollouts (same weights, same RNG), and each learns from its slice
+//! of every minibatch, its loss weighted so the ranks' gradients sum to the single-process ones
+//! (a share of the rows for `"sequence"`, the minibatch's global token count as divisor for
+//! `"token"`); a slice may be empty when dynamic sampling leaves an uneven minibatch.
 
 use std::time::Instant;
 
+use llmlab_plugin_api::candle::{DType, Tensor};
+use llmlab_plugin_api::collective::world;
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::prelude::*;
+use llmlab_train::data_parallel::{self, DataParallel};
 
 use crate::advantage;
 use crate::fit::{self, SteppedAligner};
@@ -128,6 +137,28 @@ impl Grpo {
         Ok(out)
     }
 
+    /// With `data_parallel`: the job's world, checked to run the same aligner, config, model and
+    /// data on every rank, with rank 0's weights.
+    fn join(&self, job: &AlignJob<'_>) -> Result<Option<DataParallel>> {
+        if !self.config.data_parallel {
+            return Ok(None);
+        }
+        let mut dp = DataParallel::with_keys(self.config.zero, self.config.bucket_mb, world());
+        let data = json!({
+            "examples": job.examples.name(),
+            "prompts": job.examples.len(),
+            "tokenizer_vocab": job.tokenizer.vocab_size(),
+        });
+        dp.check_same_start(&data_parallel::start_summary(
+            "grpo",
+            &self.config.to_json(),
+            job.policy,
+            &data,
+        )?)?;
+        dp.sync_params(&job.policy.parameters())?;
+        Ok(Some(dp))
+    }
+
     fn step_once(&self, run: &mut OnlineRun, job: &AlignJob<'_>) -> Result<StepMetrics> {
         let c = self.config.common();
         let groups = self.sample_groups(run, job)?;
@@ -166,7 +197,33 @@ impl Grpo {
         let epochs = if rows == 0 { 0 } else { self.config.epochs };
         for _ in 0..epochs {
             let order = run.rng.permutation(rows);
-            for mb in order.chunks(chunk) {
+            for whole in order.chunks(chunk) {
+                // Data parallel: this rank's slice of the minibatch, weighted by its share.
+                let (mb, weight) = match run.optimizer.data_parallel() {
+                    Some(dp) => {
+                        let mine = &whole[dp.slice(whole.len())];
+                        let weight = match self.config.aggregation() {
+                            Aggregation::Sequence => mine.len() as f64 / whole.len() as f64,
+                            // The divisor is the whole minibatch's completion tokens.
+                            Aggregation::Token => {
+                                let of = |rows: &[usize]| -> usize {
+                                    rows.iter().map(|&i| samples[i].completion_len()).sum()
+                                };
+                                of(mine) as f64 / of(whole).max(1) as f64
+                            }
+                        };
+                        (mine, weight)
+                    }
+                    None => (whole, 1.0),
+                };
+                if mb.is_empty() {
+                    // Nothing of this minibatch here: a zero share, same collectives.
+                    let nothing = Tensor::zeros((), DType::F32, device)?;
+                    let applied = run.optimizer.step("grpo", &nothing, &params)?;
+                    stats.add_update(&applied, [0.0; 3], 0, run.optimizer.data_parallel())?;
+                    stats.tokens += whole.iter().map(|&i| samples[i].ids.len()).sum::<usize>();
+                    continue;
+                }
                 let picked: Vec<&Sample> = mb.iter().map(|&i| &samples[i]).collect();
                 let batch = SequenceBatch::new(&picked, job.tokenizer, device)?;
                 let kept = batch.completion_tokens();
@@ -192,15 +249,19 @@ impl Grpo {
                     Aggregation::Token => policy_loss::masked_mean(&per_token, &batch.mask, kept)?,
                 };
                 let loss = policy_loss::with_aux(loss, aux)?;
+                let loss = if weight != 1.0 {
+                    loss.affine(weight, 0.0)?
+                } else {
+                    loss
+                };
                 let applied = run.optimizer.step("grpo", &loss, &params)?;
-                stats.updates += 1;
-                stats.loss += loss.to_scalar::<f32>()? as f64;
-                stats.kl += kl_value;
-                stats.ratio += surrogate.ratio_mean;
-                stats.clip_fraction += surrogate.clip_fraction;
-                stats.lr = applied.lr;
-                stats.grad_norm = applied.grad_norm;
-                stats.tokens += batch.real_tokens;
+                stats.add_update(
+                    &applied,
+                    [kl_value, surrogate.ratio_mean, surrogate.clip_fraction],
+                    kept,
+                    run.optimizer.data_parallel(),
+                )?;
+                stats.tokens += whole.iter().map(|&i| samples[i].ids.len()).sum::<usize>();
             }
         }
         passes_tokens += stats.tokens;
@@ -256,7 +317,13 @@ impl SteppedAligner for Grpo {
         let mut run = match self.run.take() {
             Some(run) => run,
             None => {
+                // Data parallel: every rank starts from rank 0's policy, before the reference
+                // copy is taken from it.
+                let dp = self.join(job)?;
                 let mut run = online::start("grpo", &self.config.common(), job, ctx)?;
+                if let Some(dp) = dp {
+                    run.optimizer.join(dp);
+                }
                 if let Some(path) = &self.config.resume {
                     online::resume("grpo", path, &mut run, job, &job.policy.parameters(), ctx)?;
                 }
@@ -276,14 +343,19 @@ impl SteppedAligner for Grpo {
         Ok(StepMetrics::new())
     }
 
+    fn writes(&self) -> bool {
+        self.run.as_ref().is_none_or(|r| r.optimizer.writes())
+    }
+
     fn finish(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<()> {
-        let (Some(run_dir), Some(run)) = (&ctx.run_dir, &self.run) else {
+        let (Some(run_dir), Some(run)) = (&ctx.run_dir, self.run.as_mut()) else {
             return Ok(());
         };
+        let state = online::saved_state(run);
         policy_checkpoint::write(
             run_dir,
             job.policy,
-            &run.optimizer,
+            &mut run.optimizer,
             &job.policy.parameters(),
             Saved {
                 aligner: "grpo",
@@ -292,7 +364,7 @@ impl SteppedAligner for Grpo {
                 rng_state: run.rng.state(),
                 extra: None,
                 reference: run.reference.as_deref(),
-                state: online::saved_state(run),
+                state,
             },
         )
     }

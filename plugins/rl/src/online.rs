@@ -4,10 +4,11 @@
 //! (and values), greedy evaluation with the reward, and the update statistics they log.
 
 use llmlab_plugin_api::prelude::*;
+use llmlab_train::data_parallel::DataParallel;
 use llmlab_train::SplitMix64;
 
 use crate::online_config::Common;
-use crate::optimizer::Optimizer;
+use crate::optimizer::{Applied, Optimizer};
 use crate::resume::{self, AlignerCheckpoint};
 use crate::reward::check_vocab;
 use crate::rollout::{self, PromptOrder, Sample, Sampling, SequenceBatch};
@@ -206,6 +207,46 @@ pub struct UpdateStats {
 }
 
 impl UpdateStats {
+    /// Counts one optimiser update: its global loss, and the minibatch's KL, ratio and clip
+    /// fraction (`local`, over this process's `tokens` completion tokens). Data parallel: those
+    /// three are gathered and weighted by each rank's tokens, so rank 0 reports the
+    /// minibatch's.
+    pub fn add_update(
+        &mut self,
+        applied: &Applied,
+        local: [f64; 3],
+        tokens: usize,
+        dp: Option<&mut DataParallel>,
+    ) -> Result<()> {
+        let [kl, ratio, clip] = match dp {
+            None => local,
+            Some(dp) => {
+                let t = tokens as f32;
+                let mine = [
+                    local[0] as f32 * t,
+                    local[1] as f32 * t,
+                    local[2] as f32 * t,
+                    t,
+                ];
+                let all = dp.gather_rows(&mine)?;
+                let mut sums = [0f64; 4];
+                for rank in all.chunks(4) {
+                    sums.iter_mut().zip(rank).for_each(|(s, v)| *s += *v as f64);
+                }
+                let n = sums[3].max(1.0);
+                [sums[0] / n, sums[1] / n, sums[2] / n]
+            }
+        };
+        self.updates += 1;
+        self.loss += applied.loss;
+        self.kl += kl;
+        self.ratio += ratio;
+        self.clip_fraction += clip;
+        self.lr = applied.lr;
+        self.grad_norm = applied.grad_norm;
+        Ok(())
+    }
+
     /// The means, plus `lr` and `grad_norm` of the last update.
     pub fn report(&self, m: &mut StepMetrics, with_value: bool) {
         let n = self.updates.max(1) as f64;

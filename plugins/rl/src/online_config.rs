@@ -79,6 +79,10 @@ pub struct GrpoConfig {
     pub overlong_buffer: Option<usize>,
     pub overlong_penalty: f64,
     pub resume: Option<String>,
+    /// Update phase as one rank of the job `mpirun` started (docs/distributed.md).
+    pub data_parallel: bool,
+    pub zero: u8,
+    pub bucket_mb: f64,
 }
 
 impl Default for GrpoConfig {
@@ -112,6 +116,9 @@ impl Default for GrpoConfig {
             overlong_buffer: None,
             overlong_penalty: 1.0,
             resume: None,
+            data_parallel: false,
+            zero: 0,
+            bucket_mb: 25.0,
         }
     }
 }
@@ -361,10 +368,14 @@ impl TypedConfig for GrpoConfig {
         "max_resample" => "dynamic sampling: extra rollout batches at most per step to fill it",
         "overlong_buffer" => "soft overlong penalty over the last N tokens before max_tokens; null = off (dapo: max_tokens / 4)",
         "overlong_penalty" => "the overlong penalty at max_tokens (reward − overlong_penalty)",
+        "data_parallel" => "update phase as one of the ranks `mpirun` started: every rank samples the same rollouts, each learns from its share of every minibatch, gradients are summed over ranks, rank 0 writes metrics and the checkpoint",
+        "zero" => "with data_parallel: ZeRO stage 0 (off), 1 (AdamW moments sharded over ranks) or 2 (gradients too)",
+        "bucket_mb" => "with data_parallel: megabytes of gradients per all-reduce",
     };
 
     fn validate(&self) -> Result<(), String> {
         self.common().validate()?;
+        llmlab_train::data_parallel::check_keys(self.data_parallel, self.zero, self.bucket_mb)?;
         let (low, high) = self.clip_range();
         if !(high > 0.0 && high.is_finite()) || low <= 0.0 {
             return Err(format!(

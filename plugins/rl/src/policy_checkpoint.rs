@@ -43,15 +43,20 @@ fn weights_of(model: &dyn Model) -> Vec<(String, Tensor)> {
         .collect()
 }
 
+/// Writes the checkpoint. Data parallel: every rank calls this (ZeRO gathers the moments), and
+/// rank 0 alone writes.
 pub fn write(
     run_dir: &Path,
     policy: &dyn Model,
-    optimizer: &Optimizer,
+    optimizer: &mut Optimizer,
     trained: &[(String, Var)],
     saved: Saved<'_>,
 ) -> Result<()> {
-    let weights = weights_of(policy);
     let moments = optimizer.moments(trained)?;
+    if !optimizer.writes() {
+        return Ok(());
+    }
+    let weights = weights_of(policy);
     let reference = saved.reference.map(weights_of);
     let mut files: Vec<(&str, &[(String, Tensor)])> =
         vec![(MODEL_FILE, &weights), (OPTIMIZER_FILE, &moments)];

@@ -344,28 +344,27 @@ impl SteppedAligner for Ppo {
     }
 
     fn finish(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<()> {
-        let (Some(run_dir), Some(run)) = (&ctx.run_dir, &self.run) else {
+        let (Some(run_dir), Some(run)) = (&ctx.run_dir, self.run.as_mut()) else {
             return Ok(());
         };
         let mut trained = job.policy.parameters();
         trained.extend(run.head.parameters());
+        let mut state = online::saved_state(&run.online);
+        state["scores"] = run.scores.to_json();
+        let head = run.head.tensors();
         policy_checkpoint::write(
             run_dir,
             job.policy,
-            &run.online.optimizer,
+            &mut run.online.optimizer,
             &trained,
             Saved {
                 aligner: "ppo",
                 config: self.config.to_json(),
                 step: run.online.steps,
                 rng_state: run.online.rng.state(),
-                extra: Some((VALUE_HEAD_FILE, run.head.tensors())),
+                extra: Some((VALUE_HEAD_FILE, head)),
                 reference: run.online.reference.as_deref(),
-                state: {
-                    let mut state = online::saved_state(&run.online);
-                    state["scores"] = run.scores.to_json();
-                    state
-                },
+                state,
             },
         )
     }

@@ -72,6 +72,9 @@ pub struct Sequences<'a> {
     pub reference: Option<(&'a Tensor, &'a Tensor)>,
     pub chosen_tokens: &'a Tensor,
     pub rejected_tokens: &'a Tensor,
+    /// KTO: the batch's mean log-ratio when the batch is split over data-parallel ranks (each
+    /// rank holds a shard, the estimate is the global batch's); `None`: this batch's own.
+    pub kl_mean: Option<f64>,
 }
 
 /// The loss (a scalar) and each pair's margin `(n,)`: what "the policy prefers the chosen
@@ -114,7 +117,10 @@ pub fn pair_loss(s: &LossSettings, x: &Sequences<'_>) -> Result<PairLoss> {
         }
         PreferenceLoss::Kto => {
             let (dc, dr) = ratios()?;
-            let z = Tensor::cat(&[&dc, &dr], 0)?.mean_all()?.detach().relu()?;
+            let z = match x.kl_mean {
+                Some(mean) => Tensor::new(mean.max(0.0) as f32, dc.device())?,
+                None => Tensor::cat(&[&dc, &dr], 0)?.mean_all()?.detach().relu()?,
+            };
             let desirable = log_sigmoid(&dc.broadcast_sub(&z)?.affine(beta, 0.0)?)?
                 .exp()?
                 .affine(-s.desirable_weight, s.desirable_weight)?;
@@ -205,6 +211,7 @@ mod tests {
                 reference: Some((&rc, &rr)),
                 chosen_tokens: &nc,
                 rejected_tokens: &nr,
+                kl_mean: None,
             },
         )
         .unwrap()
@@ -252,6 +259,7 @@ mod tests {
                 reference: Some((&rc, &rr)),
                 chosen_tokens: &nc,
                 rejected_tokens: &nr,
+                kl_mean: None,
             },
         )
         .unwrap();
@@ -304,9 +312,58 @@ mod tests {
                 reference: None,
                 chosen_tokens: &t(&[1.0]),
                 rejected_tokens: &t(&[1.0]),
+                kl_mean: None,
             },
         )
         .unwrap();
         assert!(out.loss.to_scalar::<f32>().unwrap().is_finite());
+    }
+
+    /// Data parallel: a KTO batch split into shards, each given the global batch's mean
+    /// log-ratio, has shard losses that, weighted by their share of pairs, add up to the whole
+    /// batch's loss (the shards' own means would not: z is positive here).
+    #[test]
+    fn kto_shards_with_the_global_kl_mean_add_up_to_the_whole_batch() {
+        let [c, r, rc, rr, nc, nr] = pairs();
+        let s = settings(PreferenceLoss::Kto, 1.0);
+        let c = (c + t(&[3.0, 0.0])).unwrap();
+        let seqs = |i: usize, kl_mean: Option<f64>| -> Tensor {
+            let part = |x: &Tensor| x.narrow(0, i, 1).unwrap();
+            pair_loss(
+                &s,
+                &Sequences {
+                    chosen: &part(&c),
+                    rejected: &part(&r),
+                    reference: Some((&part(&rc), &part(&rr))),
+                    chosen_tokens: &part(&nc),
+                    rejected_tokens: &part(&nr),
+                    kl_mean,
+                },
+            )
+            .unwrap()
+            .loss
+        };
+        let whole = pair_loss(
+            &s,
+            &Sequences {
+                chosen: &c,
+                rejected: &r,
+                reference: Some((&rc, &rr)),
+                chosen_tokens: &nc,
+                rejected_tokens: &nr,
+                kl_mean: None,
+            },
+        )
+        .unwrap()
+        .loss
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+        // Δc = [3.5, -1.0], Δr = [-1.0, 0.5]: the global mean is 0.5; the shards' own are
+        // 1.25 and -0.25 (z = 0).
+        let scalar = |t: Tensor| t.to_scalar::<f32>().unwrap() as f64;
+        let sharded = 0.5 * scalar(seqs(0, Some(0.5))) + 0.5 * scalar(seqs(1, Some(0.5)));
+        assert!((sharded - whole).abs() < 1e-6, "{sharded} vs {whole}");
+        let own = 0.5 * scalar(seqs(0, None)) + 0.5 * scalar(seqs(1, None));
+        assert!((own - whole).abs() > 1e-3, "the shards' own z would differ");
     }
 }

@@ -328,25 +328,31 @@ impl SteppedAligner for RewardModel {
     }
 
     fn finish(&mut self, _: &AlignJob<'_>, ctx: &Context) -> Result<()> {
-        let (Some(dir), Some(scorer), Some(run)) = (&ctx.run_dir, &self.scorer, &self.run) else {
+        let (Some(dir), true, true) = (&ctx.run_dir, self.scorer.is_some(), self.run.is_some())
+        else {
             return Ok(());
         };
         self.save(&dir.join(RUN_SUBDIR))?;
+        let trained = self.trained();
+        let (Some(scorer), Some(run)) = (&self.scorer, self.run.as_mut()) else {
+            unreachable!("checked above")
+        };
         // The training state besides the model, for `resume`.
         let head = scorer
             .head()
             .into_iter()
             .map(|(n, v)| (n, v.as_tensor().clone()))
             .collect();
+        let step = run.optimizer.step;
         policy_checkpoint::write(
             dir,
             scorer.body.as_ref(),
-            &run.optimizer,
-            &self.trained(),
+            &mut run.optimizer,
+            &trained,
             Saved {
                 aligner: "reward",
                 config: self.config.to_json(),
-                step: run.optimizer.step,
+                step,
                 rng_state: run.rng.state(),
                 extra: Some((HEAD_FILE, head)),
                 reference: None,
