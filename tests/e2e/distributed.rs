@@ -1,6 +1,7 @@
 //! Distributed training under a real `mpirun` (docs/distributed.md): 2 ranks × batch B train
 //! exactly as 1 process × batch 2B (losses and final weights within float summation noise),
-//! with and without ZeRO 1/2 (which hold fewer optimizer moments per rank); a run checkpointed
+//! with and without ZeRO 1/2 (which hold fewer optimizer moments per rank), and so does the
+//! aligners' update phase (DPO, KTO); a run checkpointed
 //! by 2 ranks resumes in 1; a rank that hangs or fails ends the job naming it; ranks with
 //! different configs are refused at start.
 //!
@@ -231,6 +232,98 @@ fn two_ranks_with_batch_b_train_as_one_process_with_batch_2b_also_under_zero() {
     let (plain, zero1, zero2) = (moments[0], moments[1], moments[2]);
     assert!(zero1 < 0.6 * plain && zero1 > 0.4 * plain, "{moments:?}");
     assert!(zero2 < 0.6 * plain, "{moments:?}");
+}
+
+/// The aligners' update phase: DPO on 2 ranks × 4 pairs aligns exactly as one process with
+/// the global batch of 8 (loss per step, final policy), plain and under ZeRO 2; so does KTO,
+/// whose loss couples the batch through its KL estimate (gathered over the ranks), under ZeRO 1.
+#[test]
+fn dpo_on_two_ranks_with_batch_b_aligns_as_one_process_with_batch_2b() {
+    let Some(mpi) = mpi_ready() else { return };
+    let runs = tempfile::tempdir().expect("temp dir");
+    for (loss, zeros) in [("sigmoid", &["0", "2"][..]), ("kto", &["1"][..])] {
+        let one = format!("{loss}-one");
+        let dpo = [("stage", "dpo"), ("pairs", "200"), ("loss", loss)];
+        let mut settings = with(&dpo);
+        settings.extend([("name", one.as_str()), ("data_parallel", "false")]);
+        run_script(SCRIPT, &settings, runs.path());
+        for zero in zeros {
+            let name = format!("{loss}-zero{zero}");
+            let mut settings = with(&dpo);
+            settings.extend([("name", name.as_str()), ("zero", zero)]);
+            let out = mpirun(
+                &mpi,
+                2,
+                &settings,
+                runs.path(),
+                &[],
+                Duration::from_secs(300),
+            );
+            assert!(
+                out.status.success(),
+                "mpirun -np 2 dpo ({loss}, zero {zero}) failed:\n{}\n{}",
+                stdout(&out),
+                stderr(&out)
+            );
+            let two = runs.path().join(&name);
+            assert_same_training(&runs.path().join(&one), &two, 6);
+            // The step's gathered per-pair metrics are the global batch's, as alone.
+            let (a, b) = (
+                metric(&runs.path().join(&one), 6, "reward_margin"),
+                metric(&two, 6, "reward_margin"),
+            );
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                "reward_margin {a} vs {b}"
+            );
+            assert!(metric(&two, 6, "dp_comm_s") > 0.0);
+            assert!(
+                !two.join("ranks/1/checkpoint").exists(),
+                "rank 0 alone writes"
+            );
+        }
+    }
+}
+
+/// GRPO's update phase: one process and 2 ranks sample the same rollouts and take the same
+/// updates; minibatches of 11 of the 32 completions split unevenly (5 + 6) and the loss is
+/// averaged over tokens, so the ranks' weights must come from the minibatch's token count.
+#[test]
+fn grpo_updates_on_two_ranks_equal_one_process_also_on_uneven_minibatches() {
+    let Some(mpi) = mpi_ready() else { return };
+    let runs = tempfile::tempdir().expect("temp dir");
+    let grpo = [
+        ("stage", "grpo"),
+        ("pairs", "200"),
+        ("minibatch_size", "11"),
+        ("aggregation", "token"),
+    ];
+    let limit = Duration::from_secs(300);
+    // The reference runs under mpirun too, alone, so both sample with one thread per process.
+    for (name, ranks, extra) in [
+        ("grpo-one", 1, [("data_parallel", "false"), ("zero", "0")]),
+        ("grpo-two", 2, [("data_parallel", "true"), ("zero", "1")]),
+    ] {
+        let mut settings = with(&grpo);
+        settings.push(("name", name));
+        settings.extend(extra);
+        let out = mpirun(&mpi, ranks, &settings, runs.path(), &[], limit);
+        assert!(
+            out.status.success(),
+            "{name}: {}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+    let (one, two) = (runs.path().join("grpo-one"), runs.path().join("grpo-two"));
+    assert_same_training(&one, &two, 6);
+    for key in ["reward_mean", "kl", "clip_fraction"] {
+        let (a, b) = (metric(&one, 6, key), metric(&two, 6, key));
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+            "{key}: {a} vs {b}"
+        );
+    }
 }
 
 #[test]
