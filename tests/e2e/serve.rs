@@ -414,6 +414,53 @@ fn overload_gets_429_with_retry_after_and_accepted_requests_finish() {
     assert_eq!(counter(&metrics, "llmlab_queue_length"), 0.0);
 }
 
+/// The prompts admitted in one scheduler step are prefilled together, in one padded batch (one
+/// model call), and each still gets exactly the text it gets alone. Made deterministic like the
+/// overload test: a four-choice request fills all four slots (each step held 50 ms) while four
+/// prompts of different lengths queue; when it ends, the next step admits all four at once.
+#[test]
+fn prompts_admitted_together_are_prefilled_in_one_batch_with_their_own_text() {
+    let server = ServeProcess::start(&["--max-batch", "4", "--step-delay-ms", "50"]);
+    let prompts = [
+        "Once upon a time there was a little dog",
+        "The dog",
+        "Lily and Tom went to the park",
+        "A",
+    ];
+    let alone: Vec<String> = (0..4)
+        .map(|i| stream_text(server.addr, prompts[i], 12, 10 + i as u64))
+        .collect();
+    // 100 steps of 50 ms: time enough, even on a loaded machine, for the four to queue.
+    let holder = json!({ "model": "m", "prompt": "Once upon a time", "max_tokens": 100,
+                         "temperature": 0, "n": 4 });
+    let (before, together) = std::thread::scope(|scope| {
+        let server = &server;
+        let holding = scope.spawn(move || server.post("/v1/completions", &holder));
+        wait_for_gauge(server, "llmlab_running_batch_size", 4.0);
+        let waiting: Vec<_> = (0..4)
+            .map(|i| {
+                let addr = server.addr;
+                scope.spawn(move || stream_text(addr, prompts[i], 12, 10 + i as u64))
+            })
+            .collect();
+        wait_for_gauge(server, "llmlab_queue_length", 4.0);
+        let before = server.metrics();
+        let (status, body, _) = holding.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        let together: Vec<String> = waiting.into_iter().map(|h| h.join().unwrap()).collect();
+        (before, together)
+    });
+    assert_eq!(together, alone);
+    let after = server.metrics();
+    let added = |name: &str| counter(&after, name) - counter(&before, name);
+    assert_eq!(added("llmlab_prefill_sequences_total"), 4.0);
+    assert_eq!(
+        added("llmlab_prefill_batches_total"),
+        1.0,
+        "the four queued prompts were admitted in one step and prefilled in one model call"
+    );
+}
+
 #[test]
 fn sigterm_finishes_requests_in_flight_then_exits() {
     let mut server = ServeProcess::start(&["--max-batch", "4"]);

@@ -443,3 +443,65 @@ fn decode_step_refuses_mismatched_tokens_and_foreign_caches() {
         .to_string();
     assert!(e.contains("2 tokens for 1 caches"), "{e}");
 }
+
+/// Continuous batching's prefill: prompts of different lengths prefilled as one padded batch give
+/// each prompt the next-token logits and the cache prefilling it alone gives, and decoding then
+/// continues from those caches exactly as from the lone ones.
+#[test]
+fn prefill_sequences_batches_prompts_like_prefilling_each_alone() {
+    let prompts: Vec<Vec<u32>> = vec![
+        vec![1, 7, 3],
+        vec![4, 9, 2, 8, 5, 6, 11],
+        vec![9],
+        vec![12, 3, 3, 40, 2],
+    ];
+    for extra in option_sets() {
+        let model = tiny(extra.clone());
+        let (mut batched, logits) = model.prefill_sequences(&prompts).unwrap();
+        assert_eq!(logits.dims(), &[prompts.len(), 48], "{extra}");
+        assert_eq!(batched.len(), prompts.len());
+        let next: Vec<u32> = (0..prompts.len()).map(|s| (s * 13 + 2) as u32).collect();
+        let stepped = {
+            let mut rows: Vec<&mut dyn KvCache> = Vec::new();
+            for cache in batched.iter_mut() {
+                rows.push(cache.as_mut());
+            }
+            model.decode_step(&next, &mut rows).unwrap()
+        };
+        for (s, prompt) in prompts.iter().enumerate() {
+            let mut alone = model.new_cache(1).unwrap();
+            let out = model
+                .forward_cached(&ids(&[prompt.as_slice()]), alone.as_mut())
+                .unwrap();
+            let first = out.logits.get(0).unwrap().get(prompt.len() - 1).unwrap();
+            let diff = max_abs_diff(&logits.get(s).unwrap(), &first);
+            assert!(
+                diff < 1e-5,
+                "{extra}: prompt {s}'s prefill differs by {diff}"
+            );
+            assert_eq!(
+                batched[s].seq_len(),
+                prompt.len() + 1,
+                "{extra}: prompt {s}'s cache"
+            );
+            let out = model
+                .forward_cached(&ids(&[&[next[s]]]), alone.as_mut())
+                .unwrap();
+            let diff = max_abs_diff(
+                &stepped.get(s).unwrap(),
+                &out.logits.get(0).unwrap().get(0).unwrap(),
+            );
+            assert!(
+                diff < 1e-5,
+                "{extra}: prompt {s}'s next step differs by {diff}"
+            );
+            assert_eq!(batched[s].memory_bytes(), alone.memory_bytes(), "{extra}");
+        }
+    }
+    let e = tiny(json!({}))
+        .prefill_sequences(&[vec![1], vec![]])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("none of them empty"), "{e}");
+}
