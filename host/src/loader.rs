@@ -570,12 +570,23 @@ pub fn describe_fingerprint(fingerprint: &Fingerprint) -> String {
         .collect()
 }
 
+/// `path` as dlopen must see it to open that file: a bare file name (`libx.so`) would make
+/// dlopen search the library path and load another library of that name, or none.
+fn as_file_path(path: &Path) -> std::borrow::Cow<'_, Path> {
+    let bare = path.parent().is_some_and(|p| p.as_os_str().is_empty());
+    if bare {
+        std::borrow::Cow::Owned(Path::new(".").join(path))
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    }
+}
+
 #[cfg(unix)]
 fn open_now(path: &Path) -> Result<libloading::Library, LoadError> {
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
     // SAFETY: the declaration check passed; constructors of this library are inventory
     // registrations built against the same runtime.
-    unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
+    unsafe { Library::open(Some(as_file_path(path).as_ref()), RTLD_NOW | RTLD_LOCAL) }
         .map(Into::into)
         .map_err(|e| LoadError::Open {
             path: path.into(),
@@ -585,7 +596,7 @@ fn open_now(path: &Path) -> Result<libloading::Library, LoadError> {
 
 #[cfg(not(unix))]
 fn open_now(path: &Path) -> Result<libloading::Library, LoadError> {
-    unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::Open {
+    unsafe { libloading::Library::new(as_file_path(path).as_ref()) }.map_err(|e| LoadError::Open {
         path: path.into(),
         detail: error_chain(&e),
     })
@@ -645,4 +656,17 @@ pub fn scan(dirs: &[PathBuf], trusted: Option<&TrustedPlugins>) -> Scan {
         }
     }
     scan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::as_file_path;
+    use std::path::Path;
+
+    #[test]
+    fn a_bare_library_name_is_opened_as_a_file_in_the_working_directory() {
+        assert_eq!(as_file_path(Path::new("libx.so")), Path::new("./libx.so"));
+        assert_eq!(as_file_path(Path::new("d/libx.so")), Path::new("d/libx.so"));
+        assert_eq!(as_file_path(Path::new("/d/libx.so")), Path::new("/d/libx.so"));
+    }
 }

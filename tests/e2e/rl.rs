@@ -6,7 +6,7 @@
 
 use llmlab_e2e::*;
 
-fn run_script(script: &str, name: &str, runs: &std::path::Path) -> String {
+fn run_ci_size(script: &str, name: &str, runs: &std::path::Path) -> String {
     run_with(
         script,
         name,
@@ -17,25 +17,18 @@ fn run_script(script: &str, name: &str, runs: &std::path::Path) -> String {
 
 /// Runs `script` with `settings` (`key=value`) in the run directory `runs/name`; its stdout.
 fn run_with(script: &str, name: &str, runs: &std::path::Path, settings: &[&str]) -> String {
-    let mut args = vec!["run".to_string(), script.to_string()];
-    for s in settings.iter().map(|s| s.to_string()).chain([
-        format!("name={name}"),
-        format!("runs_dir={}", runs.display()),
-    ]) {
-        args.push("--set".into());
-        args.push(s);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let output = llmlab(&args, "");
-    let (out, err) = (stdout(&output), stderr(&output));
-    assert!(output.status.success(), "{script} failed:\n{out}\n{err}");
-    out
+    let mut pairs: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|s| s.split_once('=').expect("settings are key=value"))
+        .collect();
+    pairs.push(("name", name));
+    run_script(script, &pairs, runs)
 }
 
 #[test]
 fn reward_model_script_trains_scores_and_reloads() {
     let runs = tempfile::tempdir().unwrap();
-    let out = run_script("scripts/reward_model.rhai", "rm-ci", runs.path());
+    let out = run_ci_size("scripts/reward_model.rhai", "rm-ci", runs.path());
     for head in ["last", "tokens"] {
         assert!(
             out.contains(&format!("head \"{head}\": held-out preference accuracy")),
@@ -81,7 +74,7 @@ fn reward_model_script_trains_scores_and_reloads() {
 #[test]
 fn dpo_script_reports_before_and_after_and_checkpoints() {
     let runs = tempfile::tempdir().unwrap();
-    let out = run_script("scripts/dpo_arithmetic.rhai", "dpo-ci", runs.path());
+    let out = run_ci_size("scripts/dpo_arithmetic.rhai", "dpo-ci", runs.path());
     assert!(out.contains("before DPO: preference accuracy"), "{out}");
     assert!(out.contains("after DPO: preference accuracy"), "{out}");
     let run = runs.path().join("dpo-ci");

@@ -141,17 +141,17 @@ fn corpus_mix_with_a_glue_task_trains_seq2seq_and_is_evaluated() {
         print(`mixture: ${mix}`);
         let pad = tok.token_to_id("<pad>");
         let t5 = model("t5", #{ vocab_size: tok.vocab_size(), d_model: 32, d_kv: 8, d_ff: 64,
-                                n_head: 4, n_layer: 1, ctx: 96, feed_forward: "gated-gelu",
+                                n_head: 4, n_layer: 1, ctx: 160, feed_forward: "gated-gelu",
                                 eos_token_id: tok.token_to_id("<|endoftext|>"), pad_token_id: pad,
                                 decoder_start_token_id: pad, seed: 1 });
-        let r = trainer("seq2seq", #{ steps: 60, batch_size: 16, lr: 3e-3, warmup: 5, ctx: 96,
+        let r = trainer("seq2seq", #{ steps: 60, batch_size: 16, lr: 3e-3, warmup: 5, ctx: 160,
                                       log_every: 1, eval_every: 0 }).fit(t5, mix, tok);
         let test = corpus_mix([#{ corpus: corpus("glue", #{ task: "sentiment", n: 20, seed: 9 }),
                                   prefix: "sentiment: " }]);
-        let opts = #{ n: 20, max_tokens: 4 };
+        let opts = #{ n: 20, max_tokens: 8 };
         print(`sentiment accuracy= ${accuracy(t5, tok, test, opts)}`);
         let answer = t5.generate(tok, test.examples(1)[0].prompt,
-                                 #{ max_tokens: 4, temperature: 0.0 });
+                                 #{ max_tokens: 8, temperature: 0.0 });
         print(`answer=[${answer}]`);
         "#;
     let dir = tempfile::tempdir().unwrap();
