@@ -667,6 +667,9 @@ mod tests {
     fn a_bare_library_name_is_opened_as_a_file_in_the_working_directory() {
         assert_eq!(as_file_path(Path::new("libx.so")), Path::new("./libx.so"));
         assert_eq!(as_file_path(Path::new("d/libx.so")), Path::new("d/libx.so"));
-        assert_eq!(as_file_path(Path::new("/d/libx.so")), Path::new("/d/libx.so"));
+        assert_eq!(
+            as_file_path(Path::new("/d/libx.so")),
+            Path::new("/d/libx.so")
+        );
     }
 }

@@ -74,12 +74,15 @@ fn label_text(v: &Value) -> Option<String> {
     }
 }
 
+/// A record's words and their tags, one tag per word.
+type WordsAndTags = (Vec<String>, Vec<String>);
+
 /// The words and tags of a token-classification record, `None` when it has no `tokens` array.
 fn tagged_record(
     record: &Value,
     o: &FileOptions,
     at: &str,
-) -> Result<Option<(Vec<String>, Vec<String>)>, String> {
+) -> Result<Option<WordsAndTags>, String> {
     let Some(Value::Array(words)) = record.get(&o.tokens) else {
         return Ok(None);
     };

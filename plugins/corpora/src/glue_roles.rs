@@ -91,7 +91,7 @@ pub fn text_of(words: &[String]) -> String {
 }
 
 /// One example: one or two sentences, tagged.
-pub fn roles(d: &mut Draw) -> (LabelledText, TaggedWords) {
+pub(crate) fn roles(d: &mut Draw) -> (LabelledText, TaggedWords) {
     let (mut words, mut tags) = (Vec::new(), Vec::new());
     for _ in 0..1 + d.below(2) {
         sentence(d, &mut words, &mut tags);

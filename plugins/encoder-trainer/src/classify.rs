@@ -635,7 +635,7 @@ impl ClassifyTrainer {
             Ok(_) => Ok(()),
             Err(Error::Unsupported { .. }) if task.tagging => Err(Error::unsupported(
                 model.name(),
-                &format!(
+                format!(
                     "token classification ({}): it needs a model with a token head, e.g. \
                      `bert` (decoders get a last-token head for sentence tasks only)",
                     source.name()
