@@ -168,6 +168,22 @@ pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Re
     Ok(report)
 }
 
+/// The optimizer and forward options both step timings use (the `lm` trainer's AdamW betas,
+/// no weight decay, training mode).
+fn step_setup() -> (AdamW, ForwardOptions) {
+    let optimizer = AdamW::new(AdamWSettings {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    });
+    let options = ForwardOptions {
+        train: true,
+        hidden_states: false,
+    };
+    (optimizer, options)
+}
+
 /// Median milliseconds of a whole training step (forward + loss, backward, AdamW) on the whole
 /// batch, and of one whose batch is split into a micro-batch per rayon thread, each run on its
 /// own thread, gradients summed once; the two alternate over `steps` steps after one warm-up.
@@ -179,16 +195,7 @@ fn split_phases(
 ) -> Result<[f64; 3]> {
     use llmlab_plugin_api::rayon::prelude::*;
     let params = model.parameters();
-    let mut optimizer = AdamW::new(AdamWSettings {
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    });
-    let options = ForwardOptions {
-        train: true,
-        hidden_states: false,
-    };
+    let (mut optimizer, options) = step_setup();
     let batch = ids.dim(0)?;
     let mut parts = llmlab_plugin_api::rayon::current_num_threads().clamp(1, batch);
     while batch % parts != 0 {
@@ -256,16 +263,7 @@ fn phases(
     steps: u64,
 ) -> Result<[f64; 3]> {
     let params = model.parameters();
-    let mut optimizer = AdamW::new(AdamWSettings {
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    });
-    let options = ForwardOptions {
-        train: true,
-        hidden_states: false,
-    };
+    let (mut optimizer, options) = step_setup();
     let mut times: [Vec<f64>; 3] = Default::default();
     for step in 0..=steps {
         let t0 = Instant::now();
