@@ -196,8 +196,7 @@ fn history_is_kept_per_project_and_ctrl_r_finds_it() {
     let mut first = Pty::spawn(&a, &state, &[]);
     first.wait_for("llmlab> ", 1);
     first.send("print(40 + 2);\r");
-    first.wait_for("42", 1);
-    first.wait_for("llmlab> ", 2);
+    first.wait_for_after("42\r\n", "llmlab> ");
     first.send("\x04");
     first.finish();
 
@@ -207,8 +206,7 @@ fn history_is_kept_per_project_and_ctrl_r_finds_it() {
     again.send("\x1240 +");
     again.wait_for("print(40 + 2)", 1);
     again.send("\r");
-    again.wait_for("42", 1);
-    again.wait_for("llmlab> ", 2);
+    again.wait_for_after("42\r\n", "llmlab> ");
     again.send("\x04");
     again.finish();
 
@@ -216,8 +214,7 @@ fn history_is_kept_per_project_and_ctrl_r_finds_it() {
     let mut other = Pty::spawn(&b, &state, &[]);
     other.wait_for("llmlab> ", 1);
     other.send("print(6 * 7 + 1);\r");
-    other.wait_for("43", 1);
-    other.wait_for("llmlab> ", 2);
+    other.wait_for_after("43\r\n", "llmlab> ");
     other.send("\x1240 +");
     other.wait_for("failed", 1);
     // Ctrl-G leaves the search with the line empty; Ctrl-D ends the session.
@@ -241,9 +238,10 @@ fn progress_bars_show_at_the_repl_and_are_cleared_when_a_call_is_cancelled() {
     repl.wait_for("train [", 1);
     repl.send("\x03");
     repl.wait_for("cancelled by Ctrl-C", 1);
-    repl.wait_for("llmlab> ", 2);
+    repl.wait_for_after("cancelled by Ctrl-C", "llmlab> ");
     repl.send("print(\"after\");\r");
     repl.wait_for("after\r\n", 1);
+    repl.wait_for_after("after\r\n", "llmlab> ");
     repl.send("\x04");
     let out = repl.finish();
     let last_bar = out.rfind("train [").unwrap();
@@ -348,6 +346,26 @@ impl Pty {
                 start.elapsed() < std::time::Duration::from_secs(120),
                 "waited for {needle:?} x{times}; output so far:\n{}",
                 self.text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until `needle` appears after the last `marker`: a prompt drawn after an output
+    /// means rustyline is in raw mode again, so a key sent now is not lost in the switch from
+    /// the cooked mode a call runs in.
+    fn wait_for_after(&self, marker: &str, needle: &str) {
+        let start = std::time::Instant::now();
+        loop {
+            let text = self.text();
+            if let Some(at) = text.rfind(marker) {
+                if text[at + marker.len()..].contains(needle) {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(120),
+                "waited for {needle:?} after {marker:?}; output so far:\n{text}"
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
