@@ -9,11 +9,10 @@
 //! parameters per token of the dense model (issue 17; the peer is `bench/torch_gpt.py`'s
 //! `tiny_moe`).
 //!
-//! `tiny:split` (issue 25) also times, alternating in the same process, a whole-batch step
-//! against a step whose batch is split into one micro-batch per rayon thread, each running
-//! forward + backward on its own core (`rayon::join`-style, kernels single-threaded inside),
-//! gradients summed once before AdamW: `step_whole_ms` vs `step_split_ms`. Run it with
-//! `RAYON_NUM_THREADS` equal to the cores so candle's own matmuls stay single-threaded inside.
+//! The `lm` trainer splits each batch's rows over the cores (`row_parallel`, issue 25;
+//! `llmlab_train::row_split`); `tiny:whole` turns that off, one pass over the whole batch with
+//! multi-threaded kernels, for the A/B in one binary. The phase timings below are always
+//! whole-batch passes.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -74,8 +73,8 @@ fn create(
 /// Runs one config: `warmup` untimed steps, then `steps` timed training steps and forward passes.
 pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Result<Value> {
     let (shape_name, variant) = config.split_once(':').unwrap_or((config, "fused"));
-    let split = variant == "split";
-    let variant = if split { "fused" } else { variant };
+    let whole = variant == "whole";
+    let variant = if whole { "fused" } else { variant };
     let (kernels, moe) = match variant {
         "moe" => (
             "fused",
@@ -85,7 +84,7 @@ pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Re
     };
     let [n_layer, n_head, d_model, ctx_len, vocab, batch] = shapes(shape_name).ok_or_else(|| {
         Error::msg(format!(
-            "unknown bench config {shape_name:?}; known: tiny, small, gpt2 (optionally :fused, :reference or :moe)"
+            "unknown bench config {shape_name:?}; known: tiny, small, gpt2 (optionally :fused, :reference, :moe or :whole)"
         ))
     })?;
     let mut model_config = json!({
@@ -102,7 +101,7 @@ pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Re
     let warmup = 3;
     let trainer_config = json!({
         "steps": warmup + steps, "batch_size": batch, "lr": 3e-4, "warmup": 0, "weight_decay": 0.0,
-        "grad_clip": 0.0, "eval_every": 0, "checkpoint_every": 0,
+        "grad_clip": 0.0, "eval_every": 0, "checkpoint_every": 0, "row_parallel": !whole,
     });
     let Instance::Trainer(mut trainer) =
         create(registry, Kind::Trainer, "lm", trainer_config, ctx)?
@@ -142,12 +141,7 @@ pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Re
     let [forward_ms, backward_ms, optimizer_ms] =
         phases(model.as_ref(), &ids, &targets, steps.max(3))?;
     let tokens = (batch * ctx_len) as f64;
-    let split_ms = if split {
-        Some(split_phases(model.as_ref(), &ids, &targets, steps.max(3))?)
-    } else {
-        None
-    };
-    let mut report = json!({
+    let report = json!({
         "peer": "llmlab",
         "device": format!("{:?}", ctx.device),
         "threads": llmlab_plugin_api::rayon::current_num_threads(),
@@ -160,11 +154,6 @@ pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Re
         "step_backward_ms": backward_ms,
         "step_optimizer_ms": optimizer_ms,
     });
-    if let Some([whole, split, parts]) = split_ms {
-        report["step_whole_ms"] = json!(whole);
-        report["step_split_ms"] = json!(split);
-        report["micro_batches"] = json!(parts);
-    }
     Ok(report)
 }
 
@@ -182,75 +171,6 @@ fn step_setup() -> (AdamW, ForwardOptions) {
         hidden_states: false,
     };
     (optimizer, options)
-}
-
-/// Median milliseconds of a whole training step (forward + loss, backward, AdamW) on the whole
-/// batch, and of one whose batch is split into a micro-batch per rayon thread, each run on its
-/// own thread, gradients summed once; the two alternate over `steps` steps after one warm-up.
-fn split_phases(
-    model: &dyn llmlab_plugin_api::Model,
-    ids: &Tensor,
-    targets: &Tensor,
-    steps: u64,
-) -> Result<[f64; 3]> {
-    use llmlab_plugin_api::rayon::prelude::*;
-    let params = model.parameters();
-    let (mut optimizer, options) = step_setup();
-    let batch = ids.dim(0)?;
-    let mut parts = llmlab_plugin_api::rayon::current_num_threads().clamp(1, batch);
-    while batch % parts != 0 {
-        parts -= 1;
-    }
-    let rows = batch / parts;
-    let grads_of = |ids: &Tensor, targets: &Tensor| -> Result<Vec<Option<Tensor>>> {
-        let out = model.forward(ids, &options)?;
-        let grads = loss::cross_entropy(&out.logits, targets)?.backward()?;
-        Ok(params
-            .iter()
-            .map(|(_, var)| grads.get(var.as_tensor()).cloned())
-            .collect())
-    };
-    let mut whole_ms = Vec::new();
-    let mut split_ms = Vec::new();
-    for step in 0..=steps {
-        let t0 = Instant::now();
-        let grads = grads_of(ids, targets)?;
-        optimizer.step(&params, &grads, 3e-4, 1.0)?;
-        let t1 = Instant::now();
-        let per_part: Vec<Vec<Option<Tensor>>> = (0..parts)
-            .into_par_iter()
-            .map(|p| {
-                grads_of(
-                    &ids.narrow(0, p * rows, rows)?,
-                    &targets.narrow(0, p * rows, rows)?,
-                )
-            })
-            .collect::<Result<_>>()?;
-        let mut summed = per_part[0].clone();
-        for part in &per_part[1..] {
-            for (sum, g) in summed.iter_mut().zip(part) {
-                if let (Some(s), Some(g)) = (sum.as_mut(), g) {
-                    *s = (&*s + g)?;
-                }
-            }
-        }
-        let scale = 1.0 / parts as f64;
-        let summed = summed
-            .into_iter()
-            .map(|g| g.map(|g| g.affine(scale, 0.0)).transpose())
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        optimizer.step(&params, &summed, 3e-4, 1.0)?;
-        let t2 = Instant::now();
-        if step > 0 {
-            whole_ms.push((t1 - t0).as_secs_f64() * 1e3);
-            split_ms.push((t2 - t1).as_secs_f64() * 1e3);
-        }
-    }
-    let median = |mut t: Vec<f64>| {
-        t.sort_by(f64::total_cmp);
-        (t[t.len() / 2] * 10.0).round() / 10.0
-    };
-    Ok([median(whole_ms), median(split_ms), parts as f64])
 }
 
 /// Median milliseconds of the three phases of a training step, timed separately over `steps`

@@ -165,6 +165,25 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         steps: u64,
     },
+    /// Greedy KV-cached generation tokens/s of `gpt` on the same shapes (peer:
+    /// bench/hf_generate.py, transformers' `generate`).
+    Generate {
+        /// tiny, small or gpt2; several separated by commas.
+        #[arg(long, default_value = "tiny")]
+        config: String,
+        /// Rows generated at once; several separated by commas.
+        #[arg(long, default_value = "1")]
+        batch: String,
+        /// Prompt tokens per row.
+        #[arg(long, default_value_t = 16)]
+        prompt: usize,
+        /// New tokens per row.
+        #[arg(long, default_value_t = 100)]
+        new_tokens: usize,
+        /// Timed calls (after one warm-up call); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 //! `main.rs` is only the command line around these.
 
 pub mod bench;
+pub mod bench_generate;
 pub mod chat;
 pub mod cli;
 pub mod data;

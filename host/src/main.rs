@@ -14,7 +14,7 @@ use llmlab_plugin_api::candle::DType;
 use llmlab_plugin_api::{tracing, Context};
 
 fn main() -> ExitCode {
-    candle_elementwise_inline();
+    thread_settings();
     reexec_with_malloc_tunables();
     ignore_sigxfsz();
     let cli = Cli::parse();
@@ -80,6 +80,38 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 let line = llmlab::bench::train(&registry, name.trim(), steps, &ctx)
                     .map_err(|e| e.to_string())?;
                 println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Bench {
+            command:
+                BenchCommand::Generate {
+                    config,
+                    batch,
+                    prompt,
+                    new_tokens,
+                    reps,
+                },
+        }) => {
+            let registry = discover();
+            let ctx = context(&cli.common)?;
+            for name in config.split(',') {
+                for rows in batch.split(',') {
+                    let rows = rows
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("bench generate: --batch {rows:?} is not a count"))?;
+                    let bench = llmlab::bench_generate::GenerateBench {
+                        batch: rows,
+                        prompt,
+                        new_tokens,
+                        reps,
+                    };
+                    let line =
+                        llmlab::bench_generate::generate(&registry, name.trim(), bench, &ctx)
+                            .map_err(|e| e.to_string())?;
+                    println!("{line}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -378,12 +410,23 @@ fn init_logging(verbose: u8) {
 /// `CANDLE_NUM_THREADS=1` those ops run inline; matmuls keep `RAYON_NUM_THREADS` threads. It
 /// also makes candle's quantized matmuls single-threaded, which generated 13-18x faster under
 /// load than with candle's pool (measured there); set `CANDLE_NUM_THREADS` to the core count to
-/// get the old behaviour. Called first thing in
-/// `main`, before any thread exists; a value the user set is kept.
-fn candle_elementwise_inline() {
+/// get the old behaviour.
+///
+/// candle also asks for the matmul thread count on every CPU matmul, and without
+/// `RAYON_NUM_THREADS` works it out each time by reading `/proc/cpuinfo` (physical cores): about
+/// 10% of a loaded server's scheduler thread (docs/serving.md).
+/// Setting the variable to that count once makes the question free, and gives the rayon pool
+/// (our kernels, the row-parallel training split) the same count as candle's matmuls.
+///
+/// Called first thing in `main`, before any thread exists; values the user set are kept.
+fn thread_settings() {
+    // Sound only while single-threaded: the first statement of main, before any spawn.
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // Sound only while single-threaded: the first statement of main, before any spawn.
         std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = llmlab_plugin_api::candle::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", cores.to_string());
     }
 }
 

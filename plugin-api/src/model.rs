@@ -249,6 +249,14 @@ pub trait Model: Send + Sync {
         let out = self.forward(ids, options)?;
         Ok(loss(&out)?.backward()?)
     }
+    /// Whether training passes over disjoint rows of one batch may run at the same time on
+    /// several threads and give what they would one after another: no dropout stream to draw
+    /// from, no state a training pass changes (MoE routing biases and their statistics). The
+    /// trainers then split a micro-batch's rows over the CPU cores (`row_parallel`, issue 25).
+    /// Default: `false`.
+    fn row_parallel_training(&self) -> bool {
+        false
+    }
     /// Forward with a padding mask, segment ids or the task head ([`ForwardInputs`]). The
     /// default runs [`Model::forward`] for plain inputs and refuses the rest, naming them.
     fn forward_with(

@@ -25,6 +25,35 @@ pub struct Batch {
     pub forward_inputs: ForwardInputs,
 }
 
+impl Batch {
+    /// Rows `start..start + len` of this batch, and the weight of their loss in the whole
+    /// batch's loss: a row-mean loss (no mask) is scaled by the rows' share; a masked loss keeps
+    /// the whole batch's count of loss tokens as its divisor, so the parts' losses simply add
+    /// up. Data parallel ranks and the row-parallel split of a step both cut batches this way.
+    pub fn rows(&self, start: usize, len: usize) -> Result<(Batch, f64)> {
+        let (rows, seq) = self.inputs.dims2()?;
+        let narrow = |t: &Tensor| t.narrow(0, start, len);
+        let narrow_opt = |t: &Option<Tensor>| t.as_ref().map(narrow).transpose();
+        let (mask, loss_tokens, share) = match &self.mask {
+            Some(mask) => (Some(narrow(mask)?), self.loss_tokens, 1.0),
+            None => (None, len * seq, len as f64 / rows as f64),
+        };
+        let part = Batch {
+            inputs: narrow(&self.inputs)?,
+            targets: narrow(&self.targets)?,
+            mask,
+            loss_tokens,
+            tokens: len * seq,
+            forward_inputs: ForwardInputs {
+                attention_mask: narrow_opt(&self.forward_inputs.attention_mask)?,
+                token_type_ids: narrow_opt(&self.forward_inputs.token_type_ids)?,
+                head: self.forward_inputs.head,
+            },
+        };
+        Ok((part, share))
+    }
+}
+
 /// Where the trainer is in its data: windows drawn so far (`lm`), or the epoch and the position
 /// in that epoch's shuffled example order (`sft`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -47,6 +47,8 @@ pub struct TrainConfig {
     pub zero: u8,
     /// Gradient megabytes per all-reduce.
     pub bucket_mb: f64,
+    /// Split each micro-batch's rows over the CPU cores, one pass per core (`row_split.rs`).
+    pub row_parallel: bool,
 }
 
 impl Default for TrainConfig {
@@ -76,6 +78,7 @@ impl Default for TrainConfig {
             data_parallel: false,
             zero: 0,
             bucket_mb: 25.0,
+            row_parallel: true,
         }
     }
 }
@@ -147,6 +150,10 @@ impl TypedConfig for TrainConfig {
         (
             "bucket_mb",
             "with data_parallel: megabytes of gradients per all-reduce",
+        ),
+        (
+            "row_parallel",
+            "on CPU, split each micro-batch's rows over the cores: one forward+backward per core with single-threaded kernels, gradients summed (where the model and objective allow: no dropout, no MoE, the plain token loss); false = one pass over the whole micro-batch",
         ),
     ];
 

@@ -173,10 +173,9 @@ impl DataParallel {
         Ok(())
     }
 
-    /// This rank's rows of the global `batch`, and the weight of its loss in the global loss:
-    /// a row-mean loss (no mask) is scaled by the rank's share of rows; a masked loss keeps the
-    /// global count of loss tokens as its divisor, so the ranks' losses simply add up.
-    pub fn shard(&self, mut batch: Batch) -> Result<(Batch, f64)> {
+    /// This rank's rows of the global `batch`, and the weight of its loss in the global loss
+    /// ([`Batch::rows`]).
+    pub fn shard(&self, batch: Batch) -> Result<(Batch, f64)> {
         let (rank, size) = (self.world.rank(), self.world.size());
         let rows = batch.inputs.dim(0)?;
         if !rows.is_multiple_of(size) {
@@ -184,22 +183,7 @@ impl DataParallel {
                 "data parallel: a batch of {rows} rows does not split evenly over {size} ranks"
             )));
         }
-        let (start, len) = (rank * rows / size, rows / size);
-        let seq = batch.inputs.dim(1)?;
-        batch.inputs = batch.inputs.narrow(0, start, len)?;
-        batch.targets = batch.targets.narrow(0, start, len)?;
-        batch.tokens = len * seq;
-        let share = match &mut batch.mask {
-            Some(mask) => {
-                *mask = mask.narrow(0, start, len)?;
-                1.0
-            }
-            None => {
-                batch.loss_tokens = len * seq;
-                len as f64 / rows as f64
-            }
-        };
-        Ok((batch, share))
+        batch.rows(rank * rows / size, rows / size)
     }
 
     /// Sums `grads` and `scalars` (loss, aux loss, tokens) over the ranks. Without ZeRO 2 every

@@ -9,7 +9,7 @@
 //! * data-parallel training over the ranks of a job, with ZeRO 1/2 ([`data_parallel`]);
 //! * the optimisation pieces every trainer and aligner shares: AdamW with decoupled weight decay
 //!   ([`adamw`]), warmup + cosine learning rate ([`schedule`]), global-norm clipping ([`clip`]),
-//!   gradient accumulation ([`gradients`]), losses and sequence log-probabilities ([`loss`]),
+//!   gradient accumulation ([`gradients`]), the row-parallel pass over the cores ([`row_split`]), losses and sequence log-probabilities ([`loss`]),
 //!   mixed precision with loss scaling ([`precision`]), and atomic, checksummed checkpoint
 //!   directories ([`checkpoint`]);
 //! * the shapes and the timed forward pass every throughput benchmark shares ([`benchmark`]).
@@ -30,6 +30,7 @@ pub mod gradients;
 pub mod loss;
 pub mod memory;
 pub mod precision;
+pub mod row_split;
 pub mod schedule;
 pub mod train_loop;
 pub mod trainer_checkpoint;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use llmlab_plugin_api::candle::{DType, Device, Tensor, Var};
+use llmlab_plugin_api::candle::{Device, Tensor, Var};
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::serde_json::Value;
 use llmlab_plugin_api::{
@@ -28,6 +28,7 @@ use crate::gradients;
 use crate::loss;
 use crate::precision::{LossScaler, Verdict};
 use crate::rng::SplitMix64;
+use crate::row_split;
 use crate::schedule::Schedule;
 use crate::trainer_checkpoint::{self as checkpoint, Manifest, ModelInfo};
 
@@ -89,6 +90,12 @@ pub trait Objective: Send {
     fn finish(&mut self, model: &dyn Model) -> Result<()> {
         let _ = model;
         Ok(())
+    }
+    /// Whether the loss is [`hard_label_loss`] of the batch alone, so the rows of a micro-batch
+    /// may be split over threads (`row_parallel`) and their losses weighted back together.
+    /// Default: `false` (objectives with their own loss keep one pass per micro-batch).
+    fn row_parallel(&self) -> bool {
+        false
     }
     /// A distillation teacher; only the `distill` objective takes one.
     fn set_teacher(&mut self, teacher: std::sync::Arc<dyn Model>) -> Result<()> {
@@ -419,34 +426,50 @@ impl<O: Objective> TrainLoop<O> {
                 Some(dp) => dp.shard(batch)?,
                 None => (batch, 1.0),
             };
-            let (mut micro_loss, mut micro_aux) = (0f64, None);
-            // The model runs forward and backward (in `compute`, maybe checkpointed); this closure
-            // is the loss on its output: f32 logits, aux loss added, averaged over micro-batches
-            // and multiplied by the f16 loss scale.
-            let mut objective = |out: &ForwardOutput| -> Result<Tensor> {
-                let logits = out.logits.to_dtype(DType::F32)?;
-                let mut total = self.objective.loss(&logits, &batch)?;
-                micro_loss = total.to_scalar::<f32>()? as f64;
-                if let Some(aux) = &out.aux_loss {
-                    let aux = aux.to_dtype(total.dtype())?;
-                    micro_aux = Some(aux.to_scalar::<f32>()? as f64);
-                    total = (total + aux)?;
+            // The model runs forward and backward (in `compute`, maybe checkpointed) on the
+            // whole micro-batch, or on a part of its rows per core (`row_split.rs`); the loss is
+            // averaged over micro-batches and multiplied by the f16 loss scale.
+            let factor = scale * share / config.grad_accum as f64;
+            let allowed = config.row_parallel && self.objective.row_parallel();
+            let parts = row_split::parts(allowed, model, &batch, compute)?;
+            let (micro_loss, micro_aux) = if parts > 1 {
+                let passes = row_split::passes(
+                    model,
+                    &batch,
+                    parts,
+                    &options,
+                    compute,
+                    factor,
+                    &hard_label_loss,
+                )?;
+                let (mut loss, mut aux) = (0f64, None);
+                for mut pass in passes {
+                    gradients::accumulate(&mut grads, &mut pass.grads, &params)?;
+                    loss += pass.loss;
+                    if let Some(a) = pass.aux {
+                        aux = Some(aux.unwrap_or(0.0) + a);
+                    }
                 }
-                let factor = scale * share / config.grad_accum as f64;
-                Ok(if factor != 1.0 {
-                    total.affine(factor, 0.0)?
-                } else {
-                    total
-                })
+                (loss, aux)
+            } else {
+                let mut values = (0f64, None);
+                let objective = &mut self.objective;
+                let mut pass_objective = |out: &ForwardOutput| -> Result<Tensor> {
+                    let (total, loss, aux) =
+                        row_split::pass_loss(out, |logits| objective.loss(logits, &batch), factor)?;
+                    values = (loss, aux);
+                    Ok(total)
+                };
+                let mut store = model.forward_backward_with(
+                    &batch.inputs,
+                    &batch.forward_inputs,
+                    &options,
+                    compute,
+                    &mut pass_objective,
+                )?;
+                gradients::accumulate(&mut grads, &mut store, &params)?;
+                values
             };
-            let mut store = model.forward_backward_with(
-                &batch.inputs,
-                &batch.forward_inputs,
-                &options,
-                compute,
-                &mut objective,
-            )?;
-            gradients::accumulate(&mut grads, &mut store, &params)?;
             loss_sum += micro_loss * share;
             if let Some(aux) = micro_aux {
                 aux_sum += aux * share;

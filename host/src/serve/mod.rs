@@ -74,7 +74,6 @@ impl Server {
         }
         metrics::handle()?;
         metrics::register_serving();
-        fix_thread_count();
         let queue = Arc::new(Queue::new(options.limits.queue_capacity));
         let app = Arc::new(App {
             model: model.clone(),
@@ -183,21 +182,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.stop();
     }
-}
-
-/// candle asks for its thread count on every CPU matmul, and without `RAYON_NUM_THREADS` it
-/// works it out each time by reading `/proc/cpuinfo` (`num_cpus::get_physical`): about 10% of
-/// the scheduler thread's time in a profile of a loaded server (docs/serving.md). Setting the
-/// variable to the count candle computes keeps every thread count as it was (the one rayon pool
-/// is built first, with its own default) and makes the question free. A count the user set is
-/// left alone.
-fn fix_thread_count() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
-        return;
-    }
-    let _ = llmlab_plugin_api::rayon::current_num_threads();
-    let threads = llmlab_plugin_api::candle::utils::get_num_threads();
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {

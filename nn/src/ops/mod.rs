@@ -14,6 +14,7 @@
 //! Design and measurements: docs/kernels.md.
 
 pub mod attention;
+pub mod cached_attention;
 pub mod cross_entropy;
 pub mod gelu;
 pub mod layer_norm;
@@ -26,6 +27,7 @@ pub mod softmax;
 pub mod swiglu;
 
 pub use attention::{causal_attention, causal_attention_packed};
+pub use cached_attention::cached_attention;
 pub use cross_entropy::{token_nll, token_nll_reference};
 pub use gelu::gelu;
 pub use layer_norm::layer_norm;

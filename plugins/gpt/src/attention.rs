@@ -9,9 +9,10 @@
 //!
 //! A full causal sequence without dropout (training, scoring, the first step of generation) runs
 //! the fused kernel `llmlab_nn::ops::causal_attention_packed` on the `c_attn` output as
-//! it is, rope included, with no head split or merge copies. Cached decoding, attention dropout
-//! and `kernels: "reference"` take the composed path (its softmax fused unless "reference";
-//! candle's own fused softmax has no backward and is never used).
+//! it is, rope included, with no head split or merge copies. Cached decoding runs the fused
+//! `llmlab_nn::ops::cached_attention` (grouped kv heads read in place, one pass per output
+//! row). Attention dropout and `kernels: "reference"` take the composed path (its softmax fused
+//! unless "reference"; candle's own fused softmax has no backward and is never used).
 
 use llmlab_nn::attention::{attention_weights, repeat_kv};
 use llmlab_nn::ops;
@@ -143,10 +144,15 @@ impl Attention {
             q = rope.apply(&q, positions)?;
             k = rope.apply(&k, positions)?;
         }
+        let cached = cache.is_some();
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, &k, &v)?,
             None => (k, v),
         };
+        if fused && cached && !(train && self.attn_dropout.is_active()) {
+            let y = ops::cached_attention(&q, &k, &v, mask)?;
+            return self.project(&y, train);
+        }
         let k = repeat_kv(k, h / kv)?;
         let v = repeat_kv(v, h / kv)?;
 

@@ -545,6 +545,14 @@ impl Model for Gpt {
         crate::training_pass::forward_backward(self, ids, options, compute, loss)
     }
 
+    /// Dropout draws from shared streams and MoE passes update routing state and statistics;
+    /// LoRA adapters run their own pass (with adapter dropout). Without them a pass is a pure
+    /// function of the weights and its rows.
+    fn row_parallel_training(&self) -> bool {
+        let config = self.gpt_config();
+        config.dropout == 0.0 && config.moe.is_none() && self.lora.get().is_none()
+    }
+
     /// MoE selection biases and their pending loads (`moe/balance.rs`).
     fn state(&self) -> Vec<(String, Tensor)> {
         self.state

@@ -5,18 +5,15 @@
 
 mod common;
 
+use common::training::{train_steps, Windows};
 use common::{ids, max_abs_diff, tiny};
 use llmlab_gpt::decoder::generate_uncached;
 use llmlab_gpt::model::cross_entropy;
 use llmlab_plugin_api::candle::quantized::{GgmlDType, QTensor};
-use llmlab_plugin_api::candle::{DType, Device, Tensor};
+use llmlab_plugin_api::candle::{DType, Tensor};
 use llmlab_plugin_api::serde_json::{json, Value};
-use llmlab_plugin_api::{
-    Context, ForwardOptions, GenerateOptions, Model, Quantizer, Split, TokenData, TrainJob,
-    Trainer, TypedConfig,
-};
-use llmlab_train::batches::{Batch, DataCursor, WindowSampler};
-use llmlab_train::{Objective, Setup, TrainConfig, TrainLoop};
+use llmlab_plugin_api::{Context, ForwardOptions, GenerateOptions, Model, Quantizer};
+use llmlab_train::TrainLoop;
 
 const TRAIN: ForwardOptions = ForwardOptions {
     train: true,
@@ -494,97 +491,8 @@ fn loss_falls_when_training_an_moe_model() {
     );
 }
 
-/// A token stream the trainer draws windows from: a fixed pseudo-random walk over the tiny
-/// model's 48 ids, all of it train split.
-struct Stream(Vec<u32>);
-
-impl Stream {
-    fn new() -> Stream {
-        let mut rng = llmlab_plugin_api::rng::SplitMix64::new(5);
-        let mut id = 0u32;
-        Stream(
-            (0..4000)
-                .map(|_| {
-                    id = (id + 1 + rng.below(3) as u32) % 48;
-                    id
-                })
-                .collect(),
-        )
-    }
-}
-
-impl TokenData for Stream {
-    fn len(&self, split: Split) -> usize {
-        match split {
-            Split::Train => self.0.len(),
-            Split::Val => 0,
-        }
-    }
-    fn read(&self, _: Split, start: usize, out: &mut [u32]) -> llmlab_plugin_api::Result<()> {
-        out.copy_from_slice(&self.0[start..start + out.len()]);
-        Ok(())
-    }
-    fn vocab_size(&self) -> usize {
-        48
-    }
-}
-
-/// Random windows of a [`Stream`], as the `lm` trainer draws them.
-#[derive(Default)]
-struct Windows(Option<WindowSampler>);
-
-impl Objective for Windows {
-    fn prepare(&mut self, _: &TrainJob<'_>, setup: &Setup) -> llmlab_plugin_api::Result<()> {
-        self.0 = Some(WindowSampler::new(setup.batch_size, setup.ctx));
-        Ok(())
-    }
-    fn next_batch(
-        &mut self,
-        data: &TrainJob<'_>,
-        rng: &mut llmlab_plugin_api::rng::SplitMix64,
-        cursor: &mut DataCursor,
-        device: &Device,
-    ) -> llmlab_plugin_api::Result<Batch> {
-        let sampler = self.0.as_mut().expect("prepared");
-        sampler.next(data.tokens.expect("tokens"), rng, cursor, device)
-    }
-    fn eval_batches(
-        &mut self,
-        _: &TrainJob<'_>,
-        _: &Device,
-    ) -> llmlab_plugin_api::Result<Vec<Batch>> {
-        Ok(Vec::new())
-    }
-}
-
 fn trainer(resume: Option<&std::path::Path>) -> TrainLoop<Windows> {
-    let mut config = json!({ "steps": 8, "batch_size": 4, "ctx": 16, "lr": 1e-2, "warmup": 2,
-        "eval_every": 0, "checkpoint_every": 4, "log_every": 1, "seed": 3 });
-    if let Some(dir) = resume {
-        config["resume"] = json!(dir.to_str().unwrap());
-    }
-    TrainLoop::new(
-        "lm",
-        TrainConfig::from_json("lm", &config).unwrap(),
-        Windows::default(),
-    )
-}
-
-/// Steps `trainer` `steps` times, returning each step's loss.
-fn train_steps(
-    trainer: &mut TrainLoop<Windows>,
-    model: &dyn Model,
-    run_dir: &std::path::Path,
-    steps: usize,
-) -> Vec<f64> {
-    let data = Stream::new();
-    let ctx = Context {
-        run_dir: Some(run_dir.to_path_buf()),
-        ..Context::cpu()
-    };
-    (0..steps)
-        .map(|_| trainer.step(model, &TrainJob::tokens(&data), &ctx).unwrap()["loss"])
-        .collect()
+    common::training::trainer(resume, json!({}))
 }
 
 fn snapshot(model: &dyn Model) -> Vec<(String, Vec<f64>)> {

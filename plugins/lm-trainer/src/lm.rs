@@ -28,6 +28,11 @@ fn token_data<'a>(job: &TrainJob<'a>) -> Result<&'a dyn TokenData> {
 }
 
 impl Objective for Pretraining {
+    /// The plain token loss (masked for SFT) of the batch alone: rows may run in parallel.
+    fn row_parallel(&self) -> bool {
+        true
+    }
+
     fn prepare(&mut self, data: &TrainJob<'_>, setup: &Setup) -> Result<()> {
         let tokens = token_data(data)?;
         if tokens.vocab_size() > setup.model_vocab_size {

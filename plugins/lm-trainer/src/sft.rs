@@ -121,6 +121,11 @@ impl Sft {
 }
 
 impl Objective for Sft {
+    /// The plain token loss (masked for SFT) of the batch alone: rows may run in parallel.
+    fn row_parallel(&self) -> bool {
+        true
+    }
+
     fn prepare(&mut self, data: &TrainJob<'_>, setup: &Setup) -> Result<()> {
         let (examples, tokenizer) = examples(data)?;
         tokenizer.end_of_text()?;

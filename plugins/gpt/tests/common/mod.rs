@@ -1,6 +1,8 @@
 //! Tiny models and helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod training;
+
 use llmlab_gpt::Gpt;
 use llmlab_plugin_api::candle::Tensor;
 use llmlab_plugin_api::serde_json::{json, Value};
