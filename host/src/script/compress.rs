@@ -2,6 +2,8 @@
 //!
 //! ```rhai
 //! lora(m, #{ rank: 8, alpha: 16, dropout: 0.05, targets: ["c_attn", "c_fc"] }); // in place
+//! lora(m, #{ rank: 4, modules_to_save: ["ln_1", "ln_2", "ln_f"] }); // + norms trained whole (PEFT)
+//! lora(m, #{ targets: [], modules_to_save: ["c_fc"] });  // only those modules train
 //! lora_merge(m); lora_unmerge(m);          // fold the adapters into the weights and back
 //! lora_save(m, "adapters/");               // PEFT layout: adapter_config.json + adapter_model.safetensors
 //! lora_load(base, "adapters/");            // onto a base model (adapters made if it has none)
