@@ -4,14 +4,18 @@
 //! `lm_head.weight` is untied (T5 v1.1 as transformers 4 saved it), one without is tied.
 //! Whether the decoder output is scaled before the head follows `scale_decoder_outputs`
 //! (transformers 5) or else `tie_word_embeddings` (transformers 4).
+//! Hugging Face's `q` weights carry T5's folded `1/sqrt(d_kv)`; they are multiplied by
+//! `sqrt(d_kv)` on import, since ours apply it in the forward pass (`attention.rs`).
 
 use std::path::Path;
 
 use llmlab_nn::params::Source;
 use llmlab_nn::weights::read_weights;
+use llmlab_plugin_api::candle::Tensor;
 use llmlab_plugin_api::serde_json::Value;
 use llmlab_plugin_api::{Context, Error, Result};
 
+use crate::attention::query_scale;
 use crate::config::{FeedForwardKind, T5Config};
 use crate::model::T5;
 
@@ -87,6 +91,26 @@ pub fn config_from_hf(json: &Value, has_lm_head: bool) -> Result<T5Config> {
     })
 }
 
+/// Hugging Face's `q` weights carry T5's folded `1/sqrt(d_kv)`; ours do not (`attention.rs`).
+pub fn queries_from_hf(
+    tensors: &mut std::collections::HashMap<String, Tensor>,
+    d_kv: usize,
+) -> Result<()> {
+    let factor = 1.0 / query_scale(d_kv);
+    for (name, t) in tensors.iter_mut() {
+        if is_query_weight(name) {
+            *t = (&*t * factor)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` is an attention's query weight (`...SelfAttention.q.weight`,
+/// `...EncDecAttention.q.weight`).
+pub fn is_query_weight(name: &str) -> bool {
+    name.ends_with("Attention.q.weight")
+}
+
 pub fn load(dir: &Path, json: &Value, ctx: &Context) -> Result<T5> {
     let path = dir.join("model.safetensors");
     let mut tensors = read_weights(&path, &ctx.device)?;
@@ -102,6 +126,7 @@ pub fn load(dir: &Path, json: &Value, ctx: &Context) -> Result<T5> {
     }
     let config = config_from_hf(json, tensors.contains_key("lm_head.weight"))
         .map_err(|e| Error::msg(format!("{}: {e}", dir.display())))?;
+    queries_from_hf(&mut tensors, config.d_kv)?;
     T5::new(
         config,
         Source::Tensors(tensors),

@@ -22,6 +22,11 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const MARKER: &str = "t5";
 /// The `config.json` key with the weights file's size and checksum.
 pub const WEIGHTS_KEY: &str = "llmlab_weights";
+/// The `config.json` key saying the `q` weights are stored without T5's folded
+/// `1/sqrt(d_kv)` (`attention.rs`). Directories saved before it (no key) hold Hugging Face's
+/// layout and are converted on load.
+pub const QUERY_LAYOUT_KEY: &str = "llmlab_query_weights";
+pub const QUERY_LAYOUT: &str = "unscaled";
 
 pub fn save(model: &T5, dir: &Path) -> Result<()> {
     if let Some(scheme) = model.scheme() {
@@ -40,6 +45,7 @@ pub fn save(model: &T5, dir: &Path) -> Result<()> {
         WEIGHTS_KEY.into(),
         serde_json::json!({ WEIGHTS_FILE: serde_json::to_value(&entry)? }),
     );
+    config.insert(QUERY_LAYOUT_KEY.into(), Value::from(QUERY_LAYOUT));
     let text = serde_json::to_string_pretty(&Value::Object(config))?;
     write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
 }
@@ -58,13 +64,25 @@ pub fn load(path: &Path, ctx: &Context) -> Result<T5> {
                 config_path.display()
             ))
         })?;
+        let layout = keys.remove(QUERY_LAYOUT_KEY);
         let config = T5Config::from_json("t5", &Value::Object(keys))
             .map_err(|e| Error::msg(format!("{}: {e}", config_path.display())))?;
         let files: BTreeMap<String, FileEntry> = serde_json::from_value(files)
             .map_err(|e| Error::msg(format!("{}: `{WEIGHTS_KEY}`: {e}", config_path.display())))?;
         let bytes = read_checked(&dir, WEIGHTS_FILE, &files, CONFIG_FILE)?;
-        let tensors = llmlab_plugin_api::candle::safetensors::load_buffer(&bytes, &ctx.device)
+        let mut tensors = llmlab_plugin_api::candle::safetensors::load_buffer(&bytes, &ctx.device)
             .map_err(|e| Error::msg(format!("{}: {e}", dir.join(WEIGHTS_FILE).display())))?;
+        match layout.as_ref().and_then(Value::as_str) {
+            Some(QUERY_LAYOUT) => {}
+            None => crate::hf::queries_from_hf(&mut tensors, config.d_kv)?,
+            Some(_) => {
+                return Err(Error::msg(format!(
+                    "{}: `{QUERY_LAYOUT_KEY}` is {}, this build reads \"{QUERY_LAYOUT}\" (or no key: the Hugging Face layout)",
+                    config_path.display(),
+                    layout.unwrap_or_default()
+                )))
+            }
+        }
         return T5::new(
             config,
             Source::Tensors(tensors),
