@@ -113,6 +113,52 @@ unsafe fn gemm_into(
     }
 }
 
+/// Up to this many rows (2 or more: one row is gemm's own fast matrix-vector path) the forward
+/// is [`few_rows_forward`]: gemm's blocked kernels cost 10-80x the multiply-adds at 2-16 rows of
+/// the decoding shapes (`nn/examples/decode_probe.rs`, docs/kernels.md "Few rows").
+const FEW_ROWS: usize = 16;
+
+/// `y = x Wᵀ + b` for a few rows (batched decoding): each weight row is read once and dotted
+/// with every input row while it is in L1, output rows in parallel chunks; computed as `yᵀ`
+/// and transposed (a few rows × `out` copy).
+fn few_rows_forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+) -> Vec<f32> {
+    let mut yt = vec![0f32; out_dim * rows];
+    // ~64k multiply-adds per task: smaller tasks cost rayon more than they save.
+    let outputs_per_task = (65_536 / (rows * in_dim).max(1)).max(1);
+    yt.par_chunks_mut(outputs_per_task * rows)
+        .enumerate()
+        .for_each(|(task, yt)| {
+            let first = task * outputs_per_task;
+            dot_rows(x, &w[first * in_dim..], yt, rows, in_dim);
+        });
+    let mut y = vec![0f32; rows * out_dim];
+    for (r, y) in y.chunks_exact_mut(out_dim).enumerate() {
+        for (o, y) in y.iter_mut().enumerate() {
+            *y = yt[o * rows + r] + bias.map_or(0.0, |b| b[o]);
+        }
+    }
+    y
+}
+
+crate::ops::math::simd_kernel! {
+    /// `yt[o·rows + r] = x_r · w_o` for the `yt.len() / rows` weight rows at the start of `w`.
+    fn dot_rows(x: &[f32], w: &[f32], yt: &mut [f32], rows: usize, in_dim: usize) {
+        for (o, yt) in yt.chunks_exact_mut(rows).enumerate() {
+            let w = &w[o * in_dim..(o + 1) * in_dim];
+            for (r, yt) in yt.iter_mut().enumerate() {
+                *yt = crate::ops::math::dot(&x[r * in_dim..(r + 1) * in_dim], w);
+            }
+        }
+    }
+}
+
 fn rows_of(layout: &Layout, width: usize) -> usize {
     layout.shape().elem_count().checked_div(width).unwrap_or(0)
 }
@@ -139,6 +185,16 @@ impl CustomOp3 for FusedLinear {
         let w = f32_data(ws, wl, self.name())?;
         let (out_dim, in_dim) = wl.shape().dims2()?;
         let rows = rows_of(xl, in_dim);
+        if (2..=FEW_ROWS).contains(&rows) {
+            let b = self
+                .has_bias
+                .then(|| f32_data(bs, bl, self.name()))
+                .transpose()?;
+            let y = few_rows_forward(&x, &w, b.as_deref(), rows, in_dim, out_dim);
+            let mut dims = xl.dims().to_vec();
+            *dims.last_mut().expect("linear input has a last dim") = out_dim;
+            return Ok((CpuStorage::F32(y), Shape::from(dims)));
+        }
         let mut y = vec![0f32; rows * out_dim];
         if self.has_bias && out_dim > 0 {
             let b = f32_data(bs, bl, self.name())?;
