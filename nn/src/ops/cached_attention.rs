@@ -183,19 +183,17 @@ impl CustomOp3 for CachedAttention {
         let dims = [h, kv, t, total, hd, h / kv];
         let row_len = h * hd;
         let mut out = vec![0f32; b * t * row_len];
-        out.par_chunks_mut(row_len)
-            .enumerate()
-            .for_each_init(
-                || vec![0f32; total],
-                |scores, (row, out)| {
-                    let (bi, ti) = (row / t, row % t);
-                    let mask_row = mask.as_deref().map(|m| {
-                        let r = if per_row { bi * t + ti } else { ti };
-                        &m[r * total..(r + 1) * total]
-                    });
-                    attend_row(out, &q, &k, &v, mask_row, dims, bi, ti, scores);
-                },
-            );
+        out.par_chunks_mut(row_len).enumerate().for_each_init(
+            || vec![0f32; total],
+            |scores, (row, out)| {
+                let (bi, ti) = (row / t, row % t);
+                let mask_row = mask.as_deref().map(|m| {
+                    let r = if per_row { bi * t + ti } else { ti };
+                    &m[r * total..(r + 1) * total]
+                });
+                attend_row(out, &q, &k, &v, mask_row, dims, bi, ti, scores);
+            },
+        );
         Ok((CpuStorage::F32(out), Shape::from((b, t, row_len))))
     }
 }
@@ -272,7 +270,11 @@ mod tests {
                 let reference = composed(&q, &k, &v, mask);
                 assert_eq!(fused.dims(), [b, t, h * hd]);
                 let diff = max_diff(&fused, &reference);
-                assert!(diff < 1e-5, "t {t}, mask {:?}: {diff}", mask.map(|m| m.dims()));
+                assert!(
+                    diff < 1e-5,
+                    "t {t}, mask {:?}: {diff}",
+                    mask.map(|m| m.dims())
+                );
             }
         }
     }
