@@ -36,6 +36,17 @@ fn snapshot(named: Vec<(String, Tensor)>) -> HashMap<String, Vec<f32>> {
         .collect()
 }
 
+/// The trainable parameters' values by name (adapters and saved-module copies).
+fn trainable_snapshot(model: &dyn Model) -> HashMap<String, Vec<f32>> {
+    snapshot(
+        model
+            .parameters()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect(),
+    )
+}
+
 /// `steps` AdamW steps of the next-token loss on `parameters()`; the loss before and after.
 fn train(model: &dyn Model, steps: usize) -> (f32, f32) {
     let (x, y) = batch();
@@ -209,13 +220,7 @@ fn peft_adapters_round_trip_bit_exactly() {
     let fresh = tiny(json!({ "norm": "rms", "pos": "rope", "mlp": "swiglu", "bias": false }));
     let summary = fresh.load_lora(dir.path()).unwrap();
     assert_eq!(summary["rank"], 4);
-    let saved = snapshot(
-        model
-            .parameters()
-            .into_iter()
-            .map(|(n, v)| (n, v.as_tensor().clone()))
-            .collect(),
-    );
+    let saved = trainable_snapshot(&model);
     let loaded = snapshot(
         fresh
             .parameters()
@@ -369,13 +374,7 @@ fn modules_to_save_train_beside_the_adapters_merge_and_round_trip_in_peft_layout
     assert!(last < first - 0.1, "loss {first} -> {last}");
     // The base keeps its norms; the copies moved.
     assert_eq!(snapshot(model.tensors()), base, "the base moved");
-    let trained = snapshot(
-        model
-            .parameters()
-            .into_iter()
-            .map(|(n, v)| (n, v.as_tensor().clone()))
-            .collect(),
-    );
+    let trained = trainable_snapshot(&model);
     assert_ne!(
         trained["transformer.ln_f.modules_to_save.weight"],
         base["transformer.ln_f.weight"]
@@ -482,13 +481,7 @@ fn peft_bias_modes_train_biases_and_save_them_under_peft_names() {
     assert_eq!(summary["trainable"], json!(2 * (2 * 32 + 96 * 2) + 2 * 96));
     train(&model, 10);
     assert_eq!(snapshot(model.tensors()), base, "the base moved");
-    let trained = snapshot(
-        model
-            .parameters()
-            .into_iter()
-            .map(|(n, v)| (n, v.as_tensor().clone()))
-            .collect(),
-    );
+    let trained = trainable_snapshot(&model);
     let bias = &trained["transformer.h.1.attn.c_attn.base_layer.bias"];
     assert_ne!(
         bias, &base["transformer.h.1.attn.c_attn.bias"],
