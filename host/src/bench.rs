@@ -59,7 +59,7 @@ impl TokenData for RandomTokens {
     }
 }
 
-fn create(
+pub(crate) fn create(
     registry: &Registry,
     kind: Kind,
     name: &str,
@@ -68,6 +68,29 @@ fn create(
 ) -> Result<Instance> {
     let entry = registry.find(kind, name).map_err(Error::msg)?;
     entry.factory.create(&config, ctx)
+}
+
+/// The GPT-2-layout `gpt` config of a reference shape (LayerNorm, learned positions, GELU,
+/// biases, tied embeddings, no dropout: the PyTorch and transformers peers' model), with the
+/// shape; an unknown name lists the known ones.
+pub(crate) fn reference_gpt_config(shape_name: &str) -> Result<(Value, [usize; 6])> {
+    let shape = shapes(shape_name).ok_or_else(|| {
+        Error::msg(format!(
+            "unknown bench config {shape_name:?}; known: tiny, small, gpt2 (train: optionally :fused, :reference, :moe or :whole)"
+        ))
+    })?;
+    let [n_layer, n_head, d_model, ctx_len, vocab, _] = shape;
+    let config = json!({
+        "vocab_size": vocab, "n_layer": n_layer, "n_head": n_head, "d_model": d_model, "ctx": ctx_len,
+        "norm": "layer", "pos": "learned", "mlp": "gelu", "bias": true, "tie_embeddings": true, "dropout": 0.0,
+    });
+    Ok((config, shape))
+}
+
+/// The middle value of `times` (the upper one of an even count).
+pub(crate) fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }
 
 /// Runs one config: `warmup` untimed steps, then `steps` timed training steps and forward passes.
@@ -82,16 +105,8 @@ pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Re
         ),
         kernels => (kernels, None),
     };
-    let [n_layer, n_head, d_model, ctx_len, vocab, batch] = shapes(shape_name).ok_or_else(|| {
-        Error::msg(format!(
-            "unknown bench config {shape_name:?}; known: tiny, small, gpt2 (optionally :fused, :reference, :moe or :whole)"
-        ))
-    })?;
-    let mut model_config = json!({
-        "vocab_size": vocab, "n_layer": n_layer, "n_head": n_head, "d_model": d_model, "ctx": ctx_len,
-        "norm": "layer", "pos": "learned", "mlp": "gelu", "bias": true, "tie_embeddings": true, "dropout": 0.0,
-        "kernels": kernels,
-    });
+    let (mut model_config, [_, _, _, ctx_len, vocab, batch]) = reference_gpt_config(shape_name)?;
+    model_config["kernels"] = json!(kernels);
     if let Some(moe) = moe {
         model_config["moe"] = moe;
     }
@@ -157,22 +172,6 @@ pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Re
     Ok(report)
 }
 
-/// The optimizer and forward options both step timings use (the `lm` trainer's AdamW betas,
-/// no weight decay, training mode).
-fn step_setup() -> (AdamW, ForwardOptions) {
-    let optimizer = AdamW::new(AdamWSettings {
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    });
-    let options = ForwardOptions {
-        train: true,
-        hidden_states: false,
-    };
-    (optimizer, options)
-}
-
 /// Median milliseconds of the three phases of a training step, timed separately over `steps`
 /// steps after one warm-up: forward with the loss, backward, and the fused AdamW update (the
 /// same pieces the `lm` trainer calls, without its batching and bookkeeping).
@@ -183,7 +182,17 @@ fn phases(
     steps: u64,
 ) -> Result<[f64; 3]> {
     let params = model.parameters();
-    let (mut optimizer, options) = step_setup();
+    // The `lm` trainer's AdamW betas, no weight decay, training mode.
+    let mut optimizer = AdamW::new(AdamWSettings {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    });
+    let options = ForwardOptions {
+        train: true,
+        hidden_states: false,
+    };
     let mut times: [Vec<f64>; 3] = Default::default();
     for step in 0..=steps {
         let t0 = Instant::now();
@@ -204,8 +213,5 @@ fn phases(
             }
         }
     }
-    Ok(times.map(|mut t| {
-        t.sort_by(f64::total_cmp);
-        (t[t.len() / 2] * 10.0).round() / 10.0
-    }))
+    Ok(times.map(|t| (median(t) * 10.0).round() / 10.0))
 }

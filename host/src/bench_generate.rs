@@ -13,7 +13,7 @@ use llmlab_plugin_api::rng::SplitMix64;
 use llmlab_plugin_api::serde_json::{json, Value};
 use llmlab_plugin_api::{Context, Error, GenerateOptions, Instance, Kind, Result};
 
-use crate::bench::shapes;
+use crate::bench::{create, median, reference_gpt_config};
 use crate::registry::Registry;
 
 /// What one `bench generate` line measures.
@@ -32,11 +32,7 @@ pub fn generate(
     bench: GenerateBench,
     ctx: &Context,
 ) -> Result<Value> {
-    let [n_layer, n_head, d_model, ctx_len, vocab, _] = shapes(config).ok_or_else(|| {
-        Error::msg(format!(
-            "unknown bench config {config:?}; known: tiny, small, gpt2"
-        ))
-    })?;
+    let (model_config, [_, _, _, ctx_len, vocab, _]) = reference_gpt_config(config)?;
     if bench.prompt == 0 || bench.new_tokens == 0 || bench.batch == 0 || bench.reps == 0 {
         return Err(Error::msg(
             "bench generate: --batch, --prompt, --new-tokens and --reps must be at least 1",
@@ -48,12 +44,7 @@ pub fn generate(
             bench.prompt, bench.new_tokens
         )));
     }
-    let model_config = json!({
-        "vocab_size": vocab, "n_layer": n_layer, "n_head": n_head, "d_model": d_model, "ctx": ctx_len,
-        "norm": "layer", "pos": "learned", "mlp": "gelu", "bias": true, "tie_embeddings": true, "dropout": 0.0,
-    });
-    let entry = registry.find(Kind::Model, "gpt").map_err(Error::msg)?;
-    let Instance::Model(model) = entry.factory.create(&model_config, ctx)? else {
+    let Instance::Model(model) = create(registry, Kind::Model, "gpt", model_config, ctx)? else {
         return Err(Error::msg("gpt did not make a model"));
     };
     let mut rng = SplitMix64::new(0);
@@ -76,8 +67,7 @@ pub fn generate(
             seconds.push(elapsed);
         }
     }
-    seconds.sort_by(f64::total_cmp);
-    let median = seconds[seconds.len() / 2];
+    let median = median(seconds);
     Ok(json!({
         "peer": "llmlab",
         "config": config,

@@ -153,7 +153,7 @@ impl TypedConfig for TrainConfig {
         ),
         (
             "row_parallel",
-            "on CPU, split each micro-batch's rows over the cores: one forward+backward per core with single-threaded kernels, gradients summed (where the model and objective allow: no dropout, no MoE, the plain token loss); false = one pass over the whole micro-batch",
+            "on CPU, split each micro-batch's rows over the cores: one forward+backward per core, gradients summed (where the model and objective allow: no dropout, no MoE, the plain token loss); false = one pass over the whole micro-batch",
         ),
     ];
 

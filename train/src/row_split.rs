@@ -17,7 +17,7 @@
 //! is still bit-exact.
 
 use llmlab_plugin_api::candle::backprop::GradStore;
-use llmlab_plugin_api::candle::{DType, Tensor};
+use llmlab_plugin_api::candle::{DType, Tensor, Var};
 use llmlab_plugin_api::{ForwardOptions, ForwardOutput, Model, Result};
 
 use crate::batches::Batch;
@@ -32,9 +32,16 @@ pub struct PartPass {
 }
 
 /// How many parts to split `batch` into: the rayon pool's size (at most one row per part), or
-/// 1, one ordinary pass, where splitting is off or not allowed.
-pub fn parts(allowed: bool, model: &dyn Model, batch: &Batch, compute: DType) -> Result<usize> {
-    let params_dtype = model.parameters().first().map(|(_, v)| v.dtype());
+/// 1, one ordinary pass, where splitting is off or not allowed. `params` are the model's
+/// parameters, which the trainer already holds for the step.
+pub fn parts(
+    allowed: bool,
+    model: &dyn Model,
+    params: &[(String, Var)],
+    batch: &Batch,
+    compute: DType,
+) -> Result<usize> {
+    let params_dtype = params.first().map(|(_, v)| v.dtype());
     if !allowed
         || !model.device().is_cpu()
         || params_dtype != Some(compute)
@@ -116,7 +123,7 @@ mod tests {
     use super::*;
     use crate::batches::windows_to_batch;
     use crate::train_loop::hard_label_loss;
-    use llmlab_plugin_api::candle::{Device, Var};
+    use llmlab_plugin_api::candle::Device;
     use llmlab_plugin_api::{Error, GenerateOptions, KvCache};
 
     /// A bigram "model": logits are rows of one weight matrix picked by the input token. Its
@@ -263,11 +270,18 @@ mod tests {
     fn one_part_where_the_model_or_dtype_forbids_the_split() {
         let model = bigram();
         let batch = batch(false);
-        assert_eq!(parts(false, &model, &batch, DType::F32).unwrap(), 1);
-        assert_eq!(parts(true, &model, &batch, DType::BF16).unwrap(), 1);
+        let params = model.parameters();
+        assert_eq!(
+            parts(false, &model, &params, &batch, DType::F32).unwrap(),
+            1
+        );
+        assert_eq!(
+            parts(true, &model, &params, &batch, DType::BF16).unwrap(),
+            1
+        );
         let threads = crate::rayon::current_num_threads();
         assert_eq!(
-            parts(true, &model, &batch, DType::F32).unwrap(),
+            parts(true, &model, &params, &batch, DType::F32).unwrap(),
             threads.clamp(1, 5)
         );
     }

@@ -431,7 +431,7 @@ impl<O: Objective> TrainLoop<O> {
             // averaged over micro-batches and multiplied by the f16 loss scale.
             let factor = scale * share / config.grad_accum as f64;
             let allowed = config.row_parallel && self.objective.row_parallel();
-            let parts = row_split::parts(allowed, model, &batch, compute)?;
+            let parts = row_split::parts(allowed, model, &params, &batch, compute)?;
             let (micro_loss, micro_aux) = if parts > 1 {
                 let passes = row_split::passes(
                     model,
