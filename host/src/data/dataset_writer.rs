@@ -243,9 +243,14 @@ impl Staging {
     fn install(self, out: &Path) -> Result<()> {
         sync_dir(&self.dir)?;
         if self.beside {
-            if !out.exists() {
-                std::fs::rename(&self.dir, out).map_err(|e| Error::io(out, e))?;
-            } else {
+            let renamed = match std::fs::rename(&self.dir, out) {
+                Ok(()) => true,
+                // Another process installed a dataset here since `create` looked (parallel sweep
+                // workers encoding the same cached corpus): replace it like any dataset there.
+                Err(_) if out.is_dir() => false,
+                Err(e) => return Err(Error::io(out, e)),
+            };
+            if !renamed {
                 exchange_directories(&self.dir, out)?;
                 // `self.dir` now holds the previous dataset.
                 if let Err(error) = std::fs::remove_dir_all(&self.dir) {
@@ -1033,6 +1038,42 @@ mod tests {
             "mine"
         );
         assert!(temps_in(&out).is_empty(), "{:?}", temps_in(&out));
+    }
+
+    #[test]
+    fn a_dataset_installed_by_another_process_meanwhile_is_replaced_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("data");
+        let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for (place, n) in [(&ours, 20), (&theirs, 10)] {
+            encode_to_dataset(
+                &BYTES,
+                &docs(n),
+                &options(place.path(), true),
+                &Context::cpu(),
+            )
+            .unwrap();
+        }
+        let copy = |from: &Path, to: &Path| {
+            for file in DATASET_FILES {
+                std::fs::copy(from.join("data").join(file), to.join(file)).unwrap();
+            }
+        };
+        // This encode stages beside an absent target; another process installs its dataset
+        // there (a plain directory of the files, as its rename leaves it) before this one ends.
+        let staging = Staging::create(&out).unwrap();
+        assert!(staging.beside);
+        copy(ours.path(), &staging.dir);
+        std::fs::create_dir(&out).unwrap();
+        copy(theirs.path(), &out);
+        staging.install(&out).unwrap();
+        let ds = TokenDataset::open(&out).unwrap();
+        assert!(ds.len(Split::Train) + ds.len(Split::Val) > 10 * 6);
+        assert!(
+            temps_in(dir.path()).is_empty(),
+            "{:?}",
+            temps_in(dir.path())
+        );
     }
 
     #[test]
