@@ -1,6 +1,7 @@
 //! The collective-communication contract data-parallel training is written against: the rank
 //! and world size of this process, and the collectives (`all_reduce` sum/mean, `broadcast`,
-//! `all_gather`, `reduce_scatter`, `barrier`) over f32 buffers, byte strings and tensors.
+//! `all_gather`, `gather` to one rank, `reduce_scatter`, `barrier`) over f32 buffers, byte
+//! strings and tensors.
 //!
 //! The host owns the backend (MPI between processes launched by `mpirun`, NCCL between GPUs in a
 //! CUDA build; docs/distributed.md) and installs it once at start-up with [`set_world`]; trainers
@@ -45,6 +46,10 @@ pub trait Collective: Send + Sync {
     /// Every rank's byte string (lengths may differ), in rank order: how ranks compare their
     /// configs and plugin fingerprints before a job starts.
     fn all_gather_bytes(&self, send: &[u8]) -> Result<Vec<Vec<u8>>>;
+    /// Every rank's byte string (lengths may differ), in rank order, on rank `root` only; the
+    /// other ranks get an empty list. What a checkpoint needs from sharded state: only the rank
+    /// that writes it ever holds the whole (an all-gather would put it on every rank at once).
+    fn gather_bytes(&self, send: &[u8], root: usize) -> Result<Vec<Vec<u8>>>;
     /// `send` (`recv.len() * size()` long) combined over all ranks; rank r keeps chunk r.
     fn reduce_scatter_f32(&self, send: &[f32], recv: &mut [f32], op: ReduceOp) -> Result<()>;
     /// Returns once every rank has called it.
@@ -82,6 +87,25 @@ pub trait Collective: Send + Sync {
         self.all_gather_f32(&values, &mut all)?;
         let n = all.len();
         like(all, tensor, &[n])
+    }
+    /// Every rank's tensor flattened and concatenated in rank order (1-D; lengths may differ)
+    /// on rank `root`; `None` on the others.
+    fn gather(&self, tensor: &Tensor, root: usize) -> Result<Option<Tensor>> {
+        let bytes: Vec<u8> = host_values(tensor)?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let all = self.gather_bytes(&bytes, root)?;
+        if self.rank() != root {
+            return Ok(None);
+        }
+        let values: Vec<f32> = all
+            .iter()
+            .flat_map(|b| b.chunks_exact(4))
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let n = values.len();
+        like(values, tensor, &[n]).map(Some)
     }
     /// The tensor flattened (length divisible by `size()`), combined over ranks; this rank's
     /// chunk (1-D).
@@ -138,6 +162,10 @@ impl Collective for SingleProcess {
     fn all_gather_bytes(&self, send: &[u8]) -> Result<Vec<Vec<u8>>> {
         Ok(vec![send.to_vec()])
     }
+    fn gather_bytes(&self, send: &[u8], root: usize) -> Result<Vec<Vec<u8>>> {
+        check_root(root, 1)?;
+        Ok(vec![send.to_vec()])
+    }
     fn reduce_scatter_f32(&self, send: &[f32], recv: &mut [f32], _op: ReduceOp) -> Result<()> {
         copy_exact(send, recv, "reduce_scatter")
     }
@@ -150,7 +178,7 @@ impl Collective for SingleProcess {
 pub fn check_root(root: usize, size: usize) -> Result<()> {
     if root >= size {
         return Err(Error::msg(format!(
-            "broadcast root {root} is not a rank of this world of {size}"
+            "root {root} (of a broadcast or gather) is not a rank of this world of {size}"
         )));
     }
     Ok(())
@@ -211,6 +239,27 @@ mod tests {
             .to_string()
             .contains("root 1"));
         assert_eq!(w.all_gather_bytes(b"fp")?, vec![b"fp".to_vec()]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_world_of_one_gathers_its_own_values_to_itself_and_refuses_another_root() -> Result<()> {
+        let w = SingleProcess;
+        assert_eq!(w.gather_bytes(b"moments", 0)?, vec![b"moments".to_vec()]);
+        assert_eq!(w.gather_bytes(b"", 0)?, vec![Vec::<u8>::new()]);
+        let t = Tensor::new(&[[1.5f32, -2.], [3., 4e-9]], &Device::Cpu)?;
+        let gathered = w.gather(&t, 0)?.expect("the root receives");
+        assert_eq!(gathered.dims(), &[4]);
+        assert_eq!(gathered.to_vec1::<f32>()?, vec![1.5f32, -2., 3., 4e-9]);
+        for err in [
+            w.gather_bytes(b"x", 1).unwrap_err(),
+            w.gather(&t, 2).unwrap_err(),
+        ] {
+            assert!(
+                err.to_string().contains("is not a rank of this world of 1"),
+                "{err}"
+            );
+        }
         Ok(())
     }
 }

@@ -1,9 +1,9 @@
 //! Distributed training under a real `mpirun` (docs/distributed.md): 2 ranks × batch B train
 //! exactly as 1 process × batch 2B (losses and final weights within float summation noise),
-//! with and without ZeRO 1/2 (which hold fewer optimizer moments per rank), and so does the
-//! aligners' update phase (DPO, KTO); a run checkpointed
-//! by 2 ranks resumes in 1; a rank that hangs or fails ends the job naming it; ranks with
-//! different configs are refused at start.
+//! with and without ZeRO 1/2 (which hold fewer optimizer moments per rank), and so do the
+//! aligners (DPO, KTO, GRPO, PPO, the reward model); a run checkpointed by 2 ranks resumes in 1,
+//! and under ZeRO 2 in 2 bit-exactly (its moments gathered to rank 0 alone); a rank that hangs
+//! or fails ends the job naming it; ranks with different configs are refused at start.
 //!
 //! Needs `mpirun` (Open MPI) and a binary built with `--features llmlab/mpi`; `.ci/run`
 //! installs the one and builds the other, and sets LLMLAB_REQUIRE_MPI=1 so that CI fails rather
@@ -152,8 +152,13 @@ fn metric(run: &Path, step: u64, key: &str) -> f64 {
 
 /// The final checkpoint's weights.
 fn weights(run: &Path) -> HashMap<String, Vec<f32>> {
-    let bytes = std::fs::read(run.join("checkpoint").join("model.safetensors"))
-        .expect("the final checkpoint's model.safetensors");
+    tensors(run, "model.safetensors")
+}
+
+/// The f32 tensors of one file of the final checkpoint.
+fn tensors(run: &Path, file: &str) -> HashMap<String, Vec<f32>> {
+    let bytes = std::fs::read(run.join("checkpoint").join(file))
+        .unwrap_or_else(|e| panic!("the final checkpoint's {file} in {}: {e}", run.display()));
     let st = SafeTensors::deserialize(&bytes).expect("safetensors");
     st.tensors()
         .into_iter()
@@ -171,11 +176,17 @@ fn weights(run: &Path) -> HashMap<String, Vec<f32>> {
 /// Same losses at every step and same final weights, up to float summation noise (the ranks
 /// sum gradients in another order than one process does).
 fn assert_same_training(a: &Path, b: &Path, steps: u64) {
+    assert_training_within(a, b, steps, 1e-4);
+}
+
+/// Losses at every step within `tolerance` (relative) and final weights within it (absolute);
+/// 0 asks for the same bits.
+fn assert_training_within(a: &Path, b: &Path, steps: u64, tolerance: f64) {
     let (la, lb) = (losses(a), losses(b));
     for step in 1..=steps {
         let (x, y) = (la[&step], lb[&step]);
         assert!(
-            (x - y).abs() <= 1e-4 * x.abs().max(1.0),
+            (x - y).abs() <= tolerance * x.abs().max(1.0),
             "step {step}: loss {x} in {} but {y} in {}",
             a.display(),
             b.display()
@@ -190,7 +201,35 @@ fn assert_same_training(a: &Path, b: &Path, steps: u64) {
             worst = worst.max((x - y).abs());
         }
     }
-    assert!(worst < 1e-4, "final weights differ by up to {worst}");
+    assert!(
+        worst as f64 <= tolerance,
+        "final weights differ by up to {worst} between {} and {}",
+        a.display(),
+        b.display()
+    );
+}
+
+/// The same checkpoint `file` in two runs, tensor by tensor (but those named in `except`), up
+/// to float summation noise.
+fn assert_same_tensors(a: &Path, b: &Path, file: &str, except: &[&str]) {
+    let (ta, tb) = (tensors(a, file), tensors(b, file));
+    assert_eq!(ta.len(), tb.len(), "same tensors in {file}");
+    for (name, va) in ta.iter().filter(|(n, _)| !except.contains(&n.as_str())) {
+        for (x, y) in va.iter().zip(&tb[name]) {
+            assert!((x - y).abs() < 1e-4, "{file}: {name}: {x} vs {y}");
+        }
+    }
+}
+
+/// The same value of metric `key` at `step` in two runs, up to float summation noise.
+fn assert_same_metric(a: &Path, b: &Path, step: u64, key: &str) {
+    let (x, y) = (metric(a, step, key), metric(b, step, key));
+    assert!(
+        (x - y).abs() <= 1e-4 * x.abs().max(1.0),
+        "{key} at step {step}: {x} in {} but {y} in {}",
+        a.display(),
+        b.display()
+    );
 }
 
 #[test]
@@ -326,6 +365,105 @@ fn grpo_updates_on_two_ranks_equal_one_process_also_on_uneven_minibatches() {
     }
 }
 
+/// PPO's update phase, as GRPO's: the same rollouts, values and GAE on every rank; minibatches
+/// of 3 of the 8 completions split unevenly (1 + 2, 1 + 1), both losses are token means, and the
+/// value head is trained with the policy, under ZeRO 2.
+#[test]
+fn ppo_updates_on_two_ranks_equal_one_process_also_on_uneven_minibatches() {
+    let Some(mpi) = mpi_ready() else { return };
+    let runs = tempfile::tempdir().expect("temp dir");
+    let ppo = [("stage", "ppo"), ("pairs", "200"), ("minibatch_size", "3")];
+    let limit = Duration::from_secs(300);
+    // The reference runs under mpirun too, alone, so both sample with one thread per process.
+    for (name, ranks, extra) in [
+        ("ppo-one", 1, [("data_parallel", "false"), ("zero", "0")]),
+        ("ppo-two", 2, [("data_parallel", "true"), ("zero", "2")]),
+    ] {
+        let mut settings = with(&ppo);
+        settings.push(("name", name));
+        settings.extend(extra);
+        let out = mpirun(&mpi, ranks, &settings, runs.path(), &[], limit);
+        assert!(
+            out.status.success(),
+            "{name}: {}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+    let (one, two) = (runs.path().join("ppo-one"), runs.path().join("ppo-two"));
+    assert_same_training(&one, &two, 6);
+    assert_same_tensors(&one, &two, "value_head.safetensors", &[]);
+    for key in ["reward_mean", "kl", "clip_fraction", "value_loss"] {
+        assert_same_metric(&one, &two, 6, key);
+    }
+    assert!(
+        !two.join("ranks/1/checkpoint").exists(),
+        "rank 0 alone writes"
+    );
+}
+
+/// The reward model: 2 ranks × 4 pairs train body and head as one process with the global batch
+/// of 8, plain and under ZeRO 1, the gathered margins reporting the global batch; a global batch
+/// that does not split over the ranks is refused naming both numbers.
+#[test]
+fn reward_model_on_two_ranks_with_batch_b_trains_as_one_process_with_batch_2b() {
+    let Some(mpi) = mpi_ready() else { return };
+    let runs = tempfile::tempdir().expect("temp dir");
+    let reward = [("stage", "reward"), ("pairs", "200")];
+    let mut settings = with(&reward);
+    settings.extend([("name", "reward-one"), ("data_parallel", "false")]);
+    run_script(SCRIPT, &settings, runs.path());
+    let one = runs.path().join("reward-one");
+    for zero in ["0", "1"] {
+        let name = format!("reward-zero{zero}");
+        let mut settings = with(&reward);
+        settings.extend([("name", name.as_str()), ("zero", zero)]);
+        let out = mpirun(
+            &mpi,
+            2,
+            &settings,
+            runs.path(),
+            &[],
+            Duration::from_secs(300),
+        );
+        assert!(
+            out.status.success(),
+            "mpirun -np 2 reward (zero {zero}) failed:\n{}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let two = runs.path().join(&name);
+        assert_same_training(&one, &two, 6);
+        // Not the bias: the ranking loss depends on r_c − r_r only, so its gradient is zero
+        // but for rounding, which AdamW's normalisation turns into ±lr steps of either sign.
+        assert_same_tensors(&one, &two, "head.safetensors", &["head.bias"]);
+        for key in ["margin", "accuracy"] {
+            assert_same_metric(&one, &two, 6, key);
+        }
+        assert!(two.join("reward_model").is_dir());
+        assert!(
+            !two.join("ranks/1/reward_model").exists() && !two.join("ranks/1/checkpoint").exists(),
+            "rank 0 alone writes"
+        );
+    }
+    let mut settings = with(&reward);
+    settings.extend([("name", "reward-odd"), ("batch_size", "7")]);
+    let out = mpirun(
+        &mpi,
+        2,
+        &settings,
+        runs.path(),
+        &[],
+        Duration::from_secs(120),
+    );
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("`batch_size` = 7 (the global batch) does not split evenly over 2 ranks"),
+        "{all}"
+    );
+}
+
 #[test]
 fn a_run_checkpointed_by_two_ranks_resumes_in_one() {
     let Some(mpi) = mpi_ready() else { return };
@@ -356,6 +494,46 @@ fn a_run_checkpointed_by_two_ranks_resumes_in_one() {
         runs.path(),
     );
     assert_same_training(&runs.path().join("straight"), &split, 6);
+
+    // Under ZeRO 2 the moments reach the checkpoint through a gather to rank 0 alone; resumed
+    // on 2 ranks, the run continues as if never interrupted, to the bit.
+    let zero2 = [("zero", "2")];
+    for (name, steps, resume) in [
+        ("z2-straight", "6", None),
+        ("z2-split", "3", None),
+        ("z2-split", "6", Some(runs.path().join("z2-split"))),
+    ] {
+        let mut settings = with(&zero2);
+        let resume = resume.map(|p| p.to_str().expect("UTF-8 path").to_string());
+        settings.extend([("name", name), ("steps", steps)]);
+        if let Some(resume) = &resume {
+            settings.push(("resume", resume));
+        }
+        let out = mpirun(
+            &mpi,
+            2,
+            &settings,
+            runs.path(),
+            &[],
+            Duration::from_secs(300),
+        );
+        assert!(
+            out.status.success(),
+            "{name} ({steps} steps): {}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+    let (straight, split) = (
+        runs.path().join("z2-straight"),
+        runs.path().join("z2-split"),
+    );
+    assert_training_within(&straight, &split, 6, 0.0);
+    assert_eq!(
+        tensors(&straight, "optimizer.safetensors"),
+        tensors(&split, "optimizer.safetensors"),
+        "the gathered moments"
+    );
 }
 
 #[test]

@@ -9,8 +9,9 @@
 //! size, as PyTorch's `ZeroRedundancyOptimizer` does): stage 1 keeps AdamW's moments only for
 //! the owned parameters; stage 2 also reduce-scatters the gradients, so each rank keeps only
 //! its owned parameters' gradients at the update. After the update the owners' new values are
-//! all-gathered. A checkpoint gathers the moments to rank 0, so it is the same file whatever
-//! the world size or stage.
+//! all-gathered. A checkpoint gathers the moments to rank 0 (a gather, not an all-gather: no
+//! other rank holds more than its shard), so it is the same file whatever the world size or
+//! stage.
 //!
 //! Every rank must make the same calls in the same order: the train loop calls these at the
 //! same points on every rank.
@@ -425,8 +426,10 @@ impl DataParallel {
             .collect()
     }
 
-    /// Every moment for a checkpoint: this rank's own without ZeRO; with it, all ranks' moments
-    /// gathered (every rank must call this; only rank 0 writes them).
+    /// Every moment for a checkpoint, on rank 0 (the one that writes it): its own without ZeRO
+    /// (every rank holds them all); with it, the other ranks' moments gathered to rank 0 alone,
+    /// so no other rank ever holds more than its shard. Every rank must call this; the others
+    /// get an empty list.
     pub fn moments(
         &mut self,
         optimizer: &AdamW,
@@ -436,9 +439,21 @@ impl DataParallel {
         if self.zero == 0 {
             return Ok(mine);
         }
-        let all = self.world.all_gather_bytes(&encode(&mine)?)?;
-        let mut out = Vec::new();
-        for bytes in all {
+        let started = Instant::now();
+        // Rank 0 keeps its own moments as they are and receives only the others'; the others
+        // hold their shard once, as bytes, while sending.
+        let (kept, send) = if self.world.rank() == 0 {
+            (Some(mine), Vec::new())
+        } else {
+            (None, encode(&mine)?)
+        };
+        let all = self.world.gather_bytes(&send, 0)?;
+        drop(send);
+        self.comm_seconds += started.elapsed().as_secs_f64();
+        let Some(mut out) = kept else {
+            return Ok(Vec::new());
+        };
+        for bytes in all.into_iter().skip(1) {
             out.extend(decode(&bytes)?);
         }
         Ok(out)
@@ -585,6 +600,7 @@ mod tests {
     use super::*;
     use crate::adamw::AdamWSettings;
     use llmlab_plugin_api::candle::Device;
+    use std::collections::BTreeMap;
     use std::sync::{Barrier, Mutex};
 
     /// A world of threads in one process: every collective is an exchange of byte strings.
@@ -660,6 +676,10 @@ mod tests {
         }
         fn all_gather_bytes(&self, send: &[u8]) -> Result<Vec<Vec<u8>>> {
             Ok(self.exchange(send))
+        }
+        fn gather_bytes(&self, send: &[u8], root: usize) -> Result<Vec<Vec<u8>>> {
+            let all = self.exchange(send);
+            Ok(if self.rank == root { all } else { Vec::new() })
         }
         fn reduce_scatter_f32(&self, send: &[f32], recv: &mut [f32], _op: ReduceOp) -> Result<()> {
             let sum = self.sum(send);
@@ -739,7 +759,11 @@ mod tests {
         values(&params)
     }
 
-    fn two_ranks(zero: u8, steps: usize) -> Result<Vec<(Vec<Vec<f32>>, f64)>> {
+    /// One rank's outcome: its parameters, the moment bytes it held, the checkpoint moments it
+    /// received (by name).
+    type RankOutcome = (Vec<Vec<f32>>, f64, BTreeMap<String, Vec<f32>>);
+
+    fn two_ranks(zero: u8, steps: usize) -> Result<Vec<RankOutcome>> {
         let barrier = Arc::new(Barrier::new(2));
         let slots = Arc::new(Mutex::new(vec![Vec::new(); 2]));
         let handles: Vec<_> = (0..2)
@@ -750,7 +774,7 @@ mod tests {
                     barrier: barrier.clone(),
                     slots: slots.clone(),
                 });
-                std::thread::spawn(move || -> Result<(Vec<Vec<f32>>, f64)> {
+                std::thread::spawn(move || -> Result<RankOutcome> {
                     let config = TrainConfig {
                         data_parallel: true,
                         zero,
@@ -774,14 +798,23 @@ mod tests {
                         dp.step(&mut opt, &params, &grads, 1e-2, clip::clip_scale(norm, 1.0))?;
                         moment_bytes = dp.take_metrics(&params, &grads)["dp_moment_bytes"];
                     }
-                    // A checkpoint's moments are the whole set whatever the stage.
+                    // A checkpoint's moments are the whole set whatever the stage, on rank 0;
+                    // under ZeRO the other ranks never hold more than their shard.
                     let moments = dp.moments(&opt, &params)?;
+                    let expected = match (rank, zero) {
+                        (0, _) | (_, 0) => 2 * 3,
+                        _ => 0,
+                    };
                     assert_eq!(
                         moments.len(),
-                        2 * 3,
-                        "m and v of a, b, c (d never had a gradient)"
+                        expected,
+                        "rank {rank}, zero {zero}: m and v of a, b, c (d never had a gradient)"
                     );
-                    Ok((values(&params)?, moment_bytes))
+                    let moments = moments
+                        .into_iter()
+                        .map(|(n, t)| Ok((n, t.flatten_all()?.to_vec1::<f32>()?)))
+                        .collect::<Result<_>>()?;
+                    Ok((values(&params)?, moment_bytes, moments))
                 })
             })
             .collect();
@@ -795,9 +828,11 @@ mod tests {
     fn two_ranks_step_as_one_process_with_summed_gradients_at_every_zero_stage() -> Result<()> {
         let reference = single_process(3)?;
         let mut moment_bytes = Vec::new();
+        let mut checkpoint_moments = Vec::new();
         for zero in [0, 1, 2] {
             let ranks = two_ranks(zero, 3)?;
-            for (values, bytes) in &ranks {
+            checkpoint_moments.push(ranks[0].2.clone());
+            for (values, bytes, _) in &ranks {
                 for (a, b) in values.iter().flatten().zip(reference.iter().flatten()) {
                     assert!((a - b).abs() < 1e-6, "zero {zero}: {a} vs {b}");
                 }
@@ -813,6 +848,19 @@ mod tests {
             "{moment_bytes:?}"
         );
         assert!(moment_bytes[2] < moment_bytes[0]);
+        // What rank 0 gathers for the checkpoint under ZeRO is what it holds without.
+        for (zero, gathered) in checkpoint_moments.iter().enumerate().skip(1) {
+            assert_eq!(
+                gathered.keys().collect::<Vec<_>>(),
+                checkpoint_moments[0].keys().collect::<Vec<_>>(),
+                "zero {zero}"
+            );
+            for (name, values) in gathered {
+                for (a, b) in values.iter().zip(&checkpoint_moments[0][name]) {
+                    assert!((a - b).abs() < 1e-6, "zero {zero}, {name}: {a} vs {b}");
+                }
+            }
+        }
         Ok(())
     }
 

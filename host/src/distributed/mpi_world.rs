@@ -241,6 +241,70 @@ impl Collective for MpiWorld {
             .collect())
     }
 
+    fn gather_bytes(&self, send: &[u8], root: usize) -> Result<Vec<Vec<u8>>> {
+        check_root(root, self.size)?;
+        let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        self.arrive("gather_bytes");
+        let comm = SimpleCommunicator::world();
+        let process = comm.process_at_rank(root as i32);
+        // MPI counts are i32: refuse before the collective rather than truncate. The root learns
+        // every length first; a rank that refuses sends -1 so the root fails too instead of
+        // waiting for bytes that never come.
+        let len = i32::try_from(send.len()).unwrap_or(-1);
+        if self.rank != root {
+            process.gather_into(&len);
+            if len < 0 {
+                return Err(self.rank_error(format!(
+                    "gather_bytes: {} bytes are over MPI's 2 GiB per rank",
+                    send.len()
+                )));
+            }
+            process.gather_varcount_into(send);
+            return Ok(Vec::new());
+        }
+        let mut lens = vec![0i32; self.size];
+        process.gather_into_root(&len, &mut lens[..]);
+        if let Some(r) = lens.iter().position(|n| *n < 0) {
+            return Err(self.rank_error(format!(
+                "gather_bytes: rank {r} has over MPI's 2 GiB to send"
+            )));
+        }
+        let displs: Vec<i32> = lens
+            .iter()
+            .scan(0i32, |at, n| {
+                let here = *at;
+                *at = at.saturating_add(*n);
+                Some(here)
+            })
+            .collect();
+        let total: usize = lens.iter().map(|n| *n as usize).sum();
+        if total > i32::MAX as usize {
+            return Err(self.rank_error(format!(
+                "gather_bytes: {total} bytes in all are over MPI's 2 GiB per collective"
+            )));
+        }
+        let mut all = vec![0u8; total];
+        {
+            let mut partition = PartitionMut::new(&mut all[..], &lens[..], &displs[..]);
+            process.gather_varcount_into_root(send, &mut partition);
+        }
+        // Split from the back: the first rank with bytes keeps the buffer itself, so the root
+        // copies only the later ranks' bytes (none when it sent nothing and one other rank did,
+        // a checkpoint's moments on 2 ranks).
+        let mut out = vec![Vec::new(); self.size];
+        for r in (0..self.size).rev() {
+            let at = displs[r] as usize;
+            out[r] = if at == 0 {
+                std::mem::take(&mut all)
+            } else {
+                let tail = all[at..].to_vec();
+                all.truncate(at);
+                tail
+            };
+        }
+        Ok(out)
+    }
+
     fn reduce_scatter_f32(&self, send: &[f32], recv: &mut [f32], op: ReduceOp) -> Result<()> {
         if send.len() != recv.len() * self.size {
             return Err(self.rank_error(format!(

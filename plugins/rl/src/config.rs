@@ -48,6 +48,10 @@ pub struct RewardConfig {
     pub train_body: bool,
     pub head: RewardHead,
     pub resume: Option<String>,
+    /// Train as one rank of the job `mpirun` started (docs/distributed.md).
+    pub data_parallel: bool,
+    pub zero: u8,
+    pub bucket_mb: f64,
 }
 
 /// What the reward reads from the body.
@@ -79,6 +83,9 @@ impl Default for RewardConfig {
             train_body: true,
             head: RewardHead::Last,
             resume: None,
+            data_parallel: false,
+            zero: 0,
+            bucket_mb: 25.0,
         }
     }
 }
@@ -216,6 +223,9 @@ impl TypedConfig for RewardConfig {
         "train_body" => "fine-tune the body as well as the scalar head; false = head only",
         "head" => "\"last\": w.h + b on the last token's hidden state; \"tokens\": the body's log-likelihood of the answer (see docs/rl.md)",
         "resume" => "run directory (or its checkpoint/) to continue from, bit-exactly; null = fresh",
+        "data_parallel" => "train as one of the ranks `mpirun` started: each takes its share of the global batch_size of pairs, gradients are summed over ranks, rank 0 writes metrics, the reward model and the checkpoint",
+        "zero" => "with data_parallel: ZeRO stage 0 (off), 1 (AdamW moments sharded over ranks) or 2 (gradients too)",
+        "bucket_mb" => "with data_parallel: megabytes of gradients per all-reduce",
     };
 
     fn validate(&self) -> Result<(), String> {
@@ -226,6 +236,7 @@ impl TypedConfig for RewardConfig {
             self.log_every,
             self.ctx,
         )?;
+        llmlab_train::data_parallel::check_keys(self.data_parallel, self.zero, self.bucket_mb)?;
         if self.head == RewardHead::Tokens && !self.train_body {
             return Err(
                 "`head` \"tokens\" has no parameters of its own: it needs `train_body: true`"
@@ -339,6 +350,8 @@ mod tests {
                 json!({ "head": "tokens", "train_body": false }),
                 "train_body",
             ),
+            (json!({ "zero": 2 }), "data_parallel"),
+            (json!({ "data_parallel": true, "zero": 3 }), "zero"),
         ] {
             let err = RewardConfig::from_json("reward", &config)
                 .unwrap_err()

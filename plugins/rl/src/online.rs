@@ -218,25 +218,27 @@ impl UpdateStats {
         tokens: usize,
         dp: Option<&mut DataParallel>,
     ) -> Result<()> {
-        let [kl, ratio, clip] = match dp {
-            None => local,
-            Some(dp) => {
-                let t = tokens as f32;
-                let mine = [
-                    local[0] as f32 * t,
-                    local[1] as f32 * t,
-                    local[2] as f32 * t,
-                    t,
-                ];
-                let all = dp.gather_rows(&mine)?;
-                let mut sums = [0f64; 4];
-                for rank in all.chunks(4) {
-                    sums.iter_mut().zip(rank).for_each(|(s, v)| *s += *v as f64);
-                }
-                let n = sums[3].max(1.0);
-                [sums[0] / n, sums[1] / n, sums[2] / n]
-            }
-        };
+        let [kl, ratio, clip] = token_weighted(local, tokens, dp)?;
+        self.count(applied, kl, ratio, clip);
+        Ok(())
+    }
+
+    /// [`UpdateStats::add_update`] for PPO: the (token-mean) value loss is the fourth of
+    /// `local`, gathered the same way.
+    pub fn add_update_with_value(
+        &mut self,
+        applied: &Applied,
+        local: [f64; 4],
+        tokens: usize,
+        dp: Option<&mut DataParallel>,
+    ) -> Result<()> {
+        let [kl, ratio, clip, value_loss] = token_weighted(local, tokens, dp)?;
+        self.value_loss += value_loss;
+        self.count(applied, kl, ratio, clip);
+        Ok(())
+    }
+
+    fn count(&mut self, applied: &Applied, kl: f64, ratio: f64, clip: f64) {
         self.updates += 1;
         self.loss += applied.loss;
         self.kl += kl;
@@ -244,7 +246,6 @@ impl UpdateStats {
         self.clip_fraction += clip;
         self.lr = applied.lr;
         self.grad_norm = applied.grad_norm;
-        Ok(())
     }
 
     /// The means, plus `lr` and `grad_norm` of the last update.
@@ -279,6 +280,30 @@ pub fn throughput(
         "update_tokens_per_s".into(),
         update_tokens as f64 / update_s.max(1e-9),
     );
+}
+
+/// Token means over this process's `tokens` completion tokens as they are alone; data parallel,
+/// the minibatch's: every rank's gathered and weighted by its tokens.
+fn token_weighted<const N: usize>(
+    local: [f64; N],
+    tokens: usize,
+    dp: Option<&mut DataParallel>,
+) -> Result<[f64; N]> {
+    let Some(dp) = dp else {
+        return Ok(local);
+    };
+    let t = tokens as f32;
+    let mut mine: Vec<f32> = local.iter().map(|v| *v as f32 * t).collect();
+    mine.push(t);
+    let all = dp.gather_rows(&mine)?;
+    let mut sums = [0f64; N];
+    let mut total = 0f64;
+    for rank in all.chunks(N + 1) {
+        sums.iter_mut().zip(rank).for_each(|(s, v)| *s += *v as f64);
+        total += rank[N] as f64;
+    }
+    let n = total.max(1.0);
+    Ok(sums.map(|s| s / n))
 }
 
 /// `grpo`/`ppo` progress message.

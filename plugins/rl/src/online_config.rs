@@ -153,6 +153,10 @@ pub struct PpoConfig {
     pub reward_norm: bool,
     pub reward_clip: f64,
     pub resume: Option<String>,
+    /// Update phase as one rank of the job `mpirun` started (docs/distributed.md).
+    pub data_parallel: bool,
+    pub zero: u8,
+    pub bucket_mb: f64,
 }
 
 impl Default for PpoConfig {
@@ -184,6 +188,9 @@ impl Default for PpoConfig {
             reward_norm: true,
             reward_clip: 5.0,
             resume: None,
+            data_parallel: false,
+            zero: 0,
+            bucket_mb: 25.0,
         }
     }
 }
@@ -415,10 +422,14 @@ impl TypedConfig for PpoConfig {
         "whiten_advantages" => "normalise advantages to mean 0, std 1 over the rollout batch",
         "reward_norm" => "scale scores by running mean/std of all scores seen so far",
         "reward_clip" => "clip (normalised) scores to [-reward_clip, reward_clip]; 0 = off",
+        "data_parallel" => "update phase as one of the ranks `mpirun` started: every rank samples the same rollouts and computes the same values and GAE, each learns from its share of every minibatch, gradients are summed over ranks, rank 0 writes metrics and the checkpoint",
+        "zero" => "with data_parallel: ZeRO stage 0 (off), 1 (AdamW moments sharded over ranks) or 2 (gradients too)",
+        "bucket_mb" => "with data_parallel: megabytes of gradients per all-reduce",
     };
 
     fn validate(&self) -> Result<(), String> {
         self.common().validate()?;
+        llmlab_train::data_parallel::check_keys(self.data_parallel, self.zero, self.bucket_mb)?;
         for (key, value) in [("gamma", self.gamma), ("lam", self.lam)] {
             if !(0.0..=1.0).contains(&value) {
                 return Err(format!("`{key}` must be in [0, 1], got {value}"));
@@ -484,6 +495,11 @@ mod tests {
             (json!({ "lam": 1.5 }), "lam"),
             (json!({ "value_clip": 0.0 }), "value_clip"),
             (json!({ "epochs": 0 }), "epochs"),
+            (json!({ "zero": 1 }), "data_parallel"),
+            (
+                json!({ "data_parallel": true, "bucket_mb": -1.0 }),
+                "bucket_mb",
+            ),
         ] {
             let err = PpoConfig::from_json("ppo", &config)
                 .unwrap_err()

@@ -145,8 +145,8 @@ impl Optimizer {
         Ok(())
     }
 
-    /// The optimiser's moments as named tensors (for a checkpoint); under ZeRO gathered from
-    /// every rank, so every rank must call this.
+    /// The optimiser's moments as named tensors (for a checkpoint); under ZeRO gathered to rank
+    /// 0 (the one that writes), so every rank must call this and the others get none.
     pub fn moments(&mut self, params: &[(String, Var)]) -> Result<Vec<(String, Tensor)>> {
         match self.dp.as_mut() {
             Some(dp) => dp.moments(&self.adamw, params),

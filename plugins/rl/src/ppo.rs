@@ -25,11 +25,23 @@
 //! `update_tokens_per_s`, `score_s`. At the end of `fit` the policy, value head and optimiser
 //! state go to `<run dir>/checkpoint` (`value_head.safetensors` beside the model), and
 //! `resume` continues from there bit-exactly (running score statistics included).
+//!
+//! `data_parallel: true` makes the update phase data-parallel as `grpo` does
+//! (docs/distributed.md): every rank samples and scores the same rollouts (same weights, same
+//! RNG) and computes the same values, KL-shaped rewards, GAE and whitening over whole rollouts;
+//! each then learns from its slice of every minibatch (uneven when the minibatch does not
+//! split, possibly empty). Both losses are means over the minibatch's completion tokens, so a
+//! rank's loss is weighted by its share of those tokens and the ranks' gradients (policy and
+//! value head) sum to the single-process ones. KL, ratio, clip fraction and value loss are
+//! gathered and token-weighted, so rank 0 reports the minibatch's.
 
 use std::time::Instant;
 
+use llmlab_plugin_api::candle::{DType, Tensor};
+use llmlab_plugin_api::collective::world;
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::prelude::*;
+use llmlab_train::data_parallel::{self, DataParallel};
 
 use crate::advantage;
 use crate::fit::{self, SteppedAligner};
@@ -183,6 +195,30 @@ impl Ppo {
         })
     }
 
+    /// With `data_parallel`: the job's world, checked to run the same aligner, config, model and
+    /// data on every rank, with rank 0's policy and value head.
+    fn join(&self, job: &AlignJob<'_>, head: &ValueHead) -> Result<Option<DataParallel>> {
+        if !self.config.data_parallel {
+            return Ok(None);
+        }
+        let mut dp = DataParallel::with_keys(self.config.zero, self.config.bucket_mb, world());
+        let data = json!({
+            "examples": job.examples.name(),
+            "prompts": job.examples.len(),
+            "tokenizer_vocab": job.tokenizer.vocab_size(),
+        });
+        dp.check_same_start(&data_parallel::start_summary(
+            "ppo",
+            &self.config.to_json(),
+            job.policy,
+            &data,
+        )?)?;
+        let mut params = job.policy.parameters();
+        params.extend(head.parameters());
+        dp.sync_params(&params)?;
+        Ok(Some(dp))
+    }
+
     fn step_once(&self, run: &mut PpoRun, job: &AlignJob<'_>) -> Result<StepMetrics> {
         let c = self.config.common();
         let reward = rollout::reward_of("ppo", job.reward)?;
@@ -212,7 +248,33 @@ impl Ppo {
         let chunk = c.minibatch(samples.len());
         for _ in 0..self.config.epochs {
             let order = run.online.rng.permutation(samples.len());
-            for mb in order.chunks(chunk) {
+            for whole in order.chunks(chunk) {
+                let whole_tokens: usize = whole.iter().map(|&i| samples[i].ids.len()).sum();
+                // Data parallel: this rank's slice of the minibatch; both losses are token
+                // means, so its weight is its share of the minibatch's completion tokens.
+                let (mb, weight) = match run.online.optimizer.data_parallel() {
+                    Some(dp) => {
+                        let mine = &whole[dp.slice(whole.len())];
+                        let of = |rows: &[usize]| -> usize {
+                            rows.iter().map(|&i| samples[i].completion_len()).sum()
+                        };
+                        (mine, of(mine) as f64 / of(whole).max(1) as f64)
+                    }
+                    None => (whole, 1.0),
+                };
+                if mb.is_empty() {
+                    // Nothing of this minibatch here: a zero share, same collectives.
+                    let nothing = Tensor::zeros((), DType::F32, &device)?;
+                    let applied = run.online.optimizer.step("ppo", &nothing, &params)?;
+                    stats.add_update_with_value(
+                        &applied,
+                        [0.0; 4],
+                        0,
+                        run.online.optimizer.data_parallel(),
+                    )?;
+                    stats.tokens += whole_tokens;
+                    continue;
+                }
                 let picked: Vec<&Sample> = mb.iter().map(|&i| &samples[i]).collect();
                 let batch = SequenceBatch::new(&picked, job.tokenizer, &device)?;
                 let kept = batch.completion_tokens();
@@ -242,6 +304,11 @@ impl Ppo {
                     policy_loss::masked_mean(&surrogate.per_token, &batch.mask, kept)?;
                 let loss = (policy_loss + value_loss.affine(self.config.vf_coef, 0.0)?)?;
                 let loss = crate::policy_loss::with_aux(loss, aux)?;
+                let loss = if weight != 1.0 {
+                    loss.affine(weight, 0.0)?
+                } else {
+                    loss
+                };
                 let kl_value = match &t.ref_logp {
                     Some(r) => {
                         let ref_grid = batch.grid(r, mb, &device)?;
@@ -251,15 +318,18 @@ impl Ppo {
                     None => 0.0,
                 };
                 let applied = run.online.optimizer.step("ppo", &loss, &params)?;
-                stats.updates += 1;
-                stats.loss += loss.to_scalar::<f32>()? as f64;
-                stats.value_loss += value_loss.to_scalar::<f32>()? as f64;
-                stats.kl += kl_value;
-                stats.ratio += surrogate.ratio_mean;
-                stats.clip_fraction += surrogate.clip_fraction;
-                stats.lr = applied.lr;
-                stats.grad_norm = applied.grad_norm;
-                stats.tokens += batch.real_tokens;
+                stats.add_update_with_value(
+                    &applied,
+                    [
+                        kl_value,
+                        surrogate.ratio_mean,
+                        surrogate.clip_fraction,
+                        value_loss.to_scalar::<f32>()? as f64,
+                    ],
+                    kept,
+                    run.online.optimizer.data_parallel(),
+                )?;
+                stats.tokens += whole_tokens;
             }
         }
         passes_tokens += stats.tokens;
@@ -309,11 +379,18 @@ impl SteppedAligner for Ppo {
         let mut run = match self.run.take() {
             Some(run) => run,
             None => {
+                // Data parallel: every rank starts from rank 0's policy (and value head),
+                // before the reference copy is taken from it.
+                let head = ValueHead::new(job.policy)?;
+                let dp = self.join(job, &head)?;
                 let mut run = PpoRun {
                     online: online::start("ppo", &self.config.common(), job, ctx)?,
-                    head: ValueHead::new(job.policy)?,
+                    head,
                     scores: RunningStats::default(),
                 };
+                if let Some(dp) = dp {
+                    run.online.optimizer.join(dp);
+                }
                 if let Some(path) = &self.config.resume {
                     let mut trained = job.policy.parameters();
                     trained.extend(run.head.parameters());
@@ -341,6 +418,12 @@ impl SteppedAligner for Ppo {
     /// Nothing held out inside `fit`: `evaluate` on held-out prompts measures.
     fn held_out(&mut self, _: &AlignJob<'_>, _: &Context) -> Result<StepMetrics> {
         Ok(StepMetrics::new())
+    }
+
+    fn writes(&self) -> bool {
+        self.run
+            .as_ref()
+            .is_none_or(|r| r.online.optimizer.writes())
     }
 
     fn finish(&mut self, job: &AlignJob<'_>, ctx: &Context) -> Result<()> {

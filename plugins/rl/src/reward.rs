@@ -14,12 +14,21 @@
 //! `dir/reward.json` and the body as a model directory `dir/body`; a run's reward model is saved
 //! into `<run dir>/reward_model` at the end of `fit`, and the training state (body, head,
 //! optimiser, RNG) into `<run dir>/checkpoint`, from which `resume` continues bit-exactly.
+//!
+//! `data_parallel: true` (docs/distributed.md): as `dpo` does, every rank draws the same global
+//! batch of `batch_size` pairs and trains on its own slice; the loss is a mean over pairs, so
+//! each rank's is weighted by its share of them and the ranks' gradients sum to the
+//! single-process ones. The per-pair margins are gathered, so rank 0 reports the global batch's
+//! `accuracy` and `margin`; it alone records metrics and writes the reward model and the
+//! checkpoint.
 
 use std::path::Path;
 
 use llmlab_plugin_api::candle::{self, DType, Device, Tensor, Var};
+use llmlab_plugin_api::collective::world;
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::prelude::*;
+use llmlab_train::data_parallel::{self, DataParallel};
 use llmlab_train::{loss, SplitMix64};
 
 use crate::config::{RewardConfig, RewardHead};
@@ -202,6 +211,9 @@ impl RewardModel {
                 rng: SplitMix64::new(seed),
                 seed,
             };
+            if let Some(dp) = self.join(job)? {
+                run.optimizer.join(dp);
+            }
             if let (Some(path), Some(scorer)) = (&self.config.resume, &self.scorer) {
                 let saved = resume::open("reward", path)?;
                 saved.restore_model(scorer.body.as_ref())?;
@@ -212,9 +224,38 @@ impl RewardModel {
                 run.rng = SplitMix64::from_state(saved.rng_state);
                 ctx.metrics.rewind(saved.step);
             }
+            // Data parallel: every rank starts from rank 0's body and head (the head-only
+            // case included: the body must agree too).
+            if let (Some(dp), Some(scorer)) = (run.optimizer.data_parallel(), &self.scorer) {
+                let mut all = scorer.head();
+                all.extend(scorer.body.parameters());
+                dp.sync_params(&all)?;
+            }
             self.run = Some(run);
         }
         Ok(())
+    }
+
+    /// With `data_parallel`: the job's world, refused unless the global batch splits evenly and
+    /// every rank runs the same aligner, config, body and data.
+    fn join(&self, job: &AlignJob<'_>) -> Result<Option<DataParallel>> {
+        if !self.config.data_parallel {
+            return Ok(None);
+        }
+        let dp = DataParallel::with_keys(self.config.zero, self.config.bucket_mb, world());
+        dp.check_split("reward", "batch_size", self.config.batch_size)?;
+        let data = json!({
+            "examples": job.examples.name(),
+            "pairs": job.examples.len(),
+            "tokenizer_vocab": job.tokenizer.vocab_size(),
+        });
+        dp.check_same_start(&data_parallel::start_summary(
+            "reward",
+            &self.config.to_json(),
+            job.policy,
+            &data,
+        )?)?;
+        Ok(Some(dp))
     }
 
     fn scorer(&self) -> Result<&Scorer> {
@@ -276,18 +317,37 @@ impl SteppedAligner for RewardModel {
             unreachable!("started above")
         };
         let pairs = preference_batch::sample(&split, self.config.batch_size, &mut run.rng);
+        // Data parallel: this rank's slice of the global batch, and its share of the loss.
+        let (mine, share) = match run.optimizer.data_parallel() {
+            Some(dp) => {
+                let rows = dp.rows(pairs.len())?;
+                let share = rows.len() as f64 / pairs.len() as f64;
+                (&pairs[rows], share)
+            }
+            None => (&pairs[..], 1.0),
+        };
         let batch = preference_batch::batch(
             job.examples,
-            &pairs,
+            mine,
             scorer.tokenizer.as_ref(),
             scorer.ctx,
             scorer.body.device(),
         )?;
         let (loss, margin) = scorer.pairwise(&batch, true)?;
-        let applied = run.optimizer.step("reward", &loss, &params)?;
+        let weighted = if share != 1.0 {
+            loss.affine(share, 0.0)?
+        } else {
+            loss
+        };
+        let applied = run.optimizer.step("reward", &weighted, &params)?;
         let margins: Vec<f32> = margin.to_vec1()?;
+        let margins = match run.optimizer.data_parallel() {
+            Some(dp) => dp.gather_rows(&margins)?,
+            None => margins,
+        };
         let mut m = StepMetrics::new();
-        m.insert("loss".into(), loss.to_scalar::<f32>()? as f64);
+        // The global batch's loss: the ranks' weighted losses summed (alone, the loss).
+        m.insert("loss".into(), applied.loss);
         m.insert(
             "accuracy".into(),
             margins.iter().filter(|&&x| x > 0.0).count() as f64 / margins.len() as f64,
@@ -295,6 +355,7 @@ impl SteppedAligner for RewardModel {
         m.insert("margin".into(), mean(&margins));
         m.insert("lr".into(), applied.lr);
         m.insert("grad_norm".into(), applied.grad_norm);
+        m.extend(applied.dp_metrics);
         Ok(m)
     }
 
@@ -327,12 +388,20 @@ impl SteppedAligner for RewardModel {
         Ok(m)
     }
 
+    fn writes(&self) -> bool {
+        self.run.as_ref().is_none_or(|r| r.optimizer.writes())
+    }
+
     fn finish(&mut self, _: &AlignJob<'_>, ctx: &Context) -> Result<()> {
         let (Some(dir), true, true) = (&ctx.run_dir, self.scorer.is_some(), self.run.is_some())
         else {
             return Ok(());
         };
-        self.save(&dir.join(RUN_SUBDIR))?;
+        // Data parallel: every rank holds the same model; rank 0 alone saves it (the checkpoint
+        // below is written by every rank, which ZeRO's gather of the moments needs).
+        if self.writes() {
+            self.save(&dir.join(RUN_SUBDIR))?;
+        }
         let trained = self.trained();
         let (Some(scorer), Some(run)) = (&self.scorer, self.run.as_mut()) else {
             unreachable!("checked above")
