@@ -84,6 +84,65 @@ pub trait KvCache: Send {
     }
 }
 
+/// The running sequences of a continuous batch, one row each, kept from one decoding step to the
+/// next ([`Model::new_batch_cache`], [`Model::decode_batch`]). Sequences join as the last row
+/// ([`BatchKvCache::push`]) and leave from anywhere ([`BatchKvCache::swap_remove`]); the rows are
+/// in the order of the tokens `decode_batch` takes and the logits it returns.
+pub trait BatchKvCache: Send {
+    /// Sequences in the batch.
+    fn rows(&self) -> usize;
+    /// Tokens cached for row `row`.
+    fn seq_len(&self, row: usize) -> usize;
+    /// A sequence joins as the last row, with the keys and values of `cache` (one row, made by
+    /// the same model: [`Model::prefill_sequences`], or `new_cache(1)` + `forward_cached`).
+    fn push(&mut self, cache: Box<dyn KvCache>) -> Result<()>;
+    /// Row `row` leaves; the last row takes its place, as [`Vec::swap_remove`] does.
+    fn swap_remove(&mut self, row: usize) -> Result<()>;
+    /// Bytes the batch's keys and values occupy, preallocated room included (serving reports
+    /// it); 0 when unknown.
+    fn memory_bytes(&self) -> usize {
+        0
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// The batch cache of a model without one of its own ([`Model::new_batch_cache`]'s default):
+/// each sequence keeps its own one-row [`KvCache`], and [`Model::decode_batch`] hands them to
+/// [`Model::decode_step`].
+#[derive(Default)]
+pub struct SequenceCaches {
+    pub caches: Vec<Box<dyn KvCache>>,
+}
+
+impl BatchKvCache for SequenceCaches {
+    fn rows(&self) -> usize {
+        self.caches.len()
+    }
+    fn seq_len(&self, row: usize) -> usize {
+        self.caches.get(row).map_or(0, |c| c.seq_len())
+    }
+    fn push(&mut self, cache: Box<dyn KvCache>) -> Result<()> {
+        self.caches.push(cache);
+        Ok(())
+    }
+    fn swap_remove(&mut self, row: usize) -> Result<()> {
+        if row >= self.caches.len() {
+            return Err(Error::msg(format!(
+                "batch cache: no row {row} in {} rows",
+                self.caches.len()
+            )));
+        }
+        self.caches.swap_remove(row);
+        Ok(())
+    }
+    fn memory_bytes(&self) -> usize {
+        self.caches.iter().map(|c| c.memory_bytes()).sum()
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
 pub trait Model: Send + Sync {
     /// The component name (`"gpt"`).
     fn name(&self) -> &str;
@@ -141,6 +200,31 @@ pub trait Model: Send + Sync {
             caches.push(cache);
         }
         Ok((caches, Tensor::cat(&rows, 0)?))
+    }
+    /// An empty cache for continuous batching ([`BatchKvCache`]), kept across decoding steps and
+    /// decoded by [`Model::decode_batch`]. The default keeps one cache per sequence
+    /// ([`SequenceCaches`]) and decodes through [`Model::decode_step`]; a model that overrides
+    /// this (one batch of keys and values that lives across steps, so a step writes only the
+    /// new token's) overrides `decode_batch` too.
+    fn new_batch_cache(&self) -> Box<dyn BatchKvCache> {
+        Box::<SequenceCaches>::default()
+    }
+    /// One decoding step over every row of `batch` (from [`Model::new_batch_cache`]):
+    /// `tokens[i]` is appended to row `i`; returns `(rows, vocab)` logits of each row's next
+    /// token. The default decodes a [`SequenceCaches`] through [`Model::decode_step`].
+    fn decode_batch(&self, tokens: &[u32], batch: &mut dyn BatchKvCache) -> Result<Tensor> {
+        let Some(batch) = batch.as_any_mut().downcast_mut::<SequenceCaches>() else {
+            return Err(Error::msg(format!(
+                "{}: decode_batch got a batch cache that is not the default SequenceCaches (a \
+                 model with its own new_batch_cache must override decode_batch too)",
+                self.name()
+            )));
+        };
+        let mut caches: Vec<&mut dyn KvCache> = Vec::with_capacity(batch.caches.len());
+        for cache in batch.caches.iter_mut() {
+            caches.push(cache.as_mut());
+        }
+        self.decode_step(tokens, &mut caches)
     }
     /// Continues each prompt; `on_token(sequence, token)` sees tokens as they come and returns
     /// `false` to stop that sequence. Returns the new tokens of each sequence.

@@ -1,13 +1,16 @@
 //! Continuous batching: one thread owns the model and decodes every running sequence together,
 //! one token per step, while sequences join and leave between steps.
 //!
-//! Each step first admits waiting sequences up to `max_batch` (their prompts run through the
-//! model together, one padded batch split into a fresh KV cache per sequence:
-//! [`Model::prefill_sequences`], which also gives each its first token), then runs one
-//! [`Model::decode_step`] over all running sequences, whose caches may hold any number
-//! of tokens. A sequence leaves when it ends (end-of-text or a stop token, `max_tokens`) or when
+//! The running sequences' keys and values live in one batch cache kept across steps
+//! ([`Model::new_batch_cache`]; row `i` is `running[i]`). Each step first admits waiting
+//! sequences up to `max_batch` (their prompts run through the model together, one padded batch
+//! split into a fresh KV cache per sequence: [`Model::prefill_sequences`], which also gives each
+//! its first token; each cache then joins the batch cache as a new row), then runs one
+//! [`Model::decode_batch`] over all running sequences, whose rows may hold any number of
+//! tokens. A sequence leaves when it ends (end-of-text or a stop token, `max_tokens`) or when
 //! nobody listens any more (the client disconnected, or a stop string ended it on the HTTP side):
-//! its slot and its cache are free for the next waiting sequence at the next step.
+//! its row leaves the batch cache (the last row takes its place, in `running` too) and its slot
+//! is free for the next waiting sequence at the next step.
 //!
 //! Waiting sequences sit in a bounded [`Queue`]; a request whose sequences do not all fit is
 //! refused whole (429) and nothing of it runs. Closing the queue (shutdown) refuses new work but
@@ -19,8 +22,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use llmlab_plugin_api::candle::DType;
+use llmlab_plugin_api::model::BatchKvCache;
 use llmlab_plugin_api::rng::SplitMix64;
-use llmlab_plugin_api::{KvCache, Model};
+use llmlab_plugin_api::Model;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::errors::ApiError;
@@ -146,10 +150,9 @@ impl Queue {
     }
 }
 
-/// A sequence in the batch.
+/// A sequence in the batch; its keys and values are its row of the batch cache.
 struct Running {
     seq: Sequence,
-    cache: Box<dyn KvCache>,
     rng: SplitMix64,
     /// The token to feed at the next step.
     last: u32,
@@ -224,6 +227,7 @@ impl Scheduler {
     /// The batching loop; returns once the queue is closed and every sequence has finished.
     pub fn run(self) {
         let mut running: Vec<Running> = Vec::new();
+        let mut batch = self.model.new_batch_cache();
         let mut throughput = Throughput {
             since: Instant::now(),
             tokens: 0,
@@ -251,16 +255,19 @@ impl Scheduler {
                 })
                 .collect();
             if !admitted.is_empty() {
-                self.prefill(admitted, &mut running);
+                self.prefill(admitted, &mut running, &mut batch);
             }
-            running.retain(|r| {
-                let listening = r.seq.wanted();
-                if !listening {
-                    metrics::cancelled();
-                }
-                listening
-            });
-            self.report(&running);
+            let gone: Vec<usize> = (0..running.len())
+                .filter(|&i| {
+                    let listening = running[i].seq.wanted();
+                    if !listening {
+                        metrics::cancelled();
+                    }
+                    !listening
+                })
+                .collect();
+            self.leave(&gone, &mut running, &mut batch);
+            self.report(&running, batch.as_ref());
             if running.is_empty() {
                 if self.queue.is_closed() && self.queue.is_empty() {
                     break;
@@ -272,31 +279,53 @@ impl Scheduler {
             if !self.step_delay.is_zero() {
                 std::thread::sleep(self.step_delay);
             }
-            self.step(&mut running);
+            self.step(&mut running, &mut batch);
             throughput.add(n);
-            self.report(&running);
+            self.report(&running, batch.as_ref());
         }
-        self.report(&running);
+        self.report(&running, batch.as_ref());
         metrics::tokens_per_second(0.0);
     }
 
-    fn report(&self, running: &[Running]) {
+    fn report(&self, running: &[Running], batch: &dyn BatchKvCache) {
         metrics::running_batch_size(running.len());
-        let bytes = running
-            .iter()
-            .map(|r| match r.cache.memory_bytes() {
-                0 => r.cache.seq_len() * self.kv_bytes_per_token,
-                known => known,
-            })
-            .sum();
+        let bytes = match batch.memory_bytes() {
+            0 => (0..batch.rows())
+                .map(|row| batch.seq_len(row) * self.kv_bytes_per_token)
+                .sum(),
+            known => known,
+        };
         metrics::kv_cache_bytes(bytes);
+    }
+
+    /// The sequences at `rows` (ascending) leave `running` and the batch cache, which stay
+    /// aligned: both move their last row into the hole, so removing from the highest index
+    /// down never moves a row still to remove. A batch cache that fails to let a row go is
+    /// rebuilt without it, each remaining sequence failing with the reason.
+    fn leave(&self, rows: &[usize], running: &mut Vec<Running>, batch: &mut Box<dyn BatchKvCache>) {
+        for &row in rows.iter().rev() {
+            running.swap_remove(row);
+            let error = match guard(self.model.name(), || batch.swap_remove(row)) {
+                Ok(Ok(())) => continue,
+                Ok(Err(error)) => format!("{}: batch cache: {error}", self.model.name()),
+                Err(panic) => panic,
+            };
+            fail_all(running, error);
+            *batch = self.model.new_batch_cache();
+            return;
+        }
     }
 
     /// The prompts admitted in one step, each into a fresh cache of its own, in ONE batched
     /// model call ([`Model::prefill_sequences`]), and each one's first token; the sequences that
     /// go on join `running`. When the batch fails, each prompt is retried alone, so a prompt
     /// the model refuses fails only its own sequence (its listener is told).
-    fn prefill(&self, admitted: Vec<Sequence>, running: &mut Vec<Running>) {
+    fn prefill(
+        &self,
+        admitted: Vec<Sequence>,
+        running: &mut Vec<Running>,
+        batch: &mut Box<dyn BatchKvCache>,
+    ) {
         let model = self.model.as_ref();
         let prompts: Vec<Vec<u32>> = admitted.iter().map(|seq| seq.prompt.clone()).collect();
         let result = guard(model.name(), || {
@@ -323,7 +352,7 @@ impl Scheduler {
             }
             Err(_) if admitted.len() > 1 => {
                 for seq in admitted {
-                    self.prefill(vec![seq], running);
+                    self.prefill(vec![seq], running, batch);
                 }
                 return;
             }
@@ -339,42 +368,56 @@ impl Scheduler {
             let mut joining = Running {
                 rng: SplitMix64::new(seq.seed),
                 seq,
-                cache,
                 last: 0,
                 generated: 0,
             };
             let sampled = sample(&logits, &joining.seq.sampling, &mut joining.rng);
-            if joining.emit(sampled) {
-                running.push(joining);
+            if !joining.emit(sampled) {
+                continue;
             }
+            let message = match guard(model.name(), || batch.push(cache)) {
+                Ok(Ok(())) => {
+                    running.push(joining);
+                    continue;
+                }
+                Ok(Err(error)) => format!("{}: batch cache: {error}", model.name()),
+                Err(panic) => panic,
+            };
+            joining.seq.send(SeqEvent::Failed(message));
         }
     }
 
-    /// One token for every running sequence, in one batched model call.
-    fn step(&self, running: &mut Vec<Running>) {
+    /// One token for every running sequence, in one batched model call. When the call fails,
+    /// every running sequence fails with the reason and the batch cache starts over empty.
+    fn step(&self, running: &mut Vec<Running>, batch: &mut Box<dyn BatchKvCache>) {
         let model = self.model.as_ref();
         let tokens: Vec<u32> = running.iter().map(|r| r.last).collect();
         let result = guard(model.name(), || {
-            let mut caches: Vec<&mut dyn KvCache> = Vec::with_capacity(running.len());
-            for r in running.iter_mut() {
-                caches.push(r.cache.as_mut());
-            }
-            let logits = model.decode_step(&tokens, &mut caches)?;
+            let logits = model.decode_batch(&tokens, batch.as_mut())?;
             Ok::<_, llmlab_plugin_api::Error>(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
         });
-        let rows = match result {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(error)) => return fail_all(running, format!("{}: {error}", model.name())),
-            Err(panic) => return fail_all(running, panic),
-        };
-        let mut keep = Vec::with_capacity(running.len());
-        for (mut r, row) in running.drain(..).zip(rows) {
-            let sampled = sample(&row, &r.seq.sampling, &mut r.rng);
-            if r.emit(sampled) {
-                keep.push(r);
+        let failure = match result {
+            Ok(Ok(rows)) if rows.len() == running.len() => {
+                let mut done = Vec::new();
+                for (i, (r, row)) in running.iter_mut().zip(rows).enumerate() {
+                    let sampled = sample(&row, &r.seq.sampling, &mut r.rng);
+                    if !r.emit(sampled) {
+                        done.push(i);
+                    }
+                }
+                return self.leave(&done, running, batch);
             }
-        }
-        *running = keep;
+            Ok(Ok(rows)) => format!(
+                "{}: decode_batch returned {} rows of logits for {} sequences",
+                model.name(),
+                rows.len(),
+                running.len()
+            ),
+            Ok(Err(error)) => format!("{}: {error}", model.name()),
+            Err(panic) => panic,
+        };
+        fail_all(running, failure);
+        *batch = model.new_batch_cache();
     }
 }
 

@@ -1,13 +1,15 @@
 //! `gpt` as a [`Decoder`] of `llmlab_nn`'s generation engine, which does all of its decoding
 //! (sampling, beams, batches, stop tokens, streaming): prompts are left-padded into one batch
 //! and run through the model once into a [`DecoderCache`], then one token per step. Plus
-//! `Model::decode_step` for continuous batching (serving), and the uncached greedy reference the
-//! cached path is tested and benchmarked against.
+//! continuous batching (serving): `Model::decode_batch` over a persistent [`BatchCache`],
+//! `Model::decode_step` over per-sequence caches, batched prefill; and the uncached greedy
+//! reference the cached path is tested and benchmarked against.
 
-use llmlab_nn::cache::DecoderCache;
+use llmlab_nn::cache::{BatchCache, DecoderCache};
 use llmlab_nn::generate::{left_pad, Decoder};
 use llmlab_nn::sampling::argmax;
 use llmlab_plugin_api::candle::{Device, Tensor};
+use llmlab_plugin_api::model::BatchKvCache;
 use llmlab_plugin_api::{CancelFlag, Error, ForwardOptions, KvCache, Result};
 
 use crate::model::Gpt;
@@ -134,6 +136,39 @@ pub fn decode_step(model: &Gpt, tokens: &[u32], caches: &mut [&mut dyn KvCache])
     let logits = run(&ids, &mut stacked)?;
     DecoderCache::unstack_new(&stacked, &mut rows, 1)?;
     Ok(logits)
+}
+
+/// `Model::decode_batch`: one token for every row of a persistent [`BatchCache`], in ONE forward
+/// pass that writes only the new keys and values (each row's at its own length) and attends
+/// over the batch's storage in place: no cache is stacked or copied. Returns `(rows, vocab)` f32
+/// logits.
+pub fn decode_batch(model: &Gpt, tokens: &[u32], batch: &mut dyn BatchKvCache) -> Result<Tensor> {
+    let batch = batch
+        .as_any_mut()
+        .downcast_mut::<BatchCache>()
+        .ok_or_else(|| Error::msg("gpt: decode_batch needs the batch cache of new_batch_cache"))?;
+    if tokens.len() != batch.rows() || tokens.is_empty() {
+        return Err(Error::msg(format!(
+            "decode_batch: {} tokens for a batch of {} sequences (one token per sequence, at \
+             least one)",
+            tokens.len(),
+            batch.rows()
+        )));
+    }
+    let cache = batch.cache_mut();
+    // Past the context the forward pass refuses, naming it; no storage is grown for that.
+    if cache.seq_len() < model.gpt_config().ctx {
+        cache.reserve(1)?;
+    }
+    let ids = Tensor::new(tokens, Decoder::device(model))?.unsqueeze(1)?;
+    let out = match model.lora() {
+        Some(lora) => lora.forward_cached(&ids, cache)?,
+        None => model.run(&ids, Some(cache), &ForwardOptions::default())?,
+    };
+    Ok(out
+        .logits
+        .squeeze(1)?
+        .to_dtype(llmlab_plugin_api::candle::DType::F32)?)
 }
 
 /// Generation without the cache: the whole sequence through the model for every new token.

@@ -449,6 +449,23 @@ impl Model for Gpt {
         crate::decoder::decode_step(self, tokens, caches)
     }
 
+    /// One batch of keys and values that lives across decoding steps (`nn/src/cache.rs`).
+    fn new_batch_cache(&self) -> Box<dyn llmlab_plugin_api::model::BatchKvCache> {
+        Box::new(llmlab_nn::cache::BatchCache::new(
+            self.config.n_layer,
+            self.config.ctx,
+        ))
+    }
+
+    /// Every row of the persistent batch in one forward pass, no cache copied (`decoder.rs`).
+    fn decode_batch(
+        &self,
+        tokens: &[u32],
+        batch: &mut dyn llmlab_plugin_api::model::BatchKvCache,
+    ) -> Result<Tensor> {
+        crate::decoder::decode_batch(self, tokens, batch)
+    }
+
     /// The prompts as one padded batch, split into per-sequence caches (`decoder.rs`).
     fn prefill_sequences(&self, prompts: &[Vec<u32>]) -> Result<(Vec<Box<dyn KvCache>>, Tensor)> {
         crate::decoder::prefill_sequences(self, prompts)

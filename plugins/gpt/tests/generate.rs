@@ -430,6 +430,129 @@ fn decode_step_batches_sequences_of_different_lengths_like_decoding_each_alone()
     }
 }
 
+/// Continuous batching through the persistent batch cache: sequences join (prefilled together,
+/// as the server admits them) and leave (the last row moving into the leaver's slot) while the
+/// others decode; the storage grows in rows and in columns mid-run and a leaver's slot is reused
+/// by a newcomer over its old entries. Every row's logits equal decoding that sequence alone, for
+/// the architectures of the other tests and the composed (`kernels: "reference"`) attention.
+#[test]
+fn decode_batch_decodes_a_changing_batch_in_one_cache_like_decoding_each_alone() {
+    // (prompt, step it joins, tokens it decodes): the batch peaks at 6 rows (the storage starts
+    // with 4), sequence 0 reaches 19 tokens (16 columns at first), sequence 5 takes the slot
+    // sequence 1 left.
+    let seqs: [(&[u32], usize, usize); 7] = [
+        (&[1, 7, 3], 0, 16),
+        (&[4, 9, 2, 8, 5, 6, 11], 0, 3),
+        (&[12, 3, 3, 40, 2], 0, 10),
+        (&[9, 1], 1, 12),
+        (&[5], 2, 6),
+        (&[30, 31, 32, 33, 34, 35, 36, 37, 38, 39], 4, 8),
+        (&[2, 2], 7, 9),
+    ];
+    let token = |seq: usize, j: usize| ((seq * 11 + j * 7 + 5) % 48) as u32;
+    let mut sets = option_sets();
+    sets.push(json!({ "pos": "rope", "n_kv_head": 2, "kernels": "reference" }));
+    for extra in sets {
+        let model = tiny(extra.clone());
+        let alone: Vec<Vec<Tensor>> = seqs
+            .iter()
+            .enumerate()
+            .map(|(s, &(prompt, _, n))| {
+                let mut cache = model.new_cache(1).unwrap();
+                model
+                    .forward_cached(&ids(&[prompt]), cache.as_mut())
+                    .unwrap();
+                (0..n)
+                    .map(|j| {
+                        let out = model
+                            .forward_cached(&ids(&[&[token(s, j)]]), cache.as_mut())
+                            .unwrap();
+                        out.logits.get(0).unwrap().get(0).unwrap()
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut batch = model.new_batch_cache();
+        // The sequence in each row, kept aligned with the cache as the scheduler keeps `running`.
+        let mut rows: Vec<usize> = Vec::new();
+        let mut decoded = vec![0usize; seqs.len()];
+        let mut peak_bytes = 0;
+        for step in 0.. {
+            for row in (0..rows.len()).rev() {
+                if decoded[rows[row]] == seqs[rows[row]].2 {
+                    rows.swap_remove(row);
+                    batch.swap_remove(row).unwrap();
+                }
+            }
+            let joining: Vec<usize> = (0..seqs.len()).filter(|&s| seqs[s].1 == step).collect();
+            if !joining.is_empty() {
+                let prompts: Vec<Vec<u32>> = joining.iter().map(|&s| seqs[s].0.to_vec()).collect();
+                let (caches, _) = model.prefill_sequences(&prompts).unwrap();
+                for (&s, cache) in joining.iter().zip(caches) {
+                    batch.push(cache).unwrap();
+                    rows.push(s);
+                }
+            }
+            if rows.is_empty() {
+                break;
+            }
+            assert_eq!(batch.rows(), rows.len(), "{extra}");
+            let tokens: Vec<u32> = rows.iter().map(|&s| token(s, decoded[s])).collect();
+            let logits = model.decode_batch(&tokens, batch.as_mut()).unwrap();
+            assert_eq!(logits.dims(), &[rows.len(), 48], "{extra}");
+            for (row, &s) in rows.iter().enumerate() {
+                let diff = max_abs_diff(&logits.get(row).unwrap(), &alone[s][decoded[s]]);
+                assert!(
+                    diff < 1e-5,
+                    "{extra}: step {step}, sequence {s} (row {row}), token {}: differs by {diff}",
+                    decoded[s]
+                );
+                decoded[s] += 1;
+                assert_eq!(
+                    batch.seq_len(row),
+                    seqs[s].0.len() + decoded[s],
+                    "{extra}: sequence {s}'s row"
+                );
+            }
+            peak_bytes = peak_bytes.max(batch.memory_bytes());
+        }
+        assert_eq!(
+            decoded,
+            seqs.iter().map(|s| s.2).collect::<Vec<_>>(),
+            "{extra}"
+        );
+        // 6 rows of 19 tokens at the peak, 2 layers of keys and values, f32.
+        let kv_width = 32 / 4 * extra["n_kv_head"].as_u64().unwrap_or(4) as usize;
+        assert!(
+            peak_bytes >= 6 * 19 * 2 * 2 * kv_width * 4,
+            "{extra}: {peak_bytes}"
+        );
+    }
+}
+
+#[test]
+fn decode_batch_refuses_mismatched_tokens_and_foreign_batch_caches() {
+    let model = tiny(json!({}));
+    let mut batch = model.new_batch_cache();
+    let (caches, _) = model.prefill_sequences(&[vec![1, 2]]).unwrap();
+    for cache in caches {
+        batch.push(cache).unwrap();
+    }
+    let e = model
+        .decode_batch(&[1, 2], batch.as_mut())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2 tokens for a batch of 1"), "{e}");
+    let mut foreign = llmlab_plugin_api::model::SequenceCaches::default();
+    let e = model
+        .decode_batch(&[1], &mut foreign)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("batch cache of new_batch_cache"), "{e}");
+    let e = batch.swap_remove(3).unwrap_err().to_string();
+    assert!(e.contains("no row 3 in 1 rows"), "{e}");
+}
+
 #[test]
 fn decode_step_refuses_mismatched_tokens_and_foreign_caches() {
     let model = tiny(json!({}));
