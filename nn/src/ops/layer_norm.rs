@@ -212,8 +212,12 @@ impl CustomOp3 for NormBackward {
                     }
                     (dw, db)
                 })
-                .reduce(
-                    || (vec![0f32; d], vec![0f32; d]),
+                .collect::<Vec<_>>()
+                // In chunk order, not along rayon's reduction tree, whose shape follows work
+                // stealing: the same step gives the same bits whatever the machine's load.
+                .into_iter()
+                .fold(
+                    (vec![0f32; d], vec![0f32; d]),
                     |(mut aw, mut ab), (bw, bb)| {
                         aw.iter_mut().zip(&bw).for_each(|(a, b)| *a += b);
                         ab.iter_mut().zip(&bb).for_each(|(a, b)| *a += b);

@@ -308,13 +308,13 @@ impl CustomOp3 for LinearBackward {
                     add_rows(dy, &mut s);
                     s
                 })
-                .reduce(
-                    || vec![0f32; out_dim],
-                    |mut a, b| {
-                        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                        a
-                    },
-                );
+                .collect::<Vec<_>>()
+                // In chunk order, not along rayon's reduction tree (see layer_norm's backward).
+                .into_iter()
+                .fold(vec![0f32; out_dim], |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                });
             db.copy_from_slice(&sums);
         }
         Ok((CpuStorage::F32(out), Shape::from(n + nw + nb)))
