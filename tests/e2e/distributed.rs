@@ -232,6 +232,49 @@ fn assert_same_metric(a: &Path, b: &Path, step: u64, key: &str) {
     );
 }
 
+/// `mpirun -np ranks` of the script with `settings` (which name the run), which must succeed
+/// within 300 s; returns the run's directory.
+fn mpirun_ok(mpi: &Path, ranks: usize, settings: &[(&str, &str)], runs: &Path) -> PathBuf {
+    let name = settings
+        .iter()
+        .rev()
+        .find(|(k, _)| *k == "name")
+        .map(|(_, v)| *v)
+        .expect("settings name the run");
+    let out = mpirun(mpi, ranks, settings, runs, &[], Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "mpirun -np {ranks} {name} failed:\n{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    runs.join(name)
+}
+
+/// The update phase of an online aligner (`base` settings) alone and on two ranks under ZeRO
+/// `zero`, both under mpirun so both sample with one thread per process: `(one, two)` runs.
+fn online_alone_and_on_two_ranks(
+    mpi: &Path,
+    runs: &Path,
+    base: &[(&str, &str)],
+    prefix: &str,
+    zero: &str,
+) -> (PathBuf, PathBuf) {
+    let run = |ranks: usize, name: &str, data_parallel: &str, zero: &str| {
+        let mut settings = with(base);
+        settings.extend([
+            ("name", name),
+            ("data_parallel", data_parallel),
+            ("zero", zero),
+        ]);
+        mpirun_ok(mpi, ranks, &settings, runs)
+    };
+    (
+        run(1, &format!("{prefix}-one"), "false", "0"),
+        run(2, &format!("{prefix}-two"), "true", zero),
+    )
+}
+
 #[test]
 fn two_ranks_with_batch_b_train_as_one_process_with_batch_2b_also_under_zero() {
     let Some(mpi) = mpi_ready() else { return };
@@ -290,21 +333,7 @@ fn dpo_on_two_ranks_with_batch_b_aligns_as_one_process_with_batch_2b() {
             let name = format!("{loss}-zero{zero}");
             let mut settings = with(&dpo);
             settings.extend([("name", name.as_str()), ("zero", zero)]);
-            let out = mpirun(
-                &mpi,
-                2,
-                &settings,
-                runs.path(),
-                &[],
-                Duration::from_secs(300),
-            );
-            assert!(
-                out.status.success(),
-                "mpirun -np 2 dpo ({loss}, zero {zero}) failed:\n{}\n{}",
-                stdout(&out),
-                stderr(&out)
-            );
-            let two = runs.path().join(&name);
+            let two = mpirun_ok(&mpi, 2, &settings, runs.path());
             assert_same_training(&runs.path().join(&one), &two, 6);
             // The step's gathered per-pair metrics are the global batch's, as alone.
             let (a, b) = (
@@ -337,24 +366,7 @@ fn grpo_updates_on_two_ranks_equal_one_process_also_on_uneven_minibatches() {
         ("minibatch_size", "11"),
         ("aggregation", "token"),
     ];
-    let limit = Duration::from_secs(300);
-    // The reference runs under mpirun too, alone, so both sample with one thread per process.
-    for (name, ranks, extra) in [
-        ("grpo-one", 1, [("data_parallel", "false"), ("zero", "0")]),
-        ("grpo-two", 2, [("data_parallel", "true"), ("zero", "1")]),
-    ] {
-        let mut settings = with(&grpo);
-        settings.push(("name", name));
-        settings.extend(extra);
-        let out = mpirun(&mpi, ranks, &settings, runs.path(), &[], limit);
-        assert!(
-            out.status.success(),
-            "{name}: {}\n{}",
-            stdout(&out),
-            stderr(&out)
-        );
-    }
-    let (one, two) = (runs.path().join("grpo-one"), runs.path().join("grpo-two"));
+    let (one, two) = online_alone_and_on_two_ranks(&mpi, runs.path(), &grpo, "grpo", "1");
     assert_same_training(&one, &two, 6);
     for key in ["reward_mean", "kl", "clip_fraction"] {
         let (a, b) = (metric(&one, 6, key), metric(&two, 6, key));
@@ -373,24 +385,7 @@ fn ppo_updates_on_two_ranks_equal_one_process_also_on_uneven_minibatches() {
     let Some(mpi) = mpi_ready() else { return };
     let runs = tempfile::tempdir().expect("temp dir");
     let ppo = [("stage", "ppo"), ("pairs", "200"), ("minibatch_size", "3")];
-    let limit = Duration::from_secs(300);
-    // The reference runs under mpirun too, alone, so both sample with one thread per process.
-    for (name, ranks, extra) in [
-        ("ppo-one", 1, [("data_parallel", "false"), ("zero", "0")]),
-        ("ppo-two", 2, [("data_parallel", "true"), ("zero", "2")]),
-    ] {
-        let mut settings = with(&ppo);
-        settings.push(("name", name));
-        settings.extend(extra);
-        let out = mpirun(&mpi, ranks, &settings, runs.path(), &[], limit);
-        assert!(
-            out.status.success(),
-            "{name}: {}\n{}",
-            stdout(&out),
-            stderr(&out)
-        );
-    }
-    let (one, two) = (runs.path().join("ppo-one"), runs.path().join("ppo-two"));
+    let (one, two) = online_alone_and_on_two_ranks(&mpi, runs.path(), &ppo, "ppo", "2");
     assert_same_training(&one, &two, 6);
     assert_same_tensors(&one, &two, "value_head.safetensors", &[]);
     for key in ["reward_mean", "kl", "clip_fraction", "value_loss"] {
@@ -418,21 +413,7 @@ fn reward_model_on_two_ranks_with_batch_b_trains_as_one_process_with_batch_2b() 
         let name = format!("reward-zero{zero}");
         let mut settings = with(&reward);
         settings.extend([("name", name.as_str()), ("zero", zero)]);
-        let out = mpirun(
-            &mpi,
-            2,
-            &settings,
-            runs.path(),
-            &[],
-            Duration::from_secs(300),
-        );
-        assert!(
-            out.status.success(),
-            "mpirun -np 2 reward (zero {zero}) failed:\n{}\n{}",
-            stdout(&out),
-            stderr(&out)
-        );
-        let two = runs.path().join(&name);
+        let two = mpirun_ok(&mpi, 2, &settings, runs.path());
         assert_same_training(&one, &two, 6);
         // Not the bias: the ranking loss depends on r_c − r_r only, so its gradient is zero
         // but for rounding, which AdamW's normalisation turns into ±lr steps of either sign.

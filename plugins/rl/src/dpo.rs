@@ -34,15 +34,14 @@
 use std::collections::BTreeMap;
 
 use llmlab_plugin_api::candle::{DType, Tensor};
-use llmlab_plugin_api::collective::world;
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::prelude::*;
-use llmlab_train::data_parallel::{self, DataParallel};
+use llmlab_train::data_parallel::DataParallel;
 use llmlab_train::{loss, SplitMix64};
 
 use crate::config::{DpoConfig, DpoLoss};
 use crate::fit::{self, SteppedAligner};
-use crate::optimizer::Optimizer;
+use crate::optimizer::{join_world, Optimizer};
 use crate::policy_checkpoint::{self, Saved};
 use crate::preference_batch::{self, PairBatch, Split};
 use crate::preference_loss::{self, LossSettings, Sequences};
@@ -211,19 +210,9 @@ impl Dpo {
             ctx: ctx_len,
         };
         if self.config.data_parallel {
-            let dp = DataParallel::with_keys(self.config.zero, self.config.bucket_mb, world());
+            let keys = (self.config.zero, self.config.bucket_mb);
+            let dp = join_world(self.name, &self.config.to_json(), keys, job, "pairs")?;
             dp.check_split(self.name, "batch_size", self.config.batch_size)?;
-            let data = json!({
-                "examples": job.examples.name(),
-                "pairs": job.examples.len(),
-                "tokenizer_vocab": job.tokenizer.vocab_size(),
-            });
-            dp.check_same_start(&data_parallel::start_summary(
-                self.name,
-                &self.config.to_json(),
-                job.policy,
-                &data,
-            )?)?;
             run.optimizer.join(dp);
         }
         let needs_reference = self.config.loss.needs_reference();

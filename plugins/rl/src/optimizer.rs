@@ -10,9 +10,33 @@
 //! updates its own tensors and the new values are all-gathered).
 
 use llmlab_plugin_api::candle::{Tensor, Var};
-use llmlab_plugin_api::{Error, Result, StepMetrics};
+use llmlab_plugin_api::collective::world;
+use llmlab_plugin_api::serde_json::{json, Value};
+use llmlab_plugin_api::{AlignJob, Error, Result, StepMetrics};
 use llmlab_train::data_parallel::{self, DataParallel};
 use llmlab_train::{clip, gradients, AdamW, AdamWSettings, Schedule};
+
+/// The data-parallel world of an aligner's job (`data_parallel: true`), once every rank is
+/// checked to start the same aligner, config, policy and data; `unit` names what the job's
+/// examples are (`"pairs"`, `"prompts"`).
+pub fn join_world(
+    aligner: &str,
+    config: &Value,
+    (zero, bucket_mb): (u8, f64),
+    job: &AlignJob<'_>,
+    unit: &str,
+) -> Result<DataParallel> {
+    let dp = DataParallel::with_keys(zero, bucket_mb, world());
+    let mut data = json!({
+        "examples": job.examples.name(),
+        "tokenizer_vocab": job.tokenizer.vocab_size(),
+    });
+    data[unit] = json!(job.examples.len());
+    dp.check_same_start(&data_parallel::start_summary(
+        aligner, config, job.policy, &data,
+    )?)?;
+    Ok(dp)
+}
 
 /// The optimisation keys of an aligner's config.
 #[derive(Debug, Clone, Copy, PartialEq)]

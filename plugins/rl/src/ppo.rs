@@ -38,16 +38,16 @@
 use std::time::Instant;
 
 use llmlab_plugin_api::candle::{DType, Tensor};
-use llmlab_plugin_api::collective::world;
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::prelude::*;
-use llmlab_train::data_parallel::{self, DataParallel};
+use llmlab_train::data_parallel::DataParallel;
 
 use crate::advantage;
 use crate::fit::{self, SteppedAligner};
 use crate::gae::gae;
 use crate::online::{self, OnlineRun, UpdateStats};
 use crate::online_config::PpoConfig;
+use crate::optimizer::join_world;
 use crate::policy_checkpoint::{self, Saved};
 use crate::policy_loss;
 use crate::rollout::{self, Sample, SequenceBatch};
@@ -201,18 +201,8 @@ impl Ppo {
         if !self.config.data_parallel {
             return Ok(None);
         }
-        let mut dp = DataParallel::with_keys(self.config.zero, self.config.bucket_mb, world());
-        let data = json!({
-            "examples": job.examples.name(),
-            "prompts": job.examples.len(),
-            "tokenizer_vocab": job.tokenizer.vocab_size(),
-        });
-        dp.check_same_start(&data_parallel::start_summary(
-            "ppo",
-            &self.config.to_json(),
-            job.policy,
-            &data,
-        )?)?;
+        let keys = (self.config.zero, self.config.bucket_mb);
+        let mut dp = join_world("ppo", &self.config.to_json(), keys, job, "prompts")?;
         let mut params = job.policy.parameters();
         params.extend(head.parameters());
         dp.sync_params(&params)?;

@@ -25,15 +25,14 @@
 use std::path::Path;
 
 use llmlab_plugin_api::candle::{self, DType, Device, Tensor, Var};
-use llmlab_plugin_api::collective::world;
 use llmlab_plugin_api::config::TypedConfig;
 use llmlab_plugin_api::prelude::*;
-use llmlab_train::data_parallel::{self, DataParallel};
+use llmlab_train::data_parallel::DataParallel;
 use llmlab_train::{loss, SplitMix64};
 
 use crate::config::{RewardConfig, RewardHead};
 use crate::fit::{self, SteppedAligner};
-use crate::optimizer::Optimizer;
+use crate::optimizer::{join_world, Optimizer};
 use crate::policy_checkpoint::{self, Saved};
 use crate::preference_batch::{self, PairBatch, Rows, Split};
 use crate::resume;
@@ -242,19 +241,9 @@ impl RewardModel {
         if !self.config.data_parallel {
             return Ok(None);
         }
-        let dp = DataParallel::with_keys(self.config.zero, self.config.bucket_mb, world());
+        let keys = (self.config.zero, self.config.bucket_mb);
+        let dp = join_world("reward", &self.config.to_json(), keys, job, "pairs")?;
         dp.check_split("reward", "batch_size", self.config.batch_size)?;
-        let data = json!({
-            "examples": job.examples.name(),
-            "pairs": job.examples.len(),
-            "tokenizer_vocab": job.tokenizer.vocab_size(),
-        });
-        dp.check_same_start(&data_parallel::start_summary(
-            "reward",
-            &self.config.to_json(),
-            job.policy,
-            &data,
-        )?)?;
         Ok(Some(dp))
     }
 
