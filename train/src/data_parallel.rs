@@ -103,6 +103,14 @@ impl DataParallel {
         Ok(self.slice(n))
     }
 
+    /// This rank's rows of a global batch of `n` rows that splits evenly ([`DataParallel::rows`])
+    /// and their share of it, the weight of the rank's loss when the loss is a mean over rows.
+    pub fn share(&self, n: usize) -> Result<(std::ops::Range<usize>, f64)> {
+        let rows = self.rows(n)?;
+        let share = rows.len() as f64 / n as f64;
+        Ok((rows, share))
+    }
+
     /// This rank's rows of a global batch of `n` rows that may not split evenly (a minibatch of
     /// an aligner's completions after dynamic sampling): `[r·n/size, (r+1)·n/size)`, possibly
     /// empty. The caller weights each rank's loss by its rows, so uneven shards still sum to

@@ -221,14 +221,7 @@ impl Collective for MpiWorld {
         let len = i32::try_from(send.len())
             .map_err(|_| self.rank_error("all_gather_bytes: over 2 GiB".into()))?;
         comm.all_gather_into(&len, &mut lens[..]);
-        let displs: Vec<i32> = lens
-            .iter()
-            .scan(0i32, |at, n| {
-                let here = *at;
-                *at += n;
-                Some(here)
-            })
-            .collect();
+        let displs = displacements(&lens);
         let mut all = vec![0u8; lens.iter().map(|n| *n as usize).sum()];
         {
             let mut partition = PartitionMut::new(&mut all[..], &lens[..], &displs[..]);
@@ -269,14 +262,7 @@ impl Collective for MpiWorld {
                 "gather_bytes: rank {r} has over MPI's 2 GiB to send"
             )));
         }
-        let displs: Vec<i32> = lens
-            .iter()
-            .scan(0i32, |at, n| {
-                let here = *at;
-                *at = at.saturating_add(*n);
-                Some(here)
-            })
-            .collect();
+        let displs = displacements(&lens);
         let total: usize = lens.iter().map(|n| *n as usize).sum();
         if total > i32::MAX as usize {
             return Err(self.rank_error(format!(
@@ -330,4 +316,16 @@ impl Collective for MpiWorld {
         self.arrive("barrier");
         Ok(())
     }
+}
+
+/// Where each rank's part starts in a gathered buffer of parts `lens` long, in rank order
+/// (saturating: a total over `i32::MAX` is refused by the caller, not wrapped).
+fn displacements(lens: &[i32]) -> Vec<i32> {
+    lens.iter()
+        .scan(0i32, |at, n| {
+            let here = *at;
+            *at = at.saturating_add(*n);
+            Some(here)
+        })
+        .collect()
 }

@@ -369,8 +369,7 @@ impl SteppedAligner for Dpo {
             // Data parallel: this rank's slice of the global batch, and its share of the loss.
             let (mine, share) = match run.optimizer.data_parallel() {
                 Some(dp) => {
-                    let rows = dp.rows(pairs.len())?;
-                    let share = rows.len() as f64 / pairs.len() as f64;
+                    let (rows, share) = dp.share(pairs.len())?;
                     (&pairs[rows], share)
                 }
                 None => (&pairs[..], 1.0),
