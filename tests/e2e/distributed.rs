@@ -336,14 +336,7 @@ fn dpo_on_two_ranks_with_batch_b_aligns_as_one_process_with_batch_2b() {
             let two = mpirun_ok(&mpi, 2, &settings, runs.path());
             assert_same_training(&runs.path().join(&one), &two, 6);
             // The step's gathered per-pair metrics are the global batch's, as alone.
-            let (a, b) = (
-                metric(&runs.path().join(&one), 6, "reward_margin"),
-                metric(&two, 6, "reward_margin"),
-            );
-            assert!(
-                (a - b).abs() <= 1e-4 * a.abs().max(1.0),
-                "reward_margin {a} vs {b}"
-            );
+            assert_same_metric(&runs.path().join(&one), &two, 6, "reward_margin");
             assert!(metric(&two, 6, "dp_comm_s") > 0.0);
             assert!(
                 !two.join("ranks/1/checkpoint").exists(),
@@ -369,11 +362,7 @@ fn grpo_updates_on_two_ranks_equal_one_process_also_on_uneven_minibatches() {
     let (one, two) = online_alone_and_on_two_ranks(&mpi, runs.path(), &grpo, "grpo", "1");
     assert_same_training(&one, &two, 6);
     for key in ["reward_mean", "kl", "clip_fraction"] {
-        let (a, b) = (metric(&one, 6, key), metric(&two, 6, key));
-        assert!(
-            (a - b).abs() <= 1e-4 * a.abs().max(1.0),
-            "{key}: {a} vs {b}"
-        );
+        assert_same_metric(&one, &two, 6, key);
     }
 }
 
