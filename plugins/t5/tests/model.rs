@@ -293,3 +293,77 @@ fn the_packed_forward_trains_a_copy_task() {
         "loss did not fall: {losses:?}"
     );
 }
+
+/// Logits of `rows` (each `input </s> target`, right-padded with `pad` to the longest) as
+/// `[row][position][vocab]`.
+fn packed_logits(model: &T5, rows: &[Vec<u32>], pad: u32) -> Vec<Vec<Vec<f32>>> {
+    let longest = rows.iter().map(Vec::len).max().unwrap();
+    let flat: Vec<u32> = rows
+        .iter()
+        .flat_map(|r| {
+            r.iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad, longest - r.len()))
+        })
+        .collect();
+    let ids = Tensor::from_vec(flat, (rows.len(), longest), &Device::Cpu).unwrap();
+    let options = ForwardOptions {
+        train: true,
+        hidden_states: false,
+    };
+    model
+        .forward(&ids, &options)
+        .unwrap()
+        .logits
+        .to_vec3()
+        .unwrap()
+}
+
+#[test]
+fn a_batch_of_mixed_input_and_target_lengths_gives_each_row_its_own_logits() {
+    // A multitask batch: the input's </s> (id 1) lands at a different position in every row and
+    // the targets differ in length too, so every row is padded by a different amount. Training
+    // must see each row as if it were alone: the same logits, and non-zero logits exactly at
+    // the positions that predict the target and its </s> (the input's </s> onwards).
+    let model = tiny(json!({ "feed_forward": "gated-gelu" }));
+    let row = |input: &[u32], target: &[u32]| -> (Vec<u32>, usize) {
+        // What the trainers feed: `input </s> target </s>` without its last token.
+        let mut r: Vec<u32> = input.to_vec();
+        r.push(1);
+        r.extend_from_slice(target);
+        (r, input.len())
+    };
+    let rows = [
+        row(&[5, 9], &[12, 13, 14, 15, 16, 17, 18]),
+        row(&[5, 9, 3, 30, 2, 7, 8, 21, 22, 23, 24, 25], &[33]),
+        row(&[7, 8, 9, 10, 11, 6], &[20, 21, 22]),
+        row(&[4], &[]),
+    ];
+    let ids: Vec<Vec<u32>> = rows.iter().map(|(r, _)| r.clone()).collect();
+    // Padding with the pad id (the seq2seq trainer with a tokenizer that has one) and with
+    // end-of-text (one without).
+    for pad in [0, 1] {
+        let batched = packed_logits(&model, &ids, pad);
+        for (r, (ids, eos_at)) in rows.iter().enumerate() {
+            let alone = packed_logits(&model, std::slice::from_ref(ids), pad);
+            for (p, logits) in alone[0].iter().enumerate() {
+                let diff = logits
+                    .iter()
+                    .zip(&batched[r][p])
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    diff < 1e-5,
+                    "pad {pad}, row {r}, position {p}: batched and alone differ by {diff}"
+                );
+                let predicts = logits.iter().any(|&x| x != 0.0);
+                assert_eq!(
+                    predicts,
+                    p >= *eos_at,
+                    "pad {pad}, row {r}, position {p}: logits {} but the input's </s> is at {eos_at}",
+                    if predicts { "non-zero" } else { "zero" }
+                );
+            }
+        }
+    }
+}

@@ -323,6 +323,38 @@ mod tests {
         assert_eq!(mix.check("C: c7", "7"), None);
     }
 
+    #[test]
+    fn equal_rates_interleave_three_tasks_and_use_every_example_once() {
+        // The t5_multitask set-up: three tasks of 4,000 examples at rate 1. Any 3 consecutive
+        // examples hold one of each, so the seq2seq trainer's held-out tail (its last examples)
+        // and any shuffled epoch see the tasks in equal shares, and no example repeats.
+        let mix = Mixture::new(vec![
+            task(4000, "a", "add: ", 1.0),
+            task(4000, "r", "reverse: ", 1.0),
+            task(4000, "c", "classify: ", 1.0),
+        ]);
+        assert_eq!(mix.len(), 12_000);
+        let mut seen = std::collections::HashSet::new();
+        for start in (0..mix.len()).step_by(3) {
+            let mut prefixes: Vec<String> = (start..start + 3)
+                .map(|i| {
+                    let e = mix.get(i);
+                    assert!(seen.insert(e.prompt.clone()), "{} repeats", e.prompt);
+                    let (prefix, rest) = e.prompt.split_at(e.prompt.find(' ').unwrap() + 1);
+                    assert_eq!(mix.check(&e.prompt, &e.answer), Some(true), "{rest}");
+                    prefix.to_string()
+                })
+                .collect();
+            prefixes.sort();
+            assert_eq!(prefixes, ["add: ", "classify: ", "reverse: "], "at {start}");
+        }
+        assert_eq!(seen.len(), 12_000);
+        // A one-task mixture (how `accuracy` is given each test set) has that task's prefix.
+        let one = Mixture::new(vec![task(5, "r", "reverse: ", 1.0)]);
+        assert_eq!(one.get(2).prompt, "reverse: r2");
+        assert_eq!(one.check("reverse: r2", "2"), Some(true));
+    }
+
     struct NoChecker;
     impl ExampleSource for NoChecker {
         fn name(&self) -> String {
