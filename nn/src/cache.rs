@@ -304,11 +304,11 @@ impl DecoderCache {
 
     /// Additive mask `(batch, 1, new, seq_len + new)` hiding padding keys, or `None` when there
     /// is no padding. A padding query sees only itself, so no row is fully masked. In batch mode
-    /// `(rows, 1, new, capacity)`, hiding each row's columns past its own tokens (and the
-    /// causal future of the `new` ones); [`DecoderCache::reserve`] first.
+    /// the same width (`seq_len` is the longest row), hiding each row's columns past its own
+    /// tokens (and the causal future of the `new` ones).
     pub fn padding_mask(&self, new: usize, device: &Device) -> Result<Option<Tensor>> {
         if let Some(rows) = &self.rows {
-            let (_, total) = self.capacity();
+            let total = self.seq_len + new;
             let mut mask = vec![f32::NEG_INFINITY; self.batch * new * total];
             for (row, &len) in rows.lens.iter().enumerate() {
                 for q in 0..new {
@@ -347,8 +347,11 @@ impl DecoderCache {
     }
 
     /// Appends layer `layer`'s new keys and values; returns all of them. In batch mode each
-    /// row's are written in place at its own length, and the storage of the rows is returned,
-    /// `(rows, kv_heads, capacity, head_dim)`, for [`DecoderCache::padding_mask`] to cut.
+    /// row's are written in place at its own length, and the storage of the rows is returned as
+    /// a view narrowed to the columns any row uses, `(rows, kv_heads, seq_len + new, head_dim)`
+    /// (strided: the fused attention reads it in place), for [`DecoderCache::padding_mask`] to
+    /// cut per row. Attention over the whole capacity would read up to twice the columns in
+    /// use (the storage doubles).
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         if let Some(rows) = &self.rows {
             let Some((bk, bv)) = &self.layers[layer] else {
@@ -366,7 +369,11 @@ impl DecoderCache {
             let at: Vec<(usize, usize)> = rows.lens.iter().copied().enumerate().collect();
             write_rows(bk, k, &at)?;
             write_rows(bv, v, &at)?;
-            return Ok((bk.narrow(0, 0, b)?, bv.narrow(0, 0, b)?));
+            let used = self.seq_len + new;
+            return Ok((
+                bk.narrow(0, 0, b)?.narrow(2, 0, used)?,
+                bv.narrow(0, 0, b)?.narrow(2, 0, used)?,
+            ));
         }
         let kv = match &self.layers[layer] {
             None => (k.clone(), v.clone()),
@@ -808,7 +815,8 @@ mod tests {
         };
         assert_eq!(p.to_vec2::<u32>().unwrap(), vec![vec![3], vec![1], vec![2]]);
         let mask = batch.padding_mask(1, &Device::Cpu).unwrap().unwrap();
-        assert_eq!(mask.dims(), [3, 1, 1, 16]);
+        // The columns in use (the longest row and its new token), not the capacity of 16.
+        assert_eq!(mask.dims(), [3, 1, 1, 4]);
         let visible: Vec<usize> = mask
             .squeeze(1)
             .unwrap()
@@ -829,7 +837,20 @@ mod tests {
             .reshape((3, 1, 1, 1))
             .unwrap();
         let (k, _) = batch.append(0, &new, &new).unwrap();
-        assert_eq!(k.dims(), [3, 1, 16, 1]);
+        assert_eq!(k.dims(), [3, 1, 4, 1]);
+        assert_eq!(
+            k.squeeze(1)
+                .unwrap()
+                .squeeze(2)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
+            [
+                [1.0, 2.0, 3.0, 50.0],
+                [7.0, 60.0, 0.0, 0.0],
+                [20.0, 21.0, 70.0, 0.0]
+            ]
+        );
         batch.advance(1);
         assert_eq!(batch.row_len(1), 2);
         assert_eq!(&slot_keys(&batch, 0)[..5], [1.0, 2.0, 3.0, 50.0, 0.0]);

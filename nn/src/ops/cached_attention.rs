@@ -13,8 +13,17 @@
 //! calls per layer and step, each packing its operands — plus the repeated kv heads and a
 //! transpose copy. Here each output row is one pass over its keys and values, rows in
 //! parallel, written straight into the `(batch, t, heads · hd)` layout the output projection
-//! reads. It has no backward: a pass through a KV cache is never trained, and a backward through
-//! it is refused rather than silently giving no gradient.
+//! reads.
+//!
+//! Keys and values are read where they are when each position's `hd` values are contiguous
+//! (any batch and head strides): continuous batching hands the persistent cache's storage
+//! narrowed to the columns in use, a strided view, and gathering it would copy the whole cache
+//! every layer and step. A row whose mask hides every column from some point on (its own
+//! length in a batch of rows of different lengths) stops there: those columns would get
+//! weight exactly 0.
+//!
+//! It has no backward: a pass through a KV cache is never trained, and a backward through it
+//! is refused rather than silently giving no gradient.
 
 use std::borrow::Cow;
 
@@ -100,6 +109,44 @@ pub fn cached_attention_reference(
         .reshape((b, t, h * hd))
 }
 
+/// Keys or values `(b, kv, T, hd)` as the kernel reads them: in place when each position's `hd`
+/// values are contiguous and positions follow each other (batch and head strides free, e.g. a
+/// narrowed batch cache), gathered into a contiguous copy otherwise.
+struct KvData<'a> {
+    data: Cow<'a, [f32]>,
+    /// Where `(0, 0, 0, 0)` is in `data`.
+    start: usize,
+    /// Elements between batch rows and between kv heads.
+    strides: [usize; 2],
+}
+
+impl<'a> KvData<'a> {
+    fn new(storage: &'a CpuStorage, layout: &Layout, op: &'static str) -> candle::Result<Self> {
+        let (_, kv, total, hd) = layout.shape().dims4()?;
+        let stride = layout.stride();
+        let rows_in_place = (stride[3] == 1 || hd <= 1) && (stride[2] == hd || total <= 1);
+        match storage {
+            CpuStorage::F32(data) if rows_in_place => Ok(KvData {
+                data: Cow::Borrowed(data),
+                start: layout.start_offset(),
+                strides: [stride[0], stride[1]],
+            }),
+            _ => Ok(KvData {
+                data: f32_data(storage, layout, op)?,
+                start: 0,
+                strides: [kv * total * hd, total * hd],
+            }),
+        }
+    }
+
+    /// The first `len` positions of batch row `bi`, kv head `kvh`: `len · hd` values.
+    #[inline(always)]
+    fn head(&self, bi: usize, kvh: usize, len: usize, hd: usize) -> &[f32] {
+        let base = self.start + bi * self.strides[0] + kvh * self.strides[1];
+        &self.data[base..base + len * hd]
+    }
+}
+
 struct CachedAttention {
     /// The flattened additive mask and whether it has a row per batch row.
     mask: Option<(Tensor, bool)>,
@@ -110,23 +157,28 @@ simd_kernel! {
     fn attend_row(
         out: &mut [f32],
         q: &[f32],
-        k: &[f32],
-        v: &[f32],
+        k: &KvData<'_>,
+        v: &KvData<'_>,
         mask: Option<&[f32]>,
-        dims: [usize; 6],
+        dims: [usize; 5],
         bi: usize,
         ti: usize,
         scores: &mut [f32],
     ) {
-        let [h, kv, t, total, hd, group] = dims;
+        let [h, t, total, hd, group] = dims;
         let scale = 1.0 / (hd as f32).sqrt();
-        let visible = total - t + ti + 1;
+        let mut visible = total - t + ti + 1;
+        if let Some(m) = mask {
+            // Columns hidden to the end of the row get weight 0 (`exp` of -inf): skip them.
+            while visible > 1 && m[visible - 1] == f32::NEG_INFINITY {
+                visible -= 1;
+            }
+        }
         let scores = &mut scores[..visible];
         for head in 0..h {
             let kvh = head / group;
             let qv = &q[((bi * h + head) * t + ti) * hd..][..hd];
-            let base = (bi * kv + kvh) * total * hd;
-            let (keys, values) = (&k[base..base + total * hd], &v[base..base + total * hd]);
+            let (keys, values) = (k.head(bi, kvh, visible, hd), v.head(bi, kvh, visible, hd));
             for (j, s) in scores.iter_mut().enumerate() {
                 *s = math::dot(qv, &keys[j * hd..(j + 1) * hd]) * scale;
             }
@@ -169,8 +221,8 @@ impl CustomOp3 for CachedAttention {
         let (b, h, t, hd) = ql.shape().dims4()?;
         let (_, kv, total, _) = kl.shape().dims4()?;
         let q = f32_data(qs, ql, self.name())?;
-        let k = f32_data(ks, kl, self.name())?;
-        let v = f32_data(vs, vl, self.name())?;
+        let k = KvData::new(ks, kl, self.name())?;
+        let v = KvData::new(vs, vl, self.name())?;
         let mask_storage = self.mask.as_ref().map(|(m, _)| m.storage_and_layout());
         let mask: Option<Cow<'_, [f32]>> = match &mask_storage {
             None => None,
@@ -180,7 +232,7 @@ impl CustomOp3 for CachedAttention {
             },
         };
         let per_row = self.mask.as_ref().is_some_and(|(_, p)| *p);
-        let dims = [h, kv, t, total, hd, h / kv];
+        let dims = [h, t, total, hd, h / kv];
         let row_len = h * hd;
         let mut out = vec![0f32; b * t * row_len];
         out.par_chunks_mut(row_len).enumerate().for_each_init(
@@ -276,6 +328,69 @@ mod tests {
                     mask.map(|m| m.dims())
                 );
             }
+        }
+    }
+
+    /// Keys and values as continuous batching hands them: the first rows of a larger storage
+    /// narrowed to the columns in use (strided, read in place), each row masked past its own
+    /// length. The columns past a row's length hold NaN in the storage: the kernel must not
+    /// read them (the composed path multiplies them by 0, which keeps the NaN; it gets a
+    /// finite copy of the same data).
+    #[test]
+    fn reads_a_narrowed_batch_storage_in_place_and_stops_at_each_rows_length() {
+        let (slots, cap, b, used, h, kv, hd) = (4, 12, 3, 7, 4, 2, 8);
+        let lens = [7, 3, 5];
+        let mut data = random(&[slots, kv, cap, hd], 7)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut finite = data.clone();
+        for (row, &len) in lens.iter().enumerate() {
+            for head in 0..kv {
+                let at = (row * kv + head) * cap * hd;
+                data[at + len * hd..at + cap * hd].fill(f32::NAN);
+                finite[at + len * hd..at + cap * hd].fill(1e3);
+            }
+        }
+        let narrowed = |d: Vec<f32>| {
+            Tensor::from_vec(d, (slots, kv, cap, hd), &Device::Cpu)
+                .unwrap()
+                .narrow(0, 0, b)
+                .unwrap()
+                .narrow(2, 0, used)
+                .unwrap()
+        };
+        let (k, k_finite) = (narrowed(data.clone()), narrowed(finite.clone()));
+        assert!(!k.is_contiguous());
+        let v = narrowed(data.iter().map(|x| x * 0.5).collect());
+        let v_finite = narrowed(finite.iter().map(|x| x * 0.5).collect());
+        let q = random(&[b, h, 1, hd], 8);
+        let mut mask = vec![f32::NEG_INFINITY; b * used];
+        for (row, &len) in lens.iter().enumerate() {
+            mask[row * used..row * used + len].fill(0.0);
+        }
+        let mask = Tensor::from_vec(mask, (b, 1, 1, used), &Device::Cpu).unwrap();
+        let fused = cached_attention(&q, &k, &v, Some(&mask)).unwrap();
+        let reference = composed(
+            &q,
+            &k_finite.contiguous().unwrap(),
+            &v_finite.contiguous().unwrap(),
+            Some(&mask),
+        );
+        let diff = max_diff(&fused, &reference);
+        assert!(diff < 1e-5, "max diff {diff}");
+        // Each row alone, over only its own columns, gives the same bits.
+        for (row, &len) in lens.iter().enumerate() {
+            let own = |t: &Tensor| t.narrow(0, row, 1).unwrap().narrow(2, 0, len).unwrap();
+            let alone =
+                cached_attention(&q.narrow(0, row, 1).unwrap(), &own(&k), &own(&v), None).unwrap();
+            let batched = fused.narrow(0, row, 1).unwrap();
+            assert_eq!(
+                alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                batched.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "row {row}"
+            );
         }
     }
 
