@@ -84,6 +84,75 @@ fn bert_glue_script_pretrains_fine_tunes_and_saves_the_table() {
 }
 
 #[test]
+fn bert_glue_script_fine_tunes_a_saved_encoder_given_as_pretrained() {
+    let first = tempfile::tempdir().unwrap();
+    let script = repo_root().join("scripts/bert_glue.rhai");
+    let script = script.to_str().unwrap();
+    let size = [
+        ("bytes", "20000"),
+        ("vocab_size", "200"),
+        ("d_model", "16"),
+        ("n_head", "2"),
+        ("n_layer", "1"),
+        ("batch_size", "4"),
+        ("mlm_steps", "4"),
+        ("ft_steps", "4"),
+        ("n", "24"),
+        ("tasks", "similarity"),
+    ];
+    run_script(script, &size, first.path());
+    let mut saved = Vec::new();
+    files_named(first.path(), "config.json", &mut saved);
+    let encoder = saved
+        .iter()
+        .map(|p| p.parent().unwrap().to_path_buf())
+        .find(|d| d.ends_with("bert-mlm"))
+        .unwrap_or_else(|| panic!("no bert-mlm directory among {saved:?}"));
+    let encoder = encoder.to_str().unwrap();
+
+    // Pretraining is skipped: no MLM metrics in the second run, and both columns are filled.
+    let second = tempfile::tempdir().unwrap();
+    let mut with_encoder = size.to_vec();
+    with_encoder.push(("pretrained", encoder));
+    let out = run_script(script, &with_encoder, second.path());
+    assert!(
+        out.contains(&format!("pretrained encoder: {encoder}")),
+        "{out}"
+    );
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("| similarity | pearson |"))
+        .unwrap_or_else(|| panic!("no similarity row in\n{out}"));
+    assert_eq!(
+        row.split('|').filter(|c| !c.trim().is_empty()).count(),
+        5,
+        "{row}"
+    );
+    let mut metrics = Vec::new();
+    files_named(second.path(), "metrics.jsonl", &mut metrics);
+    assert!(!metrics.is_empty());
+    for path in &metrics {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(
+            !text.contains("val_masked_accuracy"),
+            "{path:?} has an MLM run"
+        );
+    }
+
+    // A tokenizer that does not give the encoder's ids is refused, naming both sizes.
+    let mut mismatched = with_encoder.clone();
+    mismatched[1] = ("vocab_size", "300");
+    mismatched[0] = ("bytes", "30000");
+    let output = run_script_output(script, &mismatched, second.path());
+    assert!(!output.status.success(), "a vocab_size mismatch must fail");
+    let err = stderr(&output);
+    assert!(
+        err.contains("vocab_size 200") && err.contains("has 300") && err.contains(encoder),
+        "{err}"
+    );
+}
+
+#[test]
 fn help_lists_every_bert_key_and_the_encoder_trainers() {
     let out = stdout(&llmlab(
         &[],
