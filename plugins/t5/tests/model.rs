@@ -297,16 +297,7 @@ fn the_packed_forward_trains_a_copy_task() {
 /// Logits of `rows` (each `input </s> target`, right-padded with `pad` to the longest) as
 /// `[row][position][vocab]`.
 fn packed_logits(model: &T5, rows: &[Vec<u32>], pad: u32) -> Vec<Vec<Vec<f32>>> {
-    let longest = rows.iter().map(Vec::len).max().unwrap();
-    let flat: Vec<u32> = rows
-        .iter()
-        .flat_map(|r| {
-            r.iter()
-                .copied()
-                .chain(std::iter::repeat_n(pad, longest - r.len()))
-        })
-        .collect();
-    let ids = Tensor::from_vec(flat, (rows.len(), longest), &Device::Cpu).unwrap();
+    let ids = llmlab_t5::packing::pad_rows(rows, pad, &Device::Cpu).unwrap();
     let options = ForwardOptions {
         train: true,
         hidden_states: false,
