@@ -16,6 +16,7 @@
 pub mod attention;
 pub mod cached_attention;
 pub mod cross_entropy;
+pub mod few_rows;
 pub mod gelu;
 pub mod layer_norm;
 pub mod layout;
