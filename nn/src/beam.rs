@@ -33,7 +33,8 @@ pub fn beam_search<D: Decoder + ?Sized>(
     let n = options.num_beams;
     let device = model.device();
     model.check_beams(n)?;
-    let (mut cache, mut logits) = model.prefill(&[prompt.to_vec()])?;
+    let (mut cache, mut logits) =
+        model.prefill_with_room(&[prompt.to_vec()], options.max_tokens.saturating_sub(1))?;
     // The prompt counts for the repetition penalty only where it is part of the sequence.
     let context: &[u32] = if model.prompt_in_context() {
         prompt

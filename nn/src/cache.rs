@@ -7,6 +7,13 @@
 //! the first `pad[row]` entries of a row are padding that attention masks out, and that row's
 //! positions count from its first real token.
 //!
+//! Generation (`generate.rs`) knows how long its rows will get, so its cache is *preallocated*
+//! ([`DecoderCache::with_room`]): per layer one storage `(batch, n_kv_head, columns, head_dim)`
+//! sized once for prompt + new tokens; each pass writes its new keys and values at column
+//! `seq_len` in place and attention reads the columns in use as a strided view. Without room
+//! ([`DecoderCache::new`]) each append concatenates, copying the whole cache: per step that is
+//! a copy of everything cached so far into freshly mapped pages.
+//!
 //! Continuous batching (`Model::decode_step`) decodes sequences that each own a one-row cache of
 //! its own length: [`DecoderCache::stack`] left-pads them into one batch for a single forward
 //! pass and [`DecoderCache::unstack_new`] hands each row's new keys and values back.
@@ -46,6 +53,10 @@ pub struct DecoderCache {
     /// Batch mode ([`DecoderCache::new_batch`]): each row's own length; `layers` then hold the
     /// preallocated storage and `seq_len` is the longest row.
     rows: Option<BatchRows>,
+    /// Outside batch mode, columns to preallocate ([`DecoderCache::with_room`]); `layers` then
+    /// hold storage of at least this many columns, the first `seq_len` in use. 0: appends
+    /// concatenate.
+    room: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +75,37 @@ impl DecoderCache {
             seq_len: 0,
             pad: vec![0; batch],
             rows: None,
+            room: 0,
+        }
+    }
+
+    /// An empty cache whose layers preallocate `columns` tokens per row on their first append
+    /// (the module doc): appends up to that length write in place, with no copy of what is
+    /// cached. Past it the storage doubles (one copy), so a wrong guess costs time, not
+    /// correctness.
+    pub fn with_room(n_layer: usize, batch: usize, columns: usize) -> DecoderCache {
+        DecoderCache {
+            room: columns.max(1),
+            ..DecoderCache::new(n_layer, batch)
+        }
+    }
+
+    /// Whether appends write into preallocated storage ([`DecoderCache::with_room`]).
+    pub fn is_preallocated(&self) -> bool {
+        self.room > 0
+    }
+
+    /// Layer `layer`'s keys and values of the tokens cached so far, `(batch, kv_heads,
+    /// seq_len, head_dim)` (outside batch mode; a view of the storage when preallocated).
+    pub fn layer(&self, layer: usize) -> Result<Option<(Tensor, Tensor)>> {
+        self.refuse_batch_mode("layer")?;
+        match self.layers.get(layer) {
+            Some(Some((k, v))) if self.room > 0 => Ok(Some((
+                k.narrow(2, 0, self.seq_len)?,
+                v.narrow(2, 0, self.seq_len)?,
+            ))),
+            Some(kv) => Ok(kv.clone()),
+            None => bail!("cache: no layer {layer} in {}", self.layers.len()),
         }
     }
 
@@ -80,6 +122,7 @@ impl DecoderCache {
                 lens: Vec::new(),
                 max_len,
             }),
+            room: 0,
         }
     }
 
@@ -103,7 +146,8 @@ impl DecoderCache {
         }
     }
 
-    /// Slots and columns the storage has room for (batch mode; `(0, 0)` before any row).
+    /// Slots and columns the storage has room for (batch mode or preallocated; `(0, 0)` before
+    /// any append; when appends concatenate, the rows and tokens cached).
     pub fn capacity(&self) -> (usize, usize) {
         match self.layers.iter().flatten().next() {
             Some((k, _)) => (k.dim(0).unwrap_or(0), k.dim(2).unwrap_or(0)),
@@ -375,12 +419,64 @@ impl DecoderCache {
                 bv.narrow(0, 0, b)?.narrow(2, 0, used)?,
             ));
         }
+        if self.room > 0 {
+            return self.append_in_place(layer, k, v);
+        }
         let kv = match &self.layers[layer] {
             None => (k.clone(), v.clone()),
             Some((k0, v0)) => (Tensor::cat(&[k0, k], 2)?, Tensor::cat(&[v0, v], 2)?),
         };
         self.layers[layer] = Some(kv.clone());
         Ok(kv)
+    }
+
+    /// [`DecoderCache::append`] of a preallocated cache: the new entries written at column
+    /// `seq_len` of every row (left padding keeps the rows' columns aligned), the columns in use
+    /// returned as a view (strided; the fused attention reads it in place).
+    fn append_in_place(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, kv, new, hd) = k.dims4()?;
+        if b != self.batch || v.dims() != k.dims() {
+            bail!(
+                "cache: keys {:?} and values {:?} for a cache of {} rows",
+                k.dims(),
+                v.dims(),
+                self.batch
+            );
+        }
+        let (start, used) = (self.seq_len, self.seq_len + new);
+        let have = match &self.layers[layer] {
+            Some((sk, _)) => sk.dim(2)?,
+            None => 0,
+        };
+        if have < used {
+            let cols = used.max(self.room).max(2 * have);
+            let grown = |old: Option<&Tensor>| -> Result<Tensor> {
+                // Attention reads only the columns in use, so zeros are for safety, and they
+                // cost nothing up front: the allocator hands out untouched zero pages.
+                let storage = Tensor::zeros((b, kv, cols, hd), k.dtype(), k.device())?;
+                if let Some(old) = old.filter(|_| start > 0) {
+                    storage.slice_set(&old.narrow(2, 0, start)?.contiguous()?, 2, 0)?;
+                }
+                Ok(storage)
+            };
+            let old = self.layers[layer].take();
+            self.layers[layer] = Some((
+                grown(old.as_ref().map(|(k, _)| k))?,
+                grown(old.as_ref().map(|(_, v)| v))?,
+            ));
+        }
+        let Some((sk, sv)) = &self.layers[layer] else {
+            bail!("cache: layer {layer} has no storage")
+        };
+        for (storage, x) in [(sk, k), (sv, v)] {
+            storage.slice_set(&x.contiguous()?.to_dtype(storage.dtype())?, 2, start)?;
+        }
+        Ok((sk.narrow(2, 0, used)?, sv.narrow(2, 0, used)?))
     }
 
     /// Called once per forward pass, after every layer appended `new` tokens.
@@ -417,11 +513,11 @@ impl DecoderCache {
         for layer in 0..first.layers.len() {
             let (mut ks, mut vs) = (Vec::with_capacity(rows.len()), Vec::new());
             for (i, r) in rows.iter().enumerate() {
-                let Some((k, v)) = &r.layers[layer] else {
+                let Some((k, v)) = r.layer(layer)? else {
                     bail!("stack: cache {i} is empty (prefill it first)")
                 };
-                ks.push(pad_left(k, longest - r.seq_len)?);
-                vs.push(pad_left(v, longest - r.seq_len)?);
+                ks.push(pad_left(&k, longest - r.seq_len)?);
+                vs.push(pad_left(&v, longest - r.seq_len)?);
             }
             layers.push(Some((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?)));
         }
@@ -431,6 +527,7 @@ impl DecoderCache {
             seq_len: longest,
             pad,
             rows: None,
+            room: 0,
         })
     }
 
@@ -468,7 +565,11 @@ impl DecoderCache {
                 ));
             }
         }
-        rows.iter_mut().for_each(|r| r.advance(new));
+        rows.iter_mut().for_each(|r| {
+            // Its layers are now views of the stack, not its own storage.
+            r.room = 0;
+            r.advance(new);
+        });
         Ok(())
     }
 
@@ -487,6 +588,7 @@ impl DecoderCache {
                 seq_len: self.seq_len - pad,
                 pad: vec![0],
                 rows: None,
+                room: 0,
             })
             .collect();
         for layer in &self.layers {
@@ -508,8 +610,13 @@ impl DecoderCache {
     }
 
     /// Keeps rows `rows` (in that order, repeats allowed): beam search reordering.
+    /// A preallocated cache keeps its columns (the gather copies the whole storage, a size fixed
+    /// for the decoding, not the cache's current length).
     pub fn select_rows(&mut self, rows: &[u32]) -> Result<()> {
         self.refuse_batch_mode("select_rows")?;
+        if rows.len() == self.batch && rows.iter().enumerate().all(|(i, &r)| r as usize == i) {
+            return Ok(());
+        }
         let device = match self.layers.iter().flatten().next() {
             Some((k, _)) => k.device().clone(),
             None => Device::Cpu,
@@ -885,6 +992,81 @@ mod tests {
         );
         batch.push_row(&row(2, 1.0)).unwrap();
         assert_eq!(batch.capacity(), (4, 16));
+    }
+
+    /// `(rows, 1, new, 1)` keys counting up from `first`, row after row.
+    fn entries(rows: usize, new: usize, first: f32) -> Tensor {
+        Tensor::arange(first, first + (rows * new) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((rows, 1, new, 1))
+            .unwrap()
+    }
+
+    fn rows_of(k: &Tensor) -> Vec<Vec<f32>> {
+        k.squeeze(3).unwrap().squeeze(1).unwrap().to_vec2().unwrap()
+    }
+
+    #[test]
+    fn a_preallocated_cache_writes_each_step_into_the_storage_it_made_first() {
+        let mut cache = DecoderCache::with_room(1, 2, 6);
+        cache.set_padding(vec![0, 1]).unwrap();
+        let (k, _) = cache
+            .append(0, &entries(2, 3, 1.0), &entries(2, 3, 1.0))
+            .unwrap();
+        cache.advance(3);
+        assert_eq!(k.dims(), [2, 1, 3, 1]);
+        assert_eq!(cache.capacity(), (2, 6));
+        let bytes = KvCache::memory_bytes(&cache);
+        assert_eq!(bytes, 2 * 2 * 6 * 4);
+        // The storage itself, held across the steps: each step's entries must land in it.
+        let (storage, _) = cache.layers[0].clone().unwrap();
+        for step in 0..3 {
+            let first = 100.0 + 10.0 * step as f32;
+            let (k, v) = cache
+                .append(0, &entries(2, 1, first), &entries(2, 1, first))
+                .unwrap();
+            cache.advance(1);
+            assert_eq!(k.dims(), [2, 1, 4 + step, 1]);
+            assert_eq!(rows_of(&k), rows_of(&v.contiguous().unwrap()));
+            assert_eq!(
+                (cache.capacity(), KvCache::memory_bytes(&cache)),
+                ((2, 6), bytes)
+            );
+        }
+        assert_eq!(
+            rows_of(&storage),
+            [
+                [1.0, 2.0, 3.0, 100.0, 110.0, 120.0],
+                [4.0, 5.0, 6.0, 101.0, 111.0, 121.0]
+            ]
+        );
+        let (k, _) = cache.layer(0).unwrap().unwrap();
+        assert_eq!(rows_of(&k), rows_of(&storage));
+        // Past its room the storage doubles once, the cached entries kept.
+        let (k, _) = cache
+            .append(0, &entries(2, 1, 200.0), &entries(2, 1, 200.0))
+            .unwrap();
+        cache.advance(1);
+        assert_eq!(cache.capacity(), (2, 12));
+        assert_eq!(rows_of(&k)[1], [4.0, 5.0, 6.0, 101.0, 111.0, 121.0, 201.0]);
+        // Beams: rows gathered, room kept; the identity leaves the storage alone.
+        cache.select_rows(&[1, 1, 0]).unwrap();
+        assert_eq!(
+            (cache.capacity(), cache.padding()),
+            ((3, 12), &[1, 1, 0][..])
+        );
+        let (k, _) = cache.layer(0).unwrap().unwrap();
+        assert_eq!(rows_of(&k)[2], [1.0, 2.0, 3.0, 100.0, 110.0, 120.0, 200.0]);
+        cache.select_rows(&[0, 1, 2]).unwrap();
+        assert_eq!(cache.capacity(), (3, 12));
+        // Its rows split and restack like a concatenated cache's.
+        let split = cache.split_rows().unwrap();
+        assert_eq!(keys(&split[0]), [[5.0, 6.0, 101.0, 111.0, 121.0, 201.0]]);
+        let stacked = DecoderCache::stack(&[&split[2], &split[0]]).unwrap();
+        assert_eq!(stacked.padding(), &[0, 1]);
+        assert!(cache
+            .append(0, &entries(1, 1, 0.0), &entries(1, 1, 0.0))
+            .is_err());
     }
 
     #[test]

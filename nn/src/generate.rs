@@ -4,7 +4,8 @@
 //! next position of each row, given a cache"). A model's `Model::generate` is one call to
 //! [`generate`].
 //!
-//! The prompt goes through the model once ([`Decoder::prefill`]), then one token per step
+//! The prompt goes through the model once ([`Decoder::prefill_with_room`], which lets the
+//! model size its cache once for prompt + new tokens), then one token per step
 //! ([`Decoder::step`]). Several prompts decode together as one batch; a decoder-only model
 //! **left-pads** them ([`left_pad`]): shorter prompts get padding in front that attention masks
 //! out and that position ids skip, so every row's last prompt token sits in the same column and
@@ -46,6 +47,17 @@ pub trait Decoder {
     /// Runs the (checked) `prompts` as one batch and returns the cache and the logits
     /// `(batch, vocab)` of each row's first new token.
     fn prefill(&self, prompts: &[Vec<u32>]) -> Result<(Self::Cache, Tensor)>;
+    /// [`Decoder::prefill`] for a decoding that will append at most `new_tokens` tokens to each
+    /// row: a model whose cache can preallocate them does so here, so that no step grows or
+    /// copies it ([`crate::cache::DecoderCache::with_room`]). Default: `prefill`.
+    fn prefill_with_room(
+        &self,
+        prompts: &[Vec<u32>],
+        new_tokens: usize,
+    ) -> Result<(Self::Cache, Tensor)> {
+        let _ = new_tokens;
+        self.prefill(prompts)
+    }
     /// Appends `tokens` `(rows, 1)` to `cache`; the logits `(rows, vocab)` of the next token.
     fn step(&self, tokens: &Tensor, cache: &mut Self::Cache) -> Result<Tensor>;
     /// Keeps rows `rows` of `cache`, in that order, repeats allowed (beam search reordering).
@@ -177,7 +189,8 @@ pub fn generate<D: Decoder + ?Sized>(
     }
     let batch = prompts.len();
     let device = model.device();
-    let (mut cache, mut logits) = model.prefill(&prompts)?;
+    // The last token is sampled from the last step's logits and never fed back.
+    let (mut cache, mut logits) = model.prefill_with_room(&prompts, options.max_tokens - 1)?;
 
     let mut rngs: Vec<Rng> = (0..batch)
         .map(|r| Rng::new(options.row_seeds.get(r).copied().unwrap_or(options.seed)))

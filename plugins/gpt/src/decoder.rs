@@ -1,6 +1,7 @@
 //! `gpt` as a [`Decoder`] of `llmlab_nn`'s generation engine, which does all of its decoding
 //! (sampling, beams, batches, stop tokens, streaming): prompts are left-padded into one batch
-//! and run through the model once into a [`DecoderCache`], then one token per step. Plus
+//! and run through the model once into a [`DecoderCache`] preallocated for prompt + new tokens
+//! ([`DecoderCache::with_room`]), then one token per step, written in place. Plus
 //! continuous batching (serving): `Model::decode_batch` over a persistent [`BatchCache`],
 //! `Model::decode_step` over per-sequence caches, batched prefill; and the uncached greedy
 //! reference the cached path is tested and benchmarked against.
@@ -34,8 +35,20 @@ impl Decoder for Gpt {
     }
 
     fn prefill(&self, prompts: &[Vec<u32>]) -> Result<(DecoderCache, Tensor)> {
+        self.prefill_with_room(prompts, 0)
+    }
+
+    /// The cache preallocated for the longest prompt and `new_tokens` more (no further than the
+    /// context, past which the forward pass refuses anyway): each step writes its keys and
+    /// values in place instead of concatenating, which copied the whole cache every step.
+    fn prefill_with_room(
+        &self,
+        prompts: &[Vec<u32>],
+        new_tokens: usize,
+    ) -> Result<(DecoderCache, Tensor)> {
         let (ids, padding) = left_pad(prompts, Decoder::device(self))?;
-        let mut cache = self.cache(prompts.len());
+        let columns = (ids.dim(1)? + new_tokens).min(self.gpt_config().ctx);
+        let mut cache = DecoderCache::with_room(self.gpt_config().n_layer, prompts.len(), columns);
         cache.set_padding(padding)?;
         let logits = self.last_logits(&ids, &mut cache)?;
         Ok((cache, logits))

@@ -628,3 +628,99 @@ fn prefill_sequences_batches_prompts_like_prefilling_each_alone() {
         .to_string();
     assert!(e.contains("none of them empty"), "{e}");
 }
+
+/// q8_0 through candle, as the quant plugin's schemes do.
+struct Q8;
+impl llmlab_plugin_api::Quantizer for Q8 {
+    fn name(&self) -> &str {
+        "q8_0"
+    }
+    fn quantize(
+        &self,
+        _: &str,
+        weight: &Tensor,
+    ) -> llmlab_plugin_api::Result<llmlab_plugin_api::candle::quantized::QTensor> {
+        use llmlab_plugin_api::candle::quantized::{GgmlDType, QTensor};
+        Ok(QTensor::quantize(weight, GgmlDType::Q8_0)?)
+    }
+    fn fake_quantize(&self, weight: &Tensor) -> llmlab_plugin_api::Result<Tensor> {
+        Ok(weight.clone())
+    }
+}
+
+/// Generation's cache is sized once for the longest prompt and the new tokens and written in
+/// place: a long greedy run of a left-padded batch gives each row exactly the uncached
+/// reference's tokens, and stepping the decoder by hand never grows the storage it made.
+#[test]
+fn long_padded_batches_decode_in_a_preallocated_cache_like_the_uncached_reference() {
+    let models: Vec<(String, llmlab_gpt::Gpt)> = option_sets()
+        .into_iter()
+        .map(|extra| (extra.to_string(), tiny(extra)))
+        .chain([(
+            "q8_0".to_string(),
+            llmlab_gpt::quantize::quantized(&tiny(json!({})), &Q8, &[]).unwrap(),
+        )])
+        .collect();
+    for (name, model) in &models {
+        decodes_in_place_like_uncached(name, model, model);
+    }
+    let adapted = tiny(json!({ "pos": "rope", "n_kv_head": 2 }));
+    adapted
+        .set_lora(Some(&json!({ "rank": 2, "targets": ["c_attn", "c_fc"] })))
+        .unwrap();
+    // An adapted model generates through its twin (base and adapters as one model).
+    let lora = adapted.lora().unwrap();
+    decodes_in_place_like_uncached("lora", &adapted, &lora.twin);
+}
+
+/// [`long_padded_batches_decode_in_a_preallocated_cache_like_the_uncached_reference`] for
+/// `model`, which `Model::generate`s through `decoder`.
+fn decodes_in_place_like_uncached(name: &str, model: &dyn Model, decoder: &llmlab_gpt::Gpt) {
+    use llmlab_nn::generate::Decoder;
+    use llmlab_nn::sampling::argmax;
+
+    let prompts = vec![
+        vec![5u32, 9, 2, 40, 7, 7, 1],
+        vec![11u32],
+        vec![3u32, 30, 12],
+    ];
+    // ctx 32: the longest prompt and 24 new tokens fill 31 positions.
+    let (longest, max_tokens) = (7, 24);
+    let out = gen(model, &prompts, &greedy(max_tokens));
+    for (i, p) in prompts.iter().enumerate() {
+        assert_eq!(out[i].len(), max_tokens, "{name} row {i}");
+        assert_eq!(
+            out[i],
+            generate_uncached(decoder, p, max_tokens).unwrap(),
+            "{name} row {i}"
+        );
+    }
+    let (mut cache, mut logits) = decoder.prefill_with_room(&prompts, max_tokens - 1).unwrap();
+    assert!(cache.is_preallocated());
+    let size = (cache.capacity(), KvCache::memory_bytes(&cache));
+    assert_eq!(size.0, (3, longest + max_tokens - 1), "{name}");
+    let mut greedy_rows = vec![Vec::new(); 3];
+    for step in 0..max_tokens {
+        let next: Vec<u32> = logits
+            .to_vec2::<f32>()
+            .unwrap()
+            .iter()
+            .map(|row| argmax(row))
+            .collect();
+        for (row, &t) in greedy_rows.iter_mut().zip(&next) {
+            row.push(t);
+        }
+        if step + 1 == max_tokens {
+            break;
+        }
+        let ids = Tensor::from_vec(next, (3, 1), &llmlab_plugin_api::candle::Device::Cpu).unwrap();
+        logits = Decoder::step(decoder, &ids, &mut cache).unwrap();
+        assert_eq!(
+            (cache.capacity(), KvCache::memory_bytes(&cache)),
+            size,
+            "{name}: step {step} grew the cache"
+        );
+    }
+    assert_eq!(cache.seq_len(), longest + max_tokens - 1);
+    assert_eq!(greedy_rows, out, "{name}");
+}
