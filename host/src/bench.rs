@@ -11,8 +11,10 @@
 //!
 //! The `lm` trainer splits each batch's rows over the cores (`row_parallel`, issue 25;
 //! `llmlab_train::row_split`); `tiny:whole` turns that off, one pass over the whole batch with
-//! multi-threaded kernels, for the A/B in one binary. The phase timings below are always
-//! whole-batch passes.
+//! multi-threaded kernels, for the A/B in one binary. The model trains through gpt's owned pass
+//! (`pass: "auto"`, issue 25 item 2); `tiny:autograd` forces candle's autograd pass instead.
+//! The phase timings below are always whole-batch passes through `Model::forward_backward` (the
+//! configured pass).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -76,7 +78,7 @@ pub(crate) fn create(
 pub(crate) fn reference_gpt_config(shape_name: &str) -> Result<(Value, [usize; 6])> {
     let shape = shapes(shape_name).ok_or_else(|| {
         Error::msg(format!(
-            "unknown bench config {shape_name:?}; known: tiny, small, gpt2 (train: optionally :fused, :reference, :moe or :whole)"
+            "unknown bench config {shape_name:?}; known: tiny, small, gpt2 (train: optionally :fused, :reference, :moe, :whole or :autograd)"
         ))
     })?;
     let [n_layer, n_head, d_model, ctx_len, vocab, _] = shape;
@@ -97,7 +99,8 @@ pub(crate) fn median(mut times: Vec<f64>) -> f64 {
 pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Result<Value> {
     let (shape_name, variant) = config.split_once(':').unwrap_or((config, "fused"));
     let whole = variant == "whole";
-    let variant = if whole { "fused" } else { variant };
+    let autograd = variant == "autograd";
+    let variant = if whole || autograd { "fused" } else { variant };
     let (kernels, moe) = match variant {
         "moe" => (
             "fused",
@@ -107,6 +110,9 @@ pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Re
     };
     let (mut model_config, [_, _, _, ctx_len, vocab, batch]) = reference_gpt_config(shape_name)?;
     model_config["kernels"] = json!(kernels);
+    if autograd {
+        model_config["pass"] = json!("autograd");
+    }
     if let Some(moe) = moe {
         model_config["moe"] = moe;
     }
@@ -173,7 +179,8 @@ pub fn train(registry: &Registry, config: &str, steps: u64, ctx: &Context) -> Re
 }
 
 /// Median milliseconds of the three phases of a training step, timed separately over `steps`
-/// steps after one warm-up: forward with the loss, backward, and the fused AdamW update (the
+/// steps after one warm-up: forward with the loss, backward (both through
+/// `Model::forward_backward`, so the model's configured pass), and the fused AdamW update (the
 /// same pieces the `lm` trainer calls, without its batching and bookkeeping).
 fn phases(
     model: &dyn llmlab_plugin_api::Model,
@@ -196,10 +203,19 @@ fn phases(
     let mut times: [Vec<f64>; 3] = Default::default();
     for step in 0..=steps {
         let t0 = Instant::now();
-        let out = model.forward(ids, &options)?;
-        let loss = loss::cross_entropy(&out.logits, targets)?;
-        let t1 = Instant::now();
-        let grads = loss.backward()?;
+        // The forward phase ends when the loss is computed (inside the pass's loss callback),
+        // the backward phase when the pass returns.
+        let mut t1 = t0;
+        let grads = model.forward_backward(
+            ids,
+            &options,
+            params[0].1.dtype(),
+            &mut |out: &llmlab_plugin_api::ForwardOutput| {
+                let loss = loss::cross_entropy(&out.logits, targets)?;
+                t1 = Instant::now();
+                Ok(loss)
+            },
+        )?;
         let t2 = Instant::now();
         let grads: Vec<Option<Tensor>> = params
             .iter()

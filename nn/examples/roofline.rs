@@ -17,6 +17,9 @@ use llmlab_plugin_api::gemm;
 /// two FMA pipes (8 in flight needed).
 const TRIPS: usize = 20_000_000;
 
+/// One FMA kernel: `trips` trips of 12 FMAs on independent accumulators; returns their sum.
+type FmaKernel = unsafe fn(usize) -> f32;
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fma_ymm(trips: usize) -> f32 {
@@ -58,7 +61,7 @@ unsafe fn fma_zmm(trips: usize) -> f32 {
 }
 
 /// GFLOP/s of `threads` threads each running `kernel` for `TRIPS` trips of 12 FMAs of `lanes`.
-fn fma_peak(kernel: unsafe fn(usize) -> f32, lanes: usize, threads: usize) -> f64 {
+fn fma_peak(kernel: FmaKernel, lanes: usize, threads: usize) -> f64 {
     let start = Instant::now();
     let sums: Vec<f32> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -140,7 +143,7 @@ fn main() {
     };
     #[cfg(target_arch = "x86_64")]
     {
-        let kernels: [(&str, unsafe fn(usize) -> f32, usize, bool); 2] = [
+        let kernels: [(&str, FmaKernel, usize, bool); 2] = [
             (
                 "fma_ymm",
                 fma_ymm,

@@ -196,14 +196,14 @@ simd_kernel! {
     }
 }
 
-/// The shapes of one call.
-#[derive(Clone, Copy)]
-struct Dims {
-    b: usize,
-    t: usize,
-    h: usize,
-    kv: usize,
-    hd: usize,
+/// The shapes of one call: batch, sequence, query heads, key/value heads, head width.
+#[derive(Debug, Clone, Copy)]
+pub struct Dims {
+    pub b: usize,
+    pub t: usize,
+    pub h: usize,
+    pub kv: usize,
+    pub hd: usize,
 }
 
 impl Dims {
@@ -234,14 +234,68 @@ impl Dims {
     }
 }
 
+/// Runs `task(i)` for `i` in `0..n`, on the rayon pool when `parallel`.
+fn for_each_task(n: usize, parallel: bool, task: impl Fn(usize) + Sync + Send) {
+    if parallel {
+        (0..n).into_par_iter().for_each(task);
+    } else {
+        (0..n).for_each(task);
+    }
+}
+
+/// Causal attention over a contiguous packed projection `qkv` `(b, t, h + 2 kv, hd)` (query,
+/// key, value heads as `c_attn` gives them) into `out` `(b, t, h, hd)`; one task per (batch,
+/// kv head), on the rayon pool when `parallel`.
+pub fn packed_forward(dims: Dims, qkv: &[f32], out: &mut [f32], parallel: bool) {
+    let Dims { b, t, h, kv, hd } = dims;
+    assert!(
+        kv > 0
+            && h.is_multiple_of(kv)
+            && qkv.len() >= b * t * (h + 2 * kv) * hd
+            && out.len() >= b * t * h * hd,
+        "packed attention forward: buffers ({}, {}) too small for {dims:?}",
+        qkv.len(),
+        out.len()
+    );
+    if b * t * hd > 0 {
+        forward_heads(dims, qkv, dims.packed(0), out, parallel);
+    }
+}
+
+/// The backward of [`packed_forward`]: `grad` `(b, t, h, hd)` in, the gradient of `qkv` out
+/// (`dqkv`, same layout as `qkv`, overwritten).
+pub fn packed_backward(dims: Dims, qkv: &[f32], grad: &[f32], dqkv: &mut [f32], parallel: bool) {
+    let Dims { b, t, h, kv, hd } = dims;
+    let n = b * t * (h + 2 * kv) * hd;
+    assert!(
+        kv > 0
+            && h.is_multiple_of(kv)
+            && qkv.len() >= n
+            && dqkv.len() >= n
+            && grad.len() >= b * t * h * hd,
+        "packed attention backward: buffers too small for {dims:?}"
+    );
+    dqkv[..n].fill(0.0);
+    if n > 0 {
+        let views = dims.packed(0);
+        backward_heads(dims, qkv, views, grad, dqkv, views, parallel);
+    }
+}
+
 /// Forward over all heads: `out` receives `(b, t, h, hd)`.
-fn forward_heads(dims: Dims, data: &[f32], [qv, kv_, vv]: [HeadView; 3], out: &mut [f32]) {
+fn forward_heads(
+    dims: Dims,
+    data: &[f32],
+    [qv, kv_, vv]: [HeadView; 3],
+    out: &mut [f32],
+    parallel: bool,
+) {
     let Dims { b, t, h, kv, hd } = dims;
     let ov = dims.output();
     let n_rep = h / kv;
     let scale = dims.scale();
     let out_ptr = SharedMut(out.as_mut_ptr());
-    (0..b * kv).into_par_iter().for_each(|task| {
+    for_each_task(b * kv, parallel, |task| {
         let (bi, g) = (task / kv, task % kv);
         let mut s = vec![0f32; BLOCK * t];
         let (k, v) = (kv_.at(bi, g), vv.at(bi, g));
@@ -292,6 +346,7 @@ fn backward_heads(
     grad: &[f32],
     dqkv: &mut [f32],
     dviews: [HeadView; 3],
+    parallel: bool,
 ) {
     let Dims { b, t, h, kv, hd } = dims;
     let [qv, kv_, vv] = views;
@@ -300,7 +355,7 @@ fn backward_heads(
     let n_rep = h / kv;
     let scale = dims.scale();
     let dptr = SharedMut(dqkv.as_mut_ptr());
-    (0..b * kv).into_par_iter().for_each(|task| {
+    for_each_task(b * kv, parallel, |task| {
         let (bi, g) = (task / kv, task % kv);
         let mut p = vec![0f32; BLOCK * t];
         let mut dp = vec![0f32; BLOCK * t];
@@ -431,7 +486,7 @@ impl CustomOp1 for Sdpa {
         if out.is_empty() {
             return Ok((CpuStorage::F32(out), Shape::from((b, t, h, hd))));
         }
-        forward_heads(dims, &data, dims.packed(0), &mut out);
+        forward_heads(dims, &data, dims.packed(0), &mut out, true);
         Ok((CpuStorage::F32(out), Shape::from((b, t, h, hd))))
     }
 
@@ -448,7 +503,7 @@ impl CustomOp1 for Sdpa {
         let mut dqkv = vec![0f32; data.len()];
         if !dqkv.is_empty() {
             let views = dims.packed(0);
-            backward_heads(dims, &data, views, &grad, &mut dqkv, views);
+            backward_heads(dims, &data, views, &grad, &mut dqkv, views, true);
         }
         Ok(Some(Tensor::from_vec(dqkv, qkv.shape(), &Device::Cpu)?))
     }

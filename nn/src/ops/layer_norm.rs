@@ -65,7 +65,8 @@ fn stats(x: &[f32], eps: f32) -> (f32, f32) {
 }
 
 simd_kernel! {
-    fn forward_rows(x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32], eps: f32) {
+    /// LayerNorm of the rows of `x` (rows of `w.len()`) into `y`, one thread.
+    pub fn forward_rows(x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32], eps: f32) {
         let d = w.len();
         for (x, y) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
             let (mean, r) = stats(x, eps);
@@ -86,8 +87,8 @@ simd_kernel! {
 }
 
 simd_kernel! {
-    /// `dx` of the rows, and their contributions added into `dw`, `db`.
-    fn backward_rows(x: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], dw: &mut [f32], db: &mut [f32], eps: f32) {
+    /// `dx` of the rows, and their contributions added into `dw`, `db`; one thread.
+    pub fn backward_rows(x: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], dw: &mut [f32], db: &mut [f32], eps: f32) {
         let d = w.len();
         let n = d as f32;
         for ((x, dy), dx) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
@@ -134,10 +135,7 @@ impl CustomOp3 for LayerNorm {
         let (rows, d) = rows_and_len(xl);
         let mut y = vec![0f32; x.len()];
         if d > 0 {
-            let step = rows_per_task(rows, d) * d;
-            y.par_chunks_mut(step)
-                .zip(x.par_chunks(step))
-                .for_each(|(y, x)| forward_rows(x, &w, b, y, self.eps));
+            forward(&x, &w, b, &mut y, self.eps, rows, true);
         }
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -197,36 +195,95 @@ impl CustomOp3 for NormBackward {
         let mut out = vec![0f32; n + 2 * d];
         let (dx, rest) = out.split_at_mut(n);
         if d > 0 {
-            let step = rows_per_task(rows, d) * d;
-            let rms = self.rms;
-            let eps = self.eps;
-            let (dw, db) = dx
-                .par_chunks_mut(step)
-                .zip(x.par_chunks(step).zip(dy.par_chunks(step)))
-                .map(|(dx, (x, dy))| {
-                    let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
-                    if rms {
-                        super::rms_norm::backward_rows(x, &w, dy, dx, &mut dw, eps);
-                    } else {
-                        backward_rows(x, &w, dy, dx, &mut dw, &mut db, eps);
-                    }
-                    (dw, db)
-                })
-                .collect::<Vec<_>>()
-                // In chunk order, not along rayon's reduction tree, whose shape follows work
-                // stealing: the same step gives the same bits whatever the machine's load.
-                .into_iter()
-                .fold(
-                    (vec![0f32; d], vec![0f32; d]),
-                    |(mut aw, mut ab), (bw, bb)| {
-                        aw.iter_mut().zip(&bw).for_each(|(a, b)| *a += b);
-                        ab.iter_mut().zip(&bb).for_each(|(a, b)| *a += b);
-                        (aw, ab)
-                    },
-                );
-            rest[..d].copy_from_slice(&dw);
-            rest[d..].copy_from_slice(&db);
+            let (dw, db) = rest.split_at_mut(d);
+            let db = (!self.rms).then_some(db);
+            backward(&x, &w, &dy, dx, dw, db, self.eps, rows, self.rms, true);
         }
         Ok((CpuStorage::F32(out), Shape::from(n + 2 * d)))
+    }
+}
+
+/// LayerNorm of `rows` rows of `x` (rows of `w.len()`) into `y`, in parallel tasks of whole rows
+/// when `parallel`.
+pub fn forward(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    y: &mut [f32],
+    eps: f32,
+    rows: usize,
+    parallel: bool,
+) {
+    let d = w.len();
+    let (x, y) = (&x[..rows * d], &mut y[..rows * d]);
+    if d == 0 || rows == 0 {
+        return;
+    }
+    if !parallel {
+        return forward_rows(x, w, b, y, eps);
+    }
+    let step = rows_per_task(rows, d) * d;
+    y.par_chunks_mut(step)
+        .zip(x.par_chunks(step))
+        .for_each(|(y, x)| forward_rows(x, w, b, y, eps));
+}
+
+/// The backward of LayerNorm or (`rms`) RMSNorm over `rows` rows: `dx` written, `dw` and
+/// (LayerNorm with a bias) `db` overwritten with the rows' sums. Parallel tasks sum their own
+/// rows and the partial sums are added in chunk order, not along rayon's reduction tree, whose
+/// shape follows work stealing: the same step gives the same bits whatever the machine's load.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dw: &mut [f32],
+    mut db: Option<&mut [f32]>,
+    eps: f32,
+    rows: usize,
+    rms: bool,
+    parallel: bool,
+) {
+    let d = w.len();
+    let (x, dy, dx) = (&x[..rows * d], &dy[..rows * d], &mut dx[..rows * d]);
+    dw.fill(0.0);
+    if let Some(db) = db.as_deref_mut() {
+        db.fill(0.0);
+    }
+    if d == 0 || rows == 0 {
+        return;
+    }
+    let run = |x: &[f32], dy: &[f32], dx: &mut [f32], dw: &mut [f32], db: &mut [f32]| {
+        if rms {
+            super::rms_norm::backward_rows(x, w, dy, dx, dw, eps);
+        } else {
+            backward_rows(x, w, dy, dx, dw, db, eps);
+        }
+    };
+    let scratch = |rms: bool| vec![0f32; if rms { 0 } else { d }];
+    if !parallel {
+        // Zeroed outputs plus one task's rows: the same bits as one task's partial sum below.
+        match db {
+            Some(db) => run(x, dy, dx, dw, db),
+            None => run(x, dy, dx, dw, &mut scratch(rms)),
+        }
+        return;
+    }
+    let step = rows_per_task(rows, d) * d;
+    let partial = dx
+        .par_chunks_mut(step)
+        .zip(x.par_chunks(step).zip(dy.par_chunks(step)))
+        .map(|(dx, (x, dy))| {
+            let (mut tw, mut tb) = (vec![0f32; d], scratch(rms));
+            run(x, dy, dx, &mut tw, &mut tb);
+            (tw, tb)
+        })
+        .collect::<Vec<_>>();
+    for (tw, tb) in partial {
+        dw.iter_mut().zip(&tw).for_each(|(a, b)| *a += b);
+        if let Some(db) = db.as_deref_mut() {
+            db.iter_mut().zip(&tb).for_each(|(a, b)| *a += b);
+        }
     }
 }

@@ -65,11 +65,12 @@ pub fn linear_reference(
     llmlab_plugin_api::candle_nn::Linear::new(weight.clone(), bias.cloned()).forward(x)
 }
 
-/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, `(row, column)` strides in elements, threaded
-/// over the runtime's rayon pool when the product is big enough.
+/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, `(row, column)` strides in elements; threaded
+/// over the runtime's rayon pool when `parallel` and the product is big enough.
 ///
 /// # Safety
 /// Every pointer with its strides must address valid `f32`s for the given sizes.
+#[allow(clippy::too_many_arguments)]
 unsafe fn gemm_into(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
@@ -78,12 +79,13 @@ unsafe fn gemm_into(
     (lhs_rs, lhs_cs): (usize, usize),
     rhs: &[f32],
     (rhs_rs, rhs_cs): (usize, usize),
+    parallel: bool,
 ) {
     if m == 0 || n == 0 {
         return;
     }
     let threads = crate::rayon::current_num_threads();
-    let parallelism = if threads > 1 && m * n * k >= PARALLEL_GEMM_MIN {
+    let parallelism = if parallel && threads > 1 && m * n * k >= PARALLEL_GEMM_MIN {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
@@ -111,6 +113,170 @@ unsafe fn gemm_into(
             false,
             parallelism,
         )
+    }
+}
+
+/// The sizes of one linear layer's products: `rows` inputs of width `in_dim`, `out_dim` outputs.
+#[derive(Debug, Clone, Copy)]
+pub struct LinearDims {
+    pub rows: usize,
+    pub in_dim: usize,
+    pub out_dim: usize,
+}
+
+impl LinearDims {
+    fn check(&self, x: usize, w: usize, y: usize, what: &str) {
+        let LinearDims {
+            rows,
+            in_dim,
+            out_dim,
+        } = *self;
+        assert!(
+            x >= rows * in_dim && w >= out_dim * in_dim && y >= rows * out_dim,
+            "linear {what}: buffers ({x}, {w}, {y}) too small for {self:?}"
+        );
+    }
+}
+
+/// Forward product `y (rows, out) = [y +] x (rows, in) · Wᵀ`, `W` `(out, in)` read transposed by
+/// strides. `parallel`: gemm may thread over the rayon pool (false inside a task that already
+/// runs beside others, e.g. a row-parallel part).
+pub fn forward_product(
+    dims: LinearDims,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    accumulate: bool,
+    parallel: bool,
+) {
+    dims.check(x.len(), w.len(), y.len(), "forward");
+    let LinearDims {
+        rows,
+        in_dim,
+        out_dim,
+    } = dims;
+    // SAFETY: sizes checked above; W (out, in) read as Wᵀ (in, out) by swapped strides.
+    unsafe {
+        gemm_into(
+            (rows, out_dim, in_dim),
+            &mut y[..rows * out_dim],
+            accumulate,
+            x,
+            (in_dim, 1),
+            w,
+            (1, in_dim),
+            parallel,
+        )
+    }
+}
+
+/// Input gradient `dx (rows, in) = [dx +] dy (rows, out) · W (out, in)`.
+pub fn input_grad(
+    dims: LinearDims,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    accumulate: bool,
+    parallel: bool,
+) {
+    dims.check(dx.len(), w.len(), dy.len(), "input gradient");
+    let LinearDims {
+        rows,
+        in_dim,
+        out_dim,
+    } = dims;
+    // SAFETY: sizes checked above; all row-major.
+    unsafe {
+        gemm_into(
+            (rows, in_dim, out_dim),
+            &mut dx[..rows * in_dim],
+            accumulate,
+            dy,
+            (out_dim, 1),
+            w,
+            (in_dim, 1),
+            parallel,
+        )
+    }
+}
+
+/// Weight gradient `dW (out, in) = [dW +] dyᵀ · x`, stored `(out, in)` as the weight is; `dyᵀ`
+/// by strides.
+pub fn weight_grad(
+    dims: LinearDims,
+    dy: &[f32],
+    x: &[f32],
+    dw: &mut [f32],
+    accumulate: bool,
+    parallel: bool,
+) {
+    dims.check(x.len(), dw.len(), dy.len(), "weight gradient");
+    let LinearDims {
+        rows,
+        in_dim,
+        out_dim,
+    } = dims;
+    // SAFETY: sizes checked above; dy (rows, out) read as dyᵀ (out, rows) by swapped strides.
+    unsafe {
+        gemm_into(
+            (out_dim, in_dim, rows),
+            &mut dw[..out_dim * in_dim],
+            accumulate,
+            dy,
+            (1, out_dim),
+            x,
+            (in_dim, 1),
+            parallel,
+        )
+    }
+}
+
+/// Writes `b` into every row of `y` (rows of `b.len()`): the bias as the forward gemm's
+/// accumulator.
+pub fn fill_rows(y: &mut [f32], b: &[f32], parallel: bool) {
+    let out_dim = b.len();
+    if out_dim == 0 || y.is_empty() {
+        return;
+    }
+    let fill = |y: &mut [f32]| {
+        y.chunks_exact_mut(out_dim)
+            .for_each(|r| r.copy_from_slice(b))
+    };
+    if parallel {
+        let rows = y.len() / out_dim;
+        y.par_chunks_mut(rows_per_task(rows, out_dim) * out_dim)
+            .for_each(fill);
+    } else {
+        fill(y);
+    }
+}
+
+/// Bias gradient: the column sums of `dy` (rows of `db.len()`) written into `db`. Parallel
+/// tasks sum their own rows and the partial sums are added in chunk order, so the bits do not
+/// depend on work stealing.
+pub fn bias_grad(dy: &[f32], db: &mut [f32], parallel: bool) {
+    let out_dim = db.len();
+    db.fill(0.0);
+    if out_dim == 0 || dy.is_empty() {
+        return;
+    }
+    if !parallel {
+        add_rows(dy, db);
+        return;
+    }
+    let rows = dy.len() / out_dim;
+    let step = rows_per_task(rows, out_dim) * out_dim;
+    let sums = dy
+        .par_chunks(step)
+        .map(|dy| {
+            let mut s = vec![0f32; out_dim];
+            add_rows(dy, &mut s);
+            s
+        })
+        .collect::<Vec<_>>();
+    // In chunk order, not along rayon's reduction tree (see layer_norm's backward).
+    for s in sums {
+        db.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
     }
 }
 
@@ -151,26 +317,15 @@ impl CustomOp3 for FusedLinear {
             return Ok((CpuStorage::F32(y), Shape::from(dims)));
         }
         let mut y = vec![0f32; rows * out_dim];
-        if self.has_bias && out_dim > 0 {
-            let b = f32_data(bs, bl, self.name())?;
-            y.par_chunks_mut(rows_per_task(rows, out_dim) * out_dim)
-                .for_each(|y| {
-                    y.chunks_exact_mut(out_dim)
-                        .for_each(|r| r.copy_from_slice(&b))
-                });
+        if self.has_bias {
+            fill_rows(&mut y, &f32_data(bs, bl, self.name())?, true);
         }
-        // SAFETY: x is (rows, in) row-major, w (out, in) read as Wᵀ (in, out) by swapped strides.
-        unsafe {
-            gemm_into(
-                (rows, out_dim, in_dim),
-                &mut y,
-                self.has_bias,
-                &x,
-                (in_dim, 1),
-                &w,
-                (1, in_dim),
-            )
+        let dims = LinearDims {
+            rows,
+            in_dim,
+            out_dim,
         };
+        forward_product(dims, &x, &w, &mut y, self.has_bias, true);
         let mut dims = xl.dims().to_vec();
         *dims.last_mut().expect("linear input has a last dim") = out_dim;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
@@ -233,44 +388,15 @@ impl CustomOp3 for LinearBackward {
         let mut out = vec![0f32; n + nw + nb];
         let (dx, rest) = out.split_at_mut(n);
         let (dw, db) = rest.split_at_mut(nw);
-        // SAFETY: dy (rows, out), W (out, in), x (rows, in), all row-major; dyᵀ by strides.
-        unsafe {
-            gemm_into(
-                (rows, in_dim, out_dim),
-                dx,
-                false,
-                &dy,
-                (out_dim, 1),
-                &w,
-                (in_dim, 1),
-            );
-            gemm_into(
-                (out_dim, in_dim, rows),
-                dw,
-                false,
-                &dy,
-                (1, out_dim),
-                &x,
-                (in_dim, 1),
-            );
-        }
-        if self.has_bias && rows > 0 && out_dim > 0 {
-            let step = rows_per_task(rows, out_dim) * out_dim;
-            let sums = dy
-                .par_chunks(step)
-                .map(|dy| {
-                    let mut s = vec![0f32; out_dim];
-                    add_rows(dy, &mut s);
-                    s
-                })
-                .collect::<Vec<_>>()
-                // In chunk order, not along rayon's reduction tree (see layer_norm's backward).
-                .into_iter()
-                .fold(vec![0f32; out_dim], |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                });
-            db.copy_from_slice(&sums);
+        let dims = LinearDims {
+            rows,
+            in_dim,
+            out_dim,
+        };
+        input_grad(dims, &dy, &w, dx, false, true);
+        weight_grad(dims, &dy, &x, dw, false, true);
+        if self.has_bias {
+            bias_grad(&dy, db, true);
         }
         Ok((CpuStorage::F32(out), Shape::from(n + nw + nb)))
     }

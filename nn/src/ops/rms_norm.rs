@@ -30,7 +30,8 @@ pub fn rms_norm_reference(x: &Tensor, weight: &Tensor, eps: f64) -> candle::Resu
 }
 
 simd_kernel! {
-    fn forward_rows(x: &[f32], w: &[f32], y: &mut [f32], eps: f32) {
+    /// RMSNorm of the rows of `x` (rows of `w.len()`) into `y`, one thread.
+    pub fn forward_rows(x: &[f32], w: &[f32], y: &mut [f32], eps: f32) {
         let d = w.len();
         for (x, y) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
             let r = 1.0 / (math::dot(x, x) / d as f32 + eps).sqrt();
@@ -42,8 +43,8 @@ simd_kernel! {
 }
 
 simd_kernel! {
-    /// `dx` of the rows, and their contributions added into `dw`.
-    pub(crate) fn backward_rows(x: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], dw: &mut [f32], eps: f32) {
+    /// `dx` of the rows, and their contributions added into `dw`; one thread.
+    pub fn backward_rows(x: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], dw: &mut [f32], eps: f32) {
         let d = w.len();
         let n = d as f32;
         for ((x, dy), dx) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
@@ -78,14 +79,9 @@ impl CustomOp2 for RmsNorm {
     ) -> candle::Result<(CpuStorage, Shape)> {
         let x = f32_data(xs, xl, self.name())?;
         let w = f32_data(ws, wl, self.name())?;
-        let (rows, d) = rows_and_len(xl);
+        let (rows, _) = rows_and_len(xl);
         let mut y = vec![0f32; x.len()];
-        if d > 0 {
-            let step = rows_per_task(rows, d) * d;
-            y.par_chunks_mut(step)
-                .zip(x.par_chunks(step))
-                .for_each(|(y, x)| forward_rows(x, &w, y, self.eps));
-        }
+        forward(&x, &w, &mut y, self.eps, rows, true);
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -109,4 +105,21 @@ impl CustomOp2 for RmsNorm {
         let dw = all.narrow(0, n, d)?.reshape(w.shape())?;
         Ok((Some(dx), Some(dw)))
     }
+}
+
+/// RMSNorm of `rows` rows of `x` (rows of `w.len()`) into `y`, in parallel tasks of whole rows
+/// when `parallel`. The backward is [`super::layer_norm::backward`] without `db`.
+pub fn forward(x: &[f32], w: &[f32], y: &mut [f32], eps: f32, rows: usize, parallel: bool) {
+    let d = w.len();
+    let (x, y) = (&x[..rows * d], &mut y[..rows * d]);
+    if d == 0 || rows == 0 {
+        return;
+    }
+    if !parallel {
+        return forward_rows(x, w, y, eps);
+    }
+    let step = rows_per_task(rows, d) * d;
+    y.par_chunks_mut(step)
+        .zip(x.par_chunks(step))
+        .for_each(|(y, x)| forward_rows(x, w, y, eps));
 }

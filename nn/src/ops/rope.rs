@@ -90,7 +90,7 @@ fn check_tables(cos: &Tensor, sin: &Tensor, t: usize, hd: usize) -> candle::Resu
 
 simd_kernel! {
     /// One head row: rotate by (`cos`, `sign · sin`).
-    fn rotate(x: &[f32], y: &mut [f32], cos: &[f32], sin: &[f32], sign: f32) {
+    pub fn rotate(x: &[f32], y: &mut [f32], cos: &[f32], sin: &[f32], sign: f32) {
         let half = cos.len();
         let (x1, x2) = x.split_at(half);
         let (y1, y2) = y.split_at_mut(half);
@@ -130,33 +130,15 @@ impl CustomOp3 for Rope {
         let sin = f32_data(ss, sl, self.name())?;
         let (_, d1, d2, hd) = xl.shape().dims4()?;
         let (t, heads) = if self.seq_major { (d1, d2) } else { (d2, d1) };
-        let half = hd / 2;
         let mut y = vec![0f32; x.len()];
-        let rows = x.len() / hd.max(1);
-        if rows > 0 && hd > 0 {
-            let per = rows_per_task(rows, hd);
-            let sign = if self.inverse { -1.0 } else { 1.0 };
-            y.par_chunks_mut(per * hd)
-                .zip(x.par_chunks(per * hd))
-                .enumerate()
-                .for_each(|(task, (y, x))| {
-                    let first = task * per;
-                    for (r, (y, x)) in y.chunks_exact_mut(hd).zip(x.chunks_exact(hd)).enumerate() {
-                        let row = first + r;
-                        let (ti, head) = if self.seq_major {
-                            ((row / heads) % t, row % heads)
-                        } else {
-                            (row % t, (row / t) % heads)
-                        };
-                        if head < self.rotated {
-                            let tab = ti * half..(ti + 1) * half;
-                            rotate(x, y, &cos[tab.clone()], &sin[tab], sign);
-                        } else {
-                            y.copy_from_slice(x);
-                        }
-                    }
-                });
-        }
+        let layout = RopeLayout {
+            t,
+            heads,
+            hd,
+            seq_major: self.seq_major,
+            rotated: self.rotated,
+        };
+        rotate_all(&x, &mut y, &cos, &sin, layout, self.inverse, true);
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -175,4 +157,67 @@ impl CustomOp3 for Rope {
         };
         Ok((Some(dy.apply_op3_no_bwd(cos, sin, &inverse)?), None, None))
     }
+}
+
+/// Where the head rows of a rope input sit: `(b, t, heads, hd)` when `seq_major`, else
+/// `(b, heads, t, hd)`; the first `rotated` heads rotate, the rest are copied.
+#[derive(Debug, Clone, Copy)]
+pub struct RopeLayout {
+    pub t: usize,
+    pub heads: usize,
+    pub hd: usize,
+    pub seq_major: bool,
+    pub rotated: usize,
+}
+
+/// Rotates every head row of `x` into `y` (same length) by the angles of its position (`cos`,
+/// `sin` `(t, hd / 2)` row-major), or by minus them when `inverse` (the backward), in parallel
+/// tasks when `parallel`.
+pub fn rotate_all(
+    x: &[f32],
+    y: &mut [f32],
+    cos: &[f32],
+    sin: &[f32],
+    layout: RopeLayout,
+    inverse: bool,
+    parallel: bool,
+) {
+    let RopeLayout {
+        t,
+        heads,
+        hd,
+        seq_major,
+        rotated,
+    } = layout;
+    let half = hd / 2;
+    let rows = x.len() / hd.max(1);
+    if rows == 0 || hd == 0 {
+        return;
+    }
+    let sign = if inverse { -1.0 } else { 1.0 };
+    let task = |first: usize, y: &mut [f32], x: &[f32]| {
+        for (r, (y, x)) in y.chunks_exact_mut(hd).zip(x.chunks_exact(hd)).enumerate() {
+            let row = first + r;
+            let (ti, head) = if seq_major {
+                ((row / heads) % t, row % heads)
+            } else {
+                (row % t, (row / t) % heads)
+            };
+            if head < rotated {
+                let tab = ti * half..(ti + 1) * half;
+                rotate(x, y, &cos[tab.clone()], &sin[tab], sign);
+            } else {
+                y.copy_from_slice(x);
+            }
+        }
+    };
+    if !parallel {
+        return task(0, &mut y[..rows * hd], &x[..rows * hd]);
+    }
+    let per = rows_per_task(rows, hd);
+    y[..rows * hd]
+        .par_chunks_mut(per * hd)
+        .zip(x[..rows * hd].par_chunks(per * hd))
+        .enumerate()
+        .for_each(|(i, (y, x))| task(i * per, y, x));
 }

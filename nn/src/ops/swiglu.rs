@@ -35,7 +35,8 @@ pub fn swiglu_reference(gate: &Tensor, up: &Tensor) -> candle::Result<Tensor> {
 }
 
 simd_kernel! {
-    fn forward_chunk(g: &[f32], u: &[f32], y: &mut [f32]) {
+    /// `y = silu(g) · u` elementwise, one thread.
+    pub fn forward_chunk(g: &[f32], u: &[f32], y: &mut [f32]) {
         for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
             *y = g * math::sigmoid(g) * u;
         }
@@ -43,7 +44,8 @@ simd_kernel! {
 }
 
 simd_kernel! {
-    fn backward_chunk(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    /// Both gradients of `silu(g) · u` from `dy`, elementwise, one thread.
+    pub fn backward_chunk(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
         for ((((dg, du), &g), &u), &dy) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dy) {
             let s = math::sigmoid(g);
             *du = dy * g * s;
@@ -69,9 +71,7 @@ impl CustomOp2 for SwiGlu {
         let g = f32_data(gs, gl, self.name())?;
         let u = f32_data(us, ul, self.name())?;
         let mut y = vec![0f32; g.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-            .for_each(|(y, (g, u))| forward_chunk(g, u, y));
+        forward(&g, &u, &mut y, true);
         Ok((CpuStorage::F32(y), gl.shape().clone()))
     }
 
@@ -113,11 +113,29 @@ impl CustomOp3 for SwiGluBackward {
         let n = g.len();
         let mut out = vec![0f32; 2 * n];
         let (dg, du) = out.split_at_mut(n);
-        dg.par_chunks_mut(CHUNK)
-            .zip(du.par_chunks_mut(CHUNK))
-            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-            .zip(dy.par_chunks(CHUNK))
-            .for_each(|(((dg, du), (g, u)), dy)| backward_chunk(g, u, dy, dg, du));
+        backward(&g, &u, &dy, dg, du, true);
         Ok((CpuStorage::F32(out), Shape::from(2 * n)))
     }
+}
+
+/// `y = silu(g) · u` over equal-length slices, in parallel chunks when `parallel`.
+pub fn forward(g: &[f32], u: &[f32], y: &mut [f32], parallel: bool) {
+    if !parallel {
+        return forward_chunk(g, u, y);
+    }
+    y.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+        .for_each(|(y, (g, u))| forward_chunk(g, u, y));
+}
+
+/// `dg`, `du` of `silu(g) · u` from `dy`, in parallel chunks when `parallel`.
+pub fn backward(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32], parallel: bool) {
+    if !parallel {
+        return backward_chunk(g, u, dy, dg, du);
+    }
+    dg.par_chunks_mut(CHUNK)
+        .zip(du.par_chunks_mut(CHUNK))
+        .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+        .zip(dy.par_chunks(CHUNK))
+        .for_each(|(((dg, du), (g, u)), dy)| backward_chunk(g, u, dy, dg, du));
 }

@@ -70,6 +70,8 @@ pub struct GptConfig {
     pub checkpoint_activations: bool,
     /// Mixture-of-experts feed-forward (`moe/`); `None` = dense.
     pub moe: Option<crate::moe::MoeConfig>,
+    /// The training pass: hand-written over preallocated buffers (`owned_pass/`) or autograd.
+    pub pass: crate::owned_pass::PassKind,
 }
 
 impl Default for GptConfig {
@@ -99,6 +101,7 @@ impl Default for GptConfig {
             kernels: Kernels::Fused,
             checkpoint_activations: false,
             moe: None,
+            pass: Default::default(),
         }
     }
 }
@@ -177,6 +180,10 @@ impl TypedConfig for GptConfig {
             "training keeps only each block's input and recomputes the block in backward: less memory, ~1/3 more compute (needs dropout 0)",
         ),
         ("moe", crate::moe::config::MOE_DOC),
+        (
+            "pass",
+            "training pass: \"auto\" (the hand-written owned pass where it covers the config, else autograd; default), \"owned\" (refuse configs it does not cover, naming why) or \"autograd\" (candle's autograd, the reference)",
+        ),
     ];
 
     fn validate(&self) -> Result<(), String> {

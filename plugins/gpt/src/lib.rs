@@ -29,6 +29,7 @@ pub mod memory;
 pub mod mlp;
 pub mod model;
 pub mod moe;
+pub mod owned_pass;
 pub mod prune;
 pub mod quantize;
 pub mod save_load;

@@ -55,6 +55,8 @@ pub struct Gpt {
     dense_layers: Vec<(String, DenseLinear)>,
     /// LoRA adapters and the frozen twin they sit in (`lora.rs`); passes go through it.
     lora: crate::lora::LoraSlot,
+    /// Buffers of the owned training pass by batch shape (`owned_pass/`).
+    owned_arenas: crate::owned_pass::ArenaPool,
 }
 
 impl Gpt {
@@ -141,6 +143,7 @@ impl Gpt {
             quantized_params: 0,
             dense_layers: Vec::new(),
             lora: Default::default(),
+            owned_arenas: Default::default(),
         };
         let kernels = gpt.config.kernels;
         for (_, layer) in gpt.linears_mut() {
@@ -556,6 +559,7 @@ impl Model for Gpt {
         loss: &mut dyn FnMut(&ForwardOutput) -> Result<Tensor>,
     ) -> Result<llmlab_plugin_api::candle::backprop::GradStore> {
         if let Some(lora) = self.lora.get() {
+            crate::training_pass::refuse_owned_pass(self, "LoRA adapters take their own pass")?;
             return lora.forward_backward(ids, options, compute, loss);
         }
         self.refuse_training_if_quantized()?;
@@ -643,6 +647,16 @@ impl Gpt {
     /// The model's own weights by name (with adapters on too; `parameters()` then lists those).
     pub fn parameters_by_name(&self) -> std::collections::HashMap<String, Var> {
         self.params.iter().cloned().collect()
+    }
+
+    /// The model's own parameters in order, without cloning the list (the owned pass).
+    pub(crate) fn parameters_owned(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// The owned training pass's buffers (`owned_pass/arena.rs`).
+    pub(crate) fn owned_arenas(&self) -> &crate::owned_pass::ArenaPool {
+        &self.owned_arenas
     }
 
     /// The adapters, if any (`lora.rs`).

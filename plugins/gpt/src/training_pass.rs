@@ -1,5 +1,7 @@
 //! The training pass (`Model::forward_backward`): plain, mixed precision (`autocast.rs`), and
-//! with activation checkpointing (`checkpoint_activations: true`).
+//! with activation checkpointing (`checkpoint_activations: true`). With `pass: "auto"` (the
+//! default) or `"owned"`, a call the hand-written owned pass covers goes there instead
+//! (`owned_pass/`); everything below is the autograd path, the reference it is tested against.
 //!
 //! candle's autograd keeps every intermediate tensor of the forward pass alive until backward
 //! (each result holds its inputs), and it has no hook to drop and recompute them. So the
@@ -32,6 +34,7 @@ use llmlab_plugin_api::{Error, ForwardOptions, ForwardOutput, Model, Result};
 use crate::autocast;
 use crate::model::Gpt;
 use crate::moe::Pass;
+use crate::owned_pass::{self, PassKind};
 use llmlab_nn::cache::Positions;
 
 /// The loss the trainer puts on the forward output.
@@ -46,6 +49,14 @@ pub fn forward_backward(
     compute: DType,
     loss: &mut LossFn<'_>,
 ) -> Result<GradStore> {
+    let pass = gpt.gpt_config().pass;
+    if pass != PassKind::Autograd {
+        match owned_pass::eligibility(gpt, ids, options, compute) {
+            None => return owned_pass::forward_backward(gpt, ids, options, loss),
+            Some(why) if pass == PassKind::Owned => return Err(owned_refusal(&why)),
+            Some(_) => {}
+        }
+    }
     let cast;
     let model = if compute == gpt.dtype() {
         gpt
@@ -65,6 +76,25 @@ pub fn forward_backward(
         ));
     }
     checkpointed(model, &gpt.parameters(), ids, options, gpt.dtype(), loss)
+}
+
+/// The error for `pass: "owned"` on a config or call the owned pass does not cover.
+fn owned_refusal(why: &str) -> Error {
+    Error::invalid_config(
+        "gpt",
+        format!(
+            "pass \"owned\" cannot train this model: {why}; use pass \"auto\" (falls back to \
+             autograd) or \"autograd\""
+        ),
+    )
+}
+
+/// Refuses when the config asks for the owned pass explicitly, for a pass that never takes it.
+pub fn refuse_owned_pass(gpt: &Gpt, why: &str) -> Result<()> {
+    if gpt.gpt_config().pass == PassKind::Owned {
+        return Err(owned_refusal(why));
+    }
+    Ok(())
 }
 
 /// Logits and hidden states in the parameters' dtype, as the loss expects.
