@@ -33,7 +33,7 @@ pub fn gelu_reference(x: &Tensor) -> candle::Result<Tensor> {
 
 simd_kernel! {
     /// `y = gelu(x)` elementwise, one thread.
-    pub fn forward_chunk(x: &[f32], y: &mut [f32]) {
+    fn forward_chunk(x: &[f32], y: &mut [f32]) {
         for (y, &x) in y.iter_mut().zip(x) {
             let u = SQRT_2_OVER_PI * (x + COEF * x * x * x);
             *y = 0.5 * x * (1.0 + math::tanh(u));
@@ -43,7 +43,7 @@ simd_kernel! {
 
 simd_kernel! {
     /// `dx = gelu'(x) · dy` elementwise, one thread.
-    pub fn backward_chunk(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    fn backward_chunk(x: &[f32], dy: &[f32], dx: &mut [f32]) {
         for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
             let x2 = x * x;
             let t = math::tanh(SQRT_2_OVER_PI * (x + COEF * x2 * x));
@@ -55,7 +55,7 @@ simd_kernel! {
 
 simd_kernel! {
     /// `y = gelu(x)` and its `tanh u` term `t` (for [`backward_from_tanh_chunk`]), one thread.
-    pub fn forward_keep_chunk(x: &[f32], y: &mut [f32], t: &mut [f32]) {
+    fn forward_keep_chunk(x: &[f32], y: &mut [f32], t: &mut [f32]) {
         for ((y, t), &x) in y.iter_mut().zip(t.iter_mut()).zip(x) {
             let u = SQRT_2_OVER_PI * (x + COEF * x * x * x);
             *t = math::tanh(u);
@@ -67,7 +67,7 @@ simd_kernel! {
 simd_kernel! {
     /// [`backward_chunk`] with `tanh u` from the forward pass instead of recomputed (no `exp`;
     /// equal to rounding: the forward forms `x³` in another order).
-    pub fn backward_from_tanh_chunk(x: &[f32], t: &[f32], dy: &[f32], dx: &mut [f32]) {
+    fn backward_from_tanh_chunk(x: &[f32], t: &[f32], dy: &[f32], dx: &mut [f32]) {
         for (((dx, &x), &t), &dy) in dx.iter_mut().zip(x).zip(t).zip(dy) {
             let x2 = x * x;
             let du = SQRT_2_OVER_PI * (1.0 + 3.0 * COEF * x2);

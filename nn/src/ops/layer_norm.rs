@@ -66,7 +66,7 @@ fn stats(x: &[f32], eps: f32) -> (f32, f32) {
 
 simd_kernel! {
     /// LayerNorm of the rows of `x` (rows of `w.len()`) into `y`, one thread.
-    pub fn forward_rows(x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32], eps: f32) {
+    fn forward_rows(x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32], eps: f32) {
         let d = w.len();
         for (x, y) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
             let (mean, r) = stats(x, eps);
@@ -88,7 +88,7 @@ simd_kernel! {
 
 simd_kernel! {
     /// `dx` of the rows, and their contributions added into `dw`, `db`; one thread.
-    pub fn backward_rows(x: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], dw: &mut [f32], db: &mut [f32], eps: f32) {
+    fn backward_rows(x: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], dw: &mut [f32], db: &mut [f32], eps: f32) {
         let d = w.len();
         let n = d as f32;
         for ((x, dy), dx) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {

@@ -36,7 +36,7 @@ pub fn swiglu_reference(gate: &Tensor, up: &Tensor) -> candle::Result<Tensor> {
 
 simd_kernel! {
     /// `y = silu(g) · u` elementwise, one thread.
-    pub fn forward_chunk(g: &[f32], u: &[f32], y: &mut [f32]) {
+    fn forward_chunk(g: &[f32], u: &[f32], y: &mut [f32]) {
         for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
             *y = g * math::sigmoid(g) * u;
         }
@@ -45,7 +45,7 @@ simd_kernel! {
 
 simd_kernel! {
     /// Both gradients of `silu(g) · u` from `dy`, elementwise, one thread.
-    pub fn backward_chunk(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    fn backward_chunk(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
         for ((((dg, du), &g), &u), &dy) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dy) {
             let s = math::sigmoid(g);
             *du = dy * g * s;

@@ -50,25 +50,23 @@ fn two(grads: &mut [Vec<f32>], i: usize, j: usize) -> (&mut [f32], &mut [f32]) {
     }
 }
 
-/// The weight's and bias's gradients of `y = x Wᵀ + b` from `dy`.
+/// The backward of `y = x Wᵀ + b` from `dy`: the input gradient into `dx` (added to it when
+/// `accumulate`), the weight's and bias's gradients written.
 #[allow(clippy::too_many_arguments)]
-fn linear_params(
+fn linear_backward(
     s: &Shape,
     (in_dim, out_dim): (usize, usize),
     x: &[f32],
+    w: &[f32],
     dy: &[f32],
+    (dx, accumulate): (&mut [f32], bool),
     grads: &mut [Vec<f32>],
     (w_ix, b_ix): (usize, Option<usize>),
     parallel: bool,
 ) {
-    weight_grad(
-        s.linear(in_dim, out_dim),
-        dy,
-        x,
-        &mut grads[w_ix],
-        false,
-        parallel,
-    );
+    let dims = s.linear(in_dim, out_dim);
+    input_grad(dims, dy, w, dx, accumulate, parallel);
+    weight_grad(dims, dy, x, &mut grads[w_ix], false, parallel);
     if let Some(b) = b_ix {
         bias_grad(&dy[..s.n * out_dim], &mut grads[b], parallel);
     }
@@ -93,19 +91,13 @@ pub fn backward(
 ) {
     let (c, n) = (s.c, s.n);
     // Head and final norm.
-    input_grad(
-        s.linear(c, s.v),
-        dlogits,
-        w[l.head],
-        &mut a.dc1,
-        false,
-        parallel,
-    );
-    linear_params(
+    linear_backward(
         s,
         (c, s.v),
         &a.xf,
+        w[l.head],
         dlogits,
+        (&mut a.dc1, false),
         &mut a.grads,
         (l.head, None),
         parallel,
@@ -159,19 +151,13 @@ fn mlp(
     parallel: bool,
 ) {
     let (c, f) = (s.c, s.f);
-    input_grad(
-        s.linear(f, c),
-        &a.dres,
-        w[bl.out_w],
-        &mut a.df1,
-        false,
-        parallel,
-    );
-    linear_params(
+    linear_backward(
         s,
         (f, c),
         &a.act[i],
+        w[bl.out_w],
         &a.dres,
+        (&mut a.df1, false),
         &mut a.grads,
         (bl.out_w, bl.out_b),
         parallel,
@@ -183,37 +169,25 @@ fn mlp(
             &a.gate[i], &a.fc[i], &a.df1, &mut a.df3, &mut a.df2, parallel,
         ),
     }
-    input_grad(
-        s.linear(c, f),
-        &a.df2,
-        w[bl.fc_w],
-        &mut a.dc1,
-        false,
-        parallel,
-    );
-    linear_params(
+    linear_backward(
         s,
         (c, f),
         &a.xn2[i],
+        w[bl.fc_w],
         &a.df2,
+        (&mut a.dc1, false),
         &mut a.grads,
         (bl.fc_w, bl.fc_b),
         parallel,
     );
     if let Some(gate_w) = bl.gate_w {
-        input_grad(
-            s.linear(c, f),
-            &a.df3,
-            w[gate_w],
-            &mut a.dc1,
-            true,
-            parallel,
-        );
-        linear_params(
+        linear_backward(
             s,
             (c, f),
             &a.xn2[i],
+            w[gate_w],
             &a.df3,
+            (&mut a.dc1, true),
             &mut a.grads,
             (gate_w, bl.gate_b),
             parallel,
@@ -245,19 +219,13 @@ fn attention_branch(
     parallel: bool,
 ) {
     let c = s.c;
-    input_grad(
-        s.linear(s.q, c),
-        &a.dres,
-        w[bl.proj_w],
-        &mut a.datt,
-        false,
-        parallel,
-    );
-    linear_params(
+    linear_backward(
         s,
         (s.q, c),
         &a.att[i],
+        w[bl.proj_w],
         &a.dres,
+        (&mut a.datt, false),
         &mut a.grads,
         (bl.proj_w, bl.proj_b),
         parallel,
@@ -299,19 +267,13 @@ fn attention_branch(
         in_dk2 = !in_dk2;
     }
     let dpre = if in_dk2 { &a.dk2 } else { &a.dk1 };
-    input_grad(
-        s.linear(c, s.k),
-        dpre,
-        w[bl.attn_w],
-        &mut a.dc1,
-        false,
-        parallel,
-    );
-    linear_params(
+    linear_backward(
         s,
         (c, s.k),
         &a.xn1[i],
+        w[bl.attn_w],
         dpre,
+        (&mut a.dc1, false),
         &mut a.grads,
         (bl.attn_w, bl.attn_b),
         parallel,

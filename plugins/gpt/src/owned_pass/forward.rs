@@ -84,7 +84,6 @@ impl Shape {
 }
 
 /// The block's or the final norm of `x` into `y` (`n` rows).
-#[allow(clippy::too_many_arguments)]
 pub fn norm(
     kind: NormKind,
     x: &[f32],
@@ -101,7 +100,6 @@ pub fn norm(
 }
 
 /// `y = x Wᵀ + b`.
-#[allow(clippy::too_many_arguments)]
 fn linear(
     s: &Shape,
     (in_dim, out_dim): (usize, usize),
@@ -140,7 +138,6 @@ fn residual(
 }
 
 /// The forward pass of `ids` (`b · t` tokens) into `arena`, logits included.
-#[allow(clippy::too_many_arguments)]
 pub fn forward(
     s: &Shape,
     cfg: &GptConfig,
