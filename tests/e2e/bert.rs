@@ -270,6 +270,17 @@ fn bad_labelled_input_names_the_cause() {
         err.contains("train example 0") && err.contains("over the model's ctx = 16"),
         "{err}"
     );
+    // Entailment's training mix: only for entailment, only a share.
+    let err = run("glue(#{ tasks: [\"sentiment\"], n: 10, hard_negatives: 1.0 })");
+    assert!(
+        err.contains("hard_negatives") && err.contains("does not include entailment"),
+        "{err}"
+    );
+    let err = run("glue(#{ tasks: [\"entailment\"], n: 10, hard_negatives: 1.5 })");
+    assert!(
+        err.contains("hard_negatives must be within 0..=1, not 1.5"),
+        "{err}"
+    );
 }
 
 /// The value after `key=` in `out` (a number the script printed).

@@ -44,16 +44,29 @@ fn int_option(options: &Map, key: &str) -> ScriptResult<Option<INT>> {
         .transpose()
 }
 
-/// `glue(#{ tasks: [..] | "all", n, val, seed })` → a map from task name to data set.
+/// `glue(#{ tasks: [..] | "all", n, val, seed, hard_negatives })` → a map from task name to data
+/// set (`hard_negatives`: entailment's share of hard training negatives).
 fn glue(host: &Host, options: &Map) -> ScriptResult<Map> {
     if let Some(key) = options
         .keys()
-        .find(|k| !["tasks", "n", "val", "seed"].contains(&k.as_str()))
+        .find(|k| !["tasks", "n", "val", "seed", "hard_negatives"].contains(&k.as_str()))
     {
         return Err(script_error(format!(
-            "glue: unknown option `{key}`; accepted: tasks, n, val, seed"
+            "glue: unknown option `{key}`; accepted: tasks, n, val, seed, hard_negatives"
         )));
     }
+    let hard_negatives = options
+        .get("hard_negatives")
+        .map(|v| {
+            v.as_float()
+                .or_else(|_| v.as_int().map(|i| i as f64))
+                .map_err(|t| {
+                    script_error(format!(
+                        "glue: `hard_negatives` must be a number within 0..=1, not {t}"
+                    ))
+                })
+        })
+        .transpose()?;
     let tasks: Vec<String> = match options.get("tasks") {
         None => GLUE_TASKS.iter().map(|s| s.to_string()).collect(),
         Some(v) if v.clone().into_string().is_ok_and(|s| s == "all") => {
@@ -72,6 +85,11 @@ fn glue(host: &Host, options: &Map) -> ScriptResult<Map> {
             .map(|s| s.to_string())
             .collect(),
     };
+    if hard_negatives.is_some() && !tasks.iter().any(|t| t == "entailment") {
+        return Err(script_error(
+            "glue: `hard_negatives` sets the entailment task's mix, and `tasks` does not include entailment",
+        ));
+    }
     let mut out = Map::new();
     for task in tasks {
         let mut config = Map::new();
@@ -80,6 +98,9 @@ fn glue(host: &Host, options: &Map) -> ScriptResult<Map> {
             if let Some(v) = int_option(options, key)? {
                 config.insert(key.into(), Dynamic::from(v));
             }
+        }
+        if let (Some(p), "entailment") = (hard_negatives, task.as_str()) {
+            config.insert("hard_negatives".into(), Dynamic::from(p));
         }
         let corpus = open_corpus(host, "glue", &config)?;
         out.insert(task.as_str().into(), Dynamic::from(of_corpus(&corpus)?));

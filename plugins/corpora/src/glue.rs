@@ -9,7 +9,8 @@
 //!   [`is_grammatical`], which matches every template of the grammar;
 //! - `entailment` (pair, accuracy, RTE-like): a story and a statement about it (`Tom went to the
 //!   park.`); entailed when the story says so, not when the place, object, friend or person
-//!   differs (hard negatives use words the story does mention, in another role);
+//!   differs (hard negatives use words the story does mention, in another role; their share of
+//!   the training negatives is a setting, [`GlueData::generate_with`]);
 //! - `paraphrase` (pair, F1, MRPC-like): two renderings of two events; the same events in other
 //!   sentence forms, or events with one slot changed;
 //! - `similarity` (pair, regression 0–5, Pearson, STS-B-like): two renderings of one event
@@ -116,6 +117,10 @@ impl Draw {
     }
     fn coin(&mut self) -> bool {
         self.0.next_u64() & 1 == 1
+    }
+    /// True with probability `p`, from one draw (as [`Draw::coin`], so the stream stays aligned).
+    fn chance(&mut self, p: f64) -> bool {
+        ((self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
     }
     pub(crate) fn below(&mut self, n: usize) -> usize {
         self.0.below(n)
@@ -464,7 +469,9 @@ fn acceptability(d: &mut Draw) -> LabelledText {
     }
 }
 
-fn entailment(d: &mut Draw) -> LabelledText {
+/// `hard_negatives`: the chance that a negative reuses a word the story mentions in another role
+/// when the story has one; `None` is the suite's own mix (one in two, by a coin).
+fn entailment(d: &mut Draw, hard_negatives: Option<f64>) -> LabelledText {
     let (name, pronoun) = hero(d);
     let mut story = opening(d, name);
     let mut events = Vec::new();
@@ -531,7 +538,11 @@ fn entailment(d: &mut Draw) -> LabelledText {
             .copied()
             .filter(|w| !facts.contains(w) && *w != also_not)
             .collect();
-        if !hard.is_empty() && d.coin() {
+        let take_hard = match hard_negatives {
+            None => d.coin(),
+            Some(p) => d.chance(p),
+        };
+        if !hard.is_empty() && take_hard {
             hard[d.below(hard.len())].to_string()
         } else {
             let mut not: Vec<&str> = facts.to_vec();
@@ -575,7 +586,7 @@ fn entailment(d: &mut Draw) -> LabelledText {
             }
             _ if entailed && went.is_empty() && found.is_empty() && met.is_empty() => {
                 // Nothing to state: tell a new story.
-                return entailment(d);
+                return entailment(d, hard_negatives);
             }
             _ => continue,
         }
@@ -667,6 +678,8 @@ fn similarity(d: &mut Draw) -> LabelledText {
 pub struct GlueData {
     pub task: GlueTask,
     pub seed: u64,
+    /// Entailment's share of hard training negatives, when not the suite's mix.
+    pub hard_negatives: Option<f64>,
     train: Vec<LabelledText>,
     val: Vec<LabelledText>,
     /// The words and tags of each example of a token-classification task; empty otherwise.
@@ -676,10 +689,26 @@ pub struct GlueData {
 
 impl GlueData {
     pub fn generate(task: GlueTask, n: usize, val: usize, seed: u64) -> GlueData {
-        let make = |d: &mut Draw| match task {
+        GlueData::generate_with(task, n, val, seed, None)
+    }
+
+    /// [`GlueData::generate`] with entailment's share of hard negatives among the *training*
+    /// examples set to `hard_negatives` (`None`: the suite's mix). Validation keeps the suite's
+    /// mix whatever the setting, so a model trained on another mix is scored on the same task.
+    pub fn generate_with(
+        task: GlueTask,
+        n: usize,
+        val: usize,
+        seed: u64,
+        hard_negatives: Option<f64>,
+    ) -> GlueData {
+        let make = |d: &mut Draw, train: bool| match task {
             GlueTask::Sentiment => (sentiment(d), None),
             GlueTask::Acceptability => (acceptability(d), None),
-            GlueTask::Entailment => (entailment(d), None),
+            GlueTask::Entailment => (
+                entailment(d, if train { hard_negatives } else { None }),
+                None,
+            ),
             GlueTask::Paraphrase => (paraphrase(d), None),
             GlueTask::Similarity => (similarity(d), None),
             GlueTask::Roles => {
@@ -691,7 +720,7 @@ impl GlueData {
             |e: &LabelledText| format!("{}\u{0}{}", e.text, e.text_pair.as_deref().unwrap_or(""));
         let mut d = Draw(SplitMix64::new(seed ^ 0x474c_5545));
         let (train, train_tags): (Vec<LabelledText>, Vec<Option<TaggedWords>>) =
-            (0..n).map(|_| make(&mut d)).unzip();
+            (0..n).map(|_| make(&mut d, true)).unzip();
         let seen: HashSet<String> = train.iter().map(key).collect();
         let wanted = val;
         let (mut val, mut val_tags) = (Vec::with_capacity(wanted), Vec::new());
@@ -700,7 +729,7 @@ impl GlueData {
             if val.len() == wanted {
                 break;
             }
-            let (e, tagged) = make(&mut d);
+            let (e, tagged) = make(&mut d, false);
             if !seen.contains(&key(&e)) {
                 val.push(e);
                 val_tags.extend(tagged);
@@ -709,6 +738,7 @@ impl GlueData {
         GlueData {
             task,
             seed,
+            hard_negatives,
             train,
             val,
             train_tags: train_tags.into_iter().flatten().collect(),
@@ -726,8 +756,12 @@ impl GlueData {
 
 impl LabelledSource for GlueData {
     fn name(&self) -> String {
+        let mix = self
+            .hard_negatives
+            .map(|p| format!(", hard_negatives={p}"))
+            .unwrap_or_default();
         format!(
-            "glue:{}(n={}, seed={})",
+            "glue:{}(n={}, seed={}{mix})",
             self.task.name(),
             self.train.len(),
             self.seed
@@ -907,5 +941,51 @@ mod tests {
                 assert_eq!(crate::glue_roles::text_of(&t.words), a.val[3].text);
             }
         }
+    }
+
+    /// The share of negatives a bag-of-words rule gets wrong: the statement's last word (its
+    /// place, object or friend) is in the story.
+    fn lexically_hard_share(examples: &[LabelledText]) -> f64 {
+        let negatives: Vec<&LabelledText> = examples
+            .iter()
+            .filter(|e| e.label == Label::Class(0))
+            .collect();
+        let hard = negatives
+            .iter()
+            .filter(|e| {
+                let statement = e.text_pair.as_deref().unwrap();
+                let slot = statement.trim_end_matches('.').rsplit(' ').next().unwrap();
+                e.text.split([' ', '.', ',']).any(|w| w == slot)
+            })
+            .count();
+        hard as f64 / negatives.len() as f64
+    }
+
+    #[test]
+    fn the_hard_negative_share_sets_the_training_mix_and_leaves_validation_alone() {
+        let mix = GlueData::generate(GlueTask::Entailment, 2000, 1000, 4);
+        let hard = GlueData::generate_with(GlueTask::Entailment, 2000, 1000, 4, Some(1.0));
+        let easy = GlueData::generate_with(GlueTask::Entailment, 2000, 1000, 4, Some(0.0));
+        let (m, h, e) = (
+            lexically_hard_share(&mix.train),
+            lexically_hard_share(&hard.train),
+            lexically_hard_share(&easy.train),
+        );
+        assert!((0.35..0.55).contains(&m), "the suite's mix: {m}");
+        assert!(
+            h > m + 0.2,
+            "all the hard negatives there are: {h} (mix {m})"
+        );
+        // Only "someone else went there" stays lexically hard when no slot word is reused.
+        assert!(e < 0.25, "{e}");
+        for data in [&hard, &easy] {
+            let v = lexically_hard_share(&data.val);
+            assert!((0.35..0.55).contains(&v), "validation keeps the mix: {v}");
+            assert!((class_share(data, 1) - 0.5).abs() < 0.05);
+        }
+        // `None` is the suite itself, bit for bit.
+        let again = GlueData::generate_with(GlueTask::Entailment, 2000, 1000, 4, None);
+        assert_eq!(again.train, mix.train);
+        assert_eq!(again.val, mix.val);
     }
 }

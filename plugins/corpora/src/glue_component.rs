@@ -24,6 +24,9 @@ pub struct GlueOptions {
     /// `None`: a quarter of `n` (at least 1).
     pub val: Option<usize>,
     pub seed: u64,
+    /// Entailment only: the share of training negatives that reuse a word of the story in
+    /// another role; `None`: the suite's mix.
+    pub hard_negatives: Option<f64>,
 }
 
 impl Default for GlueOptions {
@@ -33,6 +36,7 @@ impl Default for GlueOptions {
             n: 2000,
             val: None,
             seed: 0,
+            hard_negatives: None,
         }
     }
 }
@@ -49,6 +53,10 @@ impl TypedConfig for GlueOptions {
             "validation examples (disjoint from train); null = n / 4",
         ),
         ("seed", "same seed, same examples"),
+        (
+            "hard_negatives",
+            "entailment only: chance (0-1) that a training negative reuses a word the story mentions in another role; null = the suite's mix (0.5); validation always keeps the suite's mix",
+        ),
     ];
     fn validate(&self) -> std::result::Result<(), String> {
         if GlueTask::from_name(&self.task).is_none() {
@@ -64,6 +72,17 @@ impl TypedConfig for GlueOptions {
         }
         if self.val == Some(0) {
             return Err("val must be at least 1 (or null for n / 4)".into());
+        }
+        if let Some(p) = self.hard_negatives {
+            if self.task != "entailment" {
+                return Err(format!(
+                    "hard_negatives applies to the entailment task only, not {:?}",
+                    self.task
+                ));
+            }
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("hard_negatives must be within 0..=1, not {p}"));
+            }
         }
         Ok(())
     }
@@ -95,7 +114,7 @@ impl Factory for GlueFactory {
         )
         .map_err(Error::Data)?;
         Ok(Instance::Corpus(Box::new(GlueCorpus(Arc::new(
-            GlueData::generate(task, o.n, val, o.seed),
+            GlueData::generate_with(task, o.n, val, o.seed, o.hard_negatives),
         )))))
     }
 }
