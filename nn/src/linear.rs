@@ -6,7 +6,8 @@
 //!
 //! A quantized weight may be wider than the layer's input: quantizers zero-pad rows to their
 //! block size (`(out, in_padded)`), so the input is zero-padded to match before the product.
-//! Quantized products run in f32 (candle's kernels) and are not differentiable.
+//! Quantized products run in f32 (candle's kernels; a few rows of a q4_0 weight through
+//! [`ops::quant_rows`], which returns the same bits) and are not differentiable.
 //!
 //! A dense layer can also be *fake-quantized* for quantization-aware training: its weight goes
 //! through the quantizer's quantize-dequantize (straight-through gradient) on every forward pass.
@@ -17,8 +18,8 @@ use std::sync::{Arc, RwLock};
 
 use llmlab_plugin_api::Quantizer;
 
-use llmlab_plugin_api::candle::quantized::{QMatMul, QTensor};
-use llmlab_plugin_api::candle::{DType, Module, Result, Tensor, D};
+use llmlab_plugin_api::candle::quantized::{GgmlDType, QMatMul, QTensor};
+use llmlab_plugin_api::candle::{DType, Device, Module, Result, Storage, Tensor, D};
 use llmlab_plugin_api::candle_nn::{self, Init, VarBuilder};
 
 use crate::ops::{self, Kernels};
@@ -178,7 +179,43 @@ impl QuantizedLinear {
     pub fn weight(&self) -> &Arc<QTensor> {
         &self.weight
     }
+
+    /// The product through [`ops::quant_rows`] when it applies: a q4_0 weight, f32 input on the
+    /// CPU, 1..=[`QUANT_ROWS`] rows (batched decoding). Its numbers are the bits `QMatMul`
+    /// returns (on an AVX2 CPU), so which of the two runs never changes a sequence's output.
+    /// `None`: `QMatMul`'s turn (prefill, other formats, other devices).
+    fn quant_rows(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        // The portable path is a reference: slower than candle's own fallbacks (scalar
+        // `mul_add` without FMA hardware), and off x86 candle sums differently anyway. So
+        // `LLMLAB_QUANT_ROWS=portable` also switches the kernel off, an end-to-end A/B knob.
+        if self.weight.dtype() != GgmlDType::Q4_0
+            || ops::quant_rows::Path::detect() == ops::quant_rows::Path::Portable
+            || !ops::fused_path(x)
+            || !matches!(self.weight.device(), Device::Cpu)
+        {
+            return Ok(None);
+        }
+        let (out_dim, padded) = self.weight.shape().dims2()?;
+        let rows = x.elem_count() / padded.max(1);
+        if !(1..=QUANT_ROWS).contains(&rows) || x.dim(D::Minus1)? != padded {
+            return Ok(None);
+        }
+        let w = self.weight.data()?;
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(storage) = &*storage else {
+            return Ok(None);
+        };
+        let xs = ops::layout::f32_data(storage, layout, "quant_rows")?;
+        let y = ops::quant_rows::forward_q4_0(&xs, &w, rows, padded, out_dim);
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("a linear input has a last dim") = out_dim;
+        Tensor::from_vec(y, dims, &Device::Cpu).map(Some)
+    }
 }
+
+/// Up to this many rows a q4_0 layer runs [`ops::quant_rows`] instead of candle's `QMatMul`
+/// (more rows: prefill, where `QMatMul`'s row tiles already share the weight reads).
+pub const QUANT_ROWS: usize = ops::few_rows::FEW_ROWS;
 
 impl Linear {
     /// A dense layer on the fused op or candle's composed `Linear`; quantized layers keep
@@ -236,7 +273,11 @@ impl Module for Linear {
                 if padded > q.in_dim {
                     x = x.pad_with_zeros(D::Minus1, 0, padded - q.in_dim)?;
                 }
-                let y = q.matmul.forward(&x.contiguous()?)?;
+                let x = x.contiguous()?;
+                let y = match q.quant_rows(&x)? {
+                    Some(y) => y,
+                    None => q.matmul.forward(&x)?,
+                };
                 let y = match &q.bias {
                     Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
                     None => y,

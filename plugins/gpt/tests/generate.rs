@@ -724,3 +724,88 @@ fn decodes_in_place_like_uncached(name: &str, model: &dyn Model, decoder: &llmla
     assert_eq!(cache.seq_len(), longest + max_tokens - 1);
     assert_eq!(greedy_rows, out, "{name}");
 }
+
+/// q4_0 through candle, as the quant plugin's q4_0 scheme does.
+struct Q4;
+impl llmlab_plugin_api::Quantizer for Q4 {
+    fn name(&self) -> &str {
+        "q4_0"
+    }
+    fn quantize(
+        &self,
+        _: &str,
+        weight: &Tensor,
+    ) -> llmlab_plugin_api::Result<llmlab_plugin_api::candle::quantized::QTensor> {
+        use llmlab_plugin_api::candle::quantized::{GgmlDType, QTensor};
+        Ok(QTensor::quantize(weight, GgmlDType::Q4_0)?)
+    }
+    fn fake_quantize(&self, weight: &Tensor) -> llmlab_plugin_api::Result<Tensor> {
+        Ok(weight.clone())
+    }
+}
+
+/// A q4_0 model's products of 1..=16 rows run `ops::quant_rows`, longer ones (a padded batch's
+/// prefill) candle's `QMatMul`, with the same numbers: continuous batching of 16 sequences
+/// gives every row the logits decoding that sequence alone gives, bit for bit, and greedy
+/// generation of a padded batch equals the uncached reference's tokens.
+#[test]
+fn q4_0_batched_decoding_gives_each_sequence_the_bits_it_gets_alone() {
+    let extras = [
+        json!({}),
+        // Not swiglu: its hidden width (88) is no multiple of the q4_0 block.
+        json!({ "norm": "rms", "pos": "rope", "n_kv_head": 2, "bias": false }),
+    ];
+    // Prompts of 1..=20 tokens: prefilled alone, the short ones take the kernel, the long
+    // ones `QMatMul`.
+    let prompts: Vec<Vec<u32>> = (0..16)
+        .map(|s| {
+            (0..1 + (s * 5) % 20)
+                .map(|j| ((s * 7 + j * 3 + 1) % 48) as u32)
+                .collect()
+        })
+        .collect();
+    let steps = 6;
+    let token = |s: usize, j: usize| ((s * 11 + j * 7 + 5) % 48) as u32;
+    for extra in extras {
+        let model = llmlab_gpt::quantize::quantized(&tiny(extra.clone()), &Q4, &[]).unwrap();
+        let alone: Vec<Vec<Vec<f32>>> = prompts
+            .iter()
+            .enumerate()
+            .map(|(s, prompt)| {
+                let mut cache = model.new_cache(1).unwrap();
+                model
+                    .forward_cached(&ids(&[prompt.as_slice()]), cache.as_mut())
+                    .unwrap();
+                (0..steps)
+                    .map(|j| {
+                        let out = model
+                            .forward_cached(&ids(&[&[token(s, j)]]), cache.as_mut())
+                            .unwrap();
+                        out.logits.flatten_all().unwrap().to_vec1().unwrap()
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut batch = model.new_batch_cache();
+        let (caches, _) = model.prefill_sequences(&prompts).unwrap();
+        for cache in caches {
+            batch.push(cache).unwrap();
+        }
+        for j in 0..steps {
+            let tokens: Vec<u32> = (0..prompts.len()).map(|s| token(s, j)).collect();
+            let logits: Vec<Vec<f32>> = model
+                .decode_batch(&tokens, batch.as_mut())
+                .unwrap()
+                .to_vec2()
+                .unwrap();
+            for (s, row) in logits.iter().enumerate() {
+                assert_eq!(
+                    Some(row),
+                    alone[s].get(j),
+                    "{extra}: sequence {s}, step {j}: batched logits differ from alone"
+                );
+            }
+        }
+        decodes_in_place_like_uncached(&format!("q4_0 {extra}"), &model, &model);
+    }
+}
