@@ -70,7 +70,8 @@ pub struct GptConfig {
     pub checkpoint_activations: bool,
     /// Mixture-of-experts feed-forward (`moe/`); `None` = dense.
     pub moe: Option<crate::moe::MoeConfig>,
-    /// The training pass: hand-written over preallocated buffers (`owned_pass/`) or autograd.
+    /// The training and inference pass: hand-written over preallocated buffers (`owned_pass/`)
+    /// or candle's graph and autograd.
     pub pass: crate::owned_pass::PassKind,
 }
 
@@ -182,7 +183,7 @@ impl TypedConfig for GptConfig {
         ("moe", crate::moe::config::MOE_DOC),
         (
             "pass",
-            "training pass: \"auto\" (the hand-written owned pass where it covers the config, else autograd; default), \"owned\" (refuse configs it does not cover, naming why) or \"autograd\" (candle's autograd, the reference)",
+            "training and inference pass: \"auto\" (the hand-written owned pass where it covers the config, else candle; default), \"owned\" (refuse training configs it does not cover, naming why; inference falls back to candle) or \"autograd\" (candle's graph and autograd, the reference)",
         ),
     ];
 

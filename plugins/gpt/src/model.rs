@@ -57,6 +57,8 @@ pub struct Gpt {
     lora: crate::lora::LoraSlot,
     /// Buffers of the owned training pass by batch shape (`owned_pass/`).
     owned_arenas: crate::owned_pass::ArenaPool,
+    /// Buffers of the owned inference pass by batch shape (`owned_pass/inference.rs`).
+    inference_arenas: crate::owned_pass::inference::InferencePool,
 }
 
 impl Gpt {
@@ -144,6 +146,7 @@ impl Gpt {
             dense_layers: Vec::new(),
             lora: Default::default(),
             owned_arenas: Default::default(),
+            inference_arenas: Default::default(),
         };
         let kernels = gpt.config.kernels;
         for (_, layer) in gpt.linears_mut() {
@@ -427,6 +430,10 @@ impl Model for Gpt {
         if options.train {
             self.refuse_training_if_quantized()?;
         }
+        // Without gradients the owned pass runs where it covers the model (`pass` key).
+        if let Some(out) = crate::owned_pass::inference::try_forward(self, ids, options)? {
+            return Ok(out);
+        }
         self.run(ids, None, options)
     }
 
@@ -657,6 +664,11 @@ impl Gpt {
     /// The owned training pass's buffers (`owned_pass/arena.rs`).
     pub(crate) fn owned_arenas(&self) -> &crate::owned_pass::ArenaPool {
         &self.owned_arenas
+    }
+
+    /// The owned inference pass's buffers (`owned_pass/inference.rs`).
+    pub fn inference_arenas(&self) -> &crate::owned_pass::inference::InferencePool {
+        &self.inference_arenas
     }
 
     /// The adapters, if any (`lora.rs`).

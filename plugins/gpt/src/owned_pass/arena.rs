@@ -124,7 +124,7 @@ fn rope_of(gpt: &Gpt) -> Option<&llmlab_nn::rope::Rope> {
 /// `cos` and `sin` of positions `0..seq` from the model's own rope: rotating the unit vector
 /// `(1, 0)` of every pair gives `(cos θ, sin θ)` exactly (`1·c - 0·s`, `0·c + 1·s`), so the
 /// tables (any `rope_scaling` included) are the ones the autograd path uses.
-fn rope_tables(
+pub(super) fn rope_tables(
     rope: &llmlab_nn::rope::Rope,
     seq: usize,
     hd: usize,

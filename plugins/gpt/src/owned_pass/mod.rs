@@ -20,6 +20,9 @@
 //! single-threaded; a pass from outside the pool runs them on the pool. Either way the sums are
 //! in a fixed order, so the same rows give the same bits.
 //!
+//! Inference (`Model::forward` without `train`) runs [`inference`]: the same kernels over a
+//! much smaller arena, nothing kept for a backward.
+//!
 //! Copies per step: the logits into the loss's variable, and each parameter's gradient into its
 //! tensor (candle tensors own their storage; one copy of the parameters' size is small next to
 //! the step's products).
@@ -27,6 +30,7 @@
 pub mod arena;
 pub mod backward;
 pub mod forward;
+pub mod inference;
 pub mod weights;
 
 use llmlab_plugin_api::candle::backprop::GradStore;
@@ -150,6 +154,81 @@ fn run(
     loss: &mut LossFn<'_>,
 ) -> Result<GradStore> {
     let params = gpt.parameters_owned();
+    let store = with_weights(gpt, |w| {
+        let cfg = gpt.gpt_config();
+        let shape = forward::Shape::new(cfg, b, t);
+        forward::forward(&shape, cfg, layout, w, arena, ids, parallel);
+
+        // The loss on the logits (and the final norm's output, when asked for) as fresh
+        // variables; their gradients start the owned backward.
+        let logits = Var::from_slice(
+            &arena.logits[..shape.n * shape.v],
+            (b, t, shape.v),
+            &Device::Cpu,
+        )?;
+        let hidden = hidden_states
+            .then(|| {
+                Var::from_slice(
+                    &arena.xf[..shape.n * shape.c],
+                    (b, t, shape.c),
+                    &Device::Cpu,
+                )
+            })
+            .transpose()?;
+        let out = ForwardOutput {
+            logits: logits.as_tensor().clone(),
+            aux_loss: None,
+            hidden: hidden.as_ref().map(|h| h.as_tensor().clone()),
+        };
+        let mut store = loss(&out)?.backward()?;
+        drop(out);
+        let dlogits = store.remove(logits.as_tensor());
+        let dhidden = hidden.and_then(|h| store.remove(h.as_tensor()));
+        if dlogits.is_none() && dhidden.is_none() {
+            return Err(Error::msg(
+                "gpt owned pass: the loss does not depend on the model's output",
+            ));
+        }
+        let dhidden = dhidden.map(|g| f32_values(&g)).transpose()?;
+        // A loss on the hidden states alone leaves the head without a gradient, as autograd does.
+        let head_unused = dlogits.is_none();
+        let dlogits = match dlogits {
+            Some(g) => g.to_dtype(DType::F32)?.contiguous()?,
+            None => Tensor::zeros((b, t, shape.v), DType::F32, &Device::Cpu)?,
+        };
+        {
+            let (storage, l) = dlogits.storage_and_layout();
+            let (Storage::Cpu(llmlab_plugin_api::candle::CpuStorage::F32(data)), Some((s, e))) =
+                (&*storage, l.contiguous_offsets())
+            else {
+                return Err(Error::msg(
+                    "gpt owned pass: the logits' gradient is not contiguous f32 on the CPU",
+                ));
+            };
+            let grads_in = (&data[s..e], dhidden.as_deref());
+            backward::backward(&shape, cfg, layout, w, arena, ids, grads_in, parallel);
+        }
+        Ok((store, head_unused))
+    })?;
+    let (mut store, head_unused) = store;
+    for (i, (_, var)) in params.iter().enumerate() {
+        if head_unused && i == layout.head && layout.head != layout.wte {
+            continue;
+        }
+        let g = Tensor::from_slice(&arena.grads[i], var.shape(), &Device::Cpu)?;
+        let g = match store.remove(var.as_tensor()) {
+            Some(previous) => (previous + g)?,
+            None => g,
+        };
+        store.insert(var.as_tensor(), g);
+    }
+    Ok(store)
+}
+
+/// Runs `f` on every parameter's values as f32 slices, in parameter order (read-locked for
+/// the call: no copy).
+pub(crate) fn with_weights<R>(gpt: &Gpt, f: impl FnOnce(&[&[f32]]) -> Result<R>) -> Result<R> {
+    let params = gpt.parameters_owned();
     let guards: Vec<_> = params
         .iter()
         .map(|(_, v)| v.as_tensor().storage_and_layout())
@@ -168,73 +247,7 @@ fn run(
             },
         )
         .collect::<Result<Vec<&[f32]>>>()?;
-    let cfg = gpt.gpt_config();
-    let shape = forward::Shape::new(cfg, b, t);
-    forward::forward(&shape, cfg, layout, &w, arena, ids, parallel);
-
-    // The loss on the logits (and the final norm's output, when asked for) as fresh
-    // variables; their gradients start the owned backward.
-    let logits = Var::from_slice(
-        &arena.logits[..shape.n * shape.v],
-        (b, t, shape.v),
-        &Device::Cpu,
-    )?;
-    let hidden = hidden_states
-        .then(|| {
-            Var::from_slice(
-                &arena.xf[..shape.n * shape.c],
-                (b, t, shape.c),
-                &Device::Cpu,
-            )
-        })
-        .transpose()?;
-    let out = ForwardOutput {
-        logits: logits.as_tensor().clone(),
-        aux_loss: None,
-        hidden: hidden.as_ref().map(|h| h.as_tensor().clone()),
-    };
-    let mut store = loss(&out)?.backward()?;
-    drop(out);
-    let dlogits = store.remove(logits.as_tensor());
-    let dhidden = hidden.and_then(|h| store.remove(h.as_tensor()));
-    if dlogits.is_none() && dhidden.is_none() {
-        return Err(Error::msg(
-            "gpt owned pass: the loss does not depend on the model's output",
-        ));
-    }
-    let dhidden = dhidden.map(|g| f32_values(&g)).transpose()?;
-    // A loss on the hidden states alone leaves the head without a gradient, as autograd does.
-    let head_unused = dlogits.is_none();
-    let dlogits = match dlogits {
-        Some(g) => g.to_dtype(DType::F32)?.contiguous()?,
-        None => Tensor::zeros((b, t, shape.v), DType::F32, &Device::Cpu)?,
-    };
-    {
-        let (storage, l) = dlogits.storage_and_layout();
-        let (Storage::Cpu(llmlab_plugin_api::candle::CpuStorage::F32(data)), Some((s, e))) =
-            (&*storage, l.contiguous_offsets())
-        else {
-            return Err(Error::msg(
-                "gpt owned pass: the logits' gradient is not contiguous f32 on the CPU",
-            ));
-        };
-        let grads_in = (&data[s..e], dhidden.as_deref());
-        backward::backward(&shape, cfg, layout, &w, arena, ids, grads_in, parallel);
-    }
-    drop(w);
-    drop(guards);
-    for (i, (_, var)) in params.iter().enumerate() {
-        if head_unused && i == layout.head && layout.head != layout.wte {
-            continue;
-        }
-        let g = Tensor::from_slice(&arena.grads[i], var.shape(), &Device::Cpu)?;
-        let g = match store.remove(var.as_tensor()) {
-            Some(previous) => (previous + g)?,
-            None => g,
-        };
-        store.insert(var.as_tensor(), g);
-    }
-    Ok(store)
+    f(&w)
 }
 
 /// The values of a gradient tensor as f32.
