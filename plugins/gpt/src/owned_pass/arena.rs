@@ -150,28 +150,32 @@ pub(super) fn rope_tables(
     Ok((cos, sin))
 }
 
-/// Arenas by shape, shared by the passes of one model: a pass takes an arena of its shape (or
-/// makes one) and gives it back after, so concurrent passes never share buffers.
-#[derive(Default)]
-pub struct ArenaPool(Mutex<Vec<Arena>>);
+/// Buffers by shape, shared by the passes of one model: a pass takes buffers that fit its
+/// shape (or makes them) and gives them back after, so concurrent passes never share buffers.
+/// The training arenas ([`ArenaPool`]) and the inference arenas (`inference.rs`) both live in one.
+pub struct ShapePool<A>(Mutex<Vec<A>>);
 
-impl ArenaPool {
-    /// An arena for `rows` × `seq` tokens, reused when one is free.
-    pub fn take(&self, gpt: &Gpt, layout: &Layout, rows: usize, seq: usize) -> Result<Arena> {
+impl<A> Default for ShapePool<A> {
+    fn default() -> Self {
+        ShapePool(Mutex::new(Vec::new()))
+    }
+}
+
+impl<A> ShapePool<A> {
+    /// A kept arena for which `fits` holds, or a new one from `make`.
+    pub fn take(&self, fits: impl Fn(&A) -> bool, make: impl FnOnce() -> Result<A>) -> Result<A> {
         let reused = {
             let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            pool.iter()
-                .position(|a| a.fits(layout, rows, seq))
-                .map(|i| pool.swap_remove(i))
+            pool.iter().position(fits).map(|i| pool.swap_remove(i))
         };
         match reused {
             Some(arena) => Ok(arena),
-            None => Arena::new(gpt, layout, rows, seq),
+            None => make(),
         }
     }
 
     /// Returns `arena` for reuse; beyond [`POOLED`] arenas the oldest is dropped.
-    pub fn give(&self, arena: Arena) {
+    pub fn give(&self, arena: A) {
         let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() >= POOLED {
             pool.remove(0);
@@ -186,5 +190,18 @@ impl ArenaPool {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The training pass's arenas.
+pub type ArenaPool = ShapePool<Arena>;
+
+impl ArenaPool {
+    /// An arena for `rows` × `seq` tokens, reused when one is free.
+    pub fn take_for(&self, gpt: &Gpt, layout: &Layout, rows: usize, seq: usize) -> Result<Arena> {
+        self.take(
+            |a| a.fits(layout, rows, seq),
+            || Arena::new(gpt, layout, rows, seq),
+        )
     }
 }

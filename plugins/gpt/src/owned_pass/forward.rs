@@ -100,7 +100,7 @@ pub fn norm(
 }
 
 /// `y = x Wᵀ + b`.
-fn linear(
+pub(super) fn linear(
     s: &Shape,
     (in_dim, out_dim): (usize, usize),
     x: &[f32],

@@ -19,21 +19,16 @@
 //! on that row alone, in a fixed order; `tests/owned_inference.rs` checks it), and they are
 //! candle's graph's bits too (the same kernels in the same order).
 
-use std::sync::Mutex;
-
-use llmlab_nn::ops::linear::{fill_rows, forward_product};
+use llmlab_nn::ops::linear::forward_product;
 use llmlab_nn::ops::{attention, gelu, rms_norm, rope, swiglu};
 use llmlab_plugin_api::candle::{DType, Device, Tensor};
 use llmlab_plugin_api::rayon::prelude::*;
 use llmlab_plugin_api::{Error, ForwardOptions, ForwardOutput, Result};
 
-use super::forward::{norm, Shape};
+use super::forward::{linear, norm, Shape};
 use super::weights::{BlockIx, Layout};
 use crate::config::{GptConfig, MlpKind};
 use crate::model::Gpt;
-
-/// Arenas kept for reuse (a split pass's parts, the last batch of an evaluation).
-const POOLED: usize = 4;
 
 /// How an inference pass spreads over the rayon pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,40 +118,7 @@ impl InferenceArena {
 
 /// Inference arenas by shape, shared by the passes of one model (each concurrent part takes
 /// its own).
-#[derive(Default)]
-pub struct InferencePool(Mutex<Vec<InferenceArena>>);
-
-impl InferencePool {
-    fn take(&self, gpt: &Gpt, rows: usize, seq: usize) -> Result<InferenceArena> {
-        let reused = {
-            let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            pool.iter()
-                .position(|a| a.rows == rows && a.seq == seq)
-                .map(|i| pool.swap_remove(i))
-        };
-        match reused {
-            Some(arena) => Ok(arena),
-            None => InferenceArena::new(gpt, rows, seq),
-        }
-    }
-
-    fn give(&self, arena: InferenceArena) {
-        let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() >= POOLED {
-            pool.remove(0);
-        }
-        pool.push(arena);
-    }
-
-    /// How many arenas are kept (for tests).
-    pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub type InferencePool = super::arena::ShapePool<InferenceArena>;
 
 /// The owned inference pass when it covers this call (`pass` not `"autograd"`, an inference
 /// call, the config covered: [`super::eligibility`]), `None` for candle's graph.
@@ -219,7 +181,10 @@ pub fn forward(
         let part = |(start, end, l, h): (usize, usize, &mut [f32], &mut [f32])| {
             let rows = end - start;
             let pool = gpt.inference_arenas();
-            let mut arena = pool.take(gpt, rows, t)?;
+            let mut arena = pool.take(
+                |a: &InferenceArena| a.rows == rows && a.seq == t,
+                || InferenceArena::new(gpt, rows, t),
+            )?;
             let s = Shape::new(cfg, rows, t);
             let parallel = threading == Threading::WholeBatch;
             run(
@@ -374,23 +339,6 @@ fn run(
         parallel,
     );
     forward_product(s.linear(c, s.v), &a.xn, w[l.head], logits, false, parallel);
-}
-
-/// `y = x Wᵀ + b`.
-fn linear(
-    s: &Shape,
-    (in_dim, out_dim): (usize, usize),
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    y: &mut [f32],
-    parallel: bool,
-) {
-    let y = &mut y[..s.n * out_dim];
-    if let Some(b) = b {
-        fill_rows(y, b, parallel);
-    }
-    forward_product(s.linear(in_dim, out_dim), x, w, y, b.is_some(), parallel);
 }
 
 /// `res += x Wᵀ + b` in place: a residual branch's output projection added onto the stream

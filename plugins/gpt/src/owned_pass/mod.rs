@@ -126,7 +126,7 @@ pub fn forward_backward(
     let parallel = llmlab_plugin_api::rayon::current_thread_index().is_none()
         && llmlab_plugin_api::rayon::current_num_threads() > 1;
     let pool = gpt.owned_arenas();
-    let mut arena = pool.take(gpt, &layout, b, t)?;
+    let mut arena = pool.take_for(gpt, &layout, b, t)?;
     let hidden = options.hidden_states;
     let result = run(
         gpt,
