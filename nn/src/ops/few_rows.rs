@@ -47,35 +47,13 @@ impl Path {
     pub fn detect() -> Path {
         static PATH: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
         *PATH.get_or_init(|| {
-            let fastest = [Path::Avx512, Path::Avx2Fma]
-                .into_iter()
-                .find(|p| p.available())
-                .unwrap_or(Path::Portable);
-            let Some(chosen) = std::env::var_os("LLMLAB_FEW_ROWS") else {
-                return fastest;
-            };
-            match chosen.to_str().and_then(Path::named) {
-                Some(path) if path.available() => path,
-                _ => {
-                    // A misspelt A/B knob must not stop a server; it must not go unnoticed.
-                    eprintln!(
-                        "LLMLAB_FEW_ROWS={chosen:?} is not a path this CPU runs \
-                         (avx512, avx2, portable); using {fastest:?}"
-                    );
-                    fastest
-                }
-            }
+            let paths = [
+                ("avx512", Path::Avx512),
+                ("avx2", Path::Avx2Fma),
+                ("portable", Path::Portable),
+            ];
+            super::path_knob::choose("LLMLAB_FEW_ROWS", &paths, Path::available)
         })
-    }
-
-    /// The path `LLMLAB_FEW_ROWS` calls `name`.
-    fn named(name: &str) -> Option<Path> {
-        match name {
-            "avx512" => Some(Path::Avx512),
-            "avx2" => Some(Path::Avx2Fma),
-            "portable" => Some(Path::Portable),
-            _ => None,
-        }
     }
 
     /// Whether this CPU has the instructions the path needs.

@@ -22,6 +22,7 @@ pub mod layer_norm;
 pub mod layout;
 pub mod linear;
 pub mod math;
+pub mod path_knob;
 pub mod quant_rows;
 pub mod rms_norm;
 pub mod rope;

@@ -58,33 +58,13 @@ impl Path {
     pub fn detect() -> Path {
         static PATH: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
         *PATH.get_or_init(|| {
-            let fastest = [Path::Vnni, Path::Avx2]
-                .into_iter()
-                .find(|p| p.available())
-                .unwrap_or(Path::Portable);
-            let Some(chosen) = std::env::var_os("LLMLAB_QUANT_ROWS") else {
-                return fastest;
-            };
-            match chosen.to_str().and_then(Path::named) {
-                Some(path) if path.available() => path,
-                _ => {
-                    eprintln!(
-                        "LLMLAB_QUANT_ROWS={chosen:?} is not a path this CPU runs \
-                         (vnni, avx2, portable); using {fastest:?}"
-                    );
-                    fastest
-                }
-            }
+            let paths = [
+                ("vnni", Path::Vnni),
+                ("avx2", Path::Avx2),
+                ("portable", Path::Portable),
+            ];
+            super::path_knob::choose("LLMLAB_QUANT_ROWS", &paths, Path::available)
         })
-    }
-
-    fn named(name: &str) -> Option<Path> {
-        match name {
-            "vnni" => Some(Path::Vnni),
-            "avx2" => Some(Path::Avx2),
-            "portable" => Some(Path::Portable),
-            _ => None,
-        }
     }
 
     /// Whether this CPU has the instructions the path needs.

@@ -99,6 +99,17 @@ pub fn norm(
     }
 }
 
+/// qk-norm: each head's query and key rows of the packed projection `pre` RMS-normed (weights
+/// `q_w`, `k_w`) into `out`, the values copied.
+pub(super) fn qk_norm(s: &Shape, (q_w, k_w): (&[f32], &[f32]), pre: &[f32], out: &mut [f32]) {
+    let (q, kw) = (s.q, s.kv * s.hd);
+    for (x, y) in pre.chunks_exact(s.k).zip(out.chunks_exact_mut(s.k)) {
+        rms_norm::forward_rows(&x[..q], q_w, &mut y[..q], s.eps);
+        rms_norm::forward_rows(&x[q..q + kw], k_w, &mut y[q..q + kw], s.eps);
+        y[q + kw..].copy_from_slice(&x[q + kw..]);
+    }
+}
+
 /// `y = x Wᵀ + b`.
 pub(super) fn linear(
     s: &Shape,
@@ -274,15 +285,7 @@ fn transform_qkv(
     if let (Some(qn), Some(kn)) = (bl.q_norm, bl.k_norm) {
         // Into where rope reads from (the scratch `dk2`) when rope follows.
         let normed: &mut Vec<f32> = if rotate { &mut a.dk2 } else { &mut a.qkv[i] };
-        let (q, kw) = (s.q, s.kv * s.hd);
-        for (x, y) in a.qkv_pre[i]
-            .chunks_exact(s.k)
-            .zip(normed.chunks_exact_mut(s.k))
-        {
-            rms_norm::forward_rows(&x[..q], w[qn], &mut y[..q], s.eps);
-            rms_norm::forward_rows(&x[q..q + kw], w[kn], &mut y[q..q + kw], s.eps);
-            y[q + kw..].copy_from_slice(&x[q + kw..]);
-        }
+        qk_norm(s, (w[qn], w[kn]), &a.qkv_pre[i], normed);
     }
     if rotate {
         let source = if bl.q_norm.is_some() {

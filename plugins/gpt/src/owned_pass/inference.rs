@@ -20,12 +20,12 @@
 //! candle's graph's bits too (the same kernels in the same order).
 
 use llmlab_nn::ops::linear::forward_product;
-use llmlab_nn::ops::{attention, gelu, rms_norm, rope, swiglu};
+use llmlab_nn::ops::{attention, gelu, rope, swiglu};
 use llmlab_plugin_api::candle::{DType, Device, Tensor};
 use llmlab_plugin_api::rayon::prelude::*;
 use llmlab_plugin_api::{Error, ForwardOptions, ForwardOutput, Result};
 
-use super::forward::{linear, norm, Shape};
+use super::forward::{linear, norm, qk_norm, Shape};
 use super::weights::{BlockIx, Layout};
 use crate::config::{GptConfig, MlpKind};
 use crate::model::Gpt;
@@ -369,16 +369,7 @@ fn transform_qkv(s: &Shape, bl: &BlockIx, w: &[&[f32]], a: &mut InferenceArena, 
         } else {
             &mut a.qkv
         };
-        let (q, kw) = (s.q, s.kv * s.hd);
-        for (x, y) in a
-            .qkv_pre
-            .chunks_exact(s.k)
-            .zip(normed.chunks_exact_mut(s.k))
-        {
-            rms_norm::forward_rows(&x[..q], w[qn], &mut y[..q], s.eps);
-            rms_norm::forward_rows(&x[q..q + kw], w[kn], &mut y[q..q + kw], s.eps);
-            y[q + kw..].copy_from_slice(&x[q + kw..]);
-        }
+        qk_norm(s, (w[qn], w[kn]), &a.qkv_pre, normed);
     }
     if rotate {
         let source = if bl.q_norm.is_some() {
