@@ -28,6 +28,8 @@ fn ids(vocab: usize, rows: usize, seq: usize, seed: u64) -> Tensor {
 }
 
 fn model(extra: &Value, pass: &str) -> Gpt {
+    // The pass is opt-in (`inference::enabled`); every test here asks for it first.
+    std::env::set_var("LLMLAB_OWNED_INFERENCE", "1");
     let mut config = json!({ "ctx": 48, "pass": pass });
     for (k, v) in extra.as_object().cloned().unwrap_or_default() {
         config[k] = v;
