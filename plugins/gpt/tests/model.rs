@@ -41,6 +41,24 @@ fn every_parameter_gets_a_finite_nonzero_gradient_for_every_option_set() {
     }
 }
 
+/// `train: false` means no dropout, not no gradient: GRPO's and PPO's policy terms
+/// backpropagate through plain `forward` calls, so every parameter must still get a gradient
+/// (the owned inference pass, which returns detached logits, is opt-in for this reason).
+#[test]
+fn forward_without_train_stays_differentiable() {
+    let model = tiny(json!({}));
+    let x = ids(&[&[1, 5, 9, 2, 7, 3, 30, 11]]);
+    let y = ids(&[&[5, 9, 2, 7, 3, 30, 11, 1]]);
+    let out = model.forward(&x, &ForwardOptions::default()).unwrap();
+    let grads = cross_entropy(&out.logits, &y).unwrap().backward().unwrap();
+    for (name, var) in model.parameters() {
+        assert!(
+            grads.get(var.as_tensor()).is_some(),
+            "no gradient for {name} through forward(train: false)"
+        );
+    }
+}
+
 #[test]
 fn parameters_have_gpt2_names_and_counts() {
     let model = tiny(json!({}));
