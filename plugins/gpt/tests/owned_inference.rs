@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{option_sets, tiny};
+use common::{owned_pass_sets, tiny};
 use llmlab_gpt::owned_pass::inference::{self, Threading};
 use llmlab_gpt::Gpt;
 use llmlab_plugin_api::candle::{Device, Tensor};
@@ -56,20 +56,10 @@ fn assert_close(what: &str, a: &Tensor, b: &Tensor) -> f32 {
     worst
 }
 
-/// The covered option sets (as tests/owned_pass.rs) plus dropout, which inference ignores.
+/// The owned pass's option sets plus dropout, which inference ignores.
 fn covered_sets() -> Vec<Value> {
-    let mut sets = option_sets();
-    sets.extend([
-        json!({ "tie_embeddings": false }),
-        json!({ "bias": false }),
-        json!({ "bias": false, "qkv_bias": true, "norm": "rms" }),
-        json!({ "norm": "rms", "pos": "rope", "qk_norm": true, "n_kv_head": 2 }),
-        json!({ "qk_norm": true }),
-        json!({ "head_dim": 16, "n_kv_head": 2, "pos": "rope" }),
-        json!({ "mlp": "swiglu" }),
-        json!({ "pos": "rope", "rope_scaling": { "type": "linear", "factor": 2.0 } }),
-        json!({ "dropout": 0.1 }),
-    ]);
+    let mut sets = owned_pass_sets();
+    sets.push(json!({ "dropout": 0.1 }));
     sets
 }
 

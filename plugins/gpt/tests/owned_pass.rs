@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{option_sets, tiny};
+use common::{option_sets, owned_pass_sets, tiny};
 use llmlab_gpt::Gpt;
 use llmlab_plugin_api::candle::{DType, Device, Tensor};
 use llmlab_plugin_api::rng::SplitMix64;
@@ -106,28 +106,12 @@ fn assert_close(what: &str, (la, a): &(f32, Grads), (lb, b): &(f32, Grads), tol:
     eprintln!("{what}: loss {la} vs {lb}, worst relative gradient difference {worst_of_all:e}");
 }
 
-/// The covered option sets: the shared ones plus each remaining option alone.
-fn covered_sets() -> Vec<Value> {
-    let mut sets = option_sets();
-    sets.extend([
-        json!({ "tie_embeddings": false }),
-        json!({ "bias": false }),
-        json!({ "bias": false, "qkv_bias": true, "norm": "rms" }),
-        json!({ "norm": "rms", "pos": "rope", "qk_norm": true, "n_kv_head": 2 }),
-        json!({ "qk_norm": true }),
-        json!({ "head_dim": 16, "n_kv_head": 2, "pos": "rope" }),
-        json!({ "mlp": "swiglu" }),
-        json!({ "pos": "rope", "rope_scaling": { "type": "linear", "factor": 2.0 } }),
-    ]);
-    sets
-}
-
 /// Gradients agree to a few ulp of the largest entry (f32 sums in another order).
 const TOL: f32 = 1e-4;
 
 #[test]
 fn owned_pass_matches_autograd_at_every_covered_option_set() {
-    for extra in covered_sets() {
+    for extra in owned_pass_sets() {
         let owned = model(&extra, "owned");
         let reference = model(&extra, "autograd");
         let (x, y) = batch(owned.vocab_size(), 3, SEQ, 5);

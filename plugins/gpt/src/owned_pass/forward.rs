@@ -140,12 +140,26 @@ fn residual(
     parallel: bool,
 ) {
     y.copy_from_slice(res);
+    accumulate(s, (in_dim, out_dim), x, w, b, y, parallel);
+}
+
+/// `res += x Wᵀ + b` in place, the bias first: a residual branch's output projection added onto
+/// the stream (the inference pass updates its stream so; [`residual`] onto a copy).
+pub(super) fn accumulate(
+    s: &Shape,
+    (in_dim, out_dim): (usize, usize),
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    res: &mut [f32],
+    parallel: bool,
+) {
     if let Some(b) = b {
-        for row in y.chunks_exact_mut(out_dim) {
+        for row in res.chunks_exact_mut(out_dim) {
             row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
         }
     }
-    forward_product(s.linear(in_dim, out_dim), x, w, y, true, parallel);
+    forward_product(s.linear(in_dim, out_dim), x, w, res, true, parallel);
 }
 
 /// The forward pass of `ids` (`b · t` tokens) into `arena`, logits included.

@@ -25,7 +25,7 @@ use llmlab_plugin_api::candle::{DType, Device, Tensor};
 use llmlab_plugin_api::rayon::prelude::*;
 use llmlab_plugin_api::{Error, ForwardOptions, ForwardOutput, Result};
 
-use super::forward::{linear, norm, qk_norm, Shape};
+use super::forward::{accumulate, linear, norm, qk_norm, Shape};
 use super::weights::{BlockIx, Layout};
 use crate::config::{GptConfig, MlpKind};
 use crate::model::Gpt;
@@ -353,25 +353,6 @@ fn run(
         parallel,
     );
     forward_product(s.linear(c, s.v), &a.xn, w[l.head], logits, false, parallel);
-}
-
-/// `res += x Wᵀ + b` in place: a residual branch's output projection added onto the stream
-/// (the same sum, in the same order, as the training pass's `res + b` then `+ x Wᵀ`).
-fn accumulate(
-    s: &Shape,
-    (in_dim, out_dim): (usize, usize),
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    res: &mut [f32],
-    parallel: bool,
-) {
-    if let Some(b) = b {
-        for row in res.chunks_exact_mut(out_dim) {
-            row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
-        }
-    }
-    forward_product(s.linear(in_dim, out_dim), x, w, res, true, parallel);
 }
 
 /// qk-norm (RMSNorm of each query and key head) and rope of `qkv_pre` into `qkv`.

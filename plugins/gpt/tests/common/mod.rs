@@ -29,6 +29,23 @@ pub fn option_sets() -> Vec<Value> {
     ]
 }
 
+/// The option sets the owned pass covers (`owned_pass::eligibility`): the shared ones plus
+/// each remaining option alone.
+pub fn owned_pass_sets() -> Vec<Value> {
+    let mut sets = option_sets();
+    sets.extend([
+        json!({ "tie_embeddings": false }),
+        json!({ "bias": false }),
+        json!({ "bias": false, "qkv_bias": true, "norm": "rms" }),
+        json!({ "norm": "rms", "pos": "rope", "qk_norm": true, "n_kv_head": 2 }),
+        json!({ "qk_norm": true }),
+        json!({ "head_dim": 16, "n_kv_head": 2, "pos": "rope" }),
+        json!({ "mlp": "swiglu" }),
+        json!({ "pos": "rope", "rope_scaling": { "type": "linear", "factor": 2.0 } }),
+    ]);
+    sets
+}
+
 pub fn ids(rows: &[&[u32]]) -> Tensor {
     let t = rows[0].len();
     let flat: Vec<u32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
