@@ -12,6 +12,7 @@ use std::time::Instant;
 use llmlab_nn::ops::quant_rows::{self, Path};
 use llmlab_plugin_api::candle::quantized::{GgmlDType, QMatMul, QTensor};
 use llmlab_plugin_api::candle::{Device, Module, Tensor};
+use llmlab_plugin_api::rng::SplitMix64;
 
 const SHAPES: [(usize, usize); 5] = [
     (384, 1152),
@@ -21,16 +22,10 @@ const SHAPES: [(usize, usize); 5] = [
     (384, 721),
 ];
 
+/// Values in [-1, 1) from the project's seeded generator.
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005) | 1;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    let mut rng = SplitMix64::new(seed);
+    (0..n).map(|_| rng.next_unit() as f32 * 2.0 - 1.0).collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
