@@ -198,7 +198,7 @@ fn phases(
     });
     let options = ForwardOptions {
         train: true,
-        hidden_states: false,
+        ..ForwardOptions::default()
     };
     let mut times: [Vec<f64>; 3] = Default::default();
     for step in 0..=steps {

@@ -23,6 +23,22 @@ pub struct ForwardOptions {
     pub train: bool,
     /// Also return the final hidden states (value heads, reward heads).
     pub hidden_states: bool,
+    /// Nothing will backpropagate through this pass (evaluation, scoring, a frozen teacher or
+    /// reference): an implementation may skip building the autograd graph and return detached
+    /// tensors. Without it a forward pass stays differentiable even with `train` off — `train`
+    /// only switches dropout — because trainers build losses on such passes (GRPO's and PPO's
+    /// policy terms).
+    pub no_grad: bool,
+}
+
+impl ForwardOptions {
+    /// A pass nothing backpropagates through: no dropout, no graph needed.
+    pub fn inference() -> ForwardOptions {
+        ForwardOptions {
+            no_grad: true,
+            ..ForwardOptions::default()
+        }
+    }
 }
 
 /// Inputs of a forward pass besides the token ids, for encoders and padded batches

@@ -43,7 +43,7 @@ pub fn forward_seconds(
     warmup: usize,
     steps: usize,
 ) -> Result<f64> {
-    let options = ForwardOptions::default();
+    let options = ForwardOptions::inference();
     for _ in 0..warmup {
         model.forward(ids, &options)?;
     }

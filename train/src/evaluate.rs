@@ -15,10 +15,7 @@ pub struct Evaluation {
 
 /// Token-weighted mean loss over `batches`; `None` when there is nothing to evaluate.
 pub fn evaluate(model: &dyn Model, batches: &[Batch]) -> Result<Option<Evaluation>> {
-    let options = ForwardOptions {
-        train: false,
-        hidden_states: false,
-    };
+    let options = ForwardOptions::inference();
     let (mut total, mut tokens) = (0f64, 0usize);
     for batch in batches {
         let logits = model

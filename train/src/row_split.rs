@@ -220,7 +220,7 @@ mod tests {
         let model = bigram();
         let options = ForwardOptions {
             train: true,
-            hidden_states: false,
+            ..ForwardOptions::default()
         };
         for masked in [false, true] {
             let batch = batch(masked);

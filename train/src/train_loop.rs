@@ -410,7 +410,7 @@ impl<O: Objective> TrainLoop<O> {
         let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
         let options = ForwardOptions {
             train: true,
-            hidden_states: false,
+            ..ForwardOptions::default()
         };
         let (mut loss_sum, mut aux_sum, mut tokens) = (0f64, 0f64, 0usize);
         let mut has_aux = false;

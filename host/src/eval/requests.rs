@@ -94,7 +94,7 @@ impl Lm<'_> {
             let input = Tensor::from_vec(flat, (rows.len(), len), self.model.device())?;
             let logits = self
                 .model
-                .forward(&input, &ForwardOptions::default())?
+                .forward(&input, &ForwardOptions::inference())?
                 .logits
                 .to_dtype(DType::F32)?;
             for (r, (_, start, continuation)) in rows.iter().enumerate() {

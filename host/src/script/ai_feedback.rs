@@ -53,13 +53,7 @@ fn log_prob(
             (1, ids.len() - 1),
             m.device(),
         )?;
-        let out = m.forward(
-            &input,
-            &ForwardOptions {
-                train: false,
-                hidden_states: false,
-            },
-        )?;
+        let out = m.forward(&input, &ForwardOptions::inference())?;
         let logp: Vec<Vec<f32>> = log_softmax(&out.logits.to_dtype(DType::F32)?, D::Minus1)?
             .squeeze(0)?
             .to_vec2()?;

@@ -240,7 +240,7 @@ pub fn register(engine: &mut Engine, host: &Arc<Host>) {
         |m: &mut ModelHandle, ids: Array| -> ScriptResult<TensorHandle> {
             let input = ids_tensor(m.0.as_ref(), &ids)?;
             plugin_call(m.0.name(), || {
-                m.0.forward(&input, &ForwardOptions::default())
+                m.0.forward(&input, &ForwardOptions::inference())
             })
             .map(|out| TensorHandle(out.logits))
         },

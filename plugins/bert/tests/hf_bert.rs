@@ -71,6 +71,7 @@ fn masked_lm_checkpoint_matches_pytorch_hidden_states_and_logits() {
     let options = ForwardOptions {
         train: false,
         hidden_states: true,
+        no_grad: false,
     };
     let out = model.forward_with(&ids, &inputs, &options).unwrap();
     let hidden = worst(out.hidden.as_ref().unwrap(), &e["hidden"], Some(&keep));

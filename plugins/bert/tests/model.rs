@@ -115,6 +115,7 @@ fn gradients_reach_every_parameter() {
     let options = ForwardOptions {
         train: true,
         hidden_states: false,
+        no_grad: false,
     };
     // MLM loss reaches everything but the pooler and the classifier; the head's loss the rest.
     let mlm = model

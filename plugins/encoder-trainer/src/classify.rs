@@ -524,7 +524,7 @@ impl Objective for Classification {
                 .forward_with(
                     &batch.inputs,
                     &batch.forward_inputs,
-                    &ForwardOptions::default(),
+                    &ForwardOptions::inference(),
                 )?
                 .logits
                 .to_dtype(DType::F32)?;

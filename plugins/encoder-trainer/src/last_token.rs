@@ -24,8 +24,8 @@ impl HeadWeights {
     pub fn new(model: &dyn Model, description: Value, labels: usize, seed: u64) -> Result<Self> {
         let probe = Tensor::zeros((1, 1), DType::U32, model.device())?;
         let options = ForwardOptions {
-            train: false,
             hidden_states: true,
+            ..ForwardOptions::inference()
         };
         let hidden = model.forward(&probe, &options)?.hidden.ok_or_else(|| {
             Error::unsupported(
@@ -59,11 +59,16 @@ pub struct LastTokenHead<'m> {
 }
 
 impl LastTokenHead<'_> {
-    fn classify(&self, ids: &Tensor, inputs: &ForwardInputs, train: bool) -> Result<Tensor> {
+    fn classify(
+        &self,
+        ids: &Tensor,
+        inputs: &ForwardInputs,
+        options: &ForwardOptions,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let options = ForwardOptions {
-            train,
             hidden_states: true,
+            ..*options
         };
         let hidden = self
             .base
@@ -118,7 +123,7 @@ impl Model for LastTokenHead<'_> {
             return self.base.forward_with(ids, inputs, options);
         }
         Ok(ForwardOutput {
-            logits: self.classify(ids, inputs, options.train)?,
+            logits: self.classify(ids, inputs, options)?,
             aux_loss: None,
             hidden: None,
         })

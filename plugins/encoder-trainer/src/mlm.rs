@@ -363,7 +363,7 @@ impl Objective for MaskedLm {
                 .as_ref()
                 .ok_or_else(|| Error::msg("mlm: unmasked batch"))?;
             let logits = model
-                .forward(&batch.inputs, &ForwardOptions::default())?
+                .forward(&batch.inputs, &ForwardOptions::inference())?
                 .logits
                 .to_dtype(DType::F32)?;
             let mask = mask.flatten_all()?;

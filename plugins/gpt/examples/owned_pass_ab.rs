@@ -62,6 +62,7 @@ fn main() -> llmlab_plugin_api::Result<()> {
         let options = ForwardOptions {
             train: true,
             hidden_states: false,
+            no_grad: false,
         };
         // [pass][wall fwd, wall bwd, cpu fwd, cpu bwd]
         let mut times: [[Vec<f64>; 4]; 2] = Default::default();

@@ -183,7 +183,7 @@ impl TypedConfig for GptConfig {
         ("moe", crate::moe::config::MOE_DOC),
         (
             "pass",
-            "training pass (and inference with LLMLAB_OWNED_INFERENCE=1): \"auto\" (the hand-written owned pass where it covers the config, else candle; default), \"owned\" (refuse training configs it does not cover, naming why; inference falls back to candle) or \"autograd\" (candle's graph and autograd, the reference)",
+            "training pass (and no-gradient inference passes): \"auto\" (the hand-written owned pass where it covers the config, else candle; default), \"owned\" (refuse training configs it does not cover, naming why; inference falls back to candle) or \"autograd\" (candle's graph and autograd, the reference)",
         ),
     ];
 

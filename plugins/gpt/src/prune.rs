@@ -164,6 +164,8 @@ pub(crate) fn input_norms(
             .unwrap_or_else(|p| p.into_inner())
             .recorder = Some(recorder.clone());
     }
+    // Not `ForwardOptions::inference()`: the recorders sit in candle's graph pass, which the
+    // owned inference pass would bypass.
     let result = calibration
         .iter()
         .try_for_each(|batch| gpt.forward(batch, &ForwardOptions::default()).map(|_| ()));

@@ -39,6 +39,7 @@ fn gradients(extra: &Value, checkpoint: bool, compute: DType) -> (f32, Vec<(Stri
     let options = ForwardOptions {
         train: true,
         hidden_states: false,
+        no_grad: false,
     };
     let mut loss_value = f32::NAN;
     let grads = model

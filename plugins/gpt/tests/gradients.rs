@@ -41,6 +41,7 @@ fn one_step(extra: &Value) -> (f32, HashMap<String, Vec<f32>>) {
     let options = ForwardOptions {
         train: true,
         hidden_states: false,
+        no_grad: false,
     };
     let out = model.forward(&x, &options).unwrap();
     let loss = loss::cross_entropy(&out.logits, &y).unwrap();

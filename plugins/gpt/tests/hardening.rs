@@ -11,6 +11,7 @@ use llmlab_plugin_api::{Context, ForwardOptions, Model};
 const TRAIN: ForwardOptions = ForwardOptions {
     train: true,
     hidden_states: false,
+    no_grad: false,
 };
 
 #[test]

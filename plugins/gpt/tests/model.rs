@@ -20,6 +20,7 @@ fn every_parameter_gets_a_finite_nonzero_gradient_for_every_option_set() {
         let options = ForwardOptions {
             train: true,
             hidden_states: false,
+            no_grad: false,
         };
         let out = model.forward(&x, &options).unwrap();
         let loss = cross_entropy(&out.logits, &y).unwrap();
@@ -193,6 +194,7 @@ fn forward_shapes_hidden_states_and_ctx_limit() {
             &ForwardOptions {
                 train: false,
                 hidden_states: true,
+                no_grad: false,
             },
         )
         .unwrap();

@@ -18,6 +18,7 @@ use llmlab_train::TrainLoop;
 const TRAIN: ForwardOptions = ForwardOptions {
     train: true,
     hidden_states: false,
+    no_grad: false,
 };
 
 fn moe(extra: Value) -> Value {

@@ -28,8 +28,6 @@ fn ids(vocab: usize, rows: usize, seq: usize, seed: u64) -> Tensor {
 }
 
 fn model(extra: &Value, pass: &str) -> Gpt {
-    // The pass is opt-in (`inference::enabled`); every test here asks for it first.
-    std::env::set_var("LLMLAB_OWNED_INFERENCE", "1");
     let mut config = json!({ "ctx": 48, "pass": pass });
     for (k, v) in extra.as_object().cloned().unwrap_or_default() {
         config[k] = v;
@@ -65,8 +63,8 @@ fn covered_sets() -> Vec<Value> {
 
 fn candle_forward(m: &Gpt, x: &Tensor, hidden: bool) -> llmlab_plugin_api::ForwardOutput {
     let options = ForwardOptions {
-        train: false,
         hidden_states: hidden,
+        ..ForwardOptions::default()
     };
     m.run(x, None, &options).unwrap()
 }
@@ -77,7 +75,7 @@ fn owned_inference_matches_candle_at_every_covered_option_set() {
     for extra in covered_sets() {
         let m = model(&extra, "auto");
         let x = ids(m.vocab_size(), 3, SEQ, 5);
-        let owned = m.forward(&x, &ForwardOptions::default()).unwrap();
+        let owned = m.forward(&x, &ForwardOptions::inference()).unwrap();
         // `forward` took the owned pass: its bits are the inference pass's.
         assert!(
             !m.inference_arenas().is_empty(),
@@ -105,8 +103,8 @@ fn hidden_states_match_candle() {
         let m = model(&extra, "auto");
         let x = ids(m.vocab_size(), 2, SEQ, 7);
         let options = ForwardOptions {
-            train: false,
             hidden_states: true,
+            ..ForwardOptions::inference()
         };
         let owned = m.forward(&x, &options).unwrap();
         let reference = candle_forward(&m, &x, true);
@@ -118,7 +116,8 @@ fn hidden_states_match_candle() {
 }
 
 /// `pass: "autograd"`, training-mode calls and configs the owned pass does not cover take
-/// candle's graph: `forward` gives `Gpt::run`'s bits.
+/// candle's graph: `forward` gives `Gpt::run`'s bits. So does a pass without `no_grad` (it must
+/// stay differentiable), below the table.
 #[test]
 fn candle_path_where_the_owned_pass_does_not_apply() {
     let cases = [
@@ -137,7 +136,7 @@ fn candle_path_where_the_owned_pass_does_not_apply() {
         let x = ids(m.vocab_size(), 2, 9, 1);
         let options = ForwardOptions {
             train,
-            hidden_states: false,
+            ..ForwardOptions::inference()
         };
         let got = m.forward(&x, &options).unwrap();
         let reference = m.run(&x, None, &options).unwrap();
@@ -151,6 +150,17 @@ fn candle_path_where_the_owned_pass_does_not_apply() {
             "{extra} {pass} train={train}"
         );
     }
+    let m = model(&json!({}), "auto");
+    let x = ids(m.vocab_size(), 2, 9, 1);
+    let got = m.forward(&x, &ForwardOptions::default()).unwrap();
+    assert!(
+        got.logits.track_op(),
+        "a pass without no_grad is differentiable"
+    );
+    assert!(
+        m.inference_arenas().is_empty(),
+        "owned pass taken without no_grad"
+    );
 }
 
 /// Row split (several part counts), whole batch and inline give the same bits; a second call
@@ -182,29 +192,29 @@ fn threadings_and_reused_buffers_give_the_same_bits() {
                 );
             }
             // From inside the pool `forward` runs inline: the same bits again.
-            let out = pool.install(|| m.forward(&x, &ForwardOptions::default()).unwrap());
+            let out = pool.install(|| m.forward(&x, &ForwardOptions::inference()).unwrap());
             assert!(values(&out.logits) == first, "{extra} {threads} in pool");
         }
         assert!(!m.inference_arenas().is_empty());
         let y = ids(48, 2, 17, 3);
-        let other = m.forward(&y, &ForwardOptions::default()).unwrap();
+        let other = m.forward(&y, &ForwardOptions::inference()).unwrap();
         assert_close(
             &format!("{extra} 2×17"),
             &other.logits,
             &candle_forward(&m, &y, false).logits,
         );
         let one = ids(48, 1, 1, 4);
-        let single = m.forward(&one, &ForwardOptions::default()).unwrap();
+        let single = m.forward(&one, &ForwardOptions::inference()).unwrap();
         assert_eq!(single.logits.dims(), &[1, 1, 48]);
         assert_close(
             &format!("{extra} 1×1"),
             &single.logits,
             &candle_forward(&m, &one, false).logits,
         );
-        let again = m.forward(&x, &ForwardOptions::default()).unwrap();
+        let again = m.forward(&x, &ForwardOptions::inference()).unwrap();
         assert!(values(&again.logits) == first, "{extra}: reused arena");
         let fresh = model(&extra, "auto")
-            .forward(&x, &ForwardOptions::default())
+            .forward(&x, &ForwardOptions::inference())
             .unwrap();
         assert!(values(&fresh.logits) == first, "{extra}: fresh model");
     }
@@ -215,14 +225,14 @@ fn out_of_vocabulary_ids_and_long_sequences_are_refused() {
     let m = model(&json!({}), "auto");
     let bad = Tensor::from_vec(vec![0u32, 48], (1, 2), &Device::Cpu).unwrap();
     let err = m
-        .forward(&bad, &ForwardOptions::default())
+        .forward(&bad, &ForwardOptions::inference())
         .err()
         .unwrap()
         .to_string();
     assert!(err.contains("48"), "{err}");
     let long = ids(48, 1, 49, 1);
     let err = m
-        .forward(&long, &ForwardOptions::default())
+        .forward(&long, &ForwardOptions::inference())
         .err()
         .unwrap()
         .to_string();

@@ -60,6 +60,7 @@ fn step_with(
     let options = ForwardOptions {
         train: true,
         hidden_states: hidden,
+        no_grad: false,
     };
     let mut value = 0f32;
     let grads = model.forward_backward(x, &options, DType::F32, &mut |out| {

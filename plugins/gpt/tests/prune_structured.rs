@@ -167,6 +167,7 @@ fn the_smaller_model_saves_loads_trains_and_generates() {
             &ForwardOptions {
                 train: true,
                 hidden_states: false,
+                no_grad: false,
             },
         )
         .unwrap();

@@ -213,7 +213,7 @@ impl Distillation {
         for start in (0..rows).step_by(self.config.teacher_chunk) {
             let n = self.config.teacher_chunk.min(rows - start);
             let logits = teacher
-                .forward(&inputs.narrow(0, start, n)?, &ForwardOptions::default())?
+                .forward(&inputs.narrow(0, start, n)?, &ForwardOptions::inference())?
                 .logits
                 .to_dtype(DType::F32)?
                 .detach();

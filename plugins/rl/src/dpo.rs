@@ -139,7 +139,9 @@ fn log_probs_with_aux(
         &batch.rows.tokens,
         &ForwardOptions {
             train,
-            hidden_states: false,
+            // Held-out terms and the reference's log-probabilities are never backpropagated.
+            no_grad: !train,
+            ..ForwardOptions::default()
         },
     )?;
     let lp = loss::sequence_log_probs(&out.logits, &batch.rows.targets, &batch.rows.mask)?;

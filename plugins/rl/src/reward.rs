@@ -111,6 +111,8 @@ impl Scorer {
             &ForwardOptions {
                 train,
                 hidden_states: matches!(self.head, Head::Last { .. }),
+                // Held-out margins and `score` are never backpropagated.
+                no_grad: !train,
             },
         )?;
         let Head::Last { weight, bias } = &self.head else {
@@ -149,8 +151,8 @@ fn hidden_size(model: &dyn Model) -> Result<usize> {
     let out = model.forward(
         &probe,
         &ForwardOptions {
-            train: false,
             hidden_states: true,
+            ..ForwardOptions::inference()
         },
     )?;
     Ok(out.hidden.ok_or_else(|| no_hidden(model))?.dim(2)?)

@@ -272,30 +272,41 @@ impl SequenceBatch {
 }
 
 /// Log-probabilities `(rows, seq)` of each target token under `model` (dropout off: ratios
-/// between two passes must be exact), and the hidden states when asked.
+/// between two passes must be exact), and the hidden states when asked, from a pass nothing
+/// backpropagates through (old-policy and reference scores).
 pub fn token_log_probs(
     model: &dyn Model,
     batch: &SequenceBatch,
     hidden_states: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let (logp, hidden, _) = policy_log_probs(model, batch, hidden_states)?;
+    let options = ForwardOptions {
+        hidden_states,
+        ..ForwardOptions::inference()
+    };
+    let (logp, hidden, _) = log_probs_under(model, batch, &options)?;
     Ok((logp, hidden))
 }
 
 /// [`token_log_probs`] plus the model's aux loss (MoE load balancing), which a policy update
-/// adds to its loss as every trainer does.
+/// adds to its loss as every trainer does; differentiable (the policy's loss terms).
 pub fn policy_log_probs(
     model: &dyn Model,
     batch: &SequenceBatch,
     hidden_states: bool,
 ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
-    let out = model.forward(
-        &batch.tokens,
-        &ForwardOptions {
-            train: false,
-            hidden_states,
-        },
-    )?;
+    let options = ForwardOptions {
+        hidden_states,
+        ..ForwardOptions::default()
+    };
+    log_probs_under(model, batch, &options)
+}
+
+fn log_probs_under(
+    model: &dyn Model,
+    batch: &SequenceBatch,
+    options: &ForwardOptions,
+) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+    let out = model.forward(&batch.tokens, options)?;
     let logp = loss::token_nll(&out.logits, &batch.targets)?
         .neg()?
         .reshape((batch.rows(), batch.seq))?;

@@ -24,8 +24,8 @@ impl ValueHead {
         let out = model.forward(
             &probe,
             &ForwardOptions {
-                train: false,
                 hidden_states: true,
+                ..ForwardOptions::inference()
             },
         )?;
         let d_model = out.hidden.ok_or_else(|| no_hidden(model))?.dim(2)?;

@@ -277,6 +277,7 @@ fn the_packed_forward_trains_a_copy_task() {
                 &ForwardOptions {
                     train: true,
                     hidden_states: false,
+                    no_grad: false,
                 },
             )
             .unwrap()
@@ -301,6 +302,7 @@ fn packed_logits(model: &T5, rows: &[Vec<u32>], pad: u32) -> Vec<Vec<Vec<f32>>> 
     let options = ForwardOptions {
         train: true,
         hidden_states: false,
+        no_grad: false,
     };
     model
         .forward(&ids, &options)

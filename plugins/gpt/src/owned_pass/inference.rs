@@ -120,28 +120,29 @@ impl InferenceArena {
 /// its own).
 pub type InferencePool = super::arena::ShapePool<InferenceArena>;
 
-/// The owned inference pass when it covers this call (`pass` not `"autograd"`, an inference
-/// call, the config covered: [`super::eligibility`]), `None` for candle's graph.
-/// Whether `Model::forward` takes this pass: only with `LLMLAB_OWNED_INFERENCE=1` (read once).
-///
-/// Not the default because candle's `forward` with `train: false` is still differentiable —
-/// it means "no dropout", not "no gradient" — and trainers build losses on it (GRPO's and
-/// PPO's policy terms backpropagate through plain `forward` calls); this pass returns detached
-/// logits, so under it those trainers would silently stop learning (caught by the two-rank
-/// GRPO test: rank 1 ended with no optimizer moments). Making it the default needs a no-grad
-/// flag in the model contract's forward options first.
+/// Whether a `no_grad` forward may take this pass: yes unless `LLMLAB_OWNED_INFERENCE=0`
+/// (read once; the switch the A/B benchmarks use to time candle's graph instead).
 pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("LLMLAB_OWNED_INFERENCE").is_some_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var_os("LLMLAB_OWNED_INFERENCE").is_none_or(|v| v != "0"))
 }
 
+/// The owned inference pass when it covers this call — a `no_grad` pass, not training, `pass`
+/// not `"autograd"`, the config covered ([`super::eligibility`]) — `None` for candle's graph.
+///
+/// `no_grad` and not merely `train: false`: this pass returns detached logits, while candle's
+/// `forward` with `train` off is still differentiable — it means "no dropout" — and trainers
+/// build losses on it (GRPO's and PPO's policy terms). Routing those here once silently
+/// stopped their learning (the two-rank GRPO test caught it: rank 1 ended with no optimizer
+/// moments).
 pub fn try_forward(
     gpt: &Gpt,
     ids: &Tensor,
     options: &ForwardOptions,
 ) -> Result<Option<ForwardOutput>> {
-    if !enabled()
+    if !options.no_grad
         || options.train
+        || !enabled()
         || gpt.gpt_config().pass == super::PassKind::Autograd
         || super::eligibility(gpt, ids, options, gpt.dtype()).is_some()
     {
