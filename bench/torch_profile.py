@@ -1,7 +1,9 @@
 """torch.profiler over the training step of torch_gpt.py's model: the PyTorch half of the
-side-by-side profile in docs/benchmarks.md ("Round 3 profile", issue 25).
+side-by-side profile in docs/benchmarks.md ("Round 3 profile", issue 25). With --forward, over
+the no-grad forward pass instead (the forward's op-by-op table; nn/examples/forward_ops.rs is
+llmlab's half).
 
-Usage: python torch_profile.py [tiny|small] [--threads 2] [--steps 5]
+Usage: python torch_profile.py [tiny|small] [--threads 2] [--steps 5] [--forward]
 Prints the per-op table (self CPU time), largest first.
 """
 import argparse, importlib.util, os
@@ -18,6 +20,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("config", nargs="?", default="tiny")
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--steps", type=int, default=5)
+ap.add_argument("--forward", action="store_true", help="profile the no-grad forward pass")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
@@ -33,6 +36,12 @@ def step():
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+
+
+if a.forward:
+    def step():
+        with torch.no_grad():
+            m(inp)
 
 
 for _ in range(3):
