@@ -6,7 +6,7 @@
 //!
 //! A quantized weight may be wider than the layer's input: quantizers zero-pad rows to their
 //! block size (`(out, in_padded)`), so the input is zero-padded to match before the product.
-//! Quantized products run in f32 (candle's kernels; a few rows of a q4_0 weight through
+//! Quantized products run in f32 (candle's kernels; a q4_0 weight's products through
 //! [`ops::quant_rows`], which returns the same bits) and are not differentiable.
 //!
 //! A dense layer can also be *fake-quantized* for quantization-aware training: its weight goes
@@ -181,9 +181,9 @@ impl QuantizedLinear {
     }
 
     /// The product through [`ops::quant_rows`] when it applies: a q4_0 weight, f32 input on the
-    /// CPU, 1..=[`QUANT_ROWS`] rows (batched decoding). Its numbers are the bits `QMatMul`
-    /// returns (on an AVX2 CPU), so which of the two runs never changes a sequence's output.
-    /// `None`: `QMatMul`'s turn (prefill, other formats, other devices).
+    /// CPU, any number of rows (batched decoding and prefill alike). Its numbers are the bits
+    /// `QMatMul` returns (on an AVX2 CPU), so which of the two runs never changes a sequence's
+    /// output. `None`: `QMatMul`'s turn (other formats, other devices, the kernel switched off).
     fn quant_rows(&self, x: &Tensor) -> Result<Option<Tensor>> {
         // The portable path is a reference: slower than candle's own fallbacks (scalar
         // `mul_add` without FMA hardware), and off x86 candle sums differently anyway. So
@@ -197,7 +197,7 @@ impl QuantizedLinear {
         }
         let (out_dim, padded) = self.weight.shape().dims2()?;
         let rows = x.elem_count() / padded.max(1);
-        if !(1..=QUANT_ROWS).contains(&rows) || x.dim(D::Minus1)? != padded {
+        if rows == 0 || x.dim(D::Minus1)? != padded {
             return Ok(None);
         }
         let w = self.weight.data()?;
@@ -212,10 +212,6 @@ impl QuantizedLinear {
         Tensor::from_vec(y, dims, &Device::Cpu).map(Some)
     }
 }
-
-/// Up to this many rows a q4_0 layer runs [`ops::quant_rows`] instead of candle's `QMatMul`
-/// (more rows: prefill, where `QMatMul`'s row tiles already share the weight reads).
-pub const QUANT_ROWS: usize = ops::few_rows::FEW_ROWS;
 
 impl Linear {
     /// A dense layer on the fused op or candle's composed `Linear`; quantized layers keep

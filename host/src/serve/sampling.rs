@@ -26,11 +26,11 @@ pub struct Sampled {
 }
 
 simd_kernel! {
-    /// `log Σ exp(logits)`: a token's log probability is its logit minus this. The polynomial
+    /// `log Σ exp(logits)` (`max` the largest logit): a token's log probability is its logit
+    /// minus this. The polynomial
     /// `exp` in independent lanes: libm's scalar `exp` here and in [`weights_into`] was ≈ 8% of
     /// the quickstart model's CPU when serving 16 streams (docs/serving.md).
-    fn log_sum_exp(logits: &[f32]) -> f32 {
-        let max = math::max(logits);
+    fn log_sum_exp(logits: &[f32], max: f32) -> f32 {
         let mut acc = [0f32; math::LANES];
         let chunks = logits.chunks_exact(math::LANES);
         let tail: f32 = chunks.remainder().iter().map(|&l| math::exp(l - max)).sum();
@@ -65,10 +65,23 @@ fn descending(values: &[f32], keep: usize) -> Vec<usize> {
     order
 }
 
+/// The first index of the largest value (by `total_cmp`): `descending(values, 1)[0]` without
+/// the vector of indices.
+fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate().skip(1) {
+        if v.total_cmp(&values[best]).is_gt() {
+            best = i;
+        }
+    }
+    best
+}
+
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SplitMix64) -> Sampled {
-    let log_sum = log_sum_exp(logits);
+    let max = math::max(logits);
+    let log_sum = log_sum_exp(logits, max);
     let token = if params.temperature == 0.0 {
-        descending(logits, 1)[0]
+        argmax(logits)
     } else {
         let keep = match params.top_k {
             0 => logits.len(),
@@ -76,17 +89,21 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SplitMix64) -> 
         };
         // Sorting the vocabulary is needed only to truncate it; it was the costliest part of a
         // serving step's per-sequence work (perf, docs/serving.md), so plain sampling draws in
-        // vocabulary order.
-        let candidates: Vec<usize> = if keep == logits.len() && params.top_p >= 1.0 {
-            (0..logits.len()).collect()
-        } else {
-            descending(logits, keep)
+        // vocabulary order, straight from the logits (no index or logit copies per token).
+        let candidates: Option<Vec<usize>> =
+            (keep < logits.len() || params.top_p < 1.0).then(|| descending(logits, keep));
+        let gathered: Vec<f32>;
+        let (candidate_logits, candidate_max) = match &candidates {
+            None => (logits, max),
+            Some(order) => {
+                gathered = order.iter().map(|&i| logits[i]).collect();
+                (&gathered[..], math::max(&gathered))
+            }
         };
-        let candidate_logits: Vec<f32> = candidates.iter().map(|&i| logits[i]).collect();
-        let mut weights = vec![0f32; candidates.len()];
+        let mut weights = vec![0f32; candidate_logits.len()];
         weights_into(
-            &candidate_logits,
-            math::max(&candidate_logits),
+            candidate_logits,
+            candidate_max,
             (1.0 / params.temperature) as f32,
             &mut weights,
         );
@@ -104,12 +121,17 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SplitMix64) -> 
                 }
             }
         }
-        let kept: f64 = weights[..nucleus].iter().map(|&w| w as f64).sum();
+        let kept: f64 = if nucleus == weights.len() {
+            total
+        } else {
+            weights[..nucleus].iter().map(|&w| w as f64).sum()
+        };
+        let id = |i: usize| candidates.as_ref().map_or(i, |order| order[i]);
         let mut draw = rng.next_unit() * kept;
-        let mut chosen = candidates[nucleus - 1];
+        let mut chosen = id(nucleus - 1);
         for (i, &w) in weights[..nucleus].iter().enumerate() {
             if draw < w as f64 {
-                chosen = candidates[i];
+                chosen = id(i);
                 break;
             }
             draw -= w as f64;
@@ -183,7 +205,7 @@ mod tests {
             .sum::<f64>()
             .ln()
             + max;
-        let got = log_sum_exp(&logits) as f64;
+        let got = log_sum_exp(&logits, max as f32) as f64;
         assert!(
             (got - reference).abs() < 1e-4,
             "log Σ exp: {got} vs {reference}"
@@ -214,5 +236,113 @@ mod tests {
             (ones - 0.75).abs() < 0.04,
             "p(1) should be 0.75, got {ones}"
         );
+    }
+
+    /// `sample` as it was before it drew straight from the logits (issue 23): the
+    /// reference the current one must match token for token.
+    fn sample_before(logits: &[f32], params: &SamplingParams, rng: &mut SplitMix64) -> Sampled {
+        let log_sum = log_sum_exp(logits, math::max(logits));
+        let token = if params.temperature == 0.0 {
+            descending(logits, 1)[0]
+        } else {
+            let keep = match params.top_k {
+                0 => logits.len(),
+                k => k.min(logits.len()),
+            };
+            // Sorting the vocabulary is needed only to truncate it; it was the costliest part of a
+            // serving step's per-sequence work (perf, docs/serving.md), so plain sampling draws in
+            // vocabulary order.
+            let candidates: Vec<usize> = if keep == logits.len() && params.top_p >= 1.0 {
+                (0..logits.len()).collect()
+            } else {
+                descending(logits, keep)
+            };
+            let candidate_logits: Vec<f32> = candidates.iter().map(|&i| logits[i]).collect();
+            let mut weights = vec![0f32; candidates.len()];
+            weights_into(
+                &candidate_logits,
+                math::max(&candidate_logits),
+                (1.0 / params.temperature) as f32,
+                &mut weights,
+            );
+            // The walks below sum in f64: a 100k-token vocabulary's tail stays visible.
+            let total: f64 = weights.iter().map(|&w| w as f64).sum();
+            // Nucleus: the smallest prefix (most likely first) holding top_p of the probability.
+            let mut nucleus = weights.len();
+            if params.top_p < 1.0 {
+                let mut mass = 0.0;
+                for (i, &w) in weights.iter().enumerate() {
+                    mass += w as f64 / total;
+                    if mass >= params.top_p {
+                        nucleus = i + 1;
+                        break;
+                    }
+                }
+            }
+            let kept: f64 = weights[..nucleus].iter().map(|&w| w as f64).sum();
+            let mut draw = rng.next_unit() * kept;
+            let mut chosen = candidates[nucleus - 1];
+            for (i, &w) in weights[..nucleus].iter().enumerate() {
+                if draw < w as f64 {
+                    chosen = candidates[i];
+                    break;
+                }
+                draw -= w as f64;
+            }
+            chosen
+        };
+        let top = match params.logprobs {
+            Some(n) if n > 0 => descending(logits, n)
+                .into_iter()
+                .map(|i| (i as u32, logits[i] - log_sum))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Sampled {
+            token: token as u32,
+            logprob: logits[token] - log_sum,
+            top,
+        }
+    }
+
+    /// Dropping the per-token copies changed no draw: over 300 seeded draws each, plain
+    /// sampling, top-k, top-p, both, greedy and logprobs give the same tokens, log
+    /// probabilities and alternatives as the implementation before, on a 721-token vocabulary
+    /// (the quickstart model's) with ties.
+    #[test]
+    fn sampling_draws_the_same_tokens_as_before_for_a_seed() {
+        let mut g = SplitMix64::new(5);
+        let mut logits: Vec<f32> = (0..721)
+            .map(|_| (g.next_unit() as f32 - 0.5) * 12.0)
+            .collect();
+        logits[17] = logits[3];
+        let cases = [
+            (0.8, 0, 1.0, None),
+            (1.0, 0, 1.0, Some(3)),
+            (0.7, 40, 1.0, None),
+            (1.2, 0, 0.9, Some(1)),
+            (0.5, 50, 0.8, None),
+            (0.0, 0, 1.0, Some(5)),
+        ];
+        for (temperature, top_k, top_p, logprobs) in cases {
+            let p = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                logprobs,
+            };
+            let (mut a, mut b) = (SplitMix64::new(99), SplitMix64::new(99));
+            for draw in 0..300 {
+                let (new, old) = (
+                    sample(&logits, &p, &mut a),
+                    sample_before(&logits, &p, &mut b),
+                );
+                assert_eq!(
+                    (new.token, new.logprob.to_bits(), &new.top),
+                    (old.token, old.logprob.to_bits(), &old.top),
+                    "{p:?}, draw {draw}"
+                );
+            }
+        }
     }
 }

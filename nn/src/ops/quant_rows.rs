@@ -1,5 +1,6 @@
 //! `y = x Wᵀ` for a few rows (1..=[`FEW_ROWS`]) and a q4_0 GGUF weight: the quantized linear's
-//! forward in batched decoding (issue 23; docs/kernels.md "Few rows, quantized").
+//! forward in batched decoding (issue 23; docs/kernels.md "Few rows, quantized"), and for the
+//! hundreds of rows of a batched prefill, where it is 6-9× candle's `QMatMul` too.
 //!
 //! candle's `QMatMul` computes each (input row, weight row) dot on its own, so a batch of 16
 //! rows unpacks every 4-bit weight block 16 times and batching buys almost nothing (1.2-1.45×
@@ -36,9 +37,33 @@ pub const BLOCK: usize = 32;
 /// nibbles are weights 0..16 and high nibbles weights 16..32, each `q - 8`.
 pub const Q4_0_BYTES: usize = 18;
 
-/// Weight blocks × input rows per rayon task, at least: below this the hand-off costs more
-/// than the split saves (measured with `nn/examples/quant_rows_probe.rs`).
-pub const TASK_BLOCKS: usize = 1 << 12;
+/// Weight blocks × input rows per rayon task, at least (≈ 100 µs of work on the VNNI path):
+/// below this the hand-off — waking a sleeping worker, the caller's wait, the idle worker's
+/// spin — costs more than the split saves. It was `1 << 12` (≈ 13 µs), and the serving profile
+/// put a quarter of the quickstart model's c=16 CPU in rayon workers spinning and waking
+/// between such tasks; `nn/examples/quant_rows_task_probe.rs` measures the sizes
+/// (docs/kernels.md, "Few rows, quantized").
+pub const TASK_BLOCKS: usize = 1 << 15;
+
+/// [`TASK_BLOCKS`], unless `LLMLAB_QUANT_ROWS_TASK_BLOCKS` gives another positive number (an
+/// end-to-end A/B knob like `LLMLAB_QUANT_ROWS`; a value that does not parse is reported on
+/// stderr and ignored). Read once per process.
+pub fn task_blocks() -> usize {
+    static BLOCKS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BLOCKS.get_or_init(|| {
+        const VAR: &str = "LLMLAB_QUANT_ROWS_TASK_BLOCKS";
+        match std::env::var(VAR) {
+            Err(_) => TASK_BLOCKS,
+            Ok(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    eprintln!("{VAR}={v:?} is not a positive whole number; using {TASK_BLOCKS}");
+                    TASK_BLOCKS
+                }
+            },
+        }
+    })
+}
 
 /// A quantized few-rows kernel implementation; [`Path::detect`] is the one [`forward_q4_0`]
 /// takes.
@@ -91,7 +116,9 @@ impl Path {
 
 /// `y = x Wᵀ` for `x` `(rows, in_dim)` f32 and `w` `(out_dim, in_dim)` as q4_0 blocks (the
 /// bytes of candle's `QTensor::data`), `in_dim` a multiple of [`BLOCK`]; `y` is `(rows, out_dim)`.
-/// The path [`Path::detect`] picks, tasks of at least [`TASK_BLOCKS`].
+/// The path [`Path::detect`] picks, tasks of at least [`task_blocks`]. Any number of rows:
+/// decoding's 1..=16 and a batched prefill's hundreds alike (each weight group is decoded once
+/// per call, so more rows only amortise it further).
 ///
 /// At up to [`VNNI_MIN_ROWS`]` - 1` rows the VNNI path's extra decoding work (each block's bias
 /// correction) outweighs its faster dots, so those calls take the AVX2 path: the same bits.
@@ -100,7 +127,7 @@ pub fn forward_q4_0(x: &[f32], w: &[u8], rows: usize, in_dim: usize, out_dim: us
         Path::Vnni if rows < VNNI_MIN_ROWS => Path::Avx2,
         path => path,
     };
-    forward_q4_0_with(path, TASK_BLOCKS, x, w, rows, in_dim, out_dim)
+    forward_q4_0_with(path, task_blocks(), x, w, rows, in_dim, out_dim)
 }
 
 /// The fewest rows [`forward_q4_0`] runs on the VNNI path (measured single-threaded with
@@ -852,6 +879,46 @@ mod tests {
                             "{path:?}, rows {rows}, {in_dim} -> {out_dim}: y[{k}] = {g}, \
                              dequantized reference {e}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A batched prefill's row counts (past [`FEW_ROWS`]: 16 prompts of several tokens, odd
+    /// counts leaving partial register blocks): the same bits as candle's `QMatMul`, which ran
+    /// these products before, on every path and task size; and each row the bits it gets alone,
+    /// so a prompt's cache does not depend on the prompts prefilled beside it.
+    #[test]
+    fn q4_0_prefill_rows_equal_candles_qmatmul_and_each_row_alone() {
+        let candle_avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        for (in_dim, out_dim) in [(128, 33), (384, 70)] {
+            let w = weight(out_dim, in_dim, 5 + in_dim as u64);
+            let data = w.data().unwrap();
+            for rows in [17, 40, 101] {
+                let x = inputs(rows, in_dim, 13 + rows as u64);
+                let want = candle(&w, &x, rows, in_dim);
+                for path in paths() {
+                    for task in [64, TASK_BLOCKS, 1 << 30] {
+                        let got = forward_q4_0_with(path, task, &x, &data, rows, in_dim, out_dim);
+                        if candle_avx2 {
+                            assert_eq!(
+                                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                "{path:?}, rows {rows}, task {task}, {in_dim} -> {out_dim}"
+                            );
+                        }
+                        for r in [0, rows / 2, rows - 1] {
+                            let row = &x[r * in_dim..(r + 1) * in_dim];
+                            let alone =
+                                forward_q4_0_with(path, task, row, &data, 1, in_dim, out_dim);
+                            assert_eq!(
+                                alone[..],
+                                got[r * out_dim..(r + 1) * out_dim],
+                                "{path:?}, rows {rows}, task {task}: row {r} differs from alone"
+                            );
+                        }
                     }
                 }
             }

@@ -744,8 +744,8 @@ impl llmlab_plugin_api::Quantizer for Q4 {
     }
 }
 
-/// A q4_0 model's products of 1..=16 rows run `ops::quant_rows`, longer ones (a padded batch's
-/// prefill) candle's `QMatMul`, with the same numbers: continuous batching of 16 sequences
+/// A q4_0 model's products run `ops::quant_rows` at every row count (decoding's few rows and a
+/// padded batch's prefill alike), with `QMatMul`'s numbers: continuous batching of 16 sequences
 /// gives every row the logits decoding that sequence alone gives, bit for bit, and greedy
 /// generation of a padded batch equals the uncached reference's tokens.
 #[test]
@@ -755,8 +755,7 @@ fn q4_0_batched_decoding_gives_each_sequence_the_bits_it_gets_alone() {
         // Not swiglu: its hidden width (88) is no multiple of the q4_0 block.
         json!({ "norm": "rms", "pos": "rope", "n_kv_head": 2, "bias": false }),
     ];
-    // Prompts of 1..=20 tokens: prefilled alone, the short ones take the kernel, the long
-    // ones `QMatMul`.
+    // Prompts of 1..=20 tokens: prefilled alone (1..=20 rows) and padded together (16 × 20).
     let prompts: Vec<Vec<u32>> = (0..16)
         .map(|s| {
             (0..1 + (s * 5) % 20)
