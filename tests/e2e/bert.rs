@@ -177,6 +177,7 @@ fn help_lists_every_bert_key_and_the_encoder_trainers() {
         "patience",
         "metric",
         "truncate",
+        "pooling",
         "task",
         "val",
     ] {
@@ -422,5 +423,97 @@ fn gpt_last_token_fine_tuning_fills_the_gpt_column_and_learns() {
     assert!(
         gpt > baseline + 0.2,
         "gpt {gpt} vs baseline {baseline}: {row}"
+    );
+}
+
+#[test]
+fn classify_pooling_reaches_the_head_is_saved_and_bad_values_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("clf");
+    let script = format!(
+        r#"
+        let tok = tokenizer("wordpiece", #{{ vocab_size: 160 }});
+        tok.train(corpus("stories", #{{ bytes: 20000, seed: 1 }}));
+        let data = glue(#{{ tasks: ["sentiment"], n: 300, val: 60, seed: 3 }}).sentiment;
+        let m = model("bert", #{{ vocab_size: tok.vocab_size(), n_layer: 1, n_head: 2, d_model: 32,
+                                  ctx: 128, dropout: 0.0, seed: 1 }});
+        let r = trainer("classify", #{{ steps: 80, batch_size: 16, lr: 3e-3, warmup: 8,
+                                        eval_every: 40, seed: 1, pooling: "mean" }}).fit(m, data, tok);
+        print(`mean: accuracy= ${{r.val_accuracy}} baseline= ${{data.baseline().value}}`);
+        print(`trained head=${{m.config().head}}`);
+        m.save("{saved}");
+        let back = model_load("{saved}");
+        print(`loaded head=${{back.config().head}}`);
+        // Unset pooling keeps the head the model has.
+        trainer("classify", #{{ steps: 2, batch_size: 4, eval_every: 0 }}).fit(back, data, tok);
+        print(`kept head=${{back.config().head}}`);
+        "#,
+        saved = saved.display()
+    );
+    let out = run_inline_script("pooling", &script, &[], dir.path());
+    for line in ["trained head=", "loaded head=", "kept head="] {
+        let head = out
+            .lines()
+            .find(|l| l.starts_with(line))
+            .unwrap_or_else(|| panic!("no {line} in\n{out}"));
+        assert!(
+            head.contains("pooling: \"mean\"") || head.contains("\"pooling\": \"mean\""),
+            "{head}"
+        );
+    }
+    let config = std::fs::read_to_string(saved.join("config.json")).unwrap();
+    assert!(config.contains("\"pooling\": \"mean\""), "{config}");
+    // Sentiment (how the story ended) with a mean-pooled head: learnt, not the majority guess.
+    let accuracy = printed(&out, "accuracy");
+    let baseline = printed(&out, "baseline");
+    assert!(
+        accuracy > baseline + 0.2,
+        "mean pooling: accuracy {accuracy} vs baseline {baseline}\n{out}"
+    );
+
+    let run = |body: &str| {
+        let script = dir.path().join("bad_pooling.rhai");
+        std::fs::write(
+            &script,
+            format!(
+                "let tok = tokenizer(\"wordpiece\", #{{ vocab_size: 120 }});\n\
+                 tok.train(corpus(\"glue\", #{{ task: \"roles\", n: 20, seed: 3 }}));\n{body}\n"
+            ),
+        )
+        .unwrap();
+        let output = run_script_output(script.to_str().unwrap(), &[], dir.path());
+        assert!(!output.status.success(), "{body} should fail");
+        stderr(&output)
+    };
+    let err = run("trainer(\"classify\", #{ steps: 1, pooling: \"avg\" });");
+    assert!(
+        err.contains("`pooling`") && err.contains("cls, mean, max") && err.contains("avg"),
+        "{err}"
+    );
+    let err = run(
+        "let m = model(\"gpt\", #{ vocab_size: tok.vocab_size(), n_layer: 1, n_head: 2, d_model: 16, ctx: 64 });\n\
+         trainer(\"classify\", #{ steps: 1, batch_size: 2, pooling: \"max\" })\n\
+             .fit(m, glue(#{ tasks: [\"sentiment\"], n: 20, seed: 3 }).sentiment, tok);",
+    );
+    assert!(
+        err.contains("`pooling`") && err.contains("last-token head"),
+        "{err}"
+    );
+    let err = run(
+        "let m = model(\"bert\", #{ vocab_size: tok.vocab_size(), n_layer: 1, n_head: 2, d_model: 16, ctx: 64 });\n\
+         trainer(\"classify\", #{ steps: 1, batch_size: 2, pooling: \"mean\" })\n\
+             .fit(m, glue(#{ tasks: [\"roles\"], n: 20, seed: 3 }).roles, tok);",
+    );
+    assert!(
+        err.contains("`pooling`") && err.contains("token-classification"),
+        "{err}"
+    );
+    let err = run(
+        "model(\"bert\", #{ vocab_size: 120, n_layer: 1, n_head: 2, d_model: 16, ctx: 64,\n\
+                            head: #{ kind: \"sequence\", num_labels: 2, pooling: \"first\" } });",
+    );
+    assert!(
+        err.contains("pooling") && err.contains("\"first\"") && err.contains("\"max\""),
+        "{err}"
     );
 }

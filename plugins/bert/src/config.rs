@@ -2,7 +2,7 @@
 //! between keys, and the task head a model carries. Saved as `config.json` beside the weights.
 
 use llmlab_plugin_api::config::TypedConfig;
-use llmlab_plugin_api::serde::{Deserialize, Serialize};
+use llmlab_plugin_api::serde::{de, Deserialize, Deserializer, Serialize};
 
 /// Where each layer's LayerNorms sit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +37,55 @@ pub enum HeadKind {
     Token,
 }
 
+/// Which final states a sequence or regression head summarises before the pooler
+/// (`dense` + tanh) and the classifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(crate = "llmlab_plugin_api::serde", rename_all = "lowercase")]
+pub enum Pooling {
+    /// The [CLS] position (BERT's and Hugging Face's).
+    #[default]
+    Cls,
+    /// The mean over the real positions (attention mask 1; [CLS] and [SEP] included).
+    Mean,
+    /// The elementwise maximum over the real positions.
+    Max,
+}
+
+impl Pooling {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Pooling::Cls => "cls",
+            Pooling::Mean => "mean",
+            Pooling::Max => "max",
+        }
+    }
+
+    pub fn is_cls(&self) -> bool {
+        *self == Pooling::Cls
+    }
+
+    pub fn parse(name: &str) -> std::result::Result<Pooling, String> {
+        match name {
+            "cls" => Ok(Pooling::Cls),
+            "mean" => Ok(Pooling::Mean),
+            "max" => Ok(Pooling::Max),
+            other => Err(format!(
+                "`pooling` must be \"cls\", \"mean\" or \"max\", got \"{other}\""
+            )),
+        }
+    }
+}
+
+// By hand, so an unknown value names the key and the allowed values (serde's own message
+// names neither the key nor, through `set_head`, where it came from).
+impl<'de> Deserialize<'de> for Pooling {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Pooling, D::Error> {
+        let name = String::deserialize(d)
+            .map_err(|e| de::Error::custom(format!("`pooling` must be a string: {e}")))?;
+        Pooling::parse(&name).map_err(de::Error::custom)
+    }
+}
+
 /// A task head: its kind and width (Hugging Face's `classifier`), and what the task it was
 /// trained for looks like: the class names (Hugging Face's `id2label`) and whether its inputs
 /// are sentence pairs.
@@ -50,6 +99,10 @@ pub struct HeadConfig {
     pub labels: Vec<String>,
     #[serde(default)]
     pub pair: bool,
+    /// Sequence and regression heads: what the pooler reads. Left out of the JSON when `cls`,
+    /// so heads saved before this key existed, and Hugging Face's, read the same.
+    #[serde(default, skip_serializing_if = "Pooling::is_cls")]
+    pub pooling: Pooling,
 }
 
 fn one() -> usize {
@@ -72,6 +125,13 @@ impl HeadConfig {
                 "head: {} label names for num_labels = {}",
                 self.labels.len(),
                 self.num_labels
+            ));
+        }
+        if self.kind == HeadKind::Token && !self.pooling.is_cls() {
+            return Err(format!(
+                "head: `pooling` \"{}\" does not apply to a token head (it classifies every \
+                 position); pooling is for sequence and regression heads",
+                self.pooling.name()
             ));
         }
         Ok(())
@@ -164,7 +224,7 @@ impl TypedConfig for BertConfig {
         ),
         (
             "head",
-            "task head: #{ kind: \"sequence\" | \"regression\" | \"token\", num_labels: n, labels: [names], pair: bool }, or unset (MLM only); trainer(\"classify\") sets one",
+            "task head: #{ kind: \"sequence\" | \"regression\" | \"token\", num_labels: n, labels: [names], pair: bool, pooling: \"cls\" | \"mean\" | \"max\" }, or unset (MLM only); trainer(\"classify\") sets one. pooling (sequence/regression): which final states the pooler (dense + tanh) reads: [CLS] (default, BERT/HF), or the mean or max over the real (unpadded) positions",
         ),
         ("seed", "init seed; unset = the session seed"),
     ];

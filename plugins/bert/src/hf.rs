@@ -5,6 +5,11 @@
 //! LayerNorm names become `weight`/`bias`. Parts a directory does not have (the MLM head of a
 //! `BertModel`, the pooler of a `BertForMaskedLM`) start from the seeded init and are named in
 //! the log; a tensor the model has no place for is an error naming it.
+//!
+//! Import only: `bert` has no Hugging Face export (`save_hf` refuses, the trait's default).
+//! Imported heads pool [CLS] (`BertForSequenceClassification`'s pooler); a head with `pooling`
+//! mean or max has no transformers architecture, so an export added later must refuse it
+//! rather than write a `BertForSequenceClassification` that would predict differently.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,7 +19,7 @@ use llmlab_plugin_api::candle::Tensor;
 use llmlab_plugin_api::serde_json::Value;
 use llmlab_plugin_api::{tracing, Context, Error, Model, Result};
 
-use crate::config::{Activation, BertConfig, HeadConfig, HeadKind, NormPosition};
+use crate::config::{Activation, BertConfig, HeadConfig, HeadKind, NormPosition, Pooling};
 use crate::model::Bert;
 
 /// Tensors a Hugging Face checkpoint may hold that are not parameters here: buffers, the
@@ -114,6 +119,7 @@ pub fn config_from_hf(json: &Value, path: &Path) -> Result<BertConfig> {
                     num_labels: 1,
                     labels: Vec::new(),
                     pair: false,
+                    pooling: Pooling::Cls,
                 }
             } else {
                 HeadConfig {
@@ -121,6 +127,7 @@ pub fn config_from_hf(json: &Value, path: &Path) -> Result<BertConfig> {
                     num_labels,
                     labels: labels.clone(),
                     pair: false,
+                    pooling: Pooling::Cls,
                 }
             },
         ),
@@ -129,6 +136,7 @@ pub fn config_from_hf(json: &Value, path: &Path) -> Result<BertConfig> {
             num_labels,
             labels,
             pair: false,
+            pooling: Pooling::Cls,
         }),
         _ => None,
     };

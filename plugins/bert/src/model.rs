@@ -20,7 +20,7 @@ use llmlab_plugin_api::{
 };
 
 use crate::attention::additive_padding_mask;
-use crate::config::{BertConfig, HeadConfig, NormPosition};
+use crate::config::{BertConfig, HeadConfig, NormPosition, Pooling};
 use crate::embeddings::Embeddings;
 use crate::heads::{MlmHead, Pooler, TaskHead};
 use crate::layer::Layer;
@@ -206,6 +206,19 @@ impl Bert {
         Ok(self.pooler.forward(hidden)?)
     }
 
+    /// The pooled state `(batch, d_model)` by `pooling`, over the positions `attention_mask`
+    /// marks real (unset: all).
+    pub fn pool_with(
+        &self,
+        hidden: &Tensor,
+        attention_mask: Option<&Tensor>,
+        pooling: Pooling,
+    ) -> Result<Tensor> {
+        Ok(self
+            .pooler
+            .forward_pooled(hidden, attention_mask, pooling)?)
+    }
+
     /// MLM logits `(batch, seq, vocab)` of final states.
     pub fn mlm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(self.mlm.forward(hidden, &self.embeddings.word)?)
@@ -268,7 +281,11 @@ impl Model for Bert {
                      #{ kind: \"sequence\", num_labels: n } }) or train it with trainer(\"classify\")",
                 ));
             };
-            let pooled = self.pool(&hidden)?;
+            let pooled = self.pool_with(
+                &hidden,
+                inputs.attention_mask.as_ref(),
+                head.head.config.pooling,
+            )?;
             head.head.forward(&hidden, &pooled, options.train)?
         } else {
             self.mlm_logits(&hidden)?

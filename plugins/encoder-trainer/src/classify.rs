@@ -36,6 +36,9 @@ use crate::token_tagging::{self, TaggedEncoding};
 /// Measures a task may be judged by.
 pub const METRICS: &[&str] = &["accuracy", "f1", "mcc", "pearson", "spearman"];
 
+/// What a sequence head may pool (the `bert` head's `pooling`).
+pub const POOLINGS: &[&str] = &["cls", "mean", "max"];
+
 /// What `classify` adds to the shared training keys.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClassifyConfig {
@@ -45,6 +48,8 @@ pub struct ClassifyConfig {
     pub metric: Option<String>,
     /// Cut over-long inputs instead of refusing them.
     pub truncate: bool,
+    /// The sequence head's pooling; `None` = the model's head's, or `cls` for a new head.
+    pub pooling: Option<String>,
 }
 
 pub const CLASSIFY_KEYS: &[(&str, &str)] = &[
@@ -59,6 +64,10 @@ pub const CLASSIFY_KEYS: &[(&str, &str)] = &[
     (
         "truncate",
         "cut inputs longer than ctx (the longer sentence first) instead of refusing them",
+    ),
+    (
+        "pooling",
+        "what an encoder's sequence/regression head reads: \"cls\" (the [CLS] state, BERT's), \"mean\" or \"max\" over the real (unpadded) positions, each then the pooler's dense + tanh; null = the model's head's, cls for a new head",
     ),
 ];
 
@@ -93,6 +102,17 @@ impl ClassifyConfig {
                 )
             })?;
         }
+        if let Some(v) = fields.remove("pooling") {
+            if !v.is_null() {
+                let name = v.as_str().filter(|p| POOLINGS.contains(p)).ok_or_else(|| {
+                    Error::invalid_config(
+                        "classify",
+                        format!("`pooling` must be one of {}, got {v}", POOLINGS.join(", ")),
+                    )
+                })?;
+                config.pooling = Some(name.to_string());
+            }
+        }
         Ok(config)
     }
 }
@@ -106,6 +126,8 @@ pub struct Task {
     pub metric: String,
     /// Token classification: a tag per word.
     pub tagging: bool,
+    /// Sequence heads: the `pooling` asked for (`None`: not asked).
+    pub pooling: Option<String>,
 }
 
 impl Task {
@@ -145,17 +167,31 @@ impl Task {
                 labels
             )));
         }
+        if let (true, Some(pooling)) = (tagging, &config.pooling) {
+            if pooling != "cls" {
+                return Err(Error::invalid_config(
+                    "classify",
+                    format!(
+                        "`pooling` {pooling} does not fit {} (a token-classification task: its \
+                         head classifies every position, nothing is pooled)",
+                        source.name()
+                    ),
+                ));
+            }
+        }
         Ok(Task {
             labels,
             pair: source.is_pair(),
             metric,
             tagging,
+            pooling: config.pooling.clone().filter(|_| !tagging),
         })
     }
 
-    /// The head `Model::set_head` gets for this task.
+    /// The head `Model::set_head` gets for this task. `pooling` appears only when it is not
+    /// `cls`, as `bert` reports its heads, so a matching head compares equal.
     pub fn head(&self) -> Value {
-        if self.tagging {
+        let mut head = if self.tagging {
             json!({ "kind": "token", "num_labels": self.labels.len(),
                     "labels": self.labels, "pair": false })
         } else if self.labels.is_empty() {
@@ -163,7 +199,11 @@ impl Task {
         } else {
             json!({ "kind": "sequence", "num_labels": self.labels.len(),
                     "labels": self.labels, "pair": self.pair })
+        };
+        if let Some(pooling) = self.pooling.as_deref().filter(|p| *p != "cls") {
+            head["pooling"] = json!(pooling);
         }
+        head
     }
 }
 
@@ -627,8 +667,19 @@ impl ClassifyTrainer {
     fn ensure_head(&mut self, model: &dyn Model, job: &TrainJob<'_>) -> Result<()> {
         let (source, _) = labelled(job)?;
         let task = Task::of(source, &self.config)?;
-        let wanted = task.head();
-        if self.own_head.is_some() || model.head().as_ref() == Some(&wanted) {
+        let mut wanted = task.head();
+        let current = model.head();
+        // Unset `pooling` keeps the pooling of a head the model already has (a saved classifier
+        // trained further), so only the task decides whether the head is replaced.
+        if let (None, Some(pooling)) = (
+            &task.pooling,
+            current.as_ref().and_then(|h| h.get("pooling")),
+        ) {
+            if !task.tagging {
+                wanted["pooling"] = pooling.clone();
+            }
+        }
+        if self.own_head.is_some() || current.as_ref() == Some(&wanted) {
             return Ok(());
         }
         match model.set_head(Some(&wanted)) {
@@ -641,6 +692,19 @@ impl ClassifyTrainer {
                     source.name()
                 ),
             )),
+            Err(Error::Unsupported { .. })
+                if task.pooling.as_deref().is_some_and(|p| p != "cls") =>
+            {
+                Err(Error::invalid_config(
+                    "classify",
+                    format!(
+                        "`pooling` {} is for encoder heads; {} takes no head of its own and \
+                         gets a last-token head (leave pooling unset)",
+                        task.pooling.as_deref().unwrap_or_default(),
+                        model.name()
+                    ),
+                ))
+            }
             Err(Error::Unsupported { .. }) => {
                 let labels = task.labels.len().max(1);
                 let seed = self.inner.train_config().seed.unwrap_or(0);
@@ -662,6 +726,7 @@ impl Trainer for ClassifyTrainer {
             map.insert("patience".into(), json!(self.config.patience));
             map.insert("metric".into(), json!(self.config.metric));
             map.insert("truncate".into(), json!(self.config.truncate));
+            map.insert("pooling".into(), json!(self.config.pooling));
         }
         config
     }
@@ -729,7 +794,7 @@ impl Factory for ClassifyFactory {
     fn config_keys(&self) -> Vec<ConfigKey> {
         crate::mlm::keys_with(
             CLASSIFY_KEYS,
-            json!({ "patience": 0, "metric": null, "truncate": false }),
+            json!({ "patience": 0, "metric": null, "truncate": false, "pooling": null }),
         )
     }
     fn create(&self, config: &Value, _: &Context) -> Result<Instance> {
@@ -814,5 +879,13 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("patience"), "{err}");
+        let err = new_classify_trainer(&json!({ "pooling": "avg" }))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("`pooling`") && err.contains("cls, mean, max") && err.contains("avg"),
+            "{err}"
+        );
     }
 }
