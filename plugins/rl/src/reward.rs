@@ -36,6 +36,7 @@ use crate::optimizer::{join_world, Optimizer};
 use crate::policy_checkpoint::{self, Saved};
 use crate::preference_batch::{self, PairBatch, Rows, Split};
 use crate::resume;
+use crate::value_head::hidden_width;
 
 pub const HEAD_FILE: &str = "head.safetensors";
 pub const MANIFEST: &str = "reward.json";
@@ -70,7 +71,7 @@ impl Scorer {
     ) -> Result<Scorer> {
         let head = match kind {
             RewardHead::Last => {
-                let d_model = hidden_size(body.as_ref())?;
+                let d_model = hidden_width(body.as_ref(), no_hidden)?;
                 Head::Last {
                     weight: Var::zeros(d_model, DType::F32, body.device())?,
                     bias: Var::zeros(1, DType::F32, body.device())?,
@@ -143,19 +144,6 @@ fn no_hidden(model: &dyn Model) -> Error {
         "the `{}` model returns no hidden states; a reward head needs them (ForwardOptions::hidden_states)",
         model.name()
     ))
-}
-
-/// The width of `model`'s hidden states, from a one-token forward pass.
-fn hidden_size(model: &dyn Model) -> Result<usize> {
-    let probe = Tensor::zeros((1, 1), DType::U32, model.device())?;
-    let out = model.forward(
-        &probe,
-        &ForwardOptions {
-            hidden_states: true,
-            ..ForwardOptions::inference()
-        },
-    )?;
-    Ok(out.hidden.ok_or_else(|| no_hidden(model))?.dim(2)?)
 }
 
 /// Training state once `fit` has seen the model and data.

@@ -17,18 +17,24 @@ pub fn no_hidden(model: &dyn Model) -> Error {
     ))
 }
 
+/// The width of `model`'s final hidden states, from a one-token no-grad pass; `missing` names
+/// the head that needed them when the model returns none.
+pub fn hidden_width(model: &dyn Model, missing: fn(&dyn Model) -> Error) -> Result<usize> {
+    let probe = Tensor::zeros((1, 1), DType::U32, model.device())?;
+    let out = model.forward(
+        &probe,
+        &ForwardOptions {
+            hidden_states: true,
+            ..ForwardOptions::inference()
+        },
+    )?;
+    Ok(out.hidden.ok_or_else(|| missing(model))?.dim(2)?)
+}
+
 impl ValueHead {
-    /// A zero head as wide as `model`'s hidden states (found with a one-token forward pass).
+    /// A zero head as wide as `model`'s hidden states.
     pub fn new(model: &dyn Model) -> Result<ValueHead> {
-        let probe = Tensor::zeros((1, 1), DType::U32, model.device())?;
-        let out = model.forward(
-            &probe,
-            &ForwardOptions {
-                hidden_states: true,
-                ..ForwardOptions::inference()
-            },
-        )?;
-        let d_model = out.hidden.ok_or_else(|| no_hidden(model))?.dim(2)?;
+        let d_model = hidden_width(model, no_hidden)?;
         Ok(ValueHead {
             weight: Var::zeros(d_model, DType::F32, model.device())?,
             bias: Var::zeros(1, DType::F32, model.device())?,
