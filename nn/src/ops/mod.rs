@@ -18,6 +18,7 @@ pub mod cached_attention;
 pub mod cross_entropy;
 pub mod few_rows;
 pub mod gelu;
+pub mod gpu;
 pub mod layer_norm;
 pub mod layout;
 pub mod linear;
@@ -58,6 +59,13 @@ pub enum Kernels {
 /// through the composed reference, which is differentiable on every backend.
 pub fn fused_path(t: &Tensor) -> bool {
     matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32
+}
+
+/// Whether `t` takes the fused training kernels: [`fused_path`] on the CPU, and on CUDA the
+/// kernels of [`gpu`] (f32, bf16, f16; cuda build). The inference-only CPU kernels (linear,
+/// cached attention, few rows) ask [`fused_path`] alone.
+pub fn kernel_path(t: &Tensor) -> bool {
+    fused_path(t) || gpu::takes(t)
 }
 
 /// A norm's gain or bias must be a vector of the normalised width.

@@ -1,0 +1,220 @@
+// Causal attention over the packed projection qkv (b, t, h + 2 kv, hd) into out (b, t, h, hd),
+// forward and backward, flash-attention style (Dao et al. 2022): key/value tiles stream through
+// shared memory, each query row keeps a running max and sum (online softmax), and only the
+// row's log-sum-exp (b, h, t) is saved for the backward, never the t × t probabilities.
+// Grouped-query attention is native: query head hq reads key/value head hq / (h / kv).
+// All arithmetic is f32 whatever the element type.
+//
+// The backward is two kernels with no atomics (FlashAttention-1's split): dQ by query rows,
+// recomputing P from the saved log-sum-exp; dK and dV by key rows, looping over the query heads
+// of the group and the query rows at or after the key. dQ also writes delta = rowsum(dO ⊙ O),
+// which dK/dV read, so it runs first.
+//
+// One thread per row; rows of at most ATT_MAX_HD (the Rust side refuses wider heads).
+#include "common.cuh"
+
+#define ATT_MAX_HD 128
+#define ATT_ROWS 64   // query rows per block (forward, dQ); key rows per block (dK/dV)
+#define ATT_TILE 32   // rows per shared-memory tile
+
+__device__ __forceinline__ long packed_row(int bi, int ti, int head, int t, int heads, int hd) {
+    return (((long)bi * t + ti) * heads + head) * hd;
+}
+
+// Loads rows [first, first + ATT_TILE) of one head of a (b, t, heads, hd) buffer into `tile`
+// (zeros past t); every thread of the block takes part.
+template <typename T>
+__device__ void load_tile(float (*tile)[ATT_MAX_HD], const T* src, int bi, int first, int head,
+                          int t, int heads, int hd) {
+    for (int e = threadIdx.x; e < ATT_TILE * hd; e += blockDim.x) {
+        const int r = e / hd, c = e % hd, row = first + r;
+        tile[r][c] = row < t ? to_f32(src[packed_row(bi, row, head, t, heads, hd) + c]) : 0.0f;
+    }
+}
+
+template <typename T>
+__device__ void attention_forward(const T* qkv, T* out, float* lse, int t, int h, int kv, int hd,
+                                  float scale) {
+    __shared__ float ks[ATT_TILE][ATT_MAX_HD];
+    __shared__ float vs[ATT_TILE][ATT_MAX_HD];
+    const int bi = blockIdx.z, hq = blockIdx.y, heads = h + 2 * kv, kvh = hq / (h / kv);
+    const int first = blockIdx.x * ATT_ROWS, i = first + threadIdx.x;
+    const bool active = i < t;
+    float q[ATT_MAX_HD], acc[ATT_MAX_HD];
+    float m = -INFINITY, l = 0.0f;
+    if (active) {
+        const T* qp = qkv + packed_row(bi, i, hq, t, heads, hd);
+        for (int c = 0; c < hd; c++) {
+            q[c] = to_f32(qp[c]) * scale;
+            acc[c] = 0.0f;
+        }
+    }
+    const int last = min(first + ATT_ROWS, t) - 1;
+    for (int k0 = 0; k0 <= last; k0 += ATT_TILE) {
+        __syncthreads();  // the previous tile is no longer read
+        load_tile(ks, qkv, bi, k0, h + kvh, t, heads, hd);
+        load_tile(vs, qkv, bi, k0, h + kv + kvh, t, heads, hd);
+        __syncthreads();
+        if (!active || k0 > i) continue;
+        const int n = min(ATT_TILE, i - k0 + 1);
+        float s[ATT_TILE];
+        float tile_max = -INFINITY;
+        for (int j = 0; j < n; j++) {
+            float d = 0.0f;
+            for (int c = 0; c < hd; c++) d += q[c] * ks[j][c];
+            s[j] = d;
+            tile_max = fmaxf(tile_max, d);
+        }
+        const float m_new = fmaxf(m, tile_max);
+        const float correction = expf(m - m_new);  // 0 on the first tile (m = -inf)
+        l *= correction;
+        for (int c = 0; c < hd; c++) acc[c] *= correction;
+        for (int j = 0; j < n; j++) {
+            const float p = expf(s[j] - m_new);
+            l += p;
+            for (int c = 0; c < hd; c++) acc[c] += p * vs[j][c];
+        }
+        m = m_new;
+    }
+    if (active) {
+        T* op = out + packed_row(bi, i, hq, t, h, hd);
+        const float inv = 1.0f / l;
+        for (int c = 0; c < hd; c++) op[c] = from_f32<T>(acc[c] * inv);
+        lse[((long)bi * h + hq) * t + i] = m + logf(l);
+    }
+}
+
+// dQ = scale · Σ_j P_ij (dO_i·V_j − delta_i) K_j over j ≤ i; also delta_i = dO_i·O_i.
+template <typename T>
+__device__ void attention_backward_dq(const T* qkv, const T* out, const T* dout, const float* lse,
+                                      float* delta, T* dqkv, int t, int h, int kv, int hd,
+                                      float scale) {
+    __shared__ float ks[ATT_TILE][ATT_MAX_HD];
+    __shared__ float vs[ATT_TILE][ATT_MAX_HD];
+    const int bi = blockIdx.z, hq = blockIdx.y, heads = h + 2 * kv, kvh = hq / (h / kv);
+    const int first = blockIdx.x * ATT_ROWS, i = first + threadIdx.x;
+    const bool active = i < t;
+    float q[ATT_MAX_HD], dout_i[ATT_MAX_HD], dq[ATT_MAX_HD];
+    float lse_i = 0.0f, delta_i = 0.0f;
+    if (active) {
+        const T* qp = qkv + packed_row(bi, i, hq, t, heads, hd);
+        const T* op = out + packed_row(bi, i, hq, t, h, hd);
+        const T* dp = dout + packed_row(bi, i, hq, t, h, hd);
+        for (int c = 0; c < hd; c++) {
+            q[c] = to_f32(qp[c]) * scale;
+            dout_i[c] = to_f32(dp[c]);
+            delta_i += dout_i[c] * to_f32(op[c]);
+            dq[c] = 0.0f;
+        }
+        const long stat = ((long)bi * h + hq) * t + i;
+        lse_i = lse[stat];
+        delta[stat] = delta_i;
+    }
+    const int last = min(first + ATT_ROWS, t) - 1;
+    for (int k0 = 0; k0 <= last; k0 += ATT_TILE) {
+        __syncthreads();
+        load_tile(ks, qkv, bi, k0, h + kvh, t, heads, hd);
+        load_tile(vs, qkv, bi, k0, h + kv + kvh, t, heads, hd);
+        __syncthreads();
+        if (!active || k0 > i) continue;
+        const int n = min(ATT_TILE, i - k0 + 1);
+        for (int j = 0; j < n; j++) {
+            float s = 0.0f, dp = 0.0f;
+            for (int c = 0; c < hd; c++) {
+                s += q[c] * ks[j][c];
+                dp += dout_i[c] * vs[j][c];
+            }
+            const float ds = expf(s - lse_i) * (dp - delta_i);
+            for (int c = 0; c < hd; c++) dq[c] += ds * ks[j][c];
+        }
+    }
+    if (active) {
+        T* gp = dqkv + packed_row(bi, i, hq, t, heads, hd);
+        for (int c = 0; c < hd; c++) gp[c] = from_f32<T>(dq[c] * scale);
+    }
+}
+
+// dV_j = Σ P_ij dO_i, dK_j = scale · Σ dS_ij Q_i over the group's query heads and i ≥ j.
+template <typename T>
+__device__ void attention_backward_dkv(const T* qkv, const T* dout, const float* lse,
+                                       const float* delta, T* dqkv, int t, int h, int kv, int hd,
+                                       float scale) {
+    __shared__ float qs[ATT_TILE][ATT_MAX_HD];
+    __shared__ float dos[ATT_TILE][ATT_MAX_HD];
+    __shared__ float lse_s[ATT_TILE], delta_s[ATT_TILE];
+    const int bi = blockIdx.z, kvh = blockIdx.y, heads = h + 2 * kv, group = h / kv;
+    const int first = blockIdx.x * ATT_ROWS, j = first + threadIdx.x;
+    const bool active = j < t;
+    float k[ATT_MAX_HD], v[ATT_MAX_HD], dk[ATT_MAX_HD], dv[ATT_MAX_HD];
+    if (active) {
+        const T* kp = qkv + packed_row(bi, j, h + kvh, t, heads, hd);
+        const T* vp = qkv + packed_row(bi, j, h + kv + kvh, t, heads, hd);
+        for (int c = 0; c < hd; c++) {
+            k[c] = to_f32(kp[c]);
+            v[c] = to_f32(vp[c]);
+            dk[c] = 0.0f;
+            dv[c] = 0.0f;
+        }
+    }
+    for (int g = 0; g < group; g++) {
+        const int hq = kvh * group + g;
+        for (int q0 = first; q0 < t; q0 += ATT_TILE) {
+            __syncthreads();
+            load_tile(qs, qkv, bi, q0, hq, t, heads, hd);
+            load_tile(dos, dout, bi, q0, hq, t, h, hd);
+            for (int r = threadIdx.x; r < ATT_TILE; r += blockDim.x) {
+                const long stat = ((long)bi * h + hq) * t + q0 + r;
+                lse_s[r] = q0 + r < t ? lse[stat] : 0.0f;
+                delta_s[r] = q0 + r < t ? delta[stat] : 0.0f;
+            }
+            __syncthreads();
+            if (!active) continue;
+            for (int r = 0; r < ATT_TILE; r++) {
+                const int i = q0 + r;
+                if (i >= t) break;
+                if (i < j) continue;
+                float s = 0.0f, dp = 0.0f;
+                for (int c = 0; c < hd; c++) {
+                    s += qs[r][c] * k[c];
+                    dp += dos[r][c] * v[c];
+                }
+                const float p = expf(s * scale - lse_s[r]);
+                const float ds = p * (dp - delta_s[r]);
+                for (int c = 0; c < hd; c++) {
+                    dv[c] += p * dos[r][c];
+                    dk[c] += ds * qs[r][c];
+                }
+            }
+        }
+    }
+    if (active) {
+        T* kp = dqkv + packed_row(bi, j, h + kvh, t, heads, hd);
+        T* vp = dqkv + packed_row(bi, j, h + kv + kvh, t, heads, hd);
+        for (int c = 0; c < hd; c++) {
+            kp[c] = from_f32<T>(dk[c] * scale);
+            vp[c] = from_f32<T>(dv[c]);
+        }
+    }
+}
+
+#define ATTENTION_KERNELS(T, S)                                                                  \
+    extern "C" __global__ void attention_forward_##S(const T* qkv, T* out, float* lse, int t,    \
+                                                     int h, int kv, int hd, float scale) {       \
+        attention_forward<T>(qkv, out, lse, t, h, kv, hd, scale);                                \
+    }                                                                                            \
+    LLMLAB_EXPORT(attention_forward_##S)                                                         \
+    extern "C" __global__ void attention_backward_dq_##S(                                        \
+        const T* qkv, const T* out, const T* dout, const float* lse, float* delta, T* dqkv,      \
+        int t, int h, int kv, int hd, float scale) {                                             \
+        attention_backward_dq<T>(qkv, out, dout, lse, delta, dqkv, t, h, kv, hd, scale);         \
+    }                                                                                            \
+    LLMLAB_EXPORT(attention_backward_dq_##S)                                                     \
+    extern "C" __global__ void attention_backward_dkv_##S(const T* qkv, const T* dout,           \
+                                                          const float* lse, const float* delta,  \
+                                                          T* dqkv, int t, int h, int kv, int hd, \
+                                                          float scale) {                         \
+        attention_backward_dkv<T>(qkv, dout, lse, delta, dqkv, t, h, kv, hd, scale);             \
+    }                                                                                            \
+    LLMLAB_EXPORT(attention_backward_dkv_##S)
+
+FOR_EACH_DTYPE(ATTENTION_KERNELS)
