@@ -85,6 +85,45 @@ fn main() {
     println!("cargo:rustc-env=LLMLAB_CANDLE_VERSION={candle_version}");
     println!("cargo:rustc-env=LLMLAB_CROSSING_LOCK={lock_summary}");
     println!("cargo:rustc-env=LLMLAB_API_HASH={:016x}", source_hash.0);
+
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        compile_cuda_kernels(&manifest_dir);
+    }
+}
+
+/// llmlab's own CUDA kernels (`cuda/ops.cu`: the fused training ops) to one PTX module in the
+/// runtime, as candle's are: every plugin loads the same copy (`src/cuda_kernels.rs`). Only in
+/// the cuda build (scripts/build-cuda.sh puts nvcc on PATH); the CPU test suite runs the same
+/// sources through an emulator (nn/tests/cuda_kernels_emulated.rs).
+fn compile_cuda_kernels(manifest_dir: &Path) {
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("cuda").display()
+    );
+    println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("llmlab_ops.ptx");
+    let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
+    // candle's target (CUDA_COMPUTE_CAP, default 90 = H100/H200), as PTX the driver compiles for
+    // the GPU at first load.
+    let cap: String = std::env::var("CUDA_COMPUTE_CAP")
+        .unwrap_or_else(|_| "90".into())
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let status = Command::new(&nvcc)
+        .args(["-ptx", &format!("-arch=compute_{cap}"), "-O3", "-std=c++17"])
+        .arg(manifest_dir.join("cuda/ops.cu"))
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| {
+            panic!("the cuda build needs nvcc (`{nvcc}`: {e}); scripts/build-cuda.sh installs one and puts it on PATH")
+        });
+    assert!(
+        status.success(),
+        "nvcc failed to compile plugin-api/cuda/ops.cu (see above)"
+    );
 }
 
 fn collect_rs_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -165,6 +165,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         steps: u64,
     },
+    /// Every fused training op against its composed reference on this device: output and
+    /// gradient errors, forward + backward time of both (on a GPU: the CUDA kernels' check).
+    /// Exits 1 when an error is outside its tolerance.
+    Kernels {
+        /// small (seconds on a CPU) or gpt2 (GPT-2 small's step shapes).
+        #[arg(long, default_value = "small")]
+        size: String,
+        /// Element types, separated by commas: f32, bf16, f16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Timed repetitions per path (after one warm-up); the median is reported.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
     /// Greedy KV-cached generation tokens/s of `gpt` on the same shapes (peer:
     /// bench/hf_generate.py, transformers' `generate`).
     Generate {

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod bench_generate;
+pub mod bench_kernels;
 pub mod chat;
 pub mod cli;
 pub mod data;

@@ -84,6 +84,32 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Bench {
+            command: BenchCommand::Kernels { size, dtype, reps },
+        }) => {
+            let ctx = context(&cli.common)?;
+            let shapes = llmlab::bench_kernels::Shapes::named(&size).map_err(|e| e.to_string())?;
+            let dtypes = dtype
+                .split(',')
+                .map(|d| match d.trim() {
+                    "f32" => Ok(DType::F32),
+                    "bf16" => Ok(DType::BF16),
+                    "f16" => Ok(DType::F16),
+                    other => Err(format!(
+                        "bench kernels: --dtype {other:?}: expected f32, bf16 or f16"
+                    )),
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let (lines, ok) = llmlab::bench_kernels::run(&ctx.device, shapes, &dtypes, reps.max(1))
+                .map_err(|e| e.to_string())?;
+            for line in lines {
+                println!("{line}");
+            }
+            if !ok {
+                return Err("bench kernels: a fused op differs from its reference beyond tolerance (\"ok\": false above)".into());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Bench {
             command:
                 BenchCommand::Generate {
                     config,

@@ -1,5 +1,5 @@
-//! Every CUDA kernel of the fused ops (`nn/cuda/*.cu`), run on the CPU: the kernel sources are
-//! compiled with the host C++ compiler and `nn/cuda/emulation.h` (threads, barriers, shared
+//! Every CUDA kernel of the fused ops (`plugin-api/cuda/*.cu`), run on the CPU: the kernel sources are
+//! compiled with the host C++ compiler and `plugin-api/cuda/emulation.h` (threads, barriers, shared
 //! memory, warp shuffles) and launched through the same host code the CUDA build uses
 //! ([`llmlab_nn::ops::gpu::launches`]: grids, blocks, scratch buffers, argument order). Results
 //! are compared, forward and backward, with candle's autograd over the composed reference ops,
@@ -31,7 +31,7 @@ fn emulator() -> Option<&'static Emulator> {
     static EMULATOR: OnceLock<Option<Emulator>> = OnceLock::new();
     EMULATOR
         .get_or_init(|| {
-            let cuda = Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda");
+            let cuda = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-api/cuda");
             let dir = tempfile::tempdir().expect("temp dir");
             let lib = dir.path().join("libllmlab_ops_emulated.so");
             let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());

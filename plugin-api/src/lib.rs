@@ -29,6 +29,8 @@ pub mod component;
 pub mod config;
 pub mod context;
 pub mod corpus;
+#[cfg(feature = "cuda")]
+pub mod cuda_kernels;
 pub mod data;
 pub mod declaration;
 pub mod error;

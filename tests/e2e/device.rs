@@ -34,3 +34,52 @@ fn cuda_on_a_cpu_build_says_how_to_build_with_cuda() {
     assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(stdout(&run), "2\n");
 }
+
+/// `llmlab bench kernels` (the check a GPU session runs first, docs/cuda.md) on this build's
+/// device: every fused op's output and gradients against the composed reference, one JSON line
+/// each; on the CPU the f32 kernels run and pass, bf16 has no CPU kernel and says so.
+#[test]
+fn bench_kernels_checks_every_fused_op_against_its_reference() {
+    let run = llmlab(
+        &["bench", "kernels", "--reps", "1", "--dtype", "f32,bf16"],
+        "",
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    let lines: Vec<llmlab_plugin_api::serde_json::Value> = stdout(&run)
+        .lines()
+        .map(|l| llmlab_plugin_api::serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let ops: std::collections::BTreeSet<&str> =
+        lines.iter().map(|l| l["op"].as_str().unwrap()).collect();
+    for op in [
+        "layer_norm",
+        "rms_norm",
+        "softmax",
+        "gelu",
+        "swiglu",
+        "rope",
+        "causal_attention",
+        "token_nll",
+        "adamw",
+    ] {
+        assert!(ops.contains(op), "{op} missing from {ops:?}");
+    }
+    for line in &lines {
+        assert!(line["fused_ms"].as_f64().unwrap() > 0.0, "{line}");
+        if line["dtype"] == "f32" {
+            assert_eq!(line["kernel"], true, "{line}");
+            assert_eq!(line["ok"], true, "{line}");
+        } else {
+            assert_eq!(
+                line["kernel"], false,
+                "a CPU build has no bf16 kernel: {line}"
+            );
+        }
+    }
+    let bad = llmlab(&["bench", "kernels", "--dtype", "f64"], "");
+    assert!(
+        !bad.status.success() && stderr(&bad).contains("--dtype \"f64\""),
+        "{}",
+        stderr(&bad)
+    );
+}

@@ -8,7 +8,8 @@
 //!
 //! Moments are kept per parameter name, so they survive in checkpoints and follow the model's
 //! names. On CPU with f32 parameters the whole update is one fused pass over each parameter, in
-//! place, with no allocation ([`AdamWKernel`]); elsewhere it is a handful of tensor ops.
+//! place, with no allocation ([`AdamWKernel`]); on CUDA (f32) one kernel per parameter
+//! (`adamw_cuda.rs`, cuda build); elsewhere it is a handful of tensor ops.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -134,6 +135,22 @@ impl AdamW {
                     })?;
                 }
                 Moments::Device { m, v } => {
+                    #[cfg(feature = "cuda")]
+                    if self.fused && crate::adamw_cuda::applies(var) {
+                        let step = llmlab_nn::ops::gpu::launches::AdamWStep {
+                            beta1: s.beta1 as f32,
+                            beta2: s.beta2 as f32,
+                            eps: s.eps as f32,
+                            decay: decay as f32,
+                            step_size: step_size as f32,
+                            inv_sqrt_bc2: inv_sqrt_bc2 as f32,
+                            grad_scale: grad_scale as f32,
+                        };
+                        crate::adamw_cuda::update(var, grad, m, v, step).map_err(|e| {
+                            Error::msg(format!("AdamW update of `{name}`: {}", candle_message(&e)))
+                        })?;
+                        continue;
+                    }
                     let g = if grad_scale != 1.0 {
                         grad.affine(grad_scale, 0.0)?
                     } else {

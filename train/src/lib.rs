@@ -18,6 +18,8 @@
 //! process-global state and is not part of the plugin fingerprint (docs/architecture.md).
 
 pub mod adamw;
+#[cfg(feature = "cuda")]
+pub mod adamw_cuda;
 pub mod batches;
 pub mod benchmark;
 pub mod checkpoint;

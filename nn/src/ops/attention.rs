@@ -17,7 +17,7 @@
 //! their strides, so the `q`/`k`/`v` views of one packed projection are never copied
 //! ([`causal_attention_packed`] takes that projection whole and returns its gradient whole).
 
-use crate::candle::{self, CpuStorage, CustomOp1, Device, Layout, Shape, Storage, Tensor};
+use crate::candle::{self, CpuStorage, CustomOp1, CustomOp3, Device, Layout, Shape, Tensor};
 use crate::ops::math::{self, simd_kernel};
 use crate::rayon::prelude::*;
 use llmlab_plugin_api::gemm;
@@ -38,8 +38,9 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> candle::Result<Te
             v.dims()
         )
     }
-    if [q, k, v].iter().all(|x| super::fused_path(x)) {
-        let op = Sdpa { h, kv };
+    let dims = Dims { b, t, h, kv, hd };
+    if super::kernel_path_all(&[q, k, v]) && Sdpa::takes(q, dims) {
+        let op = Sdpa::new(h, kv);
         // The three views travel as one rank-5 stack only when they share storage; in general
         // each keeps its own layout, so `q`, `k` and `v` are concatenated along heads.
         let packed = Tensor::cat(&[q, k, v], 1)?.transpose(1, 2)?.contiguous()?;
@@ -60,8 +61,9 @@ pub fn causal_attention_packed(qkv: &Tensor, h: usize, kv: usize) -> candle::Res
             qkv.dims()
         )
     }
-    if super::fused_path(qkv) {
-        qkv.apply_op1(Sdpa { h, kv })
+    let (b, t, _, hd) = qkv.dims4()?;
+    if super::kernel_path(qkv) && Sdpa::takes(qkv, Dims { b, t, h, kv, hd }) {
+        qkv.apply_op1(Sdpa::new(h, kv))
     } else {
         let q = qkv.narrow(2, 0, h)?.transpose(1, 2)?;
         let k = qkv.narrow(2, h, kv)?.transpose(1, 2)?;
@@ -443,9 +445,27 @@ fn backward_heads(
 struct Sdpa {
     h: usize,
     kv: usize,
+    /// The CUDA forward's log-sum-exp per query row, for the backward.
+    #[cfg(feature = "cuda")]
+    lse: std::sync::Mutex<Option<std::sync::Arc<candle::CudaStorage>>>,
 }
 
 impl Sdpa {
+    fn new(h: usize, kv: usize) -> Self {
+        Sdpa {
+            h,
+            kv,
+            #[cfg(feature = "cuda")]
+            lse: Default::default(),
+        }
+    }
+
+    /// Whether the fused op takes a tensor of these shapes on its device (the CPU takes all;
+    /// the CUDA kernels have a widest head).
+    fn takes(x: &Tensor, dims: Dims) -> bool {
+        matches!(x.device(), Device::Cpu) || super::gpu::launches::attention_fits(dims)
+    }
+
     fn dims(&self, layout: &Layout) -> candle::Result<Dims> {
         let (b, t, heads, hd) = layout.shape().dims4()?;
         if heads != self.h + 2 * self.kv {
@@ -490,21 +510,95 @@ impl CustomOp1 for Sdpa {
         Ok((CpuStorage::F32(out), Shape::from((b, t, h, hd))))
     }
 
-    fn bwd(&self, qkv: &Tensor, _y: &Tensor, dy: &Tensor) -> candle::Result<Option<Tensor>> {
-        let dims = self.dims(qkv.layout())?;
-        let dy = dy.contiguous()?;
-        let (qs, ql) = qkv.storage_and_layout();
-        let (gs, gl) = dy.storage_and_layout();
-        let (Storage::Cpu(qs), Storage::Cpu(gs)) = (&*qs, &*gs) else {
-            candle::bail!("fused attention backward: tensors left the CPU")
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle::CudaStorage,
+        l: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        use crate::ops::gpu::{cuda, launches};
+        let dims = self.dims(l)?;
+        let Dims { b, t, h, hd, .. } = dims;
+        let lse = cuda::output(&s.device, candle::DType::F32, b * h * t)?;
+        let lse_addr = cuda::address_at(&lse, 0)?;
+        let out = cuda::with_output(
+            self.name(),
+            [(s, l)],
+            b * t * h * hd,
+            None,
+            |k, ty, [qkv], out| {
+                let out = cuda::address_at(out, 0)?;
+                launches::attention_forward(k, ty, [qkv, out, lse_addr], dims)
+            },
+        )?;
+        if let Ok(mut saved) = self.lse.lock() {
+            *saved = Some(std::sync::Arc::new(lse));
+        }
+        Ok((out, Shape::from((b, t, h, hd))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, y: &Tensor, dy: &Tensor) -> candle::Result<Option<Tensor>> {
+        let backward = SdpaBackward {
+            dims: self.dims(qkv.layout())?,
+            #[cfg(feature = "cuda")]
+            lse: self.lse.lock().ok().and_then(|l| l.clone()),
         };
+        Ok(Some(qkv.apply_op3_no_bwd(y, dy, &backward)?))
+    }
+}
+
+/// The gradient of the packed projection from the forward's input, output and output gradient.
+struct SdpaBackward {
+    dims: Dims,
+    #[cfg(feature = "cuda")]
+    lse: Option<std::sync::Arc<candle::CudaStorage>>,
+}
+
+impl CustomOp3 for SdpaBackward {
+    fn name(&self) -> &'static str {
+        "fused-causal-attention-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        _ys: &CpuStorage,
+        _yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle::Result<(CpuStorage, Shape)> {
         let data = packed_data(qs, ql, self.name())?;
         let grad = packed_data(gs, gl, self.name())?;
         let mut dqkv = vec![0f32; data.len()];
         if !dqkv.is_empty() {
-            let views = dims.packed(0);
-            backward_heads(dims, &data, views, &grad, &mut dqkv, views, true);
+            let views = self.dims.packed(0);
+            backward_heads(self.dims, &data, views, &grad, &mut dqkv, views, true);
         }
-        Ok(Some(Tensor::from_vec(dqkv, qkv.shape(), &Device::Cpu)?))
+        Ok((CpuStorage::F32(dqkv), ql.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        qs: &candle::CudaStorage,
+        ql: &Layout,
+        ys: &candle::CudaStorage,
+        yl: &Layout,
+        gs: &candle::CudaStorage,
+        gl: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        use crate::ops::gpu::{cuda, launches};
+        let Some(lse) = &self.lse else {
+            candle::bail!("fused attention backward: the forward did not run on CUDA")
+        };
+        let lse = cuda::address_at(lse, 0)?;
+        let inputs = [(qs, ql), (ys, yl), (gs, gl)];
+        let n = ql.shape().elem_count();
+        let dqkv = cuda::with_output(self.name(), inputs, n, None, |k, ty, [qkv, y, dy], dqkv| {
+            let dqkv = cuda::address_at(dqkv, 0)?;
+            launches::attention_backward(k, ty, [qkv, y, dy, lse, dqkv], self.dims)
+        })?;
+        Ok((dqkv, ql.shape().clone()))
     }
 }

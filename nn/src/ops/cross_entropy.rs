@@ -24,7 +24,7 @@ pub fn token_nll(logits: &Tensor, targets: &Tensor) -> candle::Result<Tensor> {
     }
     let logits = logits.reshape((n, vocab))?;
     let targets = targets.reshape(n)?;
-    if super::fused_path(&logits) {
+    if super::kernel_path(&logits) {
         logits.apply_op2(
             &targets,
             CrossEntropy {
@@ -85,7 +85,15 @@ simd_kernel! {
 
 struct CrossEntropy {
     /// Each row's log-sum-exp, saved by the forward for the backward.
-    lse: Mutex<Option<Arc<Vec<f32>>>>,
+    lse: Mutex<Option<SavedLse>>,
+}
+
+/// The forward's log-sum-exp per row (f32), where the forward ran.
+#[derive(Clone)]
+enum SavedLse {
+    Host(Arc<Vec<f32>>),
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<candle::CudaStorage>),
 }
 
 impl CustomOp2 for CrossEntropy {
@@ -122,9 +130,38 @@ impl CustomOp2 for CrossEntropy {
             .map(|(i, (&l, &t))| l - x[i * v + t as usize])
             .collect();
         if let Ok(mut saved) = self.lse.lock() {
-            *saved = Some(Arc::new(lse));
+            *saved = Some(SavedLse::Host(Arc::new(lse)));
         }
         Ok((CpuStorage::F32(nll), Shape::from(n)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle::CudaStorage,
+        xl: &Layout,
+        ts: &candle::CudaStorage,
+        tl: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        use crate::ops::gpu::{cuda, launches};
+        let (n, v) = xl.shape().dims2()?;
+        let lse = cuda::output(&xs.device, DType::F32, n)?;
+        let lse_addr = cuda::address_at(&lse, 0)?;
+        let inputs = [(xs, xl), (ts, tl)];
+        let nll = cuda::with_output(
+            self.name(),
+            inputs,
+            n,
+            Some(DType::F32),
+            |k, ty, [x, t], nll| {
+                let nll = cuda::address_at(nll, 0)?;
+                launches::nll_forward(k, ty, [x, t, lse_addr, nll], n, v)
+            },
+        )?;
+        if let Ok(mut saved) = self.lse.lock() {
+            *saved = Some(SavedLse::Cuda(Arc::new(lse)));
+        }
+        Ok((nll, Shape::from(n)))
     }
 
     fn bwd(
@@ -144,7 +181,7 @@ impl CustomOp2 for CrossEntropy {
 }
 
 struct CrossEntropyBackward {
-    lse: Arc<Vec<f32>>,
+    lse: SavedLse,
 }
 
 impl CustomOp3 for CrossEntropyBackward {
@@ -165,15 +202,44 @@ impl CustomOp3 for CrossEntropyBackward {
         let targets = u32_data(ts, tl, self.name())?;
         let g = f32_data(gs, gl, self.name())?;
         let (n, v) = xl.shape().dims2()?;
+        #[allow(irrefutable_let_patterns)] // refutable in the cuda build
+        let SavedLse::Host(lse) = &self.lse
+        else {
+            candle::bail!("cross_entropy backward: the forward ran on another device")
+        };
         let mut dx = vec![0f32; n * v];
         if v > 0 {
             let per = rows_per_task(n, v);
             dx.par_chunks_mut(per * v)
                 .zip(x.par_chunks(per * v))
-                .zip(self.lse.par_chunks(per))
+                .zip(lse.par_chunks(per))
                 .zip(g.par_chunks(per).zip(targets.par_chunks(per)))
                 .for_each(|(((dx, x), lse), (g, t))| grad_rows(x, lse, g, t, dx, v));
         }
         Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle::CudaStorage,
+        xl: &Layout,
+        ts: &candle::CudaStorage,
+        tl: &Layout,
+        gs: &candle::CudaStorage,
+        gl: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        use crate::ops::gpu::{cuda, launches};
+        let SavedLse::Cuda(lse) = &self.lse else {
+            candle::bail!("cross_entropy backward: the forward ran on another device")
+        };
+        let lse = cuda::address_at(lse, 0)?;
+        let (n, v) = xl.shape().dims2()?;
+        let inputs = [(xs, xl), (ts, tl), (gs, gl)];
+        let dx = cuda::with_output(self.name(), inputs, n * v, None, |k, ty, [x, t, g], dx| {
+            let dx = cuda::address_at(dx, 0)?;
+            launches::nll_backward(k, ty, [x, t, lse, g, dx], n, v)
+        })?;
+        Ok((dx, xl.shape().clone()))
     }
 }

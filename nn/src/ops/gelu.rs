@@ -19,7 +19,7 @@ const CHUNK: usize = 1 << 14;
 
 /// GELU (tanh approximation) of every element; fused on CPU f32, `Tensor::gelu` otherwise.
 pub fn gelu(x: &Tensor) -> candle::Result<Tensor> {
-    if super::fused_path(x) {
+    if super::kernel_path(x) {
         x.apply_op1(Gelu)
     } else {
         gelu_reference(x)
@@ -90,6 +90,20 @@ impl CustomOp1 for Gelu {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle::CudaStorage,
+        l: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        use crate::ops::gpu::{cuda, launches};
+        let n = l.shape().elem_count();
+        let y = cuda::with_output(self.name(), [(s, l)], n, None, |k, ty, [x], y| {
+            launches::gelu_forward(k, ty, [x, cuda::address_at(y, 0)?], n)
+        })?;
+        Ok((y, l.shape().clone()))
+    }
+
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle::Result<Option<Tensor>> {
         Ok(Some(x.apply_op2_no_bwd(dy, &GeluBackward)?))
     }
@@ -114,6 +128,28 @@ impl CustomOp2 for GeluBackward {
         let mut dx = vec![0f32; x.len()];
         backward(&x, &dy, &mut dx, true);
         Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle::CudaStorage,
+        xl: &Layout,
+        gs: &candle::CudaStorage,
+        gl: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        use crate::ops::gpu::{cuda, launches};
+        let n = xl.shape().elem_count();
+        let dx = cuda::with_output(
+            self.name(),
+            [(xs, xl), (gs, gl)],
+            n,
+            None,
+            |k, ty, [x, dy], dx| {
+                launches::gelu_backward(k, ty, [x, dy, cuda::address_at(dx, 0)?], n)
+            },
+        )?;
+        Ok((dx, xl.shape().clone()))
     }
 }
 

@@ -25,8 +25,10 @@ pub fn layer_norm(
     if let Some(b) = bias {
         super::check_gain("layer_norm bias", b, d)?;
     }
-    let fused =
-        super::fused_path(x) && super::fused_path(weight) && bias.is_none_or(super::fused_path);
+    let fused = match bias {
+        Some(b) => super::kernel_path_all(&[x, weight, b]),
+        None => super::kernel_path_all(&[x, weight]),
+    };
     if !fused {
         return layer_norm_reference(x, weight, bias, eps);
     }
@@ -140,6 +142,33 @@ impl CustomOp3 for LayerNorm {
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle::CudaStorage,
+        xl: &Layout,
+        ws: &candle::CudaStorage,
+        wl: &Layout,
+        bs: &candle::CudaStorage,
+        bl: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        use crate::ops::gpu::{cuda, launches};
+        let (rows, d) = rows_and_len(xl);
+        let inputs = [(xs, xl), (ws, wl), (bs, bl)];
+        let y = cuda::with_output(
+            self.name(),
+            inputs,
+            rows * d,
+            None,
+            |k, ty, [x, w, b], y| {
+                let b = self.has_bias.then_some(b);
+                let y = cuda::address_at(y, 0)?;
+                launches::norm_forward(k, ty, [x, w, y], b, rows, d, self.eps, false)
+            },
+        )?;
+        Ok((y, xl.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -200,6 +229,44 @@ impl CustomOp3 for NormBackward {
             backward(&x, &w, &dy, dx, dw, db, self.eps, rows, self.rms, true);
         }
         Ok((CpuStorage::F32(out), Shape::from(n + 2 * d)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle::CudaStorage,
+        xl: &Layout,
+        ws: &candle::CudaStorage,
+        wl: &Layout,
+        gs: &candle::CudaStorage,
+        gl: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        use crate::ops::gpu::{cuda, launches};
+        let (rows, d) = rows_and_len(xl);
+        let n = rows * d;
+        let inputs = [(xs, xl), (ws, wl), (gs, gl)];
+        // db is written for RMSNorm too (sums of dy, unused), so no byte of the buffer is left
+        // uninitialised.
+        let out = cuda::with_output(
+            self.name(),
+            inputs,
+            n + 2 * d,
+            None,
+            |k, ty, [x, w, dy], out| {
+                let [dx, dw, db] = [0, n, n + d].map(|i| cuda::address_at(out, i));
+                launches::norm_backward(
+                    k,
+                    ty,
+                    [x, w, dy, dx?, dw?],
+                    Some(db?),
+                    rows,
+                    d,
+                    self.eps,
+                    self.rms,
+                )
+            },
+        )?;
+        Ok((out, Shape::from(n + 2 * d)))
     }
 }
 

@@ -68,6 +68,11 @@ pub fn kernel_path(t: &Tensor) -> bool {
     fused_path(t) || gpu::takes(t)
 }
 
+/// [`kernel_path`] for every operand, all of one dtype (the kernels read them as one type).
+pub fn kernel_path_all(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| kernel_path(t)) && ts.windows(2).all(|w| w[0].dtype() == w[1].dtype())
+}
+
 /// A norm's gain or bias must be a vector of the normalised width.
 fn check_gain(op: &str, t: &Tensor, d: usize) -> crate::candle::Result<()> {
     if t.dims() != [d] {

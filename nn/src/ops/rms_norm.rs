@@ -16,7 +16,7 @@ use crate::rayon::prelude::*;
 /// RMSNorm of `x` `(..., d)` with `weight` `(d,)`; fused on CPU f32, composed otherwise.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle::Result<Tensor> {
     super::check_gain("rms_norm", weight, x.dim(D::Minus1)?)?;
-    if super::fused_path(x) && super::fused_path(weight) {
+    if super::kernel_path_all(&[x, weight]) {
         x.apply_op2(weight, RmsNorm { eps: eps as f32 })
     } else {
         rms_norm_reference(x, weight, eps)
@@ -83,6 +83,29 @@ impl CustomOp2 for RmsNorm {
         let mut y = vec![0f32; x.len()];
         forward(&x, &w, &mut y, self.eps, rows, true);
         Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle::CudaStorage,
+        xl: &Layout,
+        ws: &candle::CudaStorage,
+        wl: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        use crate::ops::gpu::{cuda, launches};
+        let (rows, d) = rows_and_len(xl);
+        let y = cuda::with_output(
+            self.name(),
+            [(xs, xl), (ws, wl)],
+            rows * d,
+            None,
+            |k, ty, [x, w], y| {
+                let y = cuda::address_at(y, 0)?;
+                launches::norm_forward(k, ty, [x, w, y], None, rows, d, self.eps, true)
+            },
+        )?;
+        Ok((y, xl.shape().clone()))
     }
 
     fn bwd(

@@ -19,7 +19,7 @@ use crate::rayon::prelude::*;
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle::Result<Tensor> {
     let (_, h, t, hd) = x.dims4()?;
     check_tables(cos, sin, t, hd)?;
-    if [x, cos, sin].iter().all(|x| super::fused_path(x)) {
+    if super::kernel_path_all(&[x, cos, sin]) {
         x.apply_op3(
             cos,
             sin,
@@ -47,7 +47,7 @@ pub fn rope_packed(
     if rotated > heads {
         candle::bail!("rope_packed: {rotated} rotated heads of {heads}")
     }
-    if [x, cos, sin].iter().all(|x| super::fused_path(x)) {
+    if super::kernel_path_all(&[x, cos, sin]) {
         return x.apply_op3(
             cos,
             sin,
@@ -111,6 +111,21 @@ struct Rope {
     inverse: bool,
 }
 
+impl Rope {
+    /// Where the head rows of an input of this layout sit.
+    fn layout(&self, xl: &Layout) -> candle::Result<RopeLayout> {
+        let (_, d1, d2, hd) = xl.shape().dims4()?;
+        let (t, heads) = if self.seq_major { (d1, d2) } else { (d2, d1) };
+        Ok(RopeLayout {
+            t,
+            heads,
+            hd,
+            seq_major: self.seq_major,
+            rotated: self.rotated,
+        })
+    }
+}
+
 impl CustomOp3 for Rope {
     fn name(&self) -> &'static str {
         "fused-rope"
@@ -128,18 +143,32 @@ impl CustomOp3 for Rope {
         let x = f32_data(xs, xl, self.name())?;
         let cos = f32_data(cs, cl, self.name())?;
         let sin = f32_data(ss, sl, self.name())?;
-        let (_, d1, d2, hd) = xl.shape().dims4()?;
-        let (t, heads) = if self.seq_major { (d1, d2) } else { (d2, d1) };
+        let layout = self.layout(xl)?;
         let mut y = vec![0f32; x.len()];
-        let layout = RopeLayout {
-            t,
-            heads,
-            hd,
-            seq_major: self.seq_major,
-            rotated: self.rotated,
-        };
         rotate_all(&x, &mut y, &cos, &sin, layout, self.inverse, true);
         Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle::CudaStorage,
+        xl: &Layout,
+        cs: &candle::CudaStorage,
+        cl: &Layout,
+        ss: &candle::CudaStorage,
+        sl: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        use crate::ops::gpu::{cuda, launches};
+        let layout = self.layout(xl)?;
+        let n = xl.shape().elem_count();
+        let rows = n / layout.hd.max(1);
+        let inputs = [(xs, xl), (cs, cl), (ss, sl)];
+        let y = cuda::with_output(self.name(), inputs, n, None, |k, ty, [x, cos, sin], y| {
+            let y = cuda::address_at(y, 0)?;
+            launches::rope_rotate(k, ty, [x, y, cos, sin], rows, layout, self.inverse)
+        })?;
+        Ok((y, xl.shape().clone()))
     }
 
     fn bwd(

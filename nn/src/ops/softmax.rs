@@ -8,7 +8,7 @@ use crate::rayon::prelude::*;
 
 /// Softmax over the last dimension; fused on CPU f32, composed otherwise.
 pub fn softmax_last_dim(x: &Tensor) -> candle::Result<Tensor> {
-    if super::fused_path(x) {
+    if super::kernel_path(x) {
         x.apply_op1(Softmax)
     } else {
         softmax_reference(x)
@@ -69,6 +69,20 @@ impl CustomOp1 for Softmax {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle::CudaStorage,
+        l: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        use crate::ops::gpu::{cuda, launches};
+        let (rows, len) = rows_and_len(l);
+        let y = cuda::with_output(self.name(), [(s, l)], rows * len, None, |k, ty, [x], y| {
+            launches::softmax_forward(k, ty, [x, cuda::address_at(y, 0)?], rows, len)
+        })?;
+        Ok((y, l.shape().clone()))
+    }
+
     fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> candle::Result<Option<Tensor>> {
         Ok(Some(y.apply_op2_no_bwd(dy, &SoftmaxBackward)?))
     }
@@ -99,5 +113,28 @@ impl CustomOp2 for SoftmaxBackward {
                 .for_each(|(dx, (y, dy))| backward_rows(y, dy, dx, len));
         }
         Ok((CpuStorage::F32(dx), yl.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        ys: &candle::CudaStorage,
+        yl: &Layout,
+        gs: &candle::CudaStorage,
+        gl: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        use crate::ops::gpu::{cuda, launches};
+        let (rows, len) = rows_and_len(yl);
+        let inputs = [(ys, yl), (gs, gl)];
+        let dx = cuda::with_output(
+            self.name(),
+            inputs,
+            rows * len,
+            None,
+            |k, ty, [y, dy], dx| {
+                launches::softmax_backward(k, ty, [y, dy, cuda::address_at(dx, 0)?], rows, len)
+            },
+        )?;
+        Ok((dx, yl.shape().clone()))
     }
 }

@@ -22,7 +22,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> candle::Result<Tensor> {
             up.dims()
         )
     }
-    if super::fused_path(gate) && super::fused_path(up) {
+    if super::kernel_path_all(&[gate, up]) {
         gate.apply_op2(up, SwiGlu)
     } else {
         swiglu_reference(gate, up)
@@ -75,6 +75,26 @@ impl CustomOp2 for SwiGlu {
         Ok((CpuStorage::F32(y), gl.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        gs: &candle::CudaStorage,
+        gl: &Layout,
+        us: &candle::CudaStorage,
+        ul: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        use crate::ops::gpu::{cuda, launches};
+        let n = gl.shape().elem_count();
+        let y = cuda::with_output(
+            self.name(),
+            [(gs, gl), (us, ul)],
+            n,
+            None,
+            |k, ty, [g, u], y| launches::swiglu_forward(k, ty, [g, u, cuda::address_at(y, 0)?], n),
+        )?;
+        Ok((y, gl.shape().clone()))
+    }
+
     fn bwd(
         &self,
         gate: &Tensor,
@@ -115,6 +135,32 @@ impl CustomOp3 for SwiGluBackward {
         let (dg, du) = out.split_at_mut(n);
         backward(&g, &u, &dy, dg, du, true);
         Ok((CpuStorage::F32(out), Shape::from(2 * n)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        gs: &candle::CudaStorage,
+        gl: &Layout,
+        us: &candle::CudaStorage,
+        ul: &Layout,
+        ds: &candle::CudaStorage,
+        dl: &Layout,
+    ) -> candle::Result<(candle::CudaStorage, Shape)> {
+        use crate::ops::gpu::{cuda, launches};
+        let n = gl.shape().elem_count();
+        let inputs = [(gs, gl), (us, ul), (ds, dl)];
+        let out = cuda::with_output(
+            self.name(),
+            inputs,
+            2 * n,
+            None,
+            |k, ty, [g, u, dy], out| {
+                let (dg, du) = (cuda::address_at(out, 0)?, cuda::address_at(out, n)?);
+                launches::swiglu_backward(k, ty, [g, u, dy, dg, du], n)
+            },
+        )?;
+        Ok((out, Shape::from(2 * n)))
     }
 }
 

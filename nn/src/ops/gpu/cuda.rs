@@ -1,6 +1,6 @@
-//! The CUDA side of the fused ops (cuda build only): the PTX `nn/build.rs` compiled, a
-//! [`Launcher`] over candle's CUDA device, and the step from candle's CUDA storage to kernel
-//! addresses and back, so each op's `cuda_fwd` is one call.
+//! The CUDA side of the fused ops (cuda build only): a [`Launcher`] over candle's CUDA device
+//! that loads the runtime's PTX (`llmlab_plugin_api::cuda_kernels`), and the step from candle's
+//! CUDA storage to kernel addresses and back, so each op's `cuda_fwd` is one call.
 //!
 //! Every launch goes on candle's stream for the device, so kernels are ordered with candle's own
 //! work and scratch buffers are freed behind them.
@@ -12,9 +12,7 @@ use crate::candle::cuda_backend::cudarc::driver::{
 };
 use crate::candle::cuda_backend::{CudaStorageSlice, WrapErr};
 use crate::candle::{self, CudaDevice, CudaStorage, DType, Layout, Shape};
-
-/// Every kernel of `nn/cuda/ops.cu`, compiled to PTX at build time.
-pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/llmlab_ops.ptx"));
+use llmlab_plugin_api::cuda_kernels::LLMLAB_OPS_PTX;
 
 /// Launches on one CUDA device's stream.
 pub struct CudaLauncher<'a> {
@@ -33,7 +31,7 @@ impl Launcher for CudaLauncher<'_> {
     fn scratch(&self, bytes: usize) -> candle::Result<(CudaSlice<u8>, u64)> {
         let buf = self.dev.alloc_zeros::<u8>(bytes.max(1))?;
         let stream = self.dev.cuda_stream();
-        let (addr, _record) = buf.device_ptr(&stream);
+        let addr = buf.device_ptr(&stream).0;
         Ok((buf, addr))
     }
 
@@ -44,7 +42,9 @@ impl Launcher for CudaLauncher<'_> {
         block: [u32; 3],
         args: &[Arg],
     ) -> candle::Result<()> {
-        let func = self.dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
+        let func = self
+            .dev
+            .get_or_load_custom_func(kernel, MODULE, LLMLAB_OPS_PTX)?;
         let mut builder = func.builder();
         for arg in args {
             match arg {

@@ -1,4 +1,4 @@
-//! Grids, blocks, scratch buffers and argument lists of every fused-op kernel (`nn/cuda/*.cu`),
+//! Grids, blocks, scratch buffers and argument lists of every fused-op kernel (`plugin-api/cuda/*.cu`),
 //! one function per operation, over device addresses. Shapes are checked by the callers (the
 //! ops in `nn/src/ops/`); these functions only check what the kernels themselves cannot take.
 

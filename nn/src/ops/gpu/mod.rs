@@ -1,9 +1,10 @@
-//! The fused ops on GPUs: CUDA kernels (`nn/cuda/*.cu`, compiled to PTX by `nn/build.rs` in the
-//! cuda build) and the host code that sizes and launches them.
+//! The fused ops on GPUs: the host code that sizes and launches the CUDA kernels
+//! (`plugin-api/cuda/*.cu`, compiled into the runtime as PTX by `plugin-api/build.rs` in the
+//! cuda build).
 //!
 //! The launch code is written once against [`Launcher`] and runs two ways: on a real GPU through
 //! [`cuda::CudaLauncher`] (cuda build), and on the CPU through the test suite's emulator, which
-//! compiles the same kernel sources with a host compiler (`nn/cuda/emulation.h`,
+//! compiles the same kernel sources with a host compiler (`plugin-api/cuda/emulation.h`,
 //! `nn/tests/cuda_kernels_emulated.rs`). So every grid, block, scratch buffer and argument order
 //! a GPU sees is exercised by CI, which has no GPU. Design: docs/cuda.md, "Fused kernels".
 

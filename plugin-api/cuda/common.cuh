@@ -1,7 +1,7 @@
 // Shared by every llmlab kernel: element types (f32, bf16, f16 loaded and stored through f32:
 // all arithmetic and accumulation is f32), block-wide reductions, the export macro.
 //
-// The same sources compile two ways: by nvcc into the PTX the CUDA build embeds (nn/build.rs),
+// The same sources compile two ways: by nvcc into the PTX the CUDA build embeds (plugin-api/build.rs),
 // and by a host C++ compiler with emulation.h force-included, so the CPU test suite runs every
 // kernel with the launch configuration the CUDA path uses (nn/tests/cuda_kernels_emulated.rs).
 // That is why reductions below are written so that every thread of a block calls each shuffle

@@ -1,4 +1,4 @@
-// The one translation unit nn/build.rs compiles to PTX (module "llmlab_ops") and the CPU tests
+// The one translation unit plugin-api/build.rs compiles to PTX (module "llmlab_ops") and the CPU tests
 // compile with emulation.h: every kernel of the fused ops.
 #include "norms.cu"
 #include "softmax.cu"
