@@ -4,9 +4,10 @@
 //!
 //! candle's own fused ops (`candle_nn::ops::softmax_last_dim`, `rms_norm`, `layer_norm`,
 //! `rotary_emb::rope`) have no backward and silently train nothing (DESIGN.md §7); these do.
-//! Every public function takes the fused path for f32 tensors on the CPU and the composed
-//! reference path otherwise (other dtypes, CUDA), so callers never need to branch. Inputs may
-//! have any layout: kernels read strided inputs through [`layout`] (a copy only when needed).
+//! On CUDA (cuda build) the same ops run CUDA kernels in f32, bf16 and f16 ([`gpu`], issue 27).
+//! Every public function takes the fused path where it has one (f32 on the CPU, [`kernel_path`])
+//! and the composed reference path otherwise, so callers never need to branch. Inputs may have
+//! any layout: kernels read strided inputs through [`layout`] (a copy only when needed).
 //!
 //! What this module does not own: the optimizer
 //! (`llmlab_train::adamw`); a model chooses between the paths with [`Kernels`] (`gpt`'s
@@ -48,7 +49,8 @@ use llmlab_plugin_api::serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(crate = "llmlab_plugin_api::serde", rename_all = "lowercase")]
 pub enum Kernels {
-    /// The fused CPU kernels of this module (f32 on CPU; elsewhere they fall back).
+    /// The fused kernels of this module (f32 on the CPU; f32/bf16/f16 on CUDA; elsewhere they
+    /// fall back).
     #[default]
     Fused,
     /// Composed from stock candle ops: slower, for debugging and comparison.
