@@ -442,7 +442,7 @@ fn rope_both_layouts_and_its_inverse_match_the_reference() {
         )
         .unwrap();
         assert_close("rope (b, h, t, hd)", ty, &by.values(), &expected);
-        // The inverse rotation undoes it (the backward): f32 only, where it is exact enough.
+        // The inverse rotation (the backward) of that output, against the formula (f32 only).
         if ty == ElemType::F32 {
             let mut back = Buf::zeros(ty, x.len());
             launches::rope_rotate(
@@ -455,8 +455,8 @@ fn rope_both_layouts_and_its_inverse_match_the_reference() {
             )
             .unwrap();
             let (c, s) = (&cos, &sin);
-            // Undoing needs cos² + sin² = 1; these tables are arbitrary, so compare with the
-            // inverse formula itself.
+            // The tables are arbitrary (cos² + sin² ≠ 1), so the inverse does not give x back:
+            // compare with the formula rotating by (cos, -sin).
             let y = by.values();
             let mut expected_back = vec![0f32; x.len()];
             for r in 0..rows {

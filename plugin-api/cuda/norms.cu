@@ -3,14 +3,12 @@
 // pass adding the chunks (no atomics, so the result does not depend on scheduling).
 #include "common.cuh"
 
-// y = (x - μ) r w + b; RMSNorm when `rms` (μ = 0, no bias). `b` may be null.
+// μ (0 for RMSNorm) and r = 1/√(σ² + ε) of one row, two passes (the mean first: no
+// cancellation in the variance); every thread of the block gets both.
 template <typename T>
-__device__ void norm_forward(const T* x, const T* w, const T* b, T* y, int d, float eps, int rms) {
-    __shared__ float scratch[32];
-    const long row = blockIdx.x;
-    x += row * d;
-    y += row * d;
-    float mean = 0.0f;
+__device__ void row_stats(const T* x, int d, float eps, int rms, float* scratch, float& mean,
+                          float& r) {
+    mean = 0.0f;
     if (!rms) {
         float s = 0.0f;
         for (int i = threadIdx.x; i < d; i += blockDim.x) s += to_f32(x[i]);
@@ -21,7 +19,18 @@ __device__ void norm_forward(const T* x, const T* w, const T* b, T* y, int d, fl
         const float c = to_f32(x[i]) - mean;
         ss += c * c;
     }
-    const float r = rsqrtf(block_sum(ss, scratch) / d + eps);
+    r = rsqrtf(block_sum(ss, scratch) / d + eps);
+}
+
+// y = (x - μ) r w + b; RMSNorm when `rms` (μ = 0, no bias). `b` may be null.
+template <typename T>
+__device__ void norm_forward(const T* x, const T* w, const T* b, T* y, int d, float eps, int rms) {
+    __shared__ float scratch[32];
+    const long row = blockIdx.x;
+    x += row * d;
+    y += row * d;
+    float mean, r;
+    row_stats(x, d, eps, rms, scratch, mean, r);
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         float v = (to_f32(x[i]) - mean) * r * to_f32(w[i]);
         if (b) v += to_f32(b[i]);
@@ -39,18 +48,8 @@ __device__ void norm_backward_dx(const T* x, const T* w, const T* dy, T* dx, flo
     x += row * d;
     dy += row * d;
     dx += row * d;
-    float mean = 0.0f;
-    if (!rms) {
-        float s = 0.0f;
-        for (int i = threadIdx.x; i < d; i += blockDim.x) s += to_f32(x[i]);
-        mean = block_sum(s, scratch) / d;
-    }
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) {
-        const float c = to_f32(x[i]) - mean;
-        ss += c * c;
-    }
-    const float r = rsqrtf(block_sum(ss, scratch) / d + eps);
+    float mean, r;
+    row_stats(x, d, eps, rms, scratch, mean, r);
     float sg = 0.0f, sgx = 0.0f;
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         const float g = to_f32(dy[i]) * to_f32(w[i]);
