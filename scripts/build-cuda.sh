@@ -12,8 +12,9 @@
 #   3. `cargo build --release --workspace --features cuda` into target-cuda/ (the CPU target/ is
 #      never touched, so switching between the two builds recompiles nothing);
 #   4. host + runtime + plugins + libstd stripped into $CUDA_BUNDLE (default target-cuda/bundle),
-#      their sizes printed, and packed into target-cuda/llmlab-cuda.tar.xz, which must fit the
-#      64 MiB budget for copying to a GPU machine (unpacked the bundle is larger: docs/cuda.md).
+#      their sizes printed, and packed into target-cuda/llmlab-cuda.tar.xz; the unpacked bundle and
+#      the archive must each fit the 64 MiB budget (the CUDA kernels are compressed SASS, vendored
+#      candle-kernels: docs/cuda.md "Size").
 #
 # Environment: CUDA_PREFIX, CUDA_TARGET_DIR (default <repo>/target-cuda), CUDA_BUNDLE,
 # CUDA_COMPUTE_CAP (default 90 = H100/H200, built as sm_90a), CUDAFORGE_THREADS (default: all cores).
@@ -76,7 +77,11 @@ echo "cudarc $CUDARC_VERSION from $VENDOR"
 step "3/4 cargo build --features cuda into $TARGET_DIR (sm_$COMPUTE_CAP, $THREADS nvcc jobs)"
 BUILD_START=$(date +%s)
 # --locked: cargo refuses to write Cargo.lock; the `paths` override leaves it as the CPU build has it.
-PATH=$CU/bin:$PATH \
+# RUSTFLAGS is pinned to .cargo/config.toml's: the CPU build's `--cfg llmlab_mpi`, inherited from
+# the shell, would make the bundle's llmlab need libmpi.so.40 on the GPU machine, and alternating
+# flags rebuild every crate in target-cuda/.
+RUSTFLAGS="-C prefer-dynamic" \
+    PATH=$CU/bin:$PATH \
     CUDA_COMPUTE_CAP=$COMPUTE_CAP \
     CUDAFORGE_THREADS=$THREADS \
     LIBRARY_PATH=$PREFIX/cudart-static${LIBRARY_PATH:+:$LIBRARY_PATH} \
@@ -102,8 +107,10 @@ for f in "${files[@]}"; do
     cp "$f" "$BUNDLE/"
 done
 # --strip-unneeded keeps .dynsym: plugins link the runtime's exported symbols and the loader reads
-# LLMLAB_PLUGIN_DECLARATION from it.
-strip --strip-unneeded "$BUNDLE"/*
+# LLMLAB_PLUGIN_DECLARATION from it. `.rustc` is the crate metadata rustc reads to compile against a
+# Rust dylib (5 MB over the bundle); nothing reads it at run time, and `llmlab plugin build` takes
+# its inputs from a cargo target directory, never from a bundle.
+strip --strip-unneeded --remove-section=.rustc "$BUNDLE"/*
 total=0
 for f in "$BUNDLE"/*; do
     size=$(stat -c %s "$f")
@@ -111,16 +118,20 @@ for f in "$BUNDLE"/*; do
     printf '%12d  %s\n' "$size" "$(basename "$f")"
 done
 mib() { awk -v t="$1" 'BEGIN { printf "%.1f", t / 1048576 }'; }
-printf '%12d  total unpacked (%s MiB)\n' "$total" "$(mib "$total")"
+printf '%12d  total unpacked (%s MiB; budget 64 MiB)\n' "$total" "$(mib "$total")"
+# Where the runtime's bytes go: the kernels are .nv_fatbin (GGUF matmuls, linked) and .rodata
+# (candle's modules as fatbins, llmlab's as PTX).
+size -A "$BUNDLE/libllmlab_plugin_api.so" | awk '$1 ~ /^\.(text|rodata|nv_fatbin|eh_frame)$/ {
+    printf "%12d  libllmlab_plugin_api.so %s\n", $2, $1 }'
 # The bundle must start and load every plugin on this GPU-less machine (cudarc dlopens lazily).
 "$BUNDLE/llmlab" plugins
-# Unpacked, the CUDA kernels alone are ~45 MB (GGUF/MoE SASS + PTX text), so the copy to a GPU
-# machine travels as one xz archive; PTX text and SASS compress well.
+# The copy to a GPU machine travels as one xz archive (a fifth of the unpacked size).
 ARCHIVE=$TARGET_DIR/llmlab-cuda.tar.xz
 tar -cf - -C "$BUNDLE" . | xz -T0 -6 >"$ARCHIVE.partial"
 mv "$ARCHIVE.partial" "$ARCHIVE"
 archive=$(stat -c %s "$ARCHIVE")
 printf '\n%12d  %s (%s MiB; budget 64 MiB)\n' "$archive" "$ARCHIVE" "$(mib "$archive")"
 printf 'build-cuda: cargo build %d s, whole script %d s\n' "$BUILD_SECS" "$(($(date +%s) - START))"
+((total < BUDGET)) || die "the unpacked bundle is $total bytes, over the 64 MiB budget (docs/cuda.md \"Size\")"
 ((archive < BUDGET)) || die "the archive is $archive bytes, over the 64 MiB budget"
 echo "build-cuda: copy $ARCHIVE to the GPU machine and unpack it: tar -xJf llmlab-cuda.tar.xz (docs/cuda.md)"
