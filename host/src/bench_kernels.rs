@@ -270,7 +270,7 @@ pub fn run(
             let ok = errors.iter().all(|(_, e)| *e <= tol);
             // Without a kernel for this dtype here (bf16 on the CPU) both paths are the composed
             // one: the errors are the dtype's own, reported but not a kernel failure.
-            let kernel = ops::kernel_path(&xs[0]);
+            let kernel = ops::kernel_path(case.name, &xs[0]);
             all_ok &= ok || !kernel;
             let fused_ms = median_ms(reps, device, || {
                 forward_backward(case.fused, &xs, case.differentiable, &dy).map(drop)

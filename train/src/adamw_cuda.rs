@@ -7,10 +7,10 @@ use crate::candle::{self, CudaStorage, DType, InplaceOp2, Layout, Storage, Tenso
 use llmlab_nn::ops::gpu::cuda::{self, CudaLauncher};
 use llmlab_nn::ops::gpu::launches::{self, AdamWStep};
 
-/// Whether the kernel takes this parameter: f32 on a CUDA device, and the kernels not switched
-/// off (`LLMLAB_CUDA_KERNELS=0`).
+/// Whether the kernel takes this parameter: f32 on a CUDA device, and `adamw` enabled by
+/// `LLMLAB_CUDA_KERNELS`.
 pub fn applies(var: &Var) -> bool {
-    var.dtype() == DType::F32 && llmlab_nn::ops::gpu::takes(var.as_tensor())
+    var.dtype() == DType::F32 && llmlab_nn::ops::gpu::takes("adamw", var.as_tensor())
 }
 
 /// One AdamW step of `var` from `grad`, updating the moments `m` and `v` in place.

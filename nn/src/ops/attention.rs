@@ -39,7 +39,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> candle::Result<Te
         )
     }
     let dims = Dims { b, t, h, kv, hd };
-    if super::kernel_path_all(&[q, k, v]) && Sdpa::takes(q, dims) {
+    if super::kernel_path_all("causal_attention", &[q, k, v]) && Sdpa::takes(q, dims) {
         let op = Sdpa::new(h, kv);
         // The three views travel as one rank-5 stack only when they share storage; in general
         // each keeps its own layout, so `q`, `k` and `v` are concatenated along heads.
@@ -62,7 +62,7 @@ pub fn causal_attention_packed(qkv: &Tensor, h: usize, kv: usize) -> candle::Res
         )
     }
     let (b, t, _, hd) = qkv.dims4()?;
-    if super::kernel_path(qkv) && Sdpa::takes(qkv, Dims { b, t, h, kv, hd }) {
+    if super::kernel_path("causal_attention", qkv) && Sdpa::takes(qkv, Dims { b, t, h, kv, hd }) {
         qkv.apply_op1(Sdpa::new(h, kv))
     } else {
         let q = qkv.narrow(2, 0, h)?.transpose(1, 2)?;

@@ -24,7 +24,7 @@ pub fn token_nll(logits: &Tensor, targets: &Tensor) -> candle::Result<Tensor> {
     }
     let logits = logits.reshape((n, vocab))?;
     let targets = targets.reshape(n)?;
-    if super::kernel_path(&logits) {
+    if super::kernel_path("token_nll", &logits) {
         logits.apply_op2(
             &targets,
             CrossEntropy {

@@ -19,7 +19,7 @@ const CHUNK: usize = 1 << 14;
 
 /// GELU (tanh approximation) of every element; fused on CPU f32, `Tensor::gelu` otherwise.
 pub fn gelu(x: &Tensor) -> candle::Result<Tensor> {
-    if super::kernel_path(x) {
+    if super::kernel_path("gelu", x) {
         x.apply_op1(Gelu)
     } else {
         gelu_reference(x)

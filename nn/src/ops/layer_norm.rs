@@ -26,8 +26,8 @@ pub fn layer_norm(
         super::check_gain("layer_norm bias", b, d)?;
     }
     let fused = match bias {
-        Some(b) => super::kernel_path_all(&[x, weight, b]),
-        None => super::kernel_path_all(&[x, weight]),
+        Some(b) => super::kernel_path_all("layer_norm", &[x, weight, b]),
+        None => super::kernel_path_all("layer_norm", &[x, weight]),
     };
     if !fused {
         return layer_norm_reference(x, weight, bias, eps);

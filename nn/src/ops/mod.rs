@@ -63,16 +63,17 @@ pub fn fused_path(t: &Tensor) -> bool {
     matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32
 }
 
-/// Whether `t` takes the fused training kernels: [`fused_path`] on the CPU, and on CUDA the
-/// kernels of [`gpu`] (f32, bf16, f16; cuda build). The inference-only CPU kernels (linear,
-/// cached attention, few rows) ask [`fused_path`] alone.
-pub fn kernel_path(t: &Tensor) -> bool {
-    fused_path(t) || gpu::takes(t)
+/// Whether `t` takes the fused training kernel of `op` (one of [`gpu::OPS`]): [`fused_path`]
+/// on the CPU, and on CUDA the kernels of [`gpu`] (f32, bf16, f16; cuda build) unless
+/// `LLMLAB_CUDA_KERNELS` leaves `op` out. The inference-only CPU kernels (linear, cached
+/// attention, few rows) ask [`fused_path`] alone.
+pub fn kernel_path(op: &str, t: &Tensor) -> bool {
+    fused_path(t) || gpu::takes(op, t)
 }
 
 /// [`kernel_path`] for every operand, all of one dtype (the kernels read them as one type).
-pub fn kernel_path_all(ts: &[&Tensor]) -> bool {
-    ts.iter().all(|t| kernel_path(t)) && ts.windows(2).all(|w| w[0].dtype() == w[1].dtype())
+pub fn kernel_path_all(op: &str, ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| kernel_path(op, t)) && ts.windows(2).all(|w| w[0].dtype() == w[1].dtype())
 }
 
 /// A norm's gain or bias must be a vector of the normalised width.

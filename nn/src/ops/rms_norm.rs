@@ -16,7 +16,7 @@ use crate::rayon::prelude::*;
 /// RMSNorm of `x` `(..., d)` with `weight` `(d,)`; fused on CPU f32, composed otherwise.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle::Result<Tensor> {
     super::check_gain("rms_norm", weight, x.dim(D::Minus1)?)?;
-    if super::kernel_path_all(&[x, weight]) {
+    if super::kernel_path_all("rms_norm", &[x, weight]) {
         x.apply_op2(weight, RmsNorm { eps: eps as f32 })
     } else {
         rms_norm_reference(x, weight, eps)

@@ -19,7 +19,7 @@ use crate::rayon::prelude::*;
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle::Result<Tensor> {
     let (_, h, t, hd) = x.dims4()?;
     check_tables(cos, sin, t, hd)?;
-    if super::kernel_path_all(&[x, cos, sin]) {
+    if super::kernel_path_all("rope", &[x, cos, sin]) {
         x.apply_op3(
             cos,
             sin,
@@ -47,7 +47,7 @@ pub fn rope_packed(
     if rotated > heads {
         candle::bail!("rope_packed: {rotated} rotated heads of {heads}")
     }
-    if super::kernel_path_all(&[x, cos, sin]) {
+    if super::kernel_path_all("rope", &[x, cos, sin]) {
         return x.apply_op3(
             cos,
             sin,

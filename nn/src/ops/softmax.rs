@@ -8,7 +8,7 @@ use crate::rayon::prelude::*;
 
 /// Softmax over the last dimension; fused on CPU f32, composed otherwise.
 pub fn softmax_last_dim(x: &Tensor) -> candle::Result<Tensor> {
-    if super::kernel_path(x) {
+    if super::kernel_path("softmax", x) {
         x.apply_op1(Softmax)
     } else {
         softmax_reference(x)

@@ -22,7 +22,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> candle::Result<Tensor> {
             up.dims()
         )
     }
-    if super::kernel_path_all(&[gate, up]) {
+    if super::kernel_path_all("swiglu", &[gate, up]) {
         gate.apply_op2(up, SwiGlu)
     } else {
         swiglu_reference(gate, up)

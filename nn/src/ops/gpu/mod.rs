@@ -88,14 +88,90 @@ impl ElemType {
     }
 }
 
-/// Whether `t` takes the CUDA kernels: a cuda build, a CUDA tensor of a kernel element type,
-/// and `LLMLAB_CUDA_KERNELS` not `0` (the switch back to the composed ops, for A/B and as a
-/// way out should a kernel misbehave on some GPU).
-pub fn takes(t: &crate::candle::Tensor) -> bool {
-    cfg!(feature = "cuda") && t.device().is_cuda() && ElemType::of(t.dtype()).is_some() && enabled()
+/// The ops with CUDA kernels, by the names `LLMLAB_CUDA_KERNELS` takes.
+pub const OPS: [&str; 9] = [
+    "layer_norm",
+    "rms_norm",
+    "softmax",
+    "gelu",
+    "swiglu",
+    "rope",
+    "causal_attention",
+    "token_nll",
+    "adamw",
+];
+
+/// Whether `t` takes the CUDA kernel of `op`: a cuda build, a CUDA tensor of a kernel element
+/// type, and `op` enabled by `LLMLAB_CUDA_KERNELS` ([`enabled`]).
+pub fn takes(op: &str, t: &crate::candle::Tensor) -> bool {
+    cfg!(feature = "cuda")
+        && t.device().is_cuda()
+        && ElemType::of(t.dtype()).is_some()
+        && enabled(op)
 }
 
-fn enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("LLMLAB_CUDA_KERNELS").map_or(true, |v| v != "0"))
+/// `LLMLAB_CUDA_KERNELS`: unset, `1` or `all` runs every CUDA kernel; `0` none (the composed ops:
+/// the A/B, and the way out should a kernel misbehave on some GPU); a comma list (`gelu,softmax`)
+/// only those, and `all,-causal_attention` all but those — so a GPU session can keep each kernel
+/// only where it beats the composed op. Unknown names are reported on stderr and ignored.
+pub fn enabled(op: &str) -> bool {
+    static CHOICE: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let chosen =
+        CHOICE.get_or_init(|| parse_choice(std::env::var("LLMLAB_CUDA_KERNELS").ok().as_deref()));
+    chosen.contains(&op)
+}
+
+/// The ops a `LLMLAB_CUDA_KERNELS` value enables.
+pub fn parse_choice(value: Option<&str>) -> Vec<&'static str> {
+    let value = value.map(str::trim).unwrap_or("all");
+    let mut on: Vec<&'static str> = match value {
+        "" | "0" | "none" => return Vec::new(),
+        "1" => return OPS.to_vec(),
+        _ => Vec::new(),
+    };
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (remove, name) = match item.strip_prefix('-') {
+            Some(name) => (true, name),
+            None => (false, item),
+        };
+        let names: Vec<&'static str> = if name == "all" {
+            OPS.to_vec()
+        } else if let Some(&op) = OPS.iter().find(|&&op| op == name) {
+            vec![op]
+        } else {
+            eprintln!(
+                "LLMLAB_CUDA_KERNELS: unknown op {name:?} ignored (ops: all, {})",
+                OPS.join(", ")
+            );
+            continue;
+        };
+        if remove {
+            on.retain(|op| !names.contains(op));
+        } else {
+            on.extend(
+                names
+                    .into_iter()
+                    .filter(|n| !on.contains(n))
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
+    on
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_choice_reads_all_none_lists_and_exclusions() {
+        assert_eq!(parse_choice(None), OPS.to_vec());
+        assert_eq!(parse_choice(Some("1")), OPS.to_vec());
+        assert!(parse_choice(Some("0")).is_empty());
+        assert_eq!(parse_choice(Some("gelu, softmax")), vec!["gelu", "softmax"]);
+        let all_but = parse_choice(Some("all,-causal_attention,-adamw"));
+        assert_eq!(all_but.len(), OPS.len() - 2);
+        assert!(!all_but.contains(&"causal_attention") && all_but.contains(&"rope"));
+        assert_eq!(parse_choice(Some("gelu,nonsense")), vec!["gelu"]);
+    }
 }
