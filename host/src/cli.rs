@@ -156,7 +156,8 @@ pub enum BenchCommand {
     /// Load test of a server on this machine: tokens/s, p50/p99 latency and time to first
     /// token per concurrency level (docs/serving.md).
     Serve(crate::serve::cli::BenchServeArgs),
-    /// Train and forward tokens/s of `gpt` + `lm` on the shapes of shared/bench/torch_gpt.py.
+    /// Train and forward tokens/s of `gpt` + `lm` on the shapes of shared/bench/torch_gpt.py,
+    /// with the median time of each phase of a step; on CUDA also the step time and the MFU.
     Train {
         /// tiny, small or gpt2; several separated by commas.
         #[arg(long, default_value = "tiny")]
@@ -164,6 +165,13 @@ pub enum BenchCommand {
         /// Timed steps (after 3 warm-up steps).
         #[arg(long, default_value_t = 10)]
         steps: u64,
+        /// The `lm` trainer's `precision`: f32, or bf16/f16 passes over f32 master weights
+        /// (peer: torch_gpt.py --precision, autocast).
+        #[arg(long, default_value = "f32")]
+        precision: String,
+        /// The GPU's dense bf16 peak in TFLOP/s for the MFU on CUDA (default: H100/H200 SXM).
+        #[arg(long, default_value_t = crate::bench::H100_BF16_PEAK_TFLOPS)]
+        peak_tflops: f64,
     },
     /// Every fused training op against its composed reference on this device: output and
     /// gradient errors, forward + backward time of both (on a GPU: the CUDA kernels' check).

@@ -72,12 +72,23 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 },
         }) => build_plugin(dir, test, llmlab_source),
         Some(Command::Bench {
-            command: BenchCommand::Train { config, steps },
+            command:
+                BenchCommand::Train {
+                    config,
+                    steps,
+                    precision,
+                    peak_tflops,
+                },
         }) => {
+            let bench = llmlab::bench::TrainBench {
+                steps,
+                precision: llmlab::bench::parse_precision(&precision).map_err(|e| e.to_string())?,
+                peak_tflops,
+            };
             let registry = discover();
             let ctx = context(&cli.common)?;
             for name in config.split(',') {
-                let line = llmlab::bench::train(&registry, name.trim(), steps, &ctx)
+                let line = llmlab::bench::train(&registry, name.trim(), &bench, &ctx)
                     .map_err(|e| e.to_string())?;
                 println!("{line}");
             }

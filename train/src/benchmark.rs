@@ -47,10 +47,13 @@ pub fn forward_seconds(
     for _ in 0..warmup {
         model.forward(ids, &options)?;
     }
+    // On a GPU the calls only queue kernels: wait for them on both ends of the clock.
+    ids.device().synchronize()?;
     let start = Instant::now();
     for _ in 0..steps.max(1) {
         model.forward(ids, &options)?;
     }
+    ids.device().synchronize()?;
     Ok(start.elapsed().as_secs_f64() / steps.max(1) as f64)
 }
 
