@@ -1,18 +1,24 @@
 //! The CUDA side of the fused ops (cuda build only): a [`Launcher`] over candle's CUDA device
-//! that loads the runtime's PTX (`llmlab_plugin_api::cuda_kernels`), and the step from candle's
-//! CUDA storage to kernel addresses and back, so each op's `cuda_fwd` is one call.
+//! that loads the runtime's kernel module (`llmlab_plugin_api::cuda_kernels`, a fatbin: candle's
+//! custom-module cache takes PTX text only, so the module and its functions are cached here, per
+//! device), and the step from candle's CUDA storage to kernel addresses and back, so each op's
+//! `cuda_fwd` is one call.
 //!
 //! Every launch goes on candle's stream for the device, so kernels are ordered with candle's own
 //! work and scratch buffers are freed behind them.
 
 use super::{Arg, ElemType, Launcher, MODULE};
 use crate::candle::backend::{BackendDevice, BackendStorage};
+use crate::candle::cuda_backend::cudarc::driver::{CudaFunction, CudaModule};
 use crate::candle::cuda_backend::cudarc::driver::{
     CudaSlice, DevicePtr, LaunchConfig, PushKernelArg,
 };
+use crate::candle::cuda_backend::cudarc::nvrtc::Ptx;
 use crate::candle::cuda_backend::{CudaStorageSlice, WrapErr};
 use crate::candle::{self, CudaDevice, CudaStorage, DType, Layout, Shape};
-use llmlab_plugin_api::cuda_kernels::LLMLAB_OPS_PTX;
+use llmlab_plugin_api::cuda_kernels::LLMLAB_OPS_FATBIN;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Launches on one CUDA device's stream.
 pub struct CudaLauncher<'a> {
@@ -42,10 +48,9 @@ impl Launcher for CudaLauncher<'_> {
         block: [u32; 3],
         args: &[Arg],
     ) -> candle::Result<()> {
-        let func = self
-            .dev
-            .get_or_load_custom_func(kernel, MODULE, LLMLAB_OPS_PTX)?;
-        let mut builder = func.builder();
+        let func = function(self.dev, kernel)?;
+        let stream = self.dev.cuda_stream();
+        let mut builder = stream.launch_builder(&func);
         for arg in args {
             match arg {
                 Arg::Ptr(p) => builder.arg(p),
@@ -64,6 +69,44 @@ impl Launcher for CudaLauncher<'_> {
         unsafe { builder.launch(cfg) }.w()?;
         Ok(())
     }
+}
+
+/// The module loaded on one device and the functions looked up in it so far.
+struct Loaded {
+    ordinal: usize,
+    module: Arc<CudaModule>,
+    functions: HashMap<String, CudaFunction>,
+}
+
+/// `kernel` of the runtime's module on `dev`, loading the module there on first use.
+fn function(dev: &CudaDevice, kernel: &str) -> candle::Result<CudaFunction> {
+    static LOADED: Mutex<Vec<Loaded>> = Mutex::new(Vec::new());
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    let mut loaded = LOADED
+        .lock()
+        .map_err(|_| candle::Error::Msg(format!("{MODULE}: module cache poisoned")))?;
+    let at = match loaded.iter().position(|l| l.ordinal == ctx.ordinal()) {
+        Some(at) => at,
+        None => {
+            let module = ctx
+                .load_module(Ptx::from_binary(LLMLAB_OPS_FATBIN.to_vec()))
+                .w()?;
+            loaded.push(Loaded {
+                ordinal: ctx.ordinal(),
+                module,
+                functions: HashMap::new(),
+            });
+            loaded.len() - 1
+        }
+    };
+    let entry = &mut loaded[at];
+    if let Some(f) = entry.functions.get(kernel) {
+        return Ok(f.clone());
+    }
+    let f = entry.module.load_function(kernel).w()?;
+    entry.functions.insert(kernel.to_string(), f.clone());
+    Ok(f)
 }
 
 /// The device address of a storage's first element.

@@ -17,6 +17,8 @@ const NORM_ROWS_PER_CHUNK: usize = 64;
 const MAX_GRID_YZ: usize = 65_535;
 /// Rows per block of the attention kernels (`ATT_ROWS` in attention.cu).
 const ATTENTION_ROWS: usize = 64;
+/// The head widths the attention kernels are compiled for (a head runs in the first that holds it).
+const ATTENTION_HEAD_BUCKETS: [usize; 4] = [16, 32, 64, 128];
 
 /// One block per row of `d`: a multiple of the warp size, at most 512 threads (each then loops).
 fn row_block(d: usize) -> [u32; 3] {
@@ -355,6 +357,15 @@ fn attention_args(dims: Dims) -> [Arg; 5] {
     ]
 }
 
+/// `name_<dtype>_hd<bucket>`: the attention kernel compiled for this head width.
+fn attention_kernel(ty: ElemType, name: &str, dims: Dims) -> String {
+    let bucket = ATTENTION_HEAD_BUCKETS
+        .into_iter()
+        .find(|&b| dims.hd <= b)
+        .unwrap_or(ATTENTION_MAX_HEAD);
+    format!("{}_hd{bucket}", ty.kernel(name))
+}
+
 fn check_attention(dims: Dims) -> candle::Result<()> {
     if !attention_fits(dims) {
         candle::bail!("fused attention on CUDA: shapes {dims:?} are beyond the kernels (head width ≤ {ATTENTION_MAX_HEAD})")
@@ -382,7 +393,7 @@ pub fn attention_forward<L: Launcher>(
     let mut args = vec![Arg::Ptr(qkv), Arg::Ptr(out), Arg::Ptr(lse)];
     args.extend(attention_args(dims));
     l.launch(
-        &ty.kernel("attention_forward"),
+        &attention_kernel(ty, "attention_forward", dims),
         grid,
         [ATTENTION_ROWS as u32, 1, 1],
         &args,
@@ -414,7 +425,12 @@ pub fn attention_backward<L: Launcher>(
     ];
     args.extend(attention_args(dims));
     let grid = [blocks, dims.h as u32, dims.b as u32];
-    l.launch(&ty.kernel("attention_backward_dq"), grid, block, &args)?;
+    l.launch(
+        &attention_kernel(ty, "attention_backward_dq", dims),
+        grid,
+        block,
+        &args,
+    )?;
     let mut args = vec![
         Arg::Ptr(qkv),
         Arg::Ptr(dout),
@@ -424,7 +440,12 @@ pub fn attention_backward<L: Launcher>(
     ];
     args.extend(attention_args(dims));
     let grid = [blocks, dims.kv as u32, dims.b as u32];
-    l.launch(&ty.kernel("attention_backward_dkv"), grid, block, &args)
+    l.launch(
+        &attention_kernel(ty, "attention_backward_dkv", dims),
+        grid,
+        block,
+        &args,
+    )
 }
 
 /// The scalars of one AdamW update (train/src/adamw.rs computes them per step).

@@ -15,7 +15,7 @@ pub mod cuda;
 
 use crate::candle::{self, DType};
 
-/// The module name the kernels load under (one PTX module holds them all).
+/// The kernels' module, by name in errors (one module holds them all).
 pub const MODULE: &str = "llmlab_ops";
 
 /// Widest attention head the kernels take (`ATT_MAX_HD` in attention.cu); wider heads use the
