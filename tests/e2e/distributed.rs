@@ -575,3 +575,59 @@ fn alone_the_world_is_rank_0_of_1() {
         stdout(&out)
     );
 }
+
+/// `LLMLAB_COLLECTIVE` on a CPU build: `nccl` is refused at start, alone and on every rank of a
+/// job (an error naming what is missing, not a hang and not a silent fall-back to MPI), and
+/// `mpi` trains as the default does (docs/distributed.md, "NCCL").
+#[test]
+fn nccl_asked_for_on_a_cpu_build_is_refused_and_mpi_forced_still_trains() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("probe.rhai");
+    std::fs::write(&script, "print(`backend ${world().backend}`);").expect("write probe");
+    let alone = Command::new(llmlab_binary())
+        .arg("run")
+        .arg(&script)
+        .current_dir(dir.path())
+        .env("LLMLAB_COLLECTIVE", "nccl")
+        .output()
+        .expect("run llmlab");
+    assert!(!alone.status.success(), "{}", stdout(&alone));
+    let err = stderr(&alone);
+    assert!(
+        err.contains("LLMLAB_COLLECTIVE=nccl: this is a CPU build") && err.contains("llmlab/nccl"),
+        "{err}"
+    );
+    assert!(
+        !stdout(&alone).contains("backend"),
+        "nothing ran: {}",
+        stdout(&alone)
+    );
+    let Some(mpi) = mpi_ready() else { return };
+    let runs = tempfile::tempdir().expect("temp dir");
+    let out = mpirun(
+        &mpi,
+        2,
+        &with(&[("name", "nccl"), ("steps", "1")]),
+        runs.path(),
+        &[("LLMLAB_COLLECTIVE", "nccl")],
+        Duration::from_secs(120),
+    );
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("LLMLAB_COLLECTIVE=nccl: this is a CPU build"),
+        "{all}"
+    );
+    assert!(!runs.path().join("nccl").exists(), "no rank started: {all}");
+    let out = mpirun(
+        &mpi,
+        2,
+        &with(&[("name", "forced"), ("steps", "1")]),
+        runs.path(),
+        &[("LLMLAB_COLLECTIVE", "mpi")],
+        Duration::from_secs(120),
+    );
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("rank 1 of 2 (mpi)"), "{all}");
+}

@@ -13,6 +13,11 @@
 //! other rank holds more than its shard), so it is the same file whatever the world size or
 //! stage.
 //!
+//! Parameters on a GPU travel as tensors on their device (buckets concatenated there), so a
+//! backend whose tensor collectives run on the device (NCCL) never copies them to the host; on
+//! the CPU they travel as host f32 buffers. Either way the values and the order of the sums are
+//! the same.
+//!
 //! Every rank must make the same calls in the same order: the train loop calls these at the
 //! same points on every rank.
 
@@ -38,6 +43,8 @@ pub struct DataParallel {
     owners: Option<Vec<usize>>,
     /// Seconds spent in collectives since the last `take_metrics`.
     comm_seconds: f64,
+    /// Gradients and parameters as tensors even on the CPU (tests of the device path).
+    tensors_on_cpu: bool,
 }
 
 impl DataParallel {
@@ -70,7 +77,16 @@ impl DataParallel {
             bucket_values: ((bucket_mb * 1024.0 * 1024.0 / 4.0) as usize).max(1),
             owners: None,
             comm_seconds: 0.0,
+            tensors_on_cpu: false,
         }
+    }
+
+    /// Whether gradients and parameters travel as tensors on the parameters' device (a GPU)
+    /// rather than as host f32 buffers.
+    fn as_tensors(&self, params: &[(String, Var)]) -> bool {
+        params
+            .first()
+            .is_some_and(|(_, v)| self.tensors_on_cpu || !v.device().is_cpu())
     }
 
     /// Refuses a global batch (`key` = `n` rows) that does not split evenly over the ranks.
@@ -153,6 +169,19 @@ impl DataParallel {
     /// one broadcast of all parameters, so a model built differently on one rank cannot drift.
     pub fn sync_params(&mut self, params: &[(String, Var)]) -> Result<()> {
         let started = Instant::now();
+        if self.as_tensors(params) {
+            let flat = cat_dense(params.iter().map(|(_, v)| (Some(v.as_tensor()), v)))?;
+            let from_0 = self.world.broadcast(&flat, 0)?;
+            if self.world.rank() != 0 {
+                let mut at = 0;
+                for (_, var) in params {
+                    var.set(&param_at(&from_0, at, var)?)?;
+                    at += var.elem_count();
+                }
+            }
+            self.comm_seconds += started.elapsed().as_secs_f64();
+            return Ok(());
+        }
         let mut flat = Vec::new();
         for (_, var) in params {
             push_dense(&mut flat, Some(var.as_tensor()), var)?;
@@ -229,16 +258,9 @@ impl DataParallel {
         grads: &mut [Option<Tensor>],
         scalars: &mut [f64],
     ) -> Result<()> {
-        let mut buckets: Vec<Vec<usize>> = vec![Vec::new()];
-        let mut filled = 0;
-        for (i, (_, var)) in params.iter().enumerate() {
-            let n = var.elem_count();
-            if filled > 0 && filled + n > self.bucket_values {
-                buckets.push(Vec::new());
-                filled = 0;
-            }
-            buckets.last_mut().expect("one bucket at least").push(i);
-            filled += n;
+        let buckets = self.buckets(params);
+        if self.as_tensors(params) {
+            return self.all_reduce_bucket_tensors(params, grads, scalars, &buckets);
         }
         let last = buckets.len() - 1;
         for (b, members) in buckets.iter().enumerate() {
@@ -273,6 +295,76 @@ impl DataParallel {
         Ok(())
     }
 
+    /// The parameters of each all-reduce: consecutive parameters up to `bucket_mb`, one bucket
+    /// at least (it carries presence flags and scalars).
+    fn buckets(&self, params: &[(String, Var)]) -> Vec<Vec<usize>> {
+        let mut buckets: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut filled = 0;
+        for (i, (_, var)) in params.iter().enumerate() {
+            let n = var.elem_count();
+            if filled > 0 && filled + n > self.bucket_values {
+                buckets.push(Vec::new());
+                filled = 0;
+            }
+            buckets.last_mut().expect("one bucket at least").push(i);
+            filled += n;
+        }
+        buckets
+    }
+
+    /// [`DataParallel::all_reduce_buckets`] with each bucket one f32 tensor on the parameters'
+    /// device; only the last bucket's presence flags and scalars (a few values) cross to and
+    /// from the host.
+    fn all_reduce_bucket_tensors(
+        &mut self,
+        params: &[(String, Var)],
+        grads: &mut [Option<Tensor>],
+        scalars: &mut [f64],
+        buckets: &[Vec<usize>],
+    ) -> Result<()> {
+        let device = params[0].1.device().clone();
+        let last = buckets.len() - 1;
+        for (b, members) in buckets.iter().enumerate() {
+            let mut parts = members
+                .iter()
+                .map(|&i| dense(grads[i].as_ref(), &params[i].1))
+                .collect::<Result<Vec<_>>>()?;
+            if b == last {
+                let tail: Vec<f32> = grads
+                    .iter()
+                    .map(|g| f32::from(u8::from(g.is_some())))
+                    .chain(scalars.iter().map(|v| *v as f32))
+                    .collect();
+                let n = tail.len();
+                parts.push(Tensor::from_vec(tail, n, &device)?);
+            }
+            let flat = Tensor::cat(&parts, 0)?;
+            drop(parts);
+            let summed = self.world.all_reduce(&flat, ReduceOp::Sum)?;
+            drop(flat);
+            let mut at = 0;
+            for &i in members {
+                grads[i] = Some(param_at(&summed, at, &params[i].1)?);
+                at += params[i].1.elem_count();
+            }
+            if b == last {
+                let tail = summed
+                    .narrow(0, at, summed.elem_count() - at)?
+                    .to_vec1::<f32>()?;
+                for (g, present) in grads.iter_mut().zip(&tail) {
+                    if *present == 0.0 {
+                        *g = None;
+                    }
+                }
+                scalars
+                    .iter_mut()
+                    .zip(&tail[params.len()..])
+                    .for_each(|(s, v)| *s = *v as f64);
+            }
+        }
+        Ok(())
+    }
+
     /// ZeRO 2: one reduce-scatter over the gradients laid out by owner (each rank's chunk padded
     /// to the longest); each rank keeps its owned parameters' sums, the rest become `None`.
     fn reduce_scatter_owned(
@@ -293,6 +385,9 @@ impl DataParallel {
                 .sum::<usize>()
         };
         let longest = chunks.iter().map(chunk_len).max().unwrap_or(0);
+        if self.as_tensors(params) {
+            return self.reduce_scatter_tensors(params, grads, &chunks, longest);
+        }
         let mut flat = Vec::with_capacity(longest * size);
         for members in &chunks {
             let start = flat.len();
@@ -320,6 +415,54 @@ impl DataParallel {
             at += n;
         }
         for ((i, grad), present) in owned.into_iter().zip(&mine[at..]) {
+            if *present != 0.0 {
+                grads[i] = Some(grad);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`DataParallel::reduce_scatter_owned`] with the gradients one f32 tensor on the
+    /// parameters' device; only this rank's presence flags come to the host.
+    fn reduce_scatter_tensors(
+        &mut self,
+        params: &[(String, Var)],
+        grads: &mut [Option<Tensor>],
+        chunks: &[Vec<usize>],
+        longest: usize,
+    ) -> Result<()> {
+        let device = params[0].1.device().clone();
+        let mut parts = Vec::new();
+        for members in chunks {
+            let mut len = 0;
+            for &i in members {
+                parts.push(dense(grads[i].as_ref(), &params[i].1)?);
+                len += params[i].1.elem_count() + 1;
+            }
+            let flags: Vec<f32> = members
+                .iter()
+                .map(|&i| f32::from(u8::from(grads[i].is_some())))
+                .collect();
+            let n = flags.len();
+            parts.push(Tensor::from_vec(flags, n, &device)?);
+            if longest > len {
+                parts.push(Tensor::zeros(longest - len, DType::F32, &device)?);
+            }
+        }
+        let flat = Tensor::cat(&parts, 0)?;
+        drop(parts);
+        let mine = self.world.reduce_scatter(&flat, ReduceOp::Sum)?;
+        drop(flat);
+        let rank = self.world.rank();
+        grads.iter_mut().for_each(|g| *g = None);
+        let mut at = 0;
+        let mut owned = Vec::new();
+        for &i in &chunks[rank] {
+            owned.push((i, param_at(&mine, at, &params[i].1)?));
+            at += params[i].1.elem_count();
+        }
+        let present = mine.narrow(0, at, chunks[rank].len())?.to_vec1::<f32>()?;
+        for ((i, grad), present) in owned.into_iter().zip(&present) {
             if *present != 0.0 {
                 grads[i] = Some(grad);
             }
@@ -379,6 +522,12 @@ impl DataParallel {
             .map(|m| m.iter().map(|&i| params[i].1.elem_count()).sum::<usize>())
             .max()
             .unwrap_or(0);
+        if longest == 0 {
+            return Ok(());
+        }
+        if self.as_tensors(params) {
+            return self.gather_param_tensors(params, &chunks, longest);
+        }
         let mut mine = Vec::with_capacity(longest);
         for &i in &chunks[self.world.rank()] {
             push_dense(&mut mine, Some(params[i].1.as_tensor()), &params[i].1)?;
@@ -396,6 +545,41 @@ impl DataParallel {
                 let n = var.elem_count();
                 var.set(&like_param(&all[at..at + n], var)?)?;
                 at += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`DataParallel::gather_params`] with the owned values one f32 tensor on the parameters'
+    /// device.
+    fn gather_param_tensors(
+        &self,
+        params: &[(String, Var)],
+        chunks: &[Vec<usize>],
+        longest: usize,
+    ) -> Result<()> {
+        let rank = self.world.rank();
+        let device = params[0].1.device();
+        let owned: usize = chunks[rank].iter().map(|&i| params[i].1.elem_count()).sum();
+        let mut parts = chunks[rank]
+            .iter()
+            .map(|&i| dense(Some(params[i].1.as_tensor()), &params[i].1))
+            .collect::<Result<Vec<_>>>()?;
+        if longest > owned {
+            parts.push(Tensor::zeros(longest - owned, DType::F32, device)?);
+        }
+        let mine = Tensor::cat(&parts, 0)?;
+        drop(parts);
+        let all = self.world.all_gather(&mine)?;
+        for (r, members) in chunks.iter().enumerate() {
+            if r == rank {
+                continue;
+            }
+            let mut at = r * longest;
+            for &i in members {
+                let var = &params[i].1;
+                var.set(&param_at(&all, at, var)?)?;
+                at += var.elem_count();
             }
         }
         Ok(())
@@ -547,6 +731,30 @@ fn push_dense(flat: &mut Vec<f32>, grad: Option<&Tensor>, var: &Var) -> Result<(
         None => flat.resize(flat.len() + var.elem_count(), 0.0),
     }
     Ok(())
+}
+
+/// A gradient (zeros where there is none) or value, flattened to f32 on the parameter's device.
+fn dense(tensor: Option<&Tensor>, var: &Var) -> Result<Tensor> {
+    Ok(match tensor {
+        Some(t) => t.flatten_all()?.to_dtype(DType::F32)?,
+        None => Tensor::zeros(var.elem_count(), DType::F32, var.device())?,
+    })
+}
+
+/// [`dense`] of each, concatenated (one tensor for one collective).
+fn cat_dense<'a>(items: impl Iterator<Item = (Option<&'a Tensor>, &'a Var)>) -> Result<Tensor> {
+    let parts = items
+        .map(|(t, var)| dense(t, var))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// The values of `var` at offset `at` of a flat f32 tensor, in `var`'s shape and dtype.
+fn param_at(flat: &Tensor, at: usize, var: &Var) -> Result<Tensor> {
+    Ok(flat
+        .narrow(0, at, var.elem_count())?
+        .reshape(var.shape())?
+        .to_dtype(var.dtype())?)
 }
 
 fn like_param(values: &[f32], var: &Var) -> Result<Tensor> {
@@ -772,6 +980,11 @@ mod tests {
     type RankOutcome = (Vec<Vec<f32>>, f64, BTreeMap<String, Vec<f32>>);
 
     fn two_ranks(zero: u8, steps: usize) -> Result<Vec<RankOutcome>> {
+        two_ranks_as(zero, steps, false)
+    }
+
+    /// `tensors`: through the device path (buckets as tensors), here on CPU tensors.
+    fn two_ranks_as(zero: u8, steps: usize, tensors: bool) -> Result<Vec<RankOutcome>> {
         let barrier = Arc::new(Barrier::new(2));
         let slots = Arc::new(Mutex::new(vec![Vec::new(); 2]));
         let handles: Vec<_> = (0..2)
@@ -790,7 +1003,15 @@ mod tests {
                         ..TrainConfig::default()
                     };
                     let mut dp = DataParallel::in_world("lm", &config, world)?;
+                    dp.tensors_on_cpu = tensors;
                     let params = params()?;
+                    // Rank 1 starts elsewhere: the start broadcast must bring rank 0's values.
+                    if rank == 1 {
+                        for (_, var) in &params {
+                            var.set(&(var.as_tensor() * 3.0)?)?;
+                        }
+                    }
+                    dp.sync_params(&params)?;
                     let mut opt = AdamW::new(SETTINGS);
                     let mut moment_bytes = 0.0;
                     for step in 0..steps {
@@ -866,6 +1087,68 @@ mod tests {
             for (name, values) in gathered {
                 for (a, b) in values.iter().zip(&checkpoint_moments[0][name]) {
                     assert!((a - b).abs() < 1e-6, "zero {zero}, {name}: {a} vs {b}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The device path (gradients, parameters and their buckets as tensors, what a GPU run
+    /// takes) is the host path to the bit: the same values are summed in the same order. On
+    /// CPU tensors it runs through the contract's default tensor forms, which are the f32 ones.
+    #[test]
+    fn buckets_as_tensors_step_exactly_as_host_buffers_at_every_zero_stage() -> Result<()> {
+        for zero in [0, 1, 2] {
+            let host = two_ranks_as(zero, 3, false)?;
+            let tensors = two_ranks_as(zero, 3, true)?;
+            for (rank, (h, t)) in host.iter().zip(&tensors).enumerate() {
+                assert_eq!(h.0, t.0, "zero {zero}, rank {rank}: parameters");
+                assert_eq!(h.1, t.1, "zero {zero}, rank {rank}: moment bytes");
+                assert_eq!(h.2, t.2, "zero {zero}, rank {rank}: checkpoint moments");
+            }
+        }
+        Ok(())
+    }
+
+    /// Packing and unpacking alone: a bucket of gradients with a missing one, the presence
+    /// flags and scalars, through a world of one (the identity), comes back as it went in, in
+    /// each parameter's shape, and a missing gradient stays missing.
+    #[test]
+    fn a_bucket_of_tensors_unpacks_into_each_gradient_in_its_shape() -> Result<()> {
+        let params = params()?;
+        let world = Arc::new(Threads {
+            rank: 0,
+            size: 1,
+            barrier: Arc::new(Barrier::new(1)),
+            slots: Arc::new(Mutex::new(vec![Vec::new()])),
+        });
+        for bucket_mb in [1.0, 5.0 * 4.0 / 1048576.0] {
+            let mut dp = DataParallel::with_keys(0, bucket_mb, world.clone());
+            dp.tensors_on_cpu = true;
+            let mut grads: Vec<Option<Tensor>> = params
+                .iter()
+                .enumerate()
+                .map(|(i, (_, v))| grad(1, i, 0, v))
+                .collect::<Result<_>>()?;
+            let before: Vec<Option<Vec<f32>>> = grads
+                .iter()
+                .map(|g| {
+                    g.as_ref()
+                        .map(|g| Ok(g.flatten_all()?.to_vec1::<f32>()?))
+                        .transpose()
+                })
+                .collect::<Result<_>>()?;
+            let mut scalars = [2.5, 7.0];
+            dp.reduce(&params, &mut grads, &mut scalars)?;
+            assert_eq!(scalars, [2.5, 7.0]);
+            for ((g, b), (name, var)) in grads.iter().zip(&before).zip(&params) {
+                match (g, b) {
+                    (Some(g), Some(b)) => {
+                        assert_eq!(g.dims(), var.dims(), "{name}");
+                        assert_eq!(&g.flatten_all()?.to_vec1::<f32>()?, b, "{name}");
+                    }
+                    (None, None) => {}
+                    _ => panic!("{name}: presence changed"),
                 }
             }
         }

@@ -131,6 +131,22 @@ impl MpiWorld {
         }
     }
 
+    /// Runs `collective` (named `what`) once every rank has arrived at it, one collective at a
+    /// time: how another backend (NCCL) whose collectives cannot time out borrows this one's
+    /// fault detection.
+    #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+    pub fn checked<T>(&self, what: &str, collective: impl FnOnce() -> T) -> T {
+        let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        self.arrive(what);
+        collective()
+    }
+
+    /// How long a rank waits for the others (`LLMLAB_COLLECTIVE_TIMEOUT_S`).
+    #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     fn rank_error(&self, message: String) -> Error {
         Error::msg(format!("rank {}: {message}", self.rank))
     }
@@ -148,7 +164,7 @@ fn back_off(polls: &mut u32) {
 }
 
 /// Reports `message` (this rank's stderr, where mpirun collects it) and ends every rank.
-fn fail(message: &str) -> ! {
+pub fn fail(message: &str) -> ! {
     let rank = SimpleCommunicator::world().rank();
     eprintln!("error: rank {rank}: {message}");
     llmlab_plugin_api::tracing::error!("rank {rank}: {message}");
