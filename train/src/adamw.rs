@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use crate::candle::{self, CpuStorage, DType, Device, InplaceOp2, Layout, Tensor, Var};
 use crate::rayon::prelude::*;
 use crate::{Error, Result};
+use llmlab_nn::ops::gpu::launches::AdamWStep;
 use llmlab_plugin_api::error::candle_message;
 
 /// The optimiser's hyperparameters (the learning rate comes per step from the schedule).
@@ -110,19 +111,23 @@ impl AdamW {
                     v: var.zeros_like()?,
                 }
             });
+            // The scalars of this parameter's update, for the fused passes (CPU and CUDA).
+            let step = AdamWStep {
+                beta1: s.beta1 as f32,
+                beta2: s.beta2 as f32,
+                eps: s.eps as f32,
+                decay: decay as f32,
+                step_size: step_size as f32,
+                inv_sqrt_bc2: inv_sqrt_bc2 as f32,
+                grad_scale: grad_scale as f32,
+            };
             match moments {
                 Moments::Host { m, v } => {
                     let grad = grad.contiguous()?;
                     let kernel = AdamWKernel {
                         m: Mutex::new(m),
                         v: Mutex::new(v),
-                        beta1: s.beta1 as f32,
-                        beta2: s.beta2 as f32,
-                        eps: s.eps as f32,
-                        decay: decay as f32,
-                        step_size: step_size as f32,
-                        inv_sqrt_bc2: inv_sqrt_bc2 as f32,
-                        grad_scale: grad_scale as f32,
+                        step,
                     };
                     let mut result = var.as_tensor().inplace_op2(&grad, &kernel);
                     if result.is_err() {
@@ -137,15 +142,6 @@ impl AdamW {
                 Moments::Device { m, v } => {
                     #[cfg(feature = "cuda")]
                     if self.fused && crate::adamw_cuda::applies(var) {
-                        let step = llmlab_nn::ops::gpu::launches::AdamWStep {
-                            beta1: s.beta1 as f32,
-                            beta2: s.beta2 as f32,
-                            eps: s.eps as f32,
-                            decay: decay as f32,
-                            step_size: step_size as f32,
-                            inv_sqrt_bc2: inv_sqrt_bc2 as f32,
-                            grad_scale: grad_scale as f32,
-                        };
                         crate::adamw_cuda::update(var, grad, m, v, step).map_err(|e| {
                             Error::msg(format!("AdamW update of `{name}`: {}", candle_message(&e)))
                         })?;
@@ -241,13 +237,7 @@ impl AdamW {
 struct AdamWKernel<'a> {
     m: Mutex<&'a mut Vec<f32>>,
     v: Mutex<&'a mut Vec<f32>>,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    decay: f32,
-    step_size: f32,
-    inv_sqrt_bc2: f32,
-    grad_scale: f32,
+    step: AdamWStep,
 }
 
 /// Elements per parallel chunk: below this a parameter is updated on one thread.
@@ -282,13 +272,14 @@ impl InplaceOp2 for AdamWKernel<'_> {
             candle::bail!("adamw: parameter, gradient and moments differ in size")
         }
         let update = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
-            let (b1, b2) = (self.beta1, self.beta2);
+            let (b1, b2) = (self.step.beta1, self.step.beta2);
             for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-                let g = g * self.grad_scale;
+                let g = g * self.step.grad_scale;
                 *m = b1 * *m + (1.0 - b1) * g;
                 *v = b2 * *v + (1.0 - b2) * g * g;
-                *p = *p * self.decay
-                    - self.step_size * *m / (v.sqrt() * self.inv_sqrt_bc2 + self.eps);
+                *p = *p * self.step.decay
+                    - self.step.step_size * *m
+                        / (v.sqrt() * self.step.inv_sqrt_bc2 + self.step.eps);
             }
         };
         if p.len() <= CHUNK {
