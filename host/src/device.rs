@@ -20,11 +20,13 @@ pub enum DeviceSpec {
     Cuda(usize),
 }
 
-/// `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+/// `cpu`, `cuda` or `cuda:N`. A bare `cuda` is `cuda:0`, except in a job of several ranks
+/// started by a launcher, where it is this rank's GPU on its node (the launcher's local rank:
+/// `distributed::default_cuda_ordinal`), as one process per GPU wants.
 pub fn parse(spec: &str) -> Result<DeviceSpec, String> {
     match spec {
         "cpu" => Ok(DeviceSpec::Cpu),
-        "cuda" => Ok(DeviceSpec::Cuda(0)),
+        "cuda" => Ok(DeviceSpec::Cuda(crate::distributed::default_cuda_ordinal())),
         other => other
             .strip_prefix("cuda:")
             .and_then(|n| n.parse::<usize>().ok())
