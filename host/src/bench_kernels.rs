@@ -56,6 +56,8 @@ struct Case {
     name: &'static str,
     shapes: Vec<Vec<usize>>,
     differentiable: usize,
+    /// The input that holds token ids below the vocabulary (u32) rather than values.
+    ids: Option<usize>,
     fused: OpFn,
     reference: OpFn,
 }
@@ -72,6 +74,7 @@ fn cases(s: Shapes) -> Vec<Case> {
             name: "layer_norm",
             shapes: vec![row.clone(), vec_d.clone(), vec_d.clone()],
             differentiable: 3,
+            ids: None,
             fused: |x| ops::layer_norm(&x[0], &x[1], Some(&x[2]), 1e-5),
             reference: |x| ops::layer_norm::layer_norm_reference(&x[0], &x[1], Some(&x[2]), 1e-5),
         },
@@ -79,6 +82,7 @@ fn cases(s: Shapes) -> Vec<Case> {
             name: "rms_norm",
             shapes: vec![row.clone(), vec_d],
             differentiable: 2,
+            ids: None,
             fused: |x| ops::rms_norm(&x[0], &x[1], 1e-5),
             reference: |x| ops::rms_norm::rms_norm_reference(&x[0], &x[1], 1e-5),
         },
@@ -86,6 +90,7 @@ fn cases(s: Shapes) -> Vec<Case> {
             name: "softmax",
             shapes: vec![row],
             differentiable: 1,
+            ids: None,
             fused: |x| ops::softmax_last_dim(&x[0]),
             reference: |x| ops::softmax::softmax_reference(&x[0]),
         },
@@ -93,6 +98,7 @@ fn cases(s: Shapes) -> Vec<Case> {
             name: "gelu",
             shapes: vec![wide.clone()],
             differentiable: 1,
+            ids: None,
             fused: |x| ops::gelu(&x[0]),
             reference: |x| ops::gelu::gelu_reference(&x[0]),
         },
@@ -100,6 +106,7 @@ fn cases(s: Shapes) -> Vec<Case> {
             name: "swiglu",
             shapes: vec![wide.clone(), wide],
             differentiable: 2,
+            ids: None,
             fused: |x| ops::swiglu(&x[0], &x[1]),
             reference: |x| ops::swiglu::swiglu_reference(&x[0], &x[1]),
         },
@@ -107,6 +114,7 @@ fn cases(s: Shapes) -> Vec<Case> {
             name: "rope",
             shapes: vec![head.clone(), table.clone(), table],
             differentiable: 1,
+            ids: None,
             fused: |x| ops::rope(&x[0], &x[1], &x[2]),
             reference: |x| ops::rope::rope_reference(&x[0], &x[1], &x[2]),
         },
@@ -114,14 +122,15 @@ fn cases(s: Shapes) -> Vec<Case> {
             name: "causal_attention",
             shapes: vec![head.clone(), head.clone(), head],
             differentiable: 3,
+            ids: None,
             fused: |x| ops::causal_attention(&x[0], &x[1], &x[2]),
             reference: |x| ops::attention::causal_attention_reference(&x[0], &x[1], &x[2]),
         },
         Case {
             name: "token_nll",
-            // The targets (second input) are drawn below the vocabulary by `inputs`.
             shapes: vec![vec![s.rows, s.vocab], vec![s.rows]],
             differentiable: 1,
+            ids: Some(1),
             fused: |x| ops::token_nll(&x[0], &x[1]),
             reference: |x| ops::token_nll_reference(&x[0], &x[1]),
         },
@@ -166,7 +175,7 @@ fn inputs(case: &Case, vocab: usize, rng: &mut SplitMix64) -> Result<Vec<Tensor>
         .enumerate()
         .map(|(i, shape)| {
             let n: usize = shape.iter().product();
-            if case.name == "token_nll" && i == 1 {
+            if case.ids == Some(i) {
                 let ids: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
                 return Ok(Tensor::from_vec(ids, shape.as_slice(), &Device::Cpu)?);
             }
