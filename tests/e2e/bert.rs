@@ -517,3 +517,80 @@ fn classify_pooling_reaches_the_head_is_saved_and_bad_values_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn mlm_next_sentence_gives_the_pair_head_its_metrics_and_a_fine_tunable_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("nsp");
+    let script = format!(
+        r#"
+        let stories = corpus("stories", #{{ bytes: 20000, seed: 1 }});
+        let tok = tokenizer("wordpiece", #{{ vocab_size: 160 }});
+        tok.train(stories);
+        let ds = tok.encode(stories, #{{ val_fraction: 0.1 }});
+        let m = model("bert", #{{ vocab_size: tok.vocab_size(), n_layer: 1, n_head: 2, d_model: 32,
+                                  ctx: 64, dropout: 0.0, seed: 1 }});
+        let r = trainer("mlm", #{{ steps: 6, batch_size: 8, eval_every: 6, eval_batches: 2, seed: 1,
+                                   next_sentence: 0.5, pooling: "max" }}).fit(m, ds, tok);
+        print(`nsp accuracy= ${{r.val_next_sentence_accuracy}} masked= ${{r.val_masked_accuracy}}`);
+        print(`pretrained head=${{m.config().head}}`);
+        m.save("{saved}");
+        let back = model_load("{saved}");
+        let data = glue(#{{ tasks: ["sentiment"], n: 20, seed: 3 }}).sentiment;
+        trainer("classify", #{{ steps: 2, batch_size: 4, eval_every: 0, truncate: true }}).fit(back, data, tok);
+        print(`fine-tuned head=${{back.config().head}}`);
+        "#,
+        saved = saved.display()
+    );
+    let out = run_inline_script("next_sentence", &script, &[], dir.path());
+    let accuracy = printed(&out, "nsp accuracy");
+    assert!((0.0..=1.0).contains(&accuracy), "{out}");
+    let head = |prefix: &str| {
+        out.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{out}"))
+            .to_string()
+    };
+    let pretrained = head("pretrained head=");
+    assert!(
+        pretrained.contains("is_next") && pretrained.contains("\"max\""),
+        "{pretrained}"
+    );
+    // Fine-tuning replaces the 2-way pair classifier with the task's (its labels), keeping the
+    // pooling the pooler was pretrained with.
+    let fine_tuned = head("fine-tuned head=");
+    assert!(
+        fine_tuned.contains("positive")
+            && !fine_tuned.contains("is_next")
+            && fine_tuned.contains("\"max\""),
+        "{fine_tuned}"
+    );
+    let config = std::fs::read_to_string(saved.join("config.json")).unwrap();
+    assert!(config.contains("is_next"), "{config}");
+    let mut metrics = Vec::new();
+    files_named(dir.path(), "metrics.jsonl", &mut metrics);
+    assert!(
+        metrics.iter().any(|p| std::fs::read_to_string(p)
+            .unwrap()
+            .contains("val_next_sentence_accuracy")),
+        "{metrics:?}"
+    );
+
+    let script = dir.path().join("bad_next_sentence.rhai");
+    std::fs::write(
+        &script,
+        "let stories = corpus(\"stories\", #{ bytes: 8000, seed: 1 });\n\
+         let tok = tokenizer(\"wordpiece\", #{ vocab_size: 120 });\n\
+         tok.train(stories);\n\
+         let m = model(\"gpt\", #{ vocab_size: tok.vocab_size(), n_layer: 1, n_head: 2, d_model: 16, ctx: 32 });\n\
+         trainer(\"mlm\", #{ steps: 1, batch_size: 2, next_sentence: 0.5 }).fit(m, tok.encode(stories), tok);\n",
+    )
+    .unwrap();
+    let output = run_script_output(script.to_str().unwrap(), &[], dir.path());
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(
+        err.contains("next_sentence") && err.contains("task head"),
+        "{err}"
+    );
+}

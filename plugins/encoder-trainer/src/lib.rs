@@ -1,6 +1,6 @@
 //! llmlab plugin `encoder-trainer`: the encoder trainers (issue 18), each one
 //! [`llmlab_train::Objective`] on `llmlab-train`'s step loop: `mlm` (masked-LM pretraining,
-//! [`mlm`]) and `classify` (fine-tuning with a task head on labelled sentences or pairs,
+//! [`mlm`], with BERT's next-sentence prediction as an option, [`next_sentence`]) and `classify` (fine-tuning with a task head on labelled sentences or pairs,
 //! [`classify`]; decoders get a last-token head, [`last_token`]; token classification aligns
 //! words to sub-tokens, [`token_tagging`]), with the input layout of sentence pairs
 //! ([`pair_encoding`]) and the GLUE measures ([`task_metrics`]).
@@ -8,6 +8,7 @@
 pub mod classify;
 pub mod last_token;
 pub mod mlm;
+pub mod next_sentence;
 pub mod pair_encoding;
 pub mod task_metrics;
 pub mod token_tagging;

@@ -7,6 +7,12 @@
 //! resumed run continues exactly. Evaluation: fixed, evenly spaced windows of the val split
 //! masked once with a fixed seed; `val_loss` is the MLM loss on them and
 //! `val_masked_accuracy` the fraction of selected tokens predicted exactly.
+//!
+//! With `next_sentence` > 0, that share of the steps trains BERT's next-sentence prediction
+//! instead ([`crate::next_sentence`]): the trainer gives the model a 2-way sequence head
+//! (`pooling` as the fine-tuning head will have it) and such a step's batch is sentence pairs
+//! read by that head. Steps alternate rather than summing both losses in one pass because a
+//! model's forward gives either its MLM logits or its head's output.
 
 use std::collections::HashSet;
 
@@ -16,14 +22,21 @@ use llmlab_plugin_api::prelude::*;
 use llmlab_plugin_api::rng::SplitMix64;
 use llmlab_plugin_api::serde_json::Map;
 use llmlab_train::batches::{eval_windows, Batch, DataCursor};
-use llmlab_train::train_loop::{Objective, Setup, TrainLoop};
+use llmlab_train::train_loop::{hard_label_loss, Objective, Setup, TrainLoop};
 use llmlab_train::{loss, TrainConfig};
 
+use crate::next_sentence;
+use crate::pair_encoding::Specials;
+
 /// What `mlm` adds to the shared training keys.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MlmConfig {
     pub mask_prob: f64,
     pub whole_word: bool,
+    /// The share of steps that train next-sentence prediction (0: MLM only, as RoBERTa).
+    pub next_sentence: f64,
+    /// The next-sentence head's pooling: `cls` (BERT), `mean` or `max`.
+    pub pooling: String,
 }
 
 impl Default for MlmConfig {
@@ -31,6 +44,8 @@ impl Default for MlmConfig {
         MlmConfig {
             mask_prob: 0.15,
             whole_word: false,
+            next_sentence: 0.0,
+            pooling: "cls".into(),
         }
     }
 }
@@ -43,6 +58,14 @@ pub const MLM_KEYS: &[(&str, &str)] = &[
     (
         "whole_word",
         "select whole words (a piece and its ## continuations) instead of single pieces",
+    ),
+    (
+        "next_sentence",
+        "share of steps (0-1) that train next-sentence prediction on [CLS] A [SEP] B [SEP] pairs (B follows A or is drawn elsewhere) with a 2-way sequence head; 0 = MLM only",
+    ),
+    (
+        "pooling",
+        "the next-sentence head's pooling: cls (BERT), mean or max (as the fine-tuning head will pool)",
     ),
 ];
 
@@ -62,6 +85,29 @@ impl MlmConfig {
                     format!("`whole_word` must be true or false, got {v}"),
                 )
             })?;
+        }
+        if let Some(v) = fields.remove("next_sentence") {
+            config.next_sentence =
+                v.as_f64()
+                    .filter(|p| (0.0..=1.0).contains(p))
+                    .ok_or_else(|| {
+                        Error::invalid_config(
+                            "mlm",
+                            format!("`next_sentence` must be a share of steps in [0, 1], got {v}"),
+                        )
+                    })?;
+        }
+        if let Some(v) = fields.remove("pooling") {
+            config.pooling = v
+                .as_str()
+                .filter(|p| ["cls", "mean", "max"].contains(p))
+                .ok_or_else(|| {
+                    Error::invalid_config(
+                        "mlm",
+                        format!("`pooling` must be one of cls, mean, max, got {v}"),
+                    )
+                })?
+                .to_string();
         }
         Ok(config)
     }
@@ -208,6 +254,8 @@ pub struct MaskedLm {
     config: MlmConfig,
     setup: Option<Setup>,
     vocab: Option<Vocabulary>,
+    /// Next-sentence rows' `[CLS]`/`[SEP]`/`[PAD]` (only with `next_sentence`).
+    specials: Option<Specials>,
 }
 
 impl MaskedLm {
@@ -260,6 +308,35 @@ impl MaskedLm {
         }
         to_batch(rows, device)
     }
+
+    /// Stream tokens per next-sentence row (`[CLS] A [SEP] B [SEP]`).
+    fn pair_content(&self) -> usize {
+        self.setup.map_or(0, |s| s.ctx).saturating_sub(3)
+    }
+
+    fn pair_batch(
+        &self,
+        tokens: &dyn TokenData,
+        split: Split,
+        rows: usize,
+        rng: &mut SplitMix64,
+        device: &Device,
+    ) -> Result<Batch> {
+        let specials = self
+            .specials
+            .ok_or_else(|| Error::msg("mlm: next_sentence not prepared"))?;
+        let (len, content) = (tokens.len(split), self.pair_content());
+        let rows = (0..rows)
+            .map(|_| {
+                let spans = next_sentence::draw(len, content, rng);
+                Ok((
+                    next_sentence::encode(tokens, split, spans, specials)?,
+                    spans.is_next,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        next_sentence::batch(&rows, specials, device)
+    }
 }
 
 fn job_parts<'a>(job: &TrainJob<'a>) -> Result<(&'a dyn TokenData, &'a dyn Tokenizer)> {
@@ -303,6 +380,19 @@ impl Objective for MaskedLm {
                 "the train split has {len} tokens but a row needs {window}; lower `ctx` or use more data"
             )));
         }
+        self.specials = None;
+        if self.config.next_sentence > 0.0 {
+            self.specials = Some(Specials::of(tokenizer)?);
+            if setup.ctx < 5 {
+                return Err(Error::invalid_config(
+                    "mlm",
+                    format!(
+                        "`next_sentence` needs ctx of at least 5 ([CLS] A [SEP] B [SEP]), the model has {}",
+                        setup.ctx
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -315,6 +405,11 @@ impl Objective for MaskedLm {
     ) -> Result<Batch> {
         let (tokens, _) = job_parts(data)?;
         let setup = self.setup.ok_or_else(|| Error::msg("mlm: not prepared"))?;
+        // Drawn only when next-sentence steps are on, so MLM-only runs keep their streams.
+        if self.config.next_sentence > 0.0 && rng.next_unit() < self.config.next_sentence {
+            cursor.drawn += setup.batch_size as u64;
+            return self.pair_batch(tokens, Split::Train, setup.batch_size, rng, device);
+        }
         let window = self.window();
         let starts = tokens.len(Split::Train) - window + 1;
         let mut windows = Vec::with_capacity(setup.batch_size);
@@ -351,13 +446,61 @@ impl Objective for MaskedLm {
             }
             batches.push(self.masked_batch(windows, &mut rng, device)?);
         }
+        // As many next-sentence rows, drawn with their own fixed seed.
+        let len = tokens.len(Split::Val);
+        if self.config.next_sentence > 0.0 && len >= self.pair_content() {
+            let mut rng = SplitMix64::new(0x4e53_505f_4556_414c);
+            for _ in 0..setup.eval_batches {
+                batches.push(self.pair_batch(
+                    tokens,
+                    Split::Val,
+                    setup.batch_size,
+                    &mut rng,
+                    device,
+                )?);
+            }
+        }
         Ok(batches)
+    }
+
+    fn loss(&mut self, logits: &Tensor, batch: &Batch) -> Result<Tensor> {
+        if next_sentence::is_pair_batch(batch) {
+            let (b, n) = logits.dims2()?;
+            return loss::cross_entropy(
+                &logits.reshape((b, 1, n))?,
+                &batch.targets.reshape((b, 1))?,
+            );
+        }
+        hard_label_loss(logits, batch)
     }
 
     /// MLM loss and masked-token accuracy on the selected positions of the fixed set.
     fn evaluate(&mut self, model: &dyn Model, batches: &[Batch]) -> Result<StepMetrics> {
         let (mut nll, mut right, mut total) = (0f64, 0f64, 0usize);
+        let (mut pair_nll, mut pair_right, mut pairs) = (0f64, 0usize, 0usize);
         for batch in batches {
+            if next_sentence::is_pair_batch(batch) {
+                let logits = model
+                    .forward_with(
+                        &batch.inputs,
+                        &batch.forward_inputs,
+                        &ForwardOptions::inference(),
+                    )?
+                    .logits
+                    .to_dtype(DType::F32)?;
+                let (b, n) = logits.dims2()?;
+                let per_row =
+                    loss::token_nll(&logits.reshape((b, 1, n))?, &batch.targets.reshape((b, 1))?)?;
+                pair_nll += per_row.sum_all()?.to_scalar::<f32>()? as f64;
+                let predicted = logits.argmax(D::Minus1)?;
+                pair_right += predicted
+                    .eq(&batch.targets)?
+                    .to_dtype(DType::F32)?
+                    .sum_all()?
+                    .to_scalar::<f32>()? as usize;
+                pairs += b;
+                continue;
+            }
             let mask = batch
                 .mask
                 .as_ref()
@@ -383,11 +526,79 @@ impl Objective for MaskedLm {
             metrics.insert("val_ppl".into(), loss.exp());
             metrics.insert("val_masked_accuracy".into(), right / total as f64);
         }
+        if pairs > 0 {
+            metrics.insert("val_next_sentence_loss".into(), pair_nll / pairs as f64);
+            metrics.insert(
+                "val_next_sentence_accuracy".into(),
+                pair_right as f64 / pairs as f64,
+            );
+        }
         Ok(metrics)
     }
 }
 
-pub type MlmTrainer = TrainLoop<MaskedLm>;
+/// The `mlm` trainer: the step loop over [`MaskedLm`], which first gives the model the
+/// next-sentence head when `next_sentence` is on (the head's parameters must exist before the
+/// loop collects what it trains and what a checkpoint holds).
+pub struct MlmTrainer {
+    inner: TrainLoop<MaskedLm>,
+    config: MlmConfig,
+}
+
+impl MlmTrainer {
+    fn ensure_head(&self, model: &dyn Model) -> Result<()> {
+        if self.config.next_sentence == 0.0 {
+            return Ok(());
+        }
+        let wanted = next_sentence::head(&self.config.pooling);
+        if model.head().as_ref() == Some(&wanted) {
+            return Ok(());
+        }
+        match model.set_head(Some(&wanted)) {
+            Ok(_) => Ok(()),
+            Err(Error::Unsupported { .. }) => Err(Error::invalid_config(
+                "mlm",
+                format!(
+                    "`next_sentence` trains a sequence head on sentence pairs, and {} takes no                      task head (an encoder such as `bert` does); set next_sentence: 0",
+                    model.name()
+                ),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Trainer for MlmTrainer {
+    fn name(&self) -> &str {
+        "mlm"
+    }
+    fn config(&self) -> Value {
+        let mut config = self.inner.config();
+        if let Value::Object(map) = &mut config {
+            map.insert("mask_prob".into(), json!(self.config.mask_prob));
+            map.insert("whole_word".into(), json!(self.config.whole_word));
+            map.insert("next_sentence".into(), json!(self.config.next_sentence));
+            map.insert("pooling".into(), json!(self.config.pooling));
+        }
+        config
+    }
+    fn step(
+        &mut self,
+        model: &dyn Model,
+        job: &TrainJob<'_>,
+        ctx: &Context,
+    ) -> Result<StepMetrics> {
+        self.ensure_head(model)?;
+        self.inner.step(model, job, ctx)
+    }
+    fn fit(&mut self, model: &dyn Model, job: &TrainJob<'_>, ctx: &Context) -> Result<StepMetrics> {
+        self.ensure_head(model)?;
+        self.inner.fit(model, job, ctx)
+    }
+    fn steps_done(&self) -> u64 {
+        self.inner.steps_done()
+    }
+}
 
 /// The `mlm` trainer from a JSON config (the shared training keys plus [`MLM_KEYS`]).
 pub fn new_mlm_trainer(config: &Value) -> Result<MlmTrainer> {
@@ -403,7 +614,10 @@ pub fn new_mlm_trainer(config: &Value) -> Result<MlmTrainer> {
     };
     let mlm = MlmConfig::take(&mut fields)?;
     let train = TrainConfig::from_json("mlm", &Value::Object(fields))?;
-    Ok(TrainLoop::new("mlm", train, MaskedLm::new(mlm)))
+    Ok(MlmTrainer {
+        inner: TrainLoop::new("mlm", train, MaskedLm::new(mlm.clone())),
+        config: mlm,
+    })
 }
 
 /// The shared training keys followed by `extra`, for `help`.
@@ -427,10 +641,13 @@ impl Factory for MlmFactory {
         Kind::Trainer
     }
     fn about(&self) -> &'static str {
-        "masked-LM pretraining of encoders (BERT): 15% selected, 80/10/10, whole-word option; val MLM loss and masked accuracy"
+        "masked-LM pretraining of encoders (BERT): 15% selected, 80/10/10, whole-word option, next-sentence prediction option; val MLM loss and masked accuracy"
     }
     fn config_keys(&self) -> Vec<ConfigKey> {
-        keys_with(MLM_KEYS, json!({ "mask_prob": 0.15, "whole_word": false }))
+        keys_with(
+            MLM_KEYS,
+            json!({ "mask_prob": 0.15, "whole_word": false, "next_sentence": 0.0, "pooling": "cls" }),
+        )
     }
     fn create(&self, config: &Value, _: &Context) -> Result<Instance> {
         Ok(Instance::Trainer(Box::new(new_mlm_trainer(config)?)))
@@ -502,6 +719,7 @@ mod tests {
         let config = MlmConfig {
             mask_prob: 0.3,
             whole_word: true,
+            ..MlmConfig::default()
         };
         let mut rng = SplitMix64::new(3);
         // Words: 3 ##50 ##51 | 4 | 5 ##52 | ...
