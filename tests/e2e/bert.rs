@@ -39,6 +39,7 @@ fn bert_glue_script_pretrains_fine_tunes_and_saves_the_table() {
             ("ft_steps", "4"),
             ("n", "24"),
             ("tasks", "entailment,similarity"),
+            ("next_sentence", "0.5"),
         ],
         runs.path(),
     );
@@ -75,6 +76,10 @@ fn bert_glue_script_pretrains_fine_tunes_and_saves_the_table() {
         .find(|r| r.to_string().contains("val_masked_accuracy"))
         .unwrap_or_else(|| panic!("no val_masked_accuracy in {metrics:?}"));
     assert!(mlm.to_string().contains("val_loss"), "{mlm}");
+    assert!(
+        mlm.to_string().contains("val_next_sentence_accuracy"),
+        "{mlm}"
+    );
     assert!(
         records
             .iter()
