@@ -465,11 +465,7 @@ impl Objective for MaskedLm {
 
     fn loss(&mut self, logits: &Tensor, batch: &Batch) -> Result<Tensor> {
         if next_sentence::is_pair_batch(batch) {
-            let (b, n) = logits.dims2()?;
-            return loss::cross_entropy(
-                &logits.reshape((b, 1, n))?,
-                &batch.targets.reshape((b, 1))?,
-            );
+            return Ok(next_sentence::row_nll(logits, &batch.targets)?.mean_all()?);
         }
         hard_label_loss(logits, batch)
     }
@@ -488,17 +484,16 @@ impl Objective for MaskedLm {
                     )?
                     .logits
                     .to_dtype(DType::F32)?;
-                let (b, n) = logits.dims2()?;
-                let per_row =
-                    loss::token_nll(&logits.reshape((b, 1, n))?, &batch.targets.reshape((b, 1))?)?;
-                pair_nll += per_row.sum_all()?.to_scalar::<f32>()? as f64;
+                pair_nll += next_sentence::row_nll(&logits, &batch.targets)?
+                    .sum_all()?
+                    .to_scalar::<f32>()? as f64;
                 let predicted = logits.argmax(D::Minus1)?;
                 pair_right += predicted
                     .eq(&batch.targets)?
                     .to_dtype(DType::F32)?
                     .sum_all()?
                     .to_scalar::<f32>()? as usize;
-                pairs += b;
+                pairs += batch.loss_tokens;
                 continue;
             }
             let mask = batch

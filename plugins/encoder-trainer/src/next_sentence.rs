@@ -10,6 +10,7 @@ use llmlab_plugin_api::candle::{Device, Tensor};
 use llmlab_plugin_api::prelude::*;
 use llmlab_plugin_api::rng::SplitMix64;
 use llmlab_train::batches::Batch;
+use llmlab_train::loss;
 
 use crate::pair_encoding::{self, Encoded, Specials};
 
@@ -111,6 +112,16 @@ pub fn batch(rows: &[(Encoded, bool)], specials: Specials, device: &Device) -> R
         tokens: rows.len() * seq,
         forward_inputs,
     })
+}
+
+/// Each row's cross-entropy of the head's `(rows, 2)` logits on its label.
+pub fn row_nll(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let (rows, classes) = logits.dims2()?;
+    Ok(loss::token_nll(
+        &logits.reshape((rows, 1, classes))?,
+        &labels.reshape((rows, 1))?,
+    )?
+    .flatten_all()?)
 }
 
 /// Whether `batch` is a next-sentence batch (it reads the head) rather than a masked-LM one.
