@@ -554,7 +554,8 @@ impl MlmTrainer {
             Err(Error::Unsupported { .. }) => Err(Error::invalid_config(
                 "mlm",
                 format!(
-                    "`next_sentence` trains a sequence head on sentence pairs, and {} takes no                      task head (an encoder such as `bert` does); set next_sentence: 0",
+                    "`next_sentence` trains a sequence head on sentence pairs, and {} takes no \
+                     task head (an encoder such as `bert` does); set next_sentence: 0",
                     model.name()
                 ),
             )),
