@@ -39,6 +39,19 @@ pub const METRICS: &[&str] = &["accuracy", "f1", "mcc", "pearson", "spearman"];
 /// What a sequence head may pool (the `bert` head's `pooling`).
 pub const POOLINGS: &[&str] = &["cls", "mean", "max"];
 
+/// A trainer's `pooling` setting, refused naming the key and the allowed values.
+pub fn pooling_setting(trainer: &str, v: &Value) -> Result<String> {
+    v.as_str()
+        .filter(|p| POOLINGS.contains(p))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Error::invalid_config(
+                trainer,
+                format!("`pooling` must be one of {}, got {v}", POOLINGS.join(", ")),
+            )
+        })
+}
+
 /// What `classify` adds to the shared training keys.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClassifyConfig {
@@ -104,13 +117,7 @@ impl ClassifyConfig {
         }
         if let Some(v) = fields.remove("pooling") {
             if !v.is_null() {
-                let name = v.as_str().filter(|p| POOLINGS.contains(p)).ok_or_else(|| {
-                    Error::invalid_config(
-                        "classify",
-                        format!("`pooling` must be one of {}, got {v}", POOLINGS.join(", ")),
-                    )
-                })?;
-                config.pooling = Some(name.to_string());
+                config.pooling = Some(pooling_setting("classify", &v)?);
             }
         }
         Ok(config)

@@ -1,6 +1,7 @@
 //! llmlab plugin `encoder-trainer`: the encoder trainers (issue 18), each one
 //! [`llmlab_train::Objective`] on `llmlab-train`'s step loop: `mlm` (masked-LM pretraining,
-//! [`mlm`], with BERT's next-sentence prediction as an option, [`next_sentence`]) and `classify` (fine-tuning with a task head on labelled sentences or pairs,
+//! [`mlm`], with BERT's next-sentence prediction as an option, [`next_sentence`]) and
+//! `classify` (fine-tuning with a task head on labelled sentences or pairs,
 //! [`classify`]; decoders get a last-token head, [`last_token`]; token classification aligns
 //! words to sub-tokens, [`token_tagging`]), with the input layout of sentence pairs
 //! ([`pair_encoding`]) and the GLUE measures ([`task_metrics`]).

@@ -25,6 +25,7 @@ use llmlab_train::batches::{eval_windows, Batch, DataCursor};
 use llmlab_train::train_loop::{hard_label_loss, Objective, Setup, TrainLoop};
 use llmlab_train::{loss, TrainConfig};
 
+use crate::classify::pooling_setting;
 use crate::next_sentence;
 use crate::pair_encoding::Specials;
 
@@ -98,16 +99,7 @@ impl MlmConfig {
                     })?;
         }
         if let Some(v) = fields.remove("pooling") {
-            config.pooling = v
-                .as_str()
-                .filter(|p| ["cls", "mean", "max"].contains(p))
-                .ok_or_else(|| {
-                    Error::invalid_config(
-                        "mlm",
-                        format!("`pooling` must be one of cls, mean, max, got {v}"),
-                    )
-                })?
-                .to_string();
+            config.pooling = pooling_setting("mlm", &v)?;
         }
         Ok(config)
     }

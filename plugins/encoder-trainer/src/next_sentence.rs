@@ -87,15 +87,7 @@ pub fn encode(
     tokens.read(split, spans.a_start, &mut a)?;
     let mut b = vec![0u32; spans.b_len];
     tokens.read(split, spans.b_start, &mut b)?;
-    let mut ids = Vec::with_capacity(a.len() + b.len() + 3);
-    ids.push(specials.cls);
-    ids.extend(&a);
-    ids.push(specials.sep);
-    let first = ids.len();
-    ids.extend(&b);
-    ids.push(specials.sep);
-    let types = (0..ids.len()).map(|i| u32::from(i >= first)).collect();
-    Ok(Encoded { ids, types })
+    Ok(pair_encoding::layout(&a, Some(&b), specials))
 }
 
 /// A batch of pair rows with their labels (1 = `is_next`); the head's output is what it trains.

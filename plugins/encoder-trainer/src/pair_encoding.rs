@@ -84,17 +84,22 @@ pub fn encode(
             }
         }
     }
-    let mut ids = Vec::with_capacity(len(&a, &b));
+    Ok(layout(&a, b.as_deref(), specials))
+}
+
+/// `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`, segment 1 from the first token of `b` on.
+pub fn layout(a: &[u32], b: Option<&[u32]>, specials: Specials) -> Encoded {
+    let mut ids = Vec::with_capacity(a.len() + b.map_or(0, <[u32]>::len) + 3);
     ids.push(specials.cls);
-    ids.extend(&a);
+    ids.extend(a);
     ids.push(specials.sep);
     let first = ids.len();
-    if let Some(b) = &b {
+    if let Some(b) = b {
         ids.extend(b);
         ids.push(specials.sep);
     }
     let types = (0..ids.len()).map(|i| u32::from(i >= first)).collect();
-    Ok(Encoded { ids, types })
+    Encoded { ids, types }
 }
 
 /// Padded `(batch, seq)` ids, the 0/1 attention mask and the segment ids of `rows`.
